@@ -1,0 +1,49 @@
+# HematoVision: `make run` serves the portal, `make test` runs the whole suite.
+# Both create .venv and install what they need; the second run is quick.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MANAGE := $(BIN)/python manage.py
+
+.PHONY: run test setup setup-dev migrate lint fuzz bench loadtest clean help
+
+help:
+	@echo "make run    - install, migrate and serve the portal on http://$(HOST):$(PORT)/"
+	@echo "make test   - install test tools and run the whole suite"
+	@echo "make lint   - ruff"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamps record that the pinned requirements are installed; they change when the files do.
+$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.runtime-installed
+setup-dev: $(VENV)/.dev-installed
+
+migrate: setup
+	$(MANAGE) migrate --noinput
+	$(MANAGE) collectstatic --noinput --verbosity 0
+
+run: migrate
+	@echo "HematoVision on http://$(HOST):$(PORT)/  (first time: $(MANAGE) createsuperuser)"
+	$(MANAGE) runserver $(HOST):$(PORT)
+
+test: setup-dev
+	$(BIN)/python scripts/test_prereqs.py
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup-dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var/staticfiles .pytest_cache

@@ -1,0 +1,18 @@
+"""Writes for accounts."""
+
+from django.db import transaction
+from rest_framework.authtoken.models import Token
+
+from .models import User
+
+
+@transaction.atomic
+def token_regenerate(*, user: User) -> Token:
+    """Replace the user's API token; the old one stops working at once."""
+    Token.objects.filter(user=user).delete()
+    return Token.objects.create(user=user)
+
+
+def token_get_or_create(*, user: User) -> Token:
+    token, _ = Token.objects.get_or_create(user=user)
+    return token

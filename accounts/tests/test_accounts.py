@@ -1,0 +1,133 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core import mail
+from rest_framework.authtoken.models import Token
+
+from accounts.models import User
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.django_db
+def test_role_groups_exist_after_migrate():
+    assert sorted(Group.objects.values_list("name", flat=True)) == ["Reviewer", "Technologist"]
+
+
+def test_custom_user_model_is_in_use(settings):
+    assert settings.AUTH_USER_MODEL == "accounts.User"
+
+
+@pytest.mark.django_db
+def test_login_page_renders_bootstrap_form(client):
+    response = client.get("/accounts/login/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "/static/vendor/bootstrap/bootstrap.min.css" in html
+    assert 'name="username"' in html and 'name="password"' in html
+    assert "csrfmiddlewaretoken" in html
+    assert "cdn" not in html.lower()
+
+
+@pytest.mark.django_db
+def test_login_with_password_then_dashboard_shows_user_and_role(client, user, password):
+    response = client.post("/accounts/login/", {"username": "tech", "password": password})
+    assert response.status_code == 302 and response["Location"] == "/"
+    page = client.get("/").content.decode()
+    assert "tech" in page
+    assert '<span class="badge text-bg-secondary" id="user-role">Technologist</span>' in page
+
+
+@pytest.mark.django_db
+def test_wrong_password_is_refused(client, user):
+    response = client.post("/accounts/login/", {"username": "tech", "password": "nope"})
+    assert response.status_code == 200
+    assert "Please enter a correct username and password" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.django_db
+def test_logout_is_post_only_and_ends_session(tech_client):
+    assert tech_client.get("/accounts/logout/").status_code == 405
+    response = tech_client.post("/accounts/logout/")
+    assert response.status_code == 302 and response["Location"] == "/accounts/login/"
+    assert tech_client.get("/").status_code == 302
+
+
+@pytest.mark.django_db
+def test_password_reset_sends_console_mail(client, user):
+    response = client.post("/accounts/password_reset/", {"email": user.email})
+    assert response.status_code == 302
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == [user.email]
+    assert "/accounts/reset/" in mail.outbox[0].body
+
+
+@pytest.mark.django_db
+def test_password_change(tech_client, user, password):
+    new = "another-long-secret-42"
+    response = tech_client.post(
+        "/accounts/password_change/",
+        {"old_password": password, "new_password1": new, "new_password2": new},
+    )
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.check_password(new)
+
+
+@pytest.mark.django_db
+def test_no_public_signup(client):
+    assert client.get("/accounts/signup/").status_code in (302, 404)
+    assert client.get("/accounts/register/").status_code in (302, 404)
+
+
+@pytest.mark.django_db
+def test_profile_shows_token_and_regenerate_replaces_it(tech_client, user):
+    response = tech_client.get("/accounts/profile/")
+    token = Token.objects.get(user=user)
+    assert f'value="{token.key}"' in response.content.decode()
+    assert tech_client.get("/accounts/profile/token/").status_code == 405
+    response = tech_client.post("/accounts/profile/token/")
+    assert response.status_code == 302 and response["Location"] == "/accounts/profile/"
+    new = Token.objects.get(user=user)
+    assert new.key != token.key
+    assert Token.objects.filter(user=user).count() == 1
+
+
+@pytest.mark.django_db
+def test_roles(user, reviewer, no_role_user, admin_user):
+    assert (user.is_technologist, user.is_reviewer) == (True, False)
+    assert (reviewer.is_technologist, reviewer.is_reviewer) == (False, True)
+    assert no_role_user.role_label == "No role"
+    assert admin_user.is_reviewer and admin_user.role_label == "Admin"
+    assert User.objects.count() == 4
+
+
+def _manage(*args, **env):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=full_env, capture_output=True, text=True
+    )
+
+
+def test_production_profile_passes_check_deploy(tmp_path):
+    result = _manage(
+        "check", "--deploy", "--fail-level", "WARNING",
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY="x7!" + "k" * 30 + "q9#" + "z" * 20,
+        DJANGO_ALLOWED_HOSTS="example.org",
+        HEMATOVISION_VAR_DIR=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_production_refuses_to_start_without_secret_key(tmp_path):
+    result = _manage("check", DJANGO_DEBUG="0", DJANGO_ALLOWED_HOSTS="example.org", HEMATOVISION_VAR_DIR=str(tmp_path))
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off." in result.stderr

@@ -1,0 +1,58 @@
+"""The only bridge from Django to the ``ml`` package.
+
+``get_predictor()`` builds the predictor named by ``HEMATOVISION_PREDICTOR`` once
+per process (the way ``django.contrib.auth.hashers`` caches hashers) and is
+cleared when a test changes the setting. Nothing is loaded at import time or
+in ``AppConfig.ready()``: the first prediction pays the model load.
+"""
+
+import functools
+import threading
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+
+class PredictorUnavailable(RuntimeError):
+    """The model cannot be loaded; uploads are kept as pending."""
+
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _build(kind: str, model_path: str | None):
+    if kind == "fake":
+        from .fake_predictor import FakePredictor
+
+        return FakePredictor()
+    if kind != "ml":
+        raise PredictorUnavailable(f"Unknown HEMATOVISION_PREDICTOR {kind!r}; use 'ml' or 'fake'.")
+    from ml import predictor as ml_predictor
+
+    try:
+        return ml_predictor.load_predictor(model_path)
+    except ml_predictor.ModelLoadError as exc:
+        raise PredictorUnavailable(str(exc)) from exc
+
+
+def get_predictor():
+    """The process-wide predictor; raises PredictorUnavailable if the model cannot load."""
+    with _lock:
+        return _build(settings.HEMATOVISION_PREDICTOR, settings.HEMATOVISION_MODEL_PATH)
+
+
+def image_decode_errors() -> tuple[type[Exception], ...]:
+    """Exception types a predictor raises for pixels it cannot use."""
+    if settings.HEMATOVISION_PREDICTOR == "ml":
+        from ml.predictor import ImageDecodeError
+
+        return (ImageDecodeError,)
+    return (ValueError,)
+
+
+@receiver(setting_changed)
+def _reset_predictor(*, setting, **kwargs):
+    if setting in {"HEMATOVISION_PREDICTOR", "HEMATOVISION_MODEL_PATH"}:
+        _build.cache_clear()

@@ -1,0 +1,134 @@
+"""Every read, given the requesting user: what you may see is decided here."""
+
+from collections import Counter
+
+from django.db.models import Count, Q, QuerySet
+
+from .models import CellClass, Classification, ReviewState, Specimen, Status
+from .permissions import can_review, can_submit
+
+# Adult reference ranges for the white-cell differential, % of leukocytes
+# (typical textbook values; basophils are not classified by this model).
+REFERENCE_RANGES = {
+    CellClass.NEUTROPHIL: (40.0, 75.0),
+    CellClass.LYMPHOCYTE: (20.0, 45.0),
+    CellClass.MONOCYTE: (2.0, 10.0),
+    CellClass.EOSINOPHIL: (1.0, 6.0),
+}
+
+
+def classification_list(*, user) -> QuerySet[Classification]:
+    """Reviewers see every result; technologists their own; others nothing."""
+    qs = Classification.objects.select_related("specimen", "owner", "reviewed_by", "signed_by")
+    if can_review(user):
+        return qs
+    if can_submit(user):
+        return qs.filter(owner=user)
+    return qs.none()
+
+
+def classification_get(*, user, pk) -> Classification:
+    """Raises Classification.DoesNotExist for results the user may not see."""
+    return classification_list(user=user).get(pk=pk)
+
+
+def review_queue(*, user) -> QuerySet[Classification]:
+    """Unsigned results for reviewers: unidentified first, then unreviewed, oldest first."""
+    if not can_review(user):
+        return Classification.objects.none()
+    return (
+        classification_list(user=user)
+        .exclude(review_state=ReviewState.SIGNED)
+        .exclude(status=Status.PENDING)
+        .annotate(
+            unidentified_first=Count("pk", filter=Q(status=Status.UNIDENTIFIED)),
+            unreviewed_first=Count("pk", filter=Q(review_state=ReviewState.UNREVIEWED)),
+        )
+        .order_by("-unidentified_first", "-unreviewed_first", "created_at", "id")
+    )
+
+
+def specimen_list(*, user) -> QuerySet[Specimen]:
+    qs = Specimen.objects.select_related("created_by", "signed_by")
+    if can_review(user):
+        return qs
+    if can_submit(user):
+        return qs.filter(created_by=user)
+    return qs.none()
+
+
+def specimen_get(*, user, accession: str) -> Specimen:
+    """Raises Specimen.DoesNotExist for specimens the user may not see."""
+    return specimen_list(user=user).get(accession=accession)
+
+
+def specimen_differential(*, specimen: Specimen) -> dict:
+    """Count and percentage per class, unidentified count, reference flags, review state.
+
+    A cell counts under its final label when reviewed; unreviewed unidentified
+    cells are counted apart and left out of the percentages.
+    """
+    cells = list(specimen.cells.all())
+    unidentified = sum(
+        1 for c in cells if c.status == Status.UNIDENTIFIED and c.review_state == ReviewState.UNREVIEWED
+    )
+    pending = sum(1 for c in cells if c.status == Status.PENDING)
+    counted = [
+        c for c in cells
+        if c.status == Status.CLASSIFIED or (c.status == Status.UNIDENTIFIED and c.final_label)
+    ]
+    counts = Counter(c.label for c in counted)
+    total = len(counted)
+    rows = []
+    for cls in CellClass:
+        count = counts.get(cls.value, 0)
+        percent = round(100.0 * count / total, 1) if total else None
+        low, high = REFERENCE_RANGES[cls]
+        flag = None
+        if percent is not None:
+            flag = "L" if percent < low else "H" if percent > high else None
+        rows.append(
+            {
+                "label": cls.value,
+                "name": cls.label,
+                "count": count,
+                "percent": percent,
+                "reference_low": low,
+                "reference_high": high,
+                "flag": flag,
+            }
+        )
+    unreviewed = sum(1 for c in cells if c.review_state == ReviewState.UNREVIEWED)
+    return {
+        "accession": specimen.accession,
+        "total_cells": len(cells),
+        "counted_cells": total,
+        "unidentified": unidentified,
+        "pending": pending,
+        "unreviewed": unreviewed,
+        "classes": rows,
+        "signed": specimen.is_signed,
+        "signed_by": specimen.signed_by.get_username() if specimen.signed_by else None,
+        "signed_at": specimen.signed_at,
+        "ready_to_sign": bool(cells) and unreviewed == 0 and pending == 0 and not specimen.is_signed,
+    }
+
+
+def dashboard_stats(*, user) -> dict:
+    qs = classification_list(user=user)
+    by_label = dict(
+        qs.exclude(status=Status.PENDING)
+        .values_list("predicted_label")
+        .annotate(n=Count("pk"))
+        .values_list("predicted_label", "n")
+    )
+    by_state = dict(qs.values_list("review_state").annotate(n=Count("pk")).values_list("review_state", "n"))
+    by_status = dict(qs.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
+    return {
+        "total": qs.count(),
+        "by_label": {cls.value: by_label.get(cls.value, 0) for cls in CellClass},
+        "by_state": {state.value: by_state.get(state.value, 0) for state in ReviewState},
+        "by_status": {status.value: by_status.get(status.value, 0) for status in Status},
+        "latest": list(qs[:8]),
+        "queue_size": review_queue(user=user).filter(review_state=ReviewState.UNREVIEWED).count(),
+    }

@@ -1,0 +1,270 @@
+"""Every write to the classifier's data, one transaction each.
+
+Views, API viewsets, tasks and management commands call these; they hold the
+business rules (who may do what, which state follows which).
+"""
+
+import logging
+from pathlib import PurePath
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import inference
+from .models import (
+    CellClass,
+    Classification,
+    ReviewEvent,
+    ReviewState,
+    Specimen,
+    Status,
+    accession_validator,
+)
+from .permissions import can_review, can_submit
+from .validation import CheckedImage, ImageRejected, check_image
+
+logger = logging.getLogger(__name__)
+
+
+def _clean_filename(name: str) -> str:
+    """Keep only the base name, printable and at most 255 characters, for display."""
+    base = PurePath(name.replace("\\", "/")).name if name else ""
+    base = "".join(ch for ch in base if ch.isprintable())
+    return base[-255:]
+
+
+def _delete_files(*names: str) -> None:
+    for name in names:
+        if name:
+            try:
+                default_storage.delete(name)
+            except OSError:  # already gone; nothing to leak
+                logger.warning("could not delete stored file %s", name)
+
+
+def specimen_get_or_create(*, user, accession: str) -> Specimen:
+    """The specimen for ``accession``, created for ``user`` if new.
+
+    A technologist may only add to specimens they opened; reviewers may add to any.
+    """
+    accession = accession.strip()
+    accession_validator(accession)
+    specimen, _ = Specimen.objects.get_or_create(accession=accession, defaults={"created_by": user})
+    if specimen.created_by_id != user.pk and not can_review(user):
+        raise ValidationError(
+            f"Accession {accession} was opened by another user; ask a reviewer to add images to it.",
+            code="accession_taken",
+        )
+    if specimen.is_signed:
+        raise ValidationError(
+            f"Specimen {accession} is signed; no images can be added.", code="specimen_signed"
+        )
+    return specimen
+
+
+def _apply_prediction(classification: Classification, prediction) -> None:
+    classification.status = prediction.status
+    classification.predicted_label = prediction.label
+    classification.confidence = float(prediction.confidence)
+    classification.probabilities = {k: float(v) for k, v in prediction.probabilities.items()}
+    classification.flag_reason = prediction.flag_reason or ""
+    classification.flag_message = prediction.flag_message or ""
+    classification.model_version = prediction.model_version
+    classification.cell_box = list(prediction.cell_box) if prediction.cell_box else None
+
+
+def _predict(checked: CheckedImage):
+    """(prediction, heat-map PNG) or (None, None) when the model is unavailable."""
+    try:
+        predictor = inference.get_predictor()
+        prediction = predictor.predict_one(checked.image)
+        heatmap = predictor.gradcam_png(checked.image, prediction.label)
+    except inference.PredictorUnavailable as exc:
+        logger.error("model unavailable, keeping upload as pending: %s", exc)
+        return None, None
+    except inference.image_decode_errors() as exc:
+        raise ImageRejected("not_an_image", f"The image could not be analysed: {exc}", 415) from exc
+    return prediction, heatmap
+
+
+def classification_create(
+    *,
+    user,
+    data: bytes,
+    filename: str = "",
+    accession: str | None = None,
+    external_id: str | None = None,
+) -> Classification:
+    """Check, store and classify one image; return the new (or retried) classification.
+
+    A repeated ``external_id`` returns the existing result. Bad input raises
+    ImageRejected or ValidationError and leaves no row and no file. When the model
+    cannot load, the image is kept with status ``pending`` for later.
+    """
+    if not can_submit(user):
+        raise PermissionDenied("Only technologists and reviewers may submit images.")
+    external_id = (external_id or "").strip() or None
+    if external_id:
+        existing = Classification.objects.filter(owner=user, external_id=external_id).first()
+        if existing is not None:
+            return existing
+    checked = check_image(data, filename=filename)
+    if accession:
+        # Validate before the slow model call; the row is created in the transaction below.
+        accession_validator(accession.strip())
+    prediction, heatmap_png = _predict(checked)
+
+    stored: list[str] = []
+    try:
+        with transaction.atomic():
+            specimen = specimen_get_or_create(user=user, accession=accession) if accession else None
+            classification = Classification(
+                owner=user,
+                specimen=specimen,
+                external_id=external_id,
+                original_filename=_clean_filename(filename),
+                image_sha256=checked.sha256,
+                width=checked.width,
+                height=checked.height,
+            )
+            classification.image.save(f"x{checked.extension}", ContentFile(checked.content), save=False)
+            stored.append(classification.image.name)
+            if prediction is not None:
+                _apply_prediction(classification, prediction)
+                classification.heatmap.save("x.png", ContentFile(heatmap_png), save=False)
+                stored.append(classification.heatmap.name)
+            classification.save()
+    except IntegrityError:
+        _delete_files(*stored)
+        if external_id:  # a concurrent retry with the same external_id won the race
+            return Classification.objects.get(owner=user, external_id=external_id)
+        raise
+    except BaseException:
+        _delete_files(*stored)
+        raise
+    return classification
+
+
+def classification_classify_pending(*, classification: Classification) -> Classification:
+    """Run the model on an image stored while the model was unavailable."""
+    if classification.status != Status.PENDING:
+        return classification
+    with classification.image.open("rb") as handle:
+        checked = check_image(handle.read(), filename=classification.original_filename)
+    prediction, heatmap_png = _predict(checked)
+    if prediction is None:
+        raise inference.PredictorUnavailable("The model is still unavailable.")
+    old_heatmap = classification.heatmap.name
+    with transaction.atomic():
+        locked = Classification.objects.select_for_update().get(pk=classification.pk)
+        if locked.status != Status.PENDING:
+            return locked
+        _apply_prediction(locked, prediction)
+        locked.heatmap.save("x.png", ContentFile(heatmap_png), save=False)
+        locked.save()
+    _delete_files(old_heatmap)
+    return locked
+
+
+def _require_unsigned(classification: Classification) -> None:
+    if classification.is_signed:
+        raise ValidationError("This result is signed and final; it cannot be changed.", code="signed")
+
+
+def classification_review(*, classification: Classification, reviewer, label: str) -> Classification:
+    """Confirm the model's label or reclassify the cell; keep an audit entry."""
+    if not can_review(reviewer):
+        raise PermissionDenied("Only reviewers may review results.")
+    if label not in CellClass.values:
+        raise ValidationError(f"Unknown cell class {label!r}.", code="invalid_label")
+    with transaction.atomic():
+        locked = Classification.objects.select_for_update().get(pk=classification.pk)
+        _require_unsigned(locked)
+        if locked.status == Status.PENDING:
+            raise ValidationError("The model has not classified this image yet.", code="pending")
+        from_label = locked.label
+        confirmed = label == locked.predicted_label and locked.status == Status.CLASSIFIED
+        locked.final_label = label
+        locked.review_state = ReviewState.CONFIRMED if confirmed else ReviewState.RECLASSIFIED
+        locked.reviewed_by = reviewer
+        locked.reviewed_at = timezone.now()
+        locked.save(update_fields=["final_label", "review_state", "reviewed_by", "reviewed_at"])
+        ReviewEvent.objects.create(
+            classification=locked,
+            actor=reviewer,
+            action=ReviewEvent.Action.CONFIRM if confirmed else ReviewEvent.Action.RECLASSIFY,
+            from_label=from_label,
+            to_label=label,
+        )
+    return locked
+
+
+def _sign(locked: Classification, reviewer, now) -> None:
+    locked.review_state = ReviewState.SIGNED
+    locked.signed_by = reviewer
+    locked.signed_at = now
+    locked.save(update_fields=["review_state", "signed_by", "signed_at"])
+    ReviewEvent.objects.create(
+        classification=locked, actor=reviewer, action=ReviewEvent.Action.SIGN,
+        from_label=locked.final_label, to_label=locked.final_label,
+    )
+
+
+def classification_sign(*, classification: Classification, reviewer) -> Classification:
+    """Sign a reviewed result: it becomes final and read-only."""
+    if not can_review(reviewer):
+        raise PermissionDenied("Only reviewers may sign results.")
+    with transaction.atomic():
+        locked = Classification.objects.select_for_update().get(pk=classification.pk)
+        _require_unsigned(locked)
+        if locked.review_state == ReviewState.UNREVIEWED:
+            raise ValidationError("Confirm or reclassify the cell before signing.", code="unreviewed")
+        _sign(locked, reviewer, timezone.now())
+    return locked
+
+
+def specimen_sign(*, specimen: Specimen, reviewer) -> Specimen:
+    """Sign a specimen and all its cells; refused while any cell is unreviewed."""
+    if not can_review(reviewer):
+        raise PermissionDenied("Only reviewers may sign specimens.")
+    with transaction.atomic():
+        locked = Specimen.objects.select_for_update().get(pk=specimen.pk)
+        if locked.is_signed:
+            raise ValidationError(f"Specimen {locked.accession} is already signed.", code="signed")
+        cells = list(locked.cells.select_for_update())
+        if not cells:
+            raise ValidationError(f"Specimen {locked.accession} has no cells to sign.", code="empty")
+        unreviewed = [c for c in cells if c.review_state == ReviewState.UNREVIEWED]
+        if unreviewed:
+            unidentified = sum(1 for c in unreviewed if c.status != Status.CLASSIFIED)
+            raise ValidationError(
+                f"{len(unreviewed)} cell(s) are not reviewed yet ({unidentified} unidentified); "
+                "review every cell before signing.",
+                code="unreviewed",
+            )
+        now = timezone.now()
+        for cell in cells:
+            if not cell.is_signed:
+                _sign(cell, reviewer, now)
+        locked.signed_by = reviewer
+        locked.signed_at = now
+        locked.save(update_fields=["signed_by", "signed_at"])
+    return locked
+
+
+def classification_delete(*, classification: Classification, user) -> None:
+    """Delete an unreviewed result of the user's own, with its files."""
+    if classification.owner_id != user.pk:
+        raise PermissionDenied("Only the submitter may delete a result.")
+    if classification.review_state != ReviewState.UNREVIEWED:
+        raise ValidationError(
+            "Reviewed or signed results are part of the record and cannot be deleted.",
+            code="reviewed",
+        )
+    names = (classification.image.name, classification.heatmap.name)
+    with transaction.atomic():
+        classification.delete()
+        transaction.on_commit(lambda: _delete_files(*names))

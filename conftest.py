@@ -1,0 +1,66 @@
+"""Shared fixtures: users in each role, clients, a private temp MEDIA_ROOT, the fake model."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.roles import REVIEWER, TECHNOLOGIST
+from accounts.tests.factories import UserFactory
+
+PASSWORD = "correct-horse-battery-9"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(settings, tmp_path):
+    """Each test gets its own media folder and, unless it asks otherwise, the fake predictor."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.HEMATOVISION_PREDICTOR = "fake"
+    settings.AXES_ENABLED = False
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    return settings
+
+
+@pytest.fixture
+def password():
+    return PASSWORD
+
+
+@pytest.fixture
+def user(db):
+    """A technologist."""
+    return UserFactory(username="tech", roles=[TECHNOLOGIST])
+
+
+@pytest.fixture
+def other_user(db):
+    """A second technologist, who must never see the first one's data."""
+    return UserFactory(username="tech2", roles=[TECHNOLOGIST])
+
+
+@pytest.fixture
+def reviewer(db):
+    return UserFactory(username="reviewer", roles=[REVIEWER])
+
+
+@pytest.fixture
+def no_role_user(db):
+    return UserFactory(username="norole")
+
+
+@pytest.fixture
+def tech_client(client, user):
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def reviewer_client(client, reviewer):
+    client.force_login(reviewer)
+    return client
+
+
+@pytest.fixture
+def api_client():
+    return APIClient()

@@ -1,0 +1,10 @@
+"""Celery application: used only when CELERY_BROKER_URL is set (see settings)."""
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hematovision_site.settings")
+
+app = Celery("hematovision")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

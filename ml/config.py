@@ -1,0 +1,44 @@
+"""Training configuration: one dataclass, every knob commented."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1337  # numpy / tf / python seeds; split and augmentation draws
+    backbone: str = "efficientnet_lite0"  # or "mobilenet_v2" (needs ImageNet weights file or Keras cache)
+    backbone_weights: str | None = None  # weights file for mobilenet_v2 (Lite0 reads the pip package)
+    classes: tuple[str, ...] = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
+    # Cell crop: square of `crop_side` reference pixels (320x240 field scale) around the located nucleus,
+    # resized inside the model to `input_size` (the 320x240 images hold ~100 px cells).
+    crop_side: int = 144
+    input_size: int = 192
+    # Cached training: activations entering block `split_block` are computed once by the frozen lower
+    # blocks (two views per image: plain + augmented), and blocks split_block..15 + head are fine-tuned.
+    split_block: int = 11
+    aug_views: int = 1  # augmented views cached per training image (in addition to the plain one)
+    # Phase 1: head only on frozen pooled features (base called with training=False).
+    head_epochs: int = 30
+    head_lr: float = 1e-3
+    # Phase 2: fine-tune the top blocks + head at a low rate, BatchNorm frozen.
+    finetune_epochs: int = 6
+    finetune_lr: float = 2e-4
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    dropout: float = 0.3
+    # Validation: near-duplicate groups (augmented copies of one original) are kept together.
+    val_fraction: float = 0.2
+    group_similarity: float = 0.92  # cosine similarity linking two images into one group
+    # Serving: test-time augmentation (dihedral views averaged) and "unidentified" flags.
+    tta_views: int = 4  # 1, 2, 4 or 8 dihedral views
+    max_unidentified_val: float = 0.03  # target fraction of validation flagged (confidence + OOD)
+    name: str = "hematovision_wbc"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return d
