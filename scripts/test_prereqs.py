@@ -8,16 +8,20 @@ import subprocess
 import sys
 
 # Debian packages the suite uses, with the binary that proves each is there.
-DEBIAN_PACKAGES = {}
+DEBIAN_PACKAGES = {
+    "chromium": "chromium",  # browser tests (Playwright drives /usr/bin/chromium)
+    "poppler-utils": "pdftoppm",  # PDF report pages checked as images
+    "redis-server": "redis-server",  # Celery queue tests
+}
 
 
 def main() -> int:
     missing = [pkg for pkg, binary in DEBIAN_PACKAGES.items() if shutil.which(binary) is None]
     if missing:
         print(f"installing Debian packages for the tests: {' '.join(missing)}", flush=True)
-        env_cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(env_cmd, check=True, env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env)
     return 0
 
 
