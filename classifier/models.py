@@ -176,3 +176,78 @@ class ReviewEvent(models.Model):
 
     def __str__(self):
         return f"{self.actor} {self.action} #{self.classification_id}"
+
+
+def batch_source_path(instance, filename):
+    return _private_name("batches", filename)
+
+
+class BatchJob(models.Model):
+    """Many images (files or a ZIP) for one specimen, classified in the background."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        DONE_WITH_ERRORS = "done_with_errors", "Done, some files failed"
+
+    class Kind(models.TextChoices):
+        CELLS = "cells", "One white cell per image"
+        FIELDS = "fields", "Whole fields of view (cells located automatically)"
+
+    specimen = models.ForeignKey(Specimen, on_delete=models.PROTECT, related_name="batch_jobs")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="batch_jobs"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.CELLS)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    runs = models.PositiveIntegerField(default=0, help_text="How many times a runner picked the job up.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"job {self.pk} ({self.specimen_id}, {self.state})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in (self.State.DONE, self.State.DONE_WITH_ERRORS)
+
+
+class BatchItem(models.Model):
+    """One file of a batch job and what became of it."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+
+    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="items")
+    position = models.PositiveIntegerField()
+    filename = models.CharField(max_length=255)
+    source = models.FileField(upload_to=batch_source_path, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
+    error_code = models.CharField(max_length=32, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    classification = models.ForeignKey(
+        Classification, on_delete=models.SET_NULL, null=True, blank=True, related_name="batch_items"
+    )
+    cells = models.JSONField(
+        default=list, blank=True,
+        help_text="Whole fields: [{n, box: [x0, y0, x1, y1], classification_id}] for each located cell.",
+    )
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "position"], name="unique_batch_item_position")
+        ]
+
+    def __str__(self):
+        return f"{self.filename} ({self.state})"
