@@ -257,14 +257,15 @@ def specimen_sign(*, specimen: Specimen, reviewer) -> Specimen:
 
 def classification_delete(*, classification: Classification, user) -> None:
     """Delete an unreviewed result of the user's own, with its files."""
-    if classification.owner_id != user.pk:
-        raise PermissionDenied("Only the submitter may delete a result.")
-    if classification.review_state != ReviewState.UNREVIEWED:
-        raise ValidationError(
-            "Reviewed or signed results are part of the record and cannot be deleted.",
-            code="reviewed",
-        )
-    names = (classification.image.name, classification.heatmap.name)
     with transaction.atomic():
-        classification.delete()
+        locked = Classification.objects.select_for_update().get(pk=classification.pk)
+        if locked.owner_id != user.pk:
+            raise PermissionDenied("Only the submitter may delete a result.")
+        if locked.review_state != ReviewState.UNREVIEWED:
+            raise ValidationError(
+                "Reviewed or signed results are part of the record and cannot be deleted.",
+                code="reviewed",
+            )
+        names = (locked.image.name, locked.heatmap.name)
+        locked.delete()
         transaction.on_commit(lambda: _delete_files(*names))
