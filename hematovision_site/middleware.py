@@ -1,6 +1,12 @@
 """Response headers that Django 5.2 does not set by itself."""
 
+import logging
+
 from django.conf import settings
+from django.http import HttpResponse, JsonResponse
+from django.template.loader import render_to_string
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -19,4 +25,30 @@ class ContentSecurityPolicyMiddleware:
     def __call__(self, request):
         response = self.get_response(request)
         response.headers.setdefault("Content-Security-Policy", self.policy)
+        return response
+
+
+class DatabaseUnavailableMiddleware:
+    """Answer 503 (JSON for the API) when the database is locked or gone, instead of a 500."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        from django.db import InterfaceError, OperationalError
+
+        if not isinstance(exception, (OperationalError, InterfaceError)):
+            return None
+        logger.error("database unavailable: %s", exception)
+        message = "The database is busy or unavailable; nothing was changed. Please try again shortly."
+        if request.path.startswith("/api/"):
+            response = JsonResponse({"detail": message, "code": "database_unavailable"}, status=503)
+        else:
+            response = HttpResponse(
+                render_to_string("503.html", {"message": message}), status=503
+            )
+        response["Retry-After"] = "5"
         return response

@@ -73,6 +73,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "hematovision_site.middleware.ContentSecurityPolicyMiddleware",
     "axes.middleware.AxesMiddleware",
+    "hematovision_site.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "hematovision_site.urls"

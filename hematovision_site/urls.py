@@ -11,7 +11,10 @@ from drf_spectacular.views import (
 admin.site.site_header = "HematoVision administration"
 admin.site.site_title = "HematoVision admin"
 
+from .views import healthz
+
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
     path("", include("classifier.urls")),
     path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),
