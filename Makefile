@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MANAGE := $(BIN)/python manage.py
 
-.PHONY: run test setup setup-dev migrate lint fuzz bench loadtest clean help
+.PHONY: run test test-postgres setup setup-dev migrate lint fuzz bench loadtest clean help
 
 help:
 	@echo "make run    - install, migrate and serve the portal on http://$(HOST):$(PORT)/"
@@ -41,6 +41,11 @@ run: migrate
 test: setup-dev
 	$(BIN)/python scripts/test_prereqs.py
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web suite again on a real PostgreSQL server that the script starts and removes.
+test-postgres: setup-dev
+	$(BIN)/python scripts/with_postgres.py -- $(BIN)/python -m pytest accounts classifier tests \
+		-m "not browser and not services and not realmodel" $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(BIN)/ruff check .
