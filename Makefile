@@ -47,6 +47,13 @@ test-postgres: setup-dev
 	$(BIN)/python scripts/with_postgres.py -- $(BIN)/python -m pytest accounts classifier tests \
 		-m "not browser and not services and not realmodel" $(PYTEST_ARGS)
 
+# Benchmarks: figures for the README's performance section (not pass/fail tests).
+bench: setup-dev
+	$(BIN)/python -m ml.bench
+
+loadtest: setup-dev
+	$(BIN)/python bench/loadtest.py --users 20 --seconds 60
+
 lint: setup-dev
 	$(BIN)/ruff check .
 

@@ -1,0 +1,185 @@
+"""Bounded load test on loopback: `python bench/loadtest.py [--users 20] [--seconds 60]`.
+
+Starts a throw-away installation (temp database and media, one API user) under
+gunicorn, then USERS concurrent clients each loop: upload a cell image through
+the API with a unique external_id, then read the result back. Prints JSON with
+throughput, p50/p95/p99 latency per operation and errors, and checks that every
+accepted upload has exactly one result row. Exit status 1 if any request
+errored or a result is missing or doubled.
+"""
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = sorted((ROOT / "ml" / "tests" / "fixtures" / "cells").glob("*.jpeg"))
+PY = sys.executable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(values, q):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def _manage(env, *args, **kw):
+    return subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=env, check=True, **kw)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--predictor", default="ml", choices=["ml", "fake"])
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args()
+
+    var = Path(tempfile.mkdtemp(prefix="hv-load-"))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "HEMATOVISION_VAR_DIR": str(var),
+        "HEMATOVISION_PREDICTOR": args.predictor,
+        "HEMATOVISION_API_USER_RATE": "100000/min",
+        "DJANGO_DEBUG": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    env.pop("DATABASE_URL", None)
+    _manage(env, "migrate", "--noinput", stdout=subprocess.DEVNULL)
+    make_user = (
+        "from accounts.models import User; from django.contrib.auth.models import Group; "
+        "from rest_framework.authtoken.models import Token; "
+        "u = User.objects.create_user('load'); u.groups.add(Group.objects.get(name='Technologist')); "
+        "print(Token.objects.create(user=u).key)"
+    )
+    token = _manage(env, "shell", "-c", make_user, capture_output=True, text=True).stdout.split()[-1]
+    server = subprocess.Popen(
+        [PY, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", str(args.workers), "--threads",
+         str(args.threads), "-k", "gthread", "--timeout", "120", "hematovision_site.wsgi"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Token {token}"}
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"{base}/healthz", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        # Warm every worker's model before the clock starts (first prediction loads it).
+        images = [p.read_bytes() for p in FIXTURES]
+        warm_ids = set()
+        for i in range(args.workers * 3):
+            r = requests.post(f"{base}/api/v1/classifications/", headers=headers, timeout=300,
+                              files={"image": ("w.jpeg", images[i % len(images)], "image/jpeg")},
+                              data={"external_id": f"warm-{i}"})
+            r.raise_for_status()
+            warm_ids.add(f"warm-{i}")
+
+        lock = threading.Lock()
+        lat = {"upload": [], "read": []}
+        errors: list[str] = []
+        accepted: list[str] = []
+        deadline = time.monotonic() + args.seconds
+
+        def client(n: int):
+            session = requests.Session()
+            session.headers.update(headers)
+            rng = random.Random(n)
+            while time.monotonic() < deadline:
+                ext = uuid.uuid4().hex
+                t0 = time.perf_counter()
+                try:
+                    r = session.post(f"{base}/api/v1/classifications/", timeout=120,
+                                     files={"image": ("c.jpeg", rng.choice(images), "image/jpeg")},
+                                     data={"external_id": ext})
+                    t1 = time.perf_counter()
+                    if r.status_code != 201:
+                        raise RuntimeError(f"upload {r.status_code}: {r.text[:200]}")
+                    pk = r.json()["id"]
+                    r2 = session.get(f"{base}/api/v1/classifications/{pk}/", timeout=60)
+                    t2 = time.perf_counter()
+                    if r2.status_code != 200 or r2.json()["external_id"] != ext:
+                        raise RuntimeError(f"read {r2.status_code}: {r2.text[:200]}")
+                except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+                    with lock:
+                        errors.append(str(exc))
+                    continue
+                with lock:
+                    accepted.append(ext)
+                    lat["upload"].append(t1 - t0)
+                    lat["read"].append(t2 - t1)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(args.users) as pool:
+            list(pool.map(client, range(args.users)))
+        elapsed = time.monotonic() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    check = (
+        "import json; from classifier.models import Classification as C; "
+        "from django.db.models import Count; "
+        "rows = list(C.objects.values_list('external_id', flat=True)); "
+        "dups = C.objects.values('external_id').annotate(n=Count('id')).filter(n__gt=1).count(); "
+        "print(json.dumps({'rows': rows, 'dups': dups}))"
+    )
+    out = _manage(env, "shell", "-c", check, capture_output=True, text=True).stdout
+    stored = json.loads(out.strip().splitlines()[-1])
+    rows = [r for r in stored["rows"] if r not in warm_ids]
+    missing = sorted(set(accepted) - set(rows))
+    report = {
+        "users": args.users,
+        "seconds": round(elapsed, 1),
+        "predictor": args.predictor,
+        "gunicorn": {"workers": args.workers, "threads": args.threads},
+        "requests": 2 * len(accepted) + len(errors),
+        "uploads_accepted": len(accepted),
+        "throughput_uploads_per_s": round(len(accepted) / elapsed, 2),
+        "throughput_requests_per_s": round(2 * len(accepted) / elapsed, 2),
+        "latency_ms": {
+            op: {"p50": _pct(v, 0.5), "p95": _pct(v, 0.95), "p99": _pct(v, 0.99),
+                 "mean": round(1000 * statistics.fmean(v), 1) if v else None}
+            for op, v in lat.items()
+        },
+        "errors": len(errors),
+        "error_examples": errors[:5],
+        "result_rows": len(rows),
+        "missing_results": len(missing),
+        "duplicate_results": stored["dups"],
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    ok = not errors and not missing and stored["dups"] == 0 and len(rows) == len(accepted)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
