@@ -1,0 +1,27 @@
+"""Pick up batch jobs that a restart cut short (run at start-up on the embedded profile)."""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from classifier import jobs
+
+
+class Command(BaseCommand):
+    help = (
+        "Resume unfinished batch jobs: queue them on Celery when CELERY_BROKER_URL is set, "
+        "otherwise run them here, one after the other. Safe to run at any time."
+    )
+
+    def handle(self, *args, **options):
+        if settings.CELERY_BROKER_URL:
+            ids = jobs.job_resume_unfinished()
+            self.stdout.write(f"queued {len(ids)} unfinished job(s): {ids}")
+            return
+        pending = jobs.BatchJob.objects.exclude(
+            state__in=[jobs.BatchJob.State.DONE, jobs.BatchJob.State.DONE_WITH_ERRORS]
+        ).order_by("created_at", "id")
+        ids = list(pending.values_list("pk", flat=True))
+        for job_id in ids:
+            job = jobs.job_run(job_id=job_id)
+            self.stdout.write(f"job {job.pk} ({job.specimen.accession}): {job.state}")
+        self.stdout.write(f"resumed {len(ids)} unfinished job(s)")

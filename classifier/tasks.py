@@ -1,0 +1,65 @@
+"""Background entry points for batch jobs: a Celery task, or a thread when no broker is set.
+
+``enqueue_job`` is called from ``transaction.on_commit`` (see ``jobs.job_create``),
+so a worker never looks for a job that is not committed yet. With
+``CELERY_BROKER_URL`` set the job goes to the queue (acks late: a worker
+killed mid-job leaves the message to be redelivered); without it the job runs
+in a background thread of this process (``HEMATOVISION_JOBS_IN_THREAD``, on
+by default) or, when that is off, right away in the caller.
+
+Restarts: a Celery worker re-queues every unfinished job when it starts
+(``worker_ready``); on the embedded profile ``manage.py resume_jobs`` does
+it. Running a job twice is safe (see ``jobs``).
+"""
+
+import logging
+import threading
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="classifier.run_batch_job", acks_late=True, reject_on_worker_lost=True)
+def run_batch_job(job_id: int) -> str:
+    from . import jobs
+
+    job = jobs.job_run(job_id=job_id)
+    return job.state
+
+
+def _run_in_thread(job_id: int) -> None:
+    from . import jobs
+
+    close_old_connections()
+    try:
+        jobs.job_run(job_id=job_id)
+    except Exception:  # noqa: BLE001 - a thread has no caller to tell; resume_jobs retries
+        logger.exception("batch job %s stopped", job_id)
+    finally:
+        connection.close()
+
+
+def enqueue_job(job_id: int) -> None:
+    """Run the job in the background: on the Celery queue if configured, else in-process."""
+    if settings.CELERY_BROKER_URL:
+        run_batch_job.delay(job_id)
+    elif getattr(settings, "HEMATOVISION_JOBS_IN_THREAD", True):
+        threading.Thread(target=_run_in_thread, args=(job_id,), name=f"batch-job-{job_id}", daemon=True).start()
+    else:
+        from . import jobs
+
+        jobs.job_run(job_id=job_id)
+
+
+@worker_ready.connect
+def _resume_unfinished_jobs(sender=None, **kwargs):
+    """A worker that starts (after a crash or a deploy) picks up the jobs that were cut short."""
+    from . import jobs
+
+    ids = jobs.job_resume_unfinished()
+    if ids:
+        logger.info("re-queued unfinished batch jobs %s", ids)
