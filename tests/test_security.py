@@ -1,0 +1,51 @@
+"""Security settings that a lab deployment relies on."""
+
+import pytest
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.test import Client
+
+
+@pytest.mark.django_db
+def test_pages_send_csp_and_hardening_headers(tech_client):
+    response = tech_client.get("/")
+    csp = response["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+    assert "object-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert response["X-Frame-Options"] == "DENY"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Referrer-Policy"] == "same-origin"
+
+
+@pytest.mark.django_db
+def test_login_form_enforces_csrf(user, password):
+    client = Client(enforce_csrf_checks=True)
+    response = client.post("/accounts/login/", {"username": "tech", "password": password})
+    assert response.status_code == 403
+    assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.django_db
+def test_repeated_failed_logins_lock_the_account(settings, user, password):
+    settings.AXES_ENABLED = True
+    settings.AXES_FAILURE_LIMIT = 3
+    client = Client()
+    for _ in range(3):
+        client.post("/accounts/login/", {"username": "tech", "password": "wrong-password"})
+    response = client.post("/accounts/login/", {"username": "tech", "password": password})
+    assert response.status_code == 429
+    assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.parametrize("weak", ["short", "password123", "12345678901", "tech"])
+@pytest.mark.django_db
+def test_weak_passwords_are_refused(user, weak):
+    with pytest.raises(ValidationError):
+        validate_password(weak, user=user)
+
+
+def test_no_secret_key_in_repository_settings():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "hematovision_site" / "settings.py").read_text()
+    assert "django-insecure" not in text
