@@ -53,7 +53,15 @@ def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
             fmt = probe.format
             width, height = probe.size
             frames = getattr(probe, "n_frames", 1)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses to even open images declaring far more pixels than ours allows.
+        raise ImageRejected(
+            "too_many_pixels",
+            f"The image declares too many pixels (a decompression bomb?); "
+            f"the limit is {max_pixels / 1e6:.0f} megapixels.",
+            413,
+        ) from exc
+    except UnidentifiedImageError:
         return _reject_unreadable(data, filename)
     except Exception:  # noqa: BLE001 - any parser failure means "not an image we accept"
         return _reject_unreadable(data, filename)

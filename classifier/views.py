@@ -1,8 +1,67 @@
-"""Portal pages. Parse input, call one service or selector, render."""
+"""Portal pages. Parse input, call one service or selector, render.
 
+Business rules (who may do what, which state follows which) live in
+``services`` and ``selectors``; a view maps their exceptions to pages:
+``DoesNotExist`` -> 404, ``PermissionDenied`` -> 403, ``ValidationError`` and
+``ImageRejected`` -> a message the user can act on.
+"""
+
+import csv
+import mimetypes
+from pathlib import PurePosixPath
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views import View
+from django.views.decorators.http import require_POST
 from django.views.generic import TemplateView
 
-from . import selectors
+from . import selectors, services
+from .filters import ClassificationFilter
+from .forms import ReviewForm, UploadForm
+from .models import CellClass, Classification
+from .permissions import can_review, can_submit
+from .validation import ImageRejected
+
+HISTORY_PAGE_SIZE = 25
+QUEUE_PAGE_SIZE = 20
+NO_ROLE_MESSAGE = (
+    "Your account has no lab role yet, so you cannot upload or see results. "
+    "Ask an administrator to add you to the Technologist or Reviewer group."
+)
+
+
+def _get_classification(request, pk) -> Classification:
+    try:
+        return selectors.classification_get(user=request.user, pk=pk)
+    except Classification.DoesNotExist:
+        raise Http404("No such result.") from None
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, ImageRejected):
+        return exc.message
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    return str(exc)
+
+
+def _safe_next(request, fallback: str) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return fallback
+
+
+def _wants_json(request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
 
 
 class DashboardView(TemplateView):
@@ -10,5 +69,266 @@ class DashboardView(TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["stats"] = selectors.dashboard_stats(user=self.request.user)
+        stats = selectors.dashboard_stats(user=self.request.user)
+        context["stats"] = stats
+        context["has_role"] = can_submit(self.request.user)
+        context["no_role_message"] = NO_ROLE_MESSAGE
+        context["chart_data"] = {
+            "labels": [cls.label for cls in CellClass],
+            "counts": [stats["by_label"][cls.value] for cls in CellClass],
+        }
         return context
+
+
+class UploadView(View):
+    """One or many images. The page's script posts them one by one (JSON answers, a
+    progress bar); without JavaScript the form posts them all at once."""
+
+    template_name = "classifier/upload.html"
+
+    def dispatch(self, request, *args, **kwargs):
+        if not can_submit(request.user):
+            if _wants_json(request):
+                return JsonResponse({"error": NO_ROLE_MESSAGE, "code": "no_role"}, status=403)
+            return render(request, "classifier/no_role.html", {"message": NO_ROLE_MESSAGE}, status=403)
+        return super().dispatch(request, *args, **kwargs)
+
+    def get(self, request):
+        return render(request, self.template_name, {"form": UploadForm()})
+
+    def post(self, request):
+        form = UploadForm(request.POST, request.FILES)
+        if not form.is_valid():
+            if _wants_json(request):
+                errors = "; ".join(f"{e}" for field in form.errors.values() for e in field)
+                return JsonResponse({"error": errors, "code": "invalid"}, status=400)
+            return render(request, self.template_name, {"form": form}, status=400)
+        created, failures = [], []
+        for upload in form.cleaned_data["images"]:
+            try:
+                created.append(
+                    services.classification_create(
+                        user=request.user,
+                        data=upload.read(),
+                        filename=upload.name,
+                        accession=form.cleaned_data["accession"] or None,
+                    )
+                )
+            except (ImageRejected, ValidationError) as exc:
+                failures.append((upload.name, _error_text(exc), getattr(exc, "http_status", 400)))
+        if _wants_json(request):
+            return self._json_answer(created, failures)
+        if not created:
+            return render(
+                request, self.template_name, {"form": form, "failures": failures}, status=failures[0][2]
+            )
+        for name, message, _ in failures:
+            messages.error(request, f"{name}: {message}")
+        if len(created) == 1:
+            return redirect("classification-detail", pk=created[0].pk)
+        messages.success(request, f"{len(created)} images classified.")
+        return redirect("classification-list")
+
+    def _json_answer(self, created, failures):
+        if failures and not created:
+            name, message, status = failures[0]
+            return JsonResponse({"error": message, "filename": name}, status=status)
+        cell = created[0]
+        return JsonResponse(
+            {
+                "id": cell.pk,
+                "url": reverse("classification-detail", args=[cell.pk]),
+                "status": cell.status,
+                "label": cell.get_predicted_label_display() if cell.predicted_label else "",
+                "confidence": cell.confidence,
+                "errors": [{"filename": n, "error": m} for n, m, _ in failures],
+            },
+            status=201,
+        )
+
+
+class ClassificationDetailView(View):
+    def get(self, request, pk):
+        cell = _get_classification(request, pk)
+        reviewer = can_review(request.user)
+        return render(
+            request,
+            "classifier/classification_detail.html",
+            {
+                "cell": cell,
+                "probabilities": [
+                    {"label": CellClass(k).label if k in CellClass.values else k, "value": k,
+                     "percent": round(100 * v, 1)}
+                    for k, v in cell.probabilities_sorted()
+                ],
+                "events": cell.events.select_related("actor"),
+                "can_review": reviewer and not cell.is_signed,
+                "can_delete": cell.owner_id == request.user.pk and cell.needs_review,
+                "classes": CellClass.choices,
+            },
+        )
+
+
+def _private_file(field, download_name: str) -> FileResponse:
+    if not field:
+        raise Http404("No such file.")
+    try:
+        handle = field.open("rb")
+    except FileNotFoundError:
+        raise Http404("No such file.") from None
+    suffix = PurePosixPath(field.name).suffix.lower()
+    content_type = mimetypes.types_map.get(suffix, "application/octet-stream")
+    response = FileResponse(handle, content_type=content_type, filename=f"{download_name}{suffix}")
+    response["Content-Disposition"] = f'inline; filename="{download_name}{suffix}"'
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def classification_image_view(request, pk):
+    """The uploaded image, to those who may see the result (never a public /media/ URL)."""
+    return _private_file(_get_classification(request, pk).image, f"cell-{pk}")
+
+
+def classification_heatmap_view(request, pk):
+    """The Grad-CAM overlay, under the same rule as the image."""
+    return _private_file(_get_classification(request, pk).heatmap, f"cell-{pk}-heatmap")
+
+
+def _filtered_history(request) -> ClassificationFilter:
+    queryset = selectors.classification_list(user=request.user)
+    return ClassificationFilter(request.GET or None, queryset=queryset)
+
+
+class ClassificationListView(View):
+    def get(self, request):
+        filterset = _filtered_history(request)
+        page = Paginator(filterset.qs, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+        query = request.GET.copy()
+        query.pop("page", None)
+        return render(
+            request,
+            "classifier/classification_list.html",
+            {
+                "filter": filterset,
+                "page_obj": page,
+                "query": query.urlencode(),
+                "has_role": can_submit(request.user),
+                "no_role_message": NO_ROLE_MESSAGE,
+            },
+        )
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+CSV_HEADER = [
+    "id", "created_at", "original_filename", "accession", "external_id", "owner", "status",
+    "predicted_label", "confidence", "final_label", "review_state", "reviewed_by", "signed_by",
+    "signed_at", "flag_reason", "model_version",
+]
+
+
+def _csv_row(cell: Classification) -> list:
+    return [
+        cell.pk, cell.created_at.isoformat(), cell.original_filename,
+        cell.specimen.accession if cell.specimen else "", cell.external_id or "",
+        cell.owner.get_username(), cell.status, cell.predicted_label,
+        "" if cell.confidence is None else f"{cell.confidence:.4f}", cell.final_label, cell.review_state,
+        cell.reviewed_by.get_username() if cell.reviewed_by else "",
+        cell.signed_by.get_username() if cell.signed_by else "",
+        cell.signed_at.isoformat() if cell.signed_at else "", cell.flag_reason, cell.model_version,
+    ]
+
+
+def _csv_safe(value):
+    """Neutralise spreadsheet formulas in user-supplied text (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def classification_export_view(request):
+    """The filtered history as CSV, streamed."""
+    filterset = _filtered_history(request)
+    writer = csv.writer(_Echo())
+
+    def rows():
+        yield writer.writerow(CSV_HEADER)
+        for cell in filterset.qs.iterator(chunk_size=500):
+            yield writer.writerow([_csv_safe(value) for value in _csv_row(cell)])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="hematovision-results.csv"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+class ClassificationDeleteView(View):
+    """Confirmation page, then services.classification_delete."""
+
+    def get(self, request, pk):
+        cell = _get_classification(request, pk)
+        return render(request, "classifier/classification_confirm_delete.html", {"cell": cell})
+
+    def post(self, request, pk):
+        cell = _get_classification(request, pk)
+        try:
+            services.classification_delete(classification=cell, user=request.user)
+        except ValidationError as exc:
+            messages.error(request, _error_text(exc))
+            return redirect("classification-detail", pk=pk)
+        messages.success(request, f"Result #{pk} and its images were deleted.")
+        return redirect("classification-list")
+
+
+@require_POST
+def classification_review_view(request, pk):
+    """Confirm or reclassify one cell (reviewers); answers 403 to everyone else."""
+    cell = _get_classification(request, pk)
+    form = ReviewForm(request.POST)
+    fallback = reverse("classification-detail", args=[pk])
+    if not form.is_valid():
+        messages.error(request, "Choose one of the four cell classes.")
+        return redirect(_safe_next(request, fallback))
+    try:
+        cell = services.classification_review(
+            classification=cell, reviewer=request.user, label=form.cleaned_data["label"]
+        )
+    except ValidationError as exc:
+        messages.error(request, f"#{pk}: {_error_text(exc)}")
+    else:
+        state = cell.get_review_state_display().lower()
+        messages.success(request, f"#{pk} {state} as {cell.get_final_label_display()}.")
+    return redirect(_safe_next(request, fallback))
+
+
+@require_POST
+def classification_sign_view(request, pk):
+    """Sign a reviewed cell (reviewers): it becomes final and read-only."""
+    cell = _get_classification(request, pk)
+    try:
+        services.classification_sign(classification=cell, reviewer=request.user)
+    except ValidationError as exc:
+        messages.error(request, f"#{pk}: {_error_text(exc)}")
+    else:
+        messages.success(request, f"#{pk} signed; the result is final.")
+    return redirect(_safe_next(request, reverse("classification-detail", args=[pk])))
+
+
+class ReviewQueueView(View):
+    """Unidentified and unreviewed cells first; keyboard shortcuts in static/js/review.js."""
+
+    def get(self, request):
+        if not can_review(request.user):
+            raise PermissionDenied("Only reviewers see the review queue.")
+        page = Paginator(selectors.review_queue(user=request.user), QUEUE_PAGE_SIZE).get_page(
+            request.GET.get("page")
+        )
+        return render(
+            request,
+            "classifier/review_queue.html",
+            {"page_obj": page, "classes": CellClass.choices, "here": request.get_full_path()},
+        )

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.django_db
 
 
 def _ids(params):
-    return sorted(ClassificationFilter(params, queryset=Classification.objects.all()).qs.values_list("pk", flat=True))
+    filterset = ClassificationFilter(params, queryset=Classification.objects.all())
+    return sorted(filterset.qs.values_list("pk", flat=True))
 
 
 def test_factory_stores_image_and_heatmap_files(settings):
@@ -52,6 +53,5 @@ def test_filter_by_date_range():
     today = timezone.now().date()
     assert _ids({"created_after": str(today)}) == [new.pk]
     assert _ids({"created_before": str(today - datetime.timedelta(days=5))}) == [old.pk]
-    assert _ids({"created_after": str(today - datetime.timedelta(days=11)), "created_before": str(today)}) == [
-        old.pk, new.pk
-    ]
+    both = {"created_after": str(today - datetime.timedelta(days=11)), "created_before": str(today)}
+    assert _ids(both) == [old.pk, new.pk]

@@ -1,0 +1,167 @@
+"""Admin: results and specimens with thumbnails (through the private image view), filters,
+search and bulk review actions that go through the services; the audit trail is read-only."""
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.urls import reverse
+from django.utils.html import format_html
+
+from . import services
+from .models import Classification, ReviewEvent, Specimen
+
+
+def _thumbnail(cell: Classification, size: int = 64):
+    if not cell.pk or not cell.image:
+        return "—"
+    return format_html(
+        '<img src="{}" alt="cell #{}" style="width:{}px;height:{}px;object-fit:cover;border-radius:4px">',
+        reverse("classification-image", args=[cell.pk]), cell.pk, size, size * 3 // 4,
+    )
+
+
+def _run_bulk(modeladmin, request, objects, action, verb: str) -> None:
+    """Apply ``action`` to each object; report how many succeeded and why others did not."""
+    done, refused = 0, []
+    for obj in objects:
+        try:
+            action(obj)
+        except (ValidationError, PermissionDenied) as exc:
+            text = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+            refused.append(f"{obj}: {text}")
+        else:
+            done += 1
+    if done:
+        modeladmin.message_user(request, f"{done} {verb}.", messages.SUCCESS)
+    for line in refused[:20]:
+        modeladmin.message_user(request, line, messages.WARNING)
+
+
+class ReviewEventInline(admin.TabularInline):
+    model = ReviewEvent
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("created_at", "actor", "action", "from_label", "to_label")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Classification)
+class ClassificationAdmin(admin.ModelAdmin):
+    list_display = (
+        "thumbnail", "id", "owner", "specimen", "predicted_label", "confidence_percent", "status",
+        "final_label", "review_state", "model_version", "created_at",
+    )
+    list_display_links = ("thumbnail", "id")
+    list_filter = ("predicted_label", "final_label", "status", "review_state", "model_version", "created_at")
+    search_fields = ("original_filename", "specimen__accession", "external_id", "owner__username")
+    date_hierarchy = "created_at"
+    list_select_related = ("owner", "specimen")
+    actions = ("confirm_selected", "sign_selected")
+    inlines = (ReviewEventInline,)
+    readonly_fields = (
+        "preview", "owner", "specimen", "external_id", "original_filename", "image_sha256", "width",
+        "height", "created_at", "status", "predicted_label", "confidence", "probabilities", "flag_reason",
+        "flag_message", "cell_box", "model_version", "review_state", "final_label", "reviewed_by",
+        "reviewed_at", "signed_by", "signed_at",
+    )
+    exclude = ("image", "heatmap")
+
+    @admin.display(description="Image")
+    def thumbnail(self, obj):
+        return _thumbnail(obj)
+
+    @admin.display(description="Image")
+    def preview(self, obj):
+        return _thumbnail(obj, size=240)
+
+    @admin.display(description="Confidence", ordering="confidence")
+    def confidence_percent(self, obj):
+        return "—" if obj.confidence is None else f"{obj.confidence:.0%}"
+
+    def has_add_permission(self, request):
+        return False  # images come in through the portal or the API, which check them
+
+    @admin.action(description="Confirm the model's class for the selected results")
+    def confirm_selected(self, request, queryset):
+        _run_bulk(
+            self, request, queryset,
+            lambda cell: services.classification_review(
+                classification=cell, reviewer=request.user, label=cell.predicted_label
+            ),
+            "result(s) confirmed",
+        )
+
+    @admin.action(description="Sign the selected (reviewed) results")
+    def sign_selected(self, request, queryset):
+        _run_bulk(
+            self, request, queryset,
+            lambda cell: services.classification_sign(classification=cell, reviewer=request.user),
+            "result(s) signed",
+        )
+
+
+class CellInline(admin.TabularInline):
+    model = Classification
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = readonly_fields = ("thumbnail", "predicted_label", "confidence", "status", "final_label",
+                                "review_state")
+
+    @admin.display(description="Image")
+    def thumbnail(self, obj):
+        return _thumbnail(obj, size=48)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Specimen)
+class SpecimenAdmin(admin.ModelAdmin):
+    list_display = ("accession", "created_by", "created_at", "cell_count", "signed_by", "signed_at")
+    list_filter = ("created_at", "signed_at")
+    search_fields = ("accession", "created_by__username")
+    readonly_fields = ("accession", "created_by", "created_at", "signed_by", "signed_at")
+    inlines = (CellInline,)
+    actions = ("sign_selected",)
+
+    @admin.display(description="Cells")
+    def cell_count(self, obj):
+        return obj.cells.count()
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Sign the selected specimens (every cell must be reviewed)")
+    def sign_selected(self, request, queryset):
+        _run_bulk(
+            self, request, queryset,
+            lambda specimen: services.specimen_sign(specimen=specimen, reviewer=request.user),
+            "specimen(s) signed",
+        )
+
+
+@admin.register(ReviewEvent)
+class ReviewEventAdmin(admin.ModelAdmin):
+    """The audit trail: readable, never editable."""
+
+    list_display = ("created_at", "classification", "actor", "action", "from_label", "to_label")
+    list_filter = ("action", "created_at")
+    search_fields = ("actor__username", "classification__id", "classification__specimen__accession")
+    list_select_related = ("actor", "classification")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
