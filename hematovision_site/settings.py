@@ -185,7 +185,10 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "user": env.str("HEMATOVISION_API_USER_RATE", default="1200/min"),
         "anon": env.str("HEMATOVISION_API_ANON_RATE", default="30/min"),
+        "uploads": env.str("HEMATOVISION_API_UPLOAD_RATE", default="120/min"),
+        "token": env.str("HEMATOVISION_API_TOKEN_RATE", default="10/min"),
     },
+    "EXCEPTION_HANDLER": "classifier.api.exceptions.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "HematoVision LIS API",
@@ -197,6 +200,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Name the shared choice sets once, so other models' "status" fields cannot collide with them.
+    "ENUM_NAME_OVERRIDES": {
+        "CellClassEnum": "classifier.models.CellClass",
+        "ClassificationStatusEnum": "classifier.models.Status",
+        "ReviewStateEnum": "classifier.models.ReviewState",
+    },
 }
 
 # Celery: a real queue only when a broker is configured; otherwise jobs run in-process.

@@ -1,0 +1,234 @@
+"""API representations. Serializers parse and render; services and selectors decide."""
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from classifier.models import CellClass, Classification, ReviewState, Specimen, Status, accession_validator
+
+
+class OptionalChoiceField(serializers.ChoiceField):
+    """A choice rendered as null instead of the model's blank string ("no label yet")."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("allow_null", True)
+        kwargs.setdefault("read_only", True)
+        super().__init__(**kwargs)
+
+    def to_representation(self, value):
+        return None if value in ("", None) else super().to_representation(value)
+
+
+class ProbabilitiesSerializer(serializers.Serializer):
+    """Softmax probability per class (all four once the model has run; empty while pending)."""
+
+    EOSINOPHIL = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    LYMPHOCYTE = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    MONOCYTE = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    NEUTROPHIL = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+
+
+class ClassificationSerializer(serializers.ModelSerializer):
+    """One cell image, the model's pre-classification and its human review."""
+
+    label = OptionalChoiceField(
+        choices=CellClass.choices,
+        help_text="The label that counts: the reviewer's if reviewed, else the model's; null while pending.",
+    )
+    predicted_label = OptionalChoiceField(
+        choices=CellClass.choices, help_text="The model's label; null while pending."
+    )
+    final_label = OptionalChoiceField(
+        choices=CellClass.choices, help_text="The reviewer's label; null until reviewed."
+    )
+    confidence = serializers.FloatField(
+        read_only=True, allow_null=True, min_value=0.0, max_value=1.0,
+        help_text="Probability of the predicted label (0-1); null while pending.",
+    )
+    probabilities = ProbabilitiesSerializer(read_only=True)
+    status = serializers.ChoiceField(
+        choices=Status.choices, read_only=True,
+        help_text="classified; unidentified (the model is unsure or the image is not a usable "
+        "white-cell image: a reviewer must decide); pending (the model was unavailable).",
+    )
+    review_state = serializers.ChoiceField(choices=ReviewState.choices, read_only=True)
+    flag_reason = serializers.CharField(
+        read_only=True, help_text="Machine-readable reason for an unidentified result, else empty."
+    )
+    flag_message = serializers.CharField(read_only=True, help_text="Why the result was flagged, for people.")
+    cell_box = serializers.ListField(
+        child=serializers.IntegerField(), min_length=4, max_length=4, read_only=True, allow_null=True,
+        help_text="Located cell [left, top, right, bottom] in image pixels, or null.",
+    )
+    model_version = serializers.CharField(
+        read_only=True, help_text="Version (content hash) of the model that made the prediction."
+    )
+    accession = serializers.CharField(
+        source="specimen.accession", read_only=True, allow_null=True, default=None,
+        help_text="Accession number of the specimen the cell belongs to, or null.",
+    )
+    external_id = serializers.CharField(read_only=True, allow_null=True)
+    reviewed_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    signed_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    image_url = serializers.SerializerMethodField(help_text="Authenticated download of the stored image.")
+    heatmap_url = serializers.SerializerMethodField(
+        help_text="Authenticated download of the Grad-CAM heat map (PNG); null while pending."
+    )
+
+    class Meta:
+        model = Classification
+        fields = [
+            "id", "label", "predicted_label", "final_label", "confidence", "probabilities",
+            "status", "review_state", "flag_reason", "flag_message", "cell_box", "model_version",
+            "accession", "external_id", "original_filename", "width", "height", "created_at",
+            "reviewed_by", "reviewed_at", "signed_by", "signed_at", "image_url", "heatmap_url",
+        ]
+        read_only_fields = fields
+
+    def _url(self, name: str, pk: int) -> str:
+        path = reverse(name, kwargs={"pk": pk})
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_image_url(self, obj) -> str:
+        return self._url("api-classification-image", obj.pk)
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_heatmap_url(self, obj):
+        return self._url("api-classification-heatmap", obj.pk) if obj.heatmap else None
+
+
+class ClassificationUploadSerializer(serializers.Serializer):
+    """multipart/form-data body of POST /api/v1/classifications/."""
+
+    image = serializers.FileField(
+        allow_empty_file=True,  # the image checks answer an empty file with their own message
+        help_text="One white-cell image: JPEG, PNG, TIFF, BMP or WebP, at most the configured size.",
+    )
+    accession = serializers.CharField(
+        required=False, allow_blank=True, max_length=64, validators=[accession_validator],
+        help_text="Accession number of the specimen (order); created on first use.",
+    )
+    external_id = serializers.CharField(
+        required=False, allow_blank=True, max_length=128,
+        help_text="Your id for this upload; posting it again returns the stored result (safe retries).",
+    )
+
+    def validate_accession(self, value):
+        return value.strip()
+
+
+class ClassificationPendingSerializer(serializers.Serializer):
+    """503 body: the image is stored but the model is unavailable; poll ``url`` later."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    id = serializers.IntegerField(help_text="Id of the stored, pending classification.")
+    url = serializers.URLField(help_text="Where to fetch the result once classified.")
+
+
+class ClassRowSerializer(serializers.Serializer):
+    label = serializers.ChoiceField(choices=CellClass.choices)
+    name = serializers.CharField()
+    count = serializers.IntegerField(min_value=0)
+    percent = serializers.FloatField(
+        allow_null=True, help_text="Percent of counted cells; null when no cell is counted yet."
+    )
+    reference_low = serializers.FloatField(help_text="Adult reference range, % of leukocytes.")
+    reference_high = serializers.FloatField()
+    flag = serializers.ChoiceField(
+        choices=[("H", "High"), ("L", "Low")], allow_null=True,
+        help_text="H above, L below the reference range, null within it (or no count).",
+    )
+
+
+class DifferentialSerializer(serializers.Serializer):
+    """The white-cell differential: reviewed labels count; unreviewed unidentified cells are apart."""
+
+    total_cells = serializers.IntegerField(min_value=0)
+    counted_cells = serializers.IntegerField(min_value=0)
+    unidentified = serializers.IntegerField(min_value=0, help_text="Unidentified cells awaiting review.")
+    pending = serializers.IntegerField(min_value=0, help_text="Cells the model has not classified yet.")
+    unreviewed = serializers.IntegerField(min_value=0)
+    classes = ClassRowSerializer(many=True)
+
+
+class SpecimenListSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    signed_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    signed = serializers.BooleanField(source="is_signed", read_only=True)
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Specimen
+        fields = ["accession", "created_by", "created_at", "signed", "signed_by", "signed_at", "url"]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, obj) -> str:
+        path = reverse("api-specimen-detail", kwargs={"accession": obj.accession})
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
+
+
+class SpecimenSerializer(SpecimenListSerializer):
+    """A specimen with its cells, differential, review state and sign-off.
+
+    Rendered from ``{"specimen": ..., "differential": ..., "cells": ...}``.
+    """
+
+    review_state = serializers.SerializerMethodField(
+        help_text="signed; ready_to_sign (every cell reviewed); in_review (cells await review or the model)."
+    )
+    ready_to_sign = serializers.SerializerMethodField()
+    differential = serializers.SerializerMethodField()
+    cells = serializers.SerializerMethodField()
+
+    class Meta(SpecimenListSerializer.Meta):
+        fields = [
+            *SpecimenListSerializer.Meta.fields, "review_state", "ready_to_sign", "differential", "cells"
+        ]
+        read_only_fields = fields
+
+    def _differential(self):
+        return self.context["differential"]
+
+    @extend_schema_field(serializers.ChoiceField(choices=["in_review", "ready_to_sign", "signed"]))
+    def get_review_state(self, obj) -> str:
+        differential = self._differential()
+        if differential["signed"]:
+            return "signed"
+        return "ready_to_sign" if differential["ready_to_sign"] else "in_review"
+
+    def get_ready_to_sign(self, obj) -> bool:
+        return self._differential()["ready_to_sign"]
+
+    @extend_schema_field(DifferentialSerializer)
+    def get_differential(self, obj):
+        return DifferentialSerializer(self._differential()).data
+
+    @extend_schema_field(ClassificationSerializer(many=True))
+    def get_cells(self, obj):
+        return ClassificationSerializer(self.context["cells"], many=True, context=self.context).data
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Send as 'Authorization: Token <token>'.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error: a message for people and a stable code for programs."""
+
+    detail = serializers.CharField(help_text="What went wrong, for people.")
+    code = serializers.CharField(help_text="Stable machine-readable code, e.g. not_an_image, file_too_large.")
+    errors = serializers.DictField(
+        required=False, child=serializers.JSONField(),
+        help_text="Per-field messages when the request body or query failed validation.",
+    )

@@ -1,0 +1,379 @@
+"""LIS API endpoints. Each parses input, calls one service or selector, renders.
+
+Who may see what is decided by ``classifier.selectors`` (a result another user
+may not see is answered 404, like one that does not exist), who may write by
+``classifier.services``; errors are shaped by ``classifier.api.exceptions``.
+"""
+
+import mimetypes
+
+from django.http import FileResponse
+from django.urls import reverse
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import mixins, permissions, serializers, status, viewsets
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+
+from classifier import selectors, services
+from classifier.filters import ClassificationFilter
+from classifier.interop import fhir, hl7
+from classifier.models import Classification, Specimen, Status
+from classifier.permissions import can_submit
+
+from .renderers import FHIRJSONRenderer, HL7Renderer, ImageRenderer
+from .serializers import (
+    ClassificationPendingSerializer,
+    ClassificationSerializer,
+    ClassificationUploadSerializer,
+    ErrorSerializer,
+    SpecimenListSerializer,
+    SpecimenSerializer,
+    TokenRequestSerializer,
+    TokenSerializer,
+)
+from .throttling import TokenRateThrottle, UploadRateThrottle
+
+
+def _error(description: str, code: str, message: str) -> OpenApiResponse:
+    return OpenApiResponse(
+        ErrorSerializer,
+        description=description,
+        examples=[OpenApiExample(code, value={"detail": message, "code": code})],
+    )
+
+
+UNAUTHORIZED = _error("No or invalid credentials.", "not_authenticated",
+                      "Authentication credentials were not provided.")
+NOT_FOUND = _error("No such object, or one you may not see.", "not_found",
+                   "No Classification matches the given query.")
+THROTTLED = _error("Too many requests; retry after the Retry-After header's seconds.", "throttled",
+                   "Request was throttled. Expected available in 42 seconds.")
+NOT_ACCEPTABLE = _error("The Accept header asks for a media type this endpoint cannot produce.",
+                        "not_acceptable", "Could not satisfy the request Accept header.")
+READ_ERRORS = {401: UNAUTHORIZED, 404: NOT_FOUND, 406: NOT_ACCEPTABLE, 429: THROTTLED}
+
+
+class JSONErrorsMixin:
+    """Errors are always JSON, even where the success answer is FHIR, HL7 or an image."""
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        if response.status_code >= 400 and isinstance(response, Response):
+            renderer = getattr(request, "accepted_renderer", None)
+            if renderer is None or renderer.media_type != JSONRenderer.media_type:
+                request.accepted_renderer = JSONRenderer()
+                request.accepted_media_type = JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
+class CanSubmit(permissions.BasePermission):
+    """Technologists and reviewers submit images (the same rule as the portal)."""
+
+    message = "Only technologists and reviewers may submit images."
+
+    def has_permission(self, request, view):
+        return can_submit(request.user)
+
+
+@extend_schema(
+    tags=["auth"],
+    summary="Get an API token",
+    description="Exchange a username and password for the user's API token (created on first use). "
+    "Send it as `Authorization: Token <token>`. Repeated failures lock the account for a while.",
+    request=TokenRequestSerializer,
+    responses={
+        200: OpenApiResponse(TokenSerializer, examples=[
+            OpenApiExample("token", value={"token": "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"})
+        ]),
+        400: _error("Missing fields or wrong username/password.", "authorization",
+                    "Unable to log in with provided credentials."),
+        429: _error("Too many attempts from this address, or the account is locked out.", "locked_out",
+                    "Too many failed sign-in attempts; try again later."),
+    },
+    auth=[],
+)
+class TokenView(JSONErrorsMixin, ObtainAuthToken):
+    """``POST /api/v1/auth/token/``: DRF's token view, throttled per client address.
+
+    DRF's AuthTokenSerializer passes the request to ``authenticate()``, which
+    django-axes needs to count failures per username and address.
+    """
+
+    throttle_classes = [TokenRateThrottle]
+    permission_classes = [permissions.AllowAny]
+    authentication_classes = []
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    def post(self, request, *args, **kwargs):
+        try:
+            return super().post(request, *args, **kwargs)
+        except ValidationError:
+            # authenticate() swallows axes' PermissionDenied; axes marks the request instead.
+            if getattr(request, "axes_locked_out", False):
+                raise LockedOut() from None
+            raise
+
+
+class LockedOut(APIException):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_detail = "Too many failed sign-in attempts; try again later."
+    default_code = "locked_out"
+
+
+CLASSIFICATION_EXAMPLE = {
+    "id": 42, "label": "NEUTROPHIL", "predicted_label": "NEUTROPHIL", "final_label": None,
+    "confidence": 0.93,
+    "probabilities": {"EOSINOPHIL": 0.03, "LYMPHOCYTE": 0.02, "MONOCYTE": 0.02, "NEUTROPHIL": 0.93},
+    "status": "classified", "review_state": "unreviewed", "flag_reason": "", "flag_message": "",
+    "cell_box": [61, 40, 259, 201], "model_version": "effnetlite0-3f2a9c1d",
+    "accession": "ACC-2026-0001", "external_id": "LIS-778812", "original_filename": "cell_001.jpg",
+    "width": 320, "height": 240, "created_at": "2026-11-25T09:12:44.201Z",
+    "reviewed_by": None, "reviewed_at": None, "signed_by": None, "signed_at": None,
+    "image_url": "https://lab.example/api/v1/classifications/42/image/",
+    "heatmap_url": "https://lab.example/api/v1/classifications/42/heatmap/",
+}
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List results",
+        description="Results you may see (technologists: their own; reviewers: all), newest first, "
+        "50 a page. Filter by label (the reviewer's, else the model's), status, review_state, "
+        "accession, created_after/created_before (dates, inclusive) and q (search).",
+        responses={200: ClassificationSerializer(many=True), 400: _error(
+            "A filter value is not valid.", "invalid_choice",
+            "status: Select a valid choice. x is not one of the available choices.",
+        ), **{k: v for k, v in READ_ERRORS.items() if k != 404}},
+    ),
+    retrieve=extend_schema(
+        summary="Get one result",
+        responses={200: OpenApiResponse(ClassificationSerializer, examples=[
+            OpenApiExample("classified", value=CLASSIFICATION_EXAMPLE)
+        ]), **READ_ERRORS},
+    ),
+)
+class ClassificationViewSet(
+    JSONErrorsMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """White-cell images and their (pre-)classifications."""
+
+    serializer_class = ClassificationSerializer
+    filterset_class = ClassificationFilter
+    lookup_value_regex = "[0-9]+"
+    parser_classes = [MultiPartParser]
+    queryset = Classification.objects.none()  # the real one comes from the selector
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Classification.objects.none()
+        return selectors.classification_list(user=self.request.user)
+
+    def get_permissions(self):
+        if self.action == "create":
+            return [*super().get_permissions(), CanSubmit()]
+        return super().get_permissions()
+
+    def get_throttles(self):
+        if self.action == "create":
+            return [*super().get_throttles(), UploadRateThrottle()]
+        return super().get_throttles()
+
+    @extend_schema(
+        summary="Submit an image",
+        description="Check, store and classify one white-cell image. `201` with the result; posting "
+        "an `external_id` you used before returns the stored result with `200` and stores "
+        "nothing. When the model is unavailable the image is kept as `pending` and the answer "
+        "is `503` with its id (the same `external_id` can be posted again later). Rejected "
+        "files leave nothing behind.",
+        request={"multipart/form-data": ClassificationUploadSerializer},
+        responses={
+            201: OpenApiResponse(ClassificationSerializer, description="Classified (or unidentified).",
+                                 examples=[OpenApiExample("created", value=CLASSIFICATION_EXAMPLE)]),
+            200: OpenApiResponse(ClassificationSerializer,
+                                 description="A retry: the result stored earlier for this external_id."),
+            400: _error("Bad input: missing image field, empty or damaged image, bad accession, or a "
+                        "signed specimen.", "corrupt_image",
+                        "The image could not be read completely (truncated or damaged): image file is "
+                        "truncated."),
+            401: UNAUTHORIZED,
+            403: _error("Your account has no role that may submit images.", "permission_denied",
+                        "Only technologists and reviewers may submit images."),
+            413: _error("The file or the image's pixel count is over the limit.", "file_too_large",
+                        "The file is 25.3 MB; the limit is 21 MB."),
+            415: _error("Not an image (or a format that is not accepted), or not multipart.", "not_an_image",
+                        "notes.jpg is not an image that can be read (JPEG, PNG, TIFF, BMP or WebP)."),
+            429: THROTTLED,
+            503: OpenApiResponse(ClassificationPendingSerializer, description="Stored, but the model is "
+                                 "unavailable; the result stays pending.", examples=[OpenApiExample(
+                                     "pending", value={
+                                         "detail": "The model is unavailable; the image is stored as "
+                                         "pending and will be classified later.",
+                                         "code": "model_unavailable", "id": 43,
+                                         "url": "https://lab.example/api/v1/classifications/43/",
+                                     })]),
+        },
+    )
+    def create(self, request, *args, **kwargs):
+        upload = ClassificationUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        image = upload.validated_data["image"]
+        external_id = upload.validated_data.get("external_id") or None
+        started = timezone.now()
+        classification = services.classification_create(
+            user=request.user,
+            data=image.read(),
+            filename=image.name or "",
+            accession=upload.validated_data.get("accession") or None,
+            external_id=external_id,
+        )
+        path = reverse("api-classification-detail", kwargs={"pk": classification.pk})
+        url = request.build_absolute_uri(path)
+        if classification.status == Status.PENDING:
+            body = {
+                "detail": "The model is unavailable; the image is stored as pending and will be "
+                "classified later.",
+                "code": "model_unavailable",
+                "id": classification.pk,
+                "url": url,
+            }
+            return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "60"})
+        # A retry gets the result stored before this request began.
+        created = external_id is None or classification.created_at >= started
+        data = self.get_serializer(classification).data
+        if created:
+            return Response(data, status=status.HTTP_201_CREATED, headers={"Location": url})
+        return Response(data, status=status.HTTP_200_OK)
+
+    def _download(self, field):
+        classification = self.get_object()
+        stored = getattr(classification, field)
+        if not stored:
+            raise NotFound("This result has no heat map yet (the model has not run).", code="not_found")
+        content_type = mimetypes.guess_type(stored.name)[0] or "application/octet-stream"
+        response = FileResponse(stored.open("rb"), content_type=content_type)
+        filename = f"{field}-{classification.pk}{_suffix(stored.name)}"
+        response["Content-Disposition"] = f'inline; filename="{filename}"'
+        response["Cache-Control"] = "private, no-store"
+        return response
+
+    @extend_schema(
+        summary="Download the stored image",
+        description="The uploaded image as stored (metadata stripped; JPEG or PNG).",
+        responses={(200, "image/jpeg"): OpenApiTypes.BINARY, (200, "image/png"): OpenApiTypes.BINARY,
+                   **READ_ERRORS},
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[ImageRenderer, JSONRenderer])
+    def image(self, request, pk=None):
+        return self._download("image")
+
+    @extend_schema(
+        summary="Download the heat map",
+        description="Grad-CAM heat map over the image (PNG): where the model looked. 404 while pending.",
+        responses={(200, "image/png"): OpenApiTypes.BINARY, **READ_ERRORS},
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[ImageRenderer, JSONRenderer])
+    def heatmap(self, request, pk=None):
+        return self._download("heatmap")
+
+
+def _suffix(name: str) -> str:
+    return "." + name.rsplit(".", 1)[-1] if "." in name else ""
+
+
+FHIR_BUNDLE = inline_serializer(
+    name="FHIRBundle",
+    fields={
+        "resourceType": serializers.ChoiceField(choices=["Bundle"]),
+        "id": serializers.CharField(),
+        "identifier": serializers.DictField(child=serializers.CharField()),
+        "type": serializers.ChoiceField(choices=["collection"]),
+        "timestamp": serializers.CharField(),
+        "entry": serializers.ListField(
+            child=serializers.DictField(child=serializers.JSONField()),
+            help_text="DiagnosticReport, Specimen, then one Observation per class (FHIR R4 resources).",
+        ),
+    },
+)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List specimens",
+        description="Specimens you may see (technologists: the ones they opened; reviewers: all).",
+        responses={200: SpecimenListSerializer(many=True),
+                   **{k: v for k, v in READ_ERRORS.items() if k != 404}},
+    ),
+)
+class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Specimens (accession numbers): cells, differential, sign-off, FHIR and HL7 results.
+
+    Other endpoints under a specimen (batch uploads, sign-off, reports) may be
+    added here as actions or in their own viewset registered on the router.
+    """
+
+    serializer_class = SpecimenListSerializer
+    lookup_field = "accession"
+    lookup_value_regex = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+    queryset = Specimen.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Specimen.objects.none()
+        return selectors.specimen_list(user=self.request.user)
+
+    def _specimen_and_differential(self):
+        specimen = self.get_object()
+        return specimen, selectors.specimen_differential(specimen=specimen)
+
+    @extend_schema(
+        summary="Get a specimen",
+        description="The specimen with the cells you may see, its white-cell differential (count, percent "
+        "and reference flag per class; unidentified and pending counts), review state and sign-off.",
+        responses={200: SpecimenSerializer, **READ_ERRORS},
+    )
+    def retrieve(self, request, accession=None):
+        specimen, differential = self._specimen_and_differential()
+        cells = selectors.classification_list(user=request.user).filter(specimen=specimen)
+        context = {**self.get_serializer_context(), "differential": differential, "cells": cells}
+        return Response(SpecimenSerializer(specimen, context=context).data)
+
+    @extend_schema(
+        summary="FHIR R4 result bundle",
+        description="A FHIR R4 `collection` Bundle: a DiagnosticReport (LOINC 57023-4; `preliminary` "
+        "until a reviewer signs the specimen, then `final`), the Specimen (accession number) and one "
+        "Observation per class with its LOINC code (770-8 neutrophils, 736-9 lymphocytes, 5905-5 "
+        "monocytes, 713-8 eosinophils per 100 leukocytes), value in UCUM `%`, reference range and "
+        "H/L/N interpretation. Served as `application/fhir+json`.",
+        responses={(200, fhir.FHIR_MEDIA_TYPE): FHIR_BUNDLE, (200, "application/json"): FHIR_BUNDLE,
+                   **READ_ERRORS},
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[FHIRJSONRenderer, JSONRenderer])
+    def fhir(self, request, accession=None):
+        specimen, differential = self._specimen_and_differential()
+        return Response(fhir.specimen_bundle(specimen, differential))
+
+    @extend_schema(
+        summary="HL7 v2.5.1 ORU^R01 message",
+        description="The differential as an HL7 v2.5.1 `ORU^R01` message in ER7 encoding (MSH, PID with the "
+        "accession as placeholder identifier, OBR, one OBX per class with NTE, SPM). Result status "
+        "`P` until signed, `F` after.",
+        responses={(200, hl7.HL7_MEDIA_TYPE): OpenApiTypes.STR, **READ_ERRORS},
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[HL7Renderer, JSONRenderer])
+    def hl7(self, request, accession=None):
+        specimen, differential = self._specimen_and_differential()
+        return Response(hl7.oru_r01(specimen, differential))

@@ -1,0 +1,112 @@
+"""The white-cell differential of one specimen as an HL7 v2.5.1 ORU^R01 message.
+
+Built with hl7apy at STRICT validation level, so a message that breaks the
+2.5.1 structure fails here rather than in the receiving LIS.
+
+HematoVision holds no patient demographics, only the accession number the
+LIS gave the order. ORU^R01 (and a strict 2.5.1 parser) still expects a PID
+segment with an identifier (PID-3) and a name (PID-5), so PID-3 carries the
+accession as a placeholder identifier with type code ``ACSN`` (accession ID,
+HL7 table 0203) and PID-5 only the name type ``U`` (unspecified, table 0200):
+no name is invented. The LIS matches the result to its own order and patient
+by the accession in OBR-2/OBR-3 and SPM-2, as it does for analyser results.
+
+Per class one OBX: value type NM, the LOINC "/100 leukocytes in Blood by
+Automated count" code (same as the FHIR Observations), units ``%`` (UCUM),
+reference range ``low-high``, abnormal flag H/L/N, and result status ``P``
+(preliminary) until a reviewer signs the specimen, ``F`` (final) after. A
+class with no counted cell yet is sent without a value and status ``X``
+(results cannot be obtained for this observation... yet).
+"""
+
+import uuid
+
+from django.conf import settings
+from django.utils import timezone
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
+
+from .fhir import CLASS_LOINC, PANEL
+
+HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
+VERSION = "2.5.1"
+SENDING_APPLICATION = "HEMATOVISION"
+
+
+def _ts(value) -> str:
+    return timezone.localtime(value).strftime("%Y%m%d%H%M%S%z")
+
+
+def _escape(text: str) -> str:
+    """Escape HL7 delimiters in free text (\\ first, then | ^ & ~)."""
+    for raw, escaped in (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def oru_r01(specimen, differential: dict, *, now=None, control_id: str | None = None) -> str:
+    """The ER7 text of an ORU^R01 v2.5.1 message (segments separated by carriage returns)."""
+    now = now or timezone.now()
+    accession = specimen.accession  # [A-Za-z0-9._-] only: no escaping needed
+    final = differential["signed"]
+    result_status = "F" if final else "P"
+    facility = _escape(settings.HEMATOVISION_LAB_NAME)[:20].strip()  # HD.1 holds at most 20 characters
+
+    msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    msg.msh.msh_3 = SENDING_APPLICATION
+    msg.msh.msh_4 = facility
+    msg.msh.msh_7 = _ts(now)
+    msg.msh.msh_9 = "ORU^R01^ORU_R01"
+    msg.msh.msh_10 = control_id or uuid.uuid4().hex[:20]
+    msg.msh.msh_11 = "P"
+    msg.msh.msh_12 = VERSION
+
+    result = msg.add_group("ORU_R01_PATIENT_RESULT")
+    patient = result.add_group("ORU_R01_PATIENT")
+    patient.pid.pid_1 = "1"
+    patient.pid.pid_3 = f"{accession}^^^{SENDING_APPLICATION}^ACSN"
+    patient.pid.pid_5 = "^^^^^^U"
+
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    order.obr.obr_1 = "1"
+    order.obr.obr_2 = f"{accession}^{SENDING_APPLICATION}"
+    order.obr.obr_3 = f"{accession}^{SENDING_APPLICATION}"
+    order.obr.obr_4 = f"{PANEL[0]}^{PANEL[1]}^LN"
+    order.obr.obr_7 = _ts(specimen.created_at)
+    order.obr.obr_22 = _ts(specimen.signed_at or now)
+    order.obr.obr_24 = "HM"
+    order.obr.obr_25 = result_status
+
+    counted = differential["counted_cells"]
+    for index, row in enumerate(differential["classes"], start=1):
+        code, display = CLASS_LOINC[row["label"]]
+        observation = order.add_group("ORU_R01_OBSERVATION")
+        obx = observation.obx
+        obx.obx_1 = str(index)
+        obx.obx_2 = "NM"
+        obx.obx_3 = f"{code}^{display}^LN"
+        obx.obx_6 = "%^percent^UCUM"
+        obx.obx_7 = f"{_number(row['reference_low'])}-{_number(row['reference_high'])}"
+        if row["percent"] is None:
+            obx.obx_11 = "X"
+        else:
+            obx.obx_5 = _number(row["percent"])
+            obx.obx_8 = row["flag"] or "N"
+            obx.obx_11 = "F" if final else "P"
+        obx.obx_14 = _ts(specimen.created_at)
+        if row["percent"] is not None:
+            note = observation.add_segment("NTE")
+            note.nte_1 = "1"
+            note.nte_3 = f"{row['count']} of {counted} counted cells"
+
+    specimen_group = order.add_group("ORU_R01_SPECIMEN")
+    specimen_group.spm.spm_1 = "1"
+    specimen_group.spm.spm_2 = f"^{accession}&{SENDING_APPLICATION}"
+    specimen_group.spm.spm_4 = "BLD^Whole blood^HL70487"
+
+    msg.validate()
+    return msg.to_er7()
