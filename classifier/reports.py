@@ -1,0 +1,263 @@
+"""Specimen reports: a PDF (reportlab) and CSV exports, built from the selectors' data.
+
+The PDF carries the lab header, the accession, the differential with reference
+flags, a gallery of the cells grouped by class, the model version(s), the
+reviewers and the sign-off; every page says PRELIMINARY until the specimen is
+signed.
+"""
+
+import csv
+import io
+from collections import defaultdict
+from datetime import date
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+from PIL import Image as PILImage
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.platypus import (
+    Image,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+from . import selectors
+from .models import CellClass, Classification, ReviewState, Specimen, Status
+
+GALLERY_COLUMNS = 8
+GALLERY_LIMIT_PER_CLASS = 64
+THUMB_MM = 20
+UNIDENTIFIED = "UNIDENTIFIED"
+PENDING = "PENDING"
+
+
+def _when(value) -> str:
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M %Z") if value else ""
+
+
+def _group(cell: Classification) -> str:
+    """Which gallery section a cell is shown in."""
+    if cell.status == Status.PENDING:
+        return PENDING
+    if cell.final_label:
+        return cell.final_label
+    if cell.status == Status.UNIDENTIFIED:
+        return UNIDENTIFIED
+    return cell.predicted_label
+
+
+def _cells(specimen: Specimen) -> list[Classification]:
+    return list(specimen.cells.select_related("reviewed_by", "signed_by").order_by("created_at", "id"))
+
+
+def _thumbnail(cell: Classification, side_px: int = 160):
+    try:
+        with cell.image.open("rb") as handle:
+            image = PILImage.open(handle)
+            image.load()
+    except (OSError, ValueError):
+        return Paragraph("(image missing)", getSampleStyleSheet()["BodyText"])
+    image = image.convert("RGB")
+    image.thumbnail((side_px, side_px))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    buffer.seek(0)
+    ratio = image.height / image.width
+    return Image(buffer, width=THUMB_MM * mm, height=THUMB_MM * mm * ratio)
+
+
+def _page_decorations(signed: bool, lab: str, accession: str):
+    def draw(canvas, doc):
+        canvas.saveState()
+        width, height = A4
+        canvas.setFont("Helvetica", 8)
+        canvas.setFillColor(colors.grey)
+        canvas.drawString(15 * mm, 10 * mm, f"{lab} · {accession} · HematoVision")
+        canvas.drawRightString(width - 15 * mm, 10 * mm, f"Page {doc.page}")
+        if not signed:
+            canvas.setFillColor(colors.Color(0.85, 0.1, 0.1, alpha=0.18))
+            canvas.setFont("Helvetica-Bold", 72)
+            canvas.translate(width / 2, height / 2)
+            canvas.rotate(40)
+            canvas.drawCentredString(0, 0, "PRELIMINARY")
+        canvas.restoreState()
+
+    return draw
+
+
+def specimen_report_pdf(*, specimen: Specimen) -> bytes:
+    """The specimen's report as PDF bytes (the caller has checked the user may see it)."""
+    differential = selectors.specimen_differential(specimen=specimen)
+    cells = _cells(specimen)
+    lab = settings.HEMATOVISION_LAB_NAME
+    styles = getSampleStyleSheet()
+    small = ParagraphStyle("small", parent=styles["BodyText"], fontSize=8, leading=10)
+    banner = ParagraphStyle("banner", parent=styles["Heading2"], textColor=colors.white, alignment=1)
+
+    story = [
+        Paragraph(lab, styles["Title"]),
+        Paragraph("White blood cell differential (automated pre-classification)", styles["Heading3"]),
+        Table(
+            [
+                ["Accession", specimen.accession, "Received", _when(specimen.created_at)],
+                ["Cells imaged", str(differential["total_cells"]), "Printed", _when(timezone.now())],
+            ],
+            colWidths=[28 * mm, 60 * mm, 25 * mm, 67 * mm],
+            style=TableStyle([("FONTNAME", (0, 0), (0, -1), "Helvetica-Bold"),
+                              ("FONTNAME", (2, 0), (2, -1), "Helvetica-Bold")]),
+        ),
+        Spacer(1, 4 * mm),
+    ]
+    if specimen.is_signed:
+        status_text = f"FINAL — signed by {specimen.signed_by.get_username()} on {_when(specimen.signed_at)}"
+        status_colour = colors.HexColor("#198754")
+    else:
+        status_text = "PRELIMINARY — not signed; not for clinical use until a reviewer signs it"
+        status_colour = colors.HexColor("#dc3545")
+    story.append(Table([[Paragraph(status_text, banner)]], colWidths=[180 * mm],
+                       style=TableStyle([("BACKGROUND", (0, 0), (-1, -1), status_colour)])))
+    story.append(Spacer(1, 4 * mm))
+
+    rows = [["Cell class", "Count", "%", "Adult reference %", "Flag"]]
+    for row in differential["classes"]:
+        rows.append([
+            row["name"], str(row["count"]),
+            "" if row["percent"] is None else f"{row['percent']:.1f}",
+            f"{row['reference_low']:.0f} – {row['reference_high']:.0f}",
+            {"H": "HIGH", "L": "LOW"}.get(row["flag"], ""),
+        ])
+    rows.append(["Counted cells", str(differential["counted_cells"]), "", "", ""])
+    rows.append(["Unidentified (not reviewed)", str(differential["unidentified"]), "", "", ""])
+    if differential["pending"]:
+        rows.append(["Pending (model unavailable)", str(differential["pending"]), "", "", ""])
+    table_style = [
+        ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e9ecef")),
+        ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
+        ("ALIGN", (1, 1), (2, -1), "RIGHT"),
+    ]
+    for i, row in enumerate(differential["classes"], start=1):
+        if row["flag"]:
+            table_style += [("TEXTCOLOR", (4, i), (4, i), colors.red), ("FONTNAME", (4, i), (4, i), "Helvetica-Bold")]
+    story += [Paragraph("Differential", styles["Heading2"]),
+              Table(rows, colWidths=[60 * mm, 20 * mm, 20 * mm, 45 * mm, 25 * mm], style=TableStyle(table_style)),
+              Spacer(1, 3 * mm)]
+
+    versions = sorted({c.model_version for c in cells if c.model_version}) or ["(none)"]
+    reviewers = sorted({c.reviewed_by.get_username() for c in cells if c.reviewed_by})
+    unreviewed = differential["unreviewed"]
+    story += [
+        Paragraph(f"<b>Model version:</b> {', '.join(versions)}", small),
+        Paragraph(f"<b>Reviewed by:</b> {', '.join(reviewers) or 'nobody yet'}"
+                  + (f" · {unreviewed} cell(s) not reviewed yet" if unreviewed else ""), small),
+        Paragraph(
+            "<b>Signed:</b> " + (f"{specimen.signed_by.get_username()}, {_when(specimen.signed_at)}"
+                                 if specimen.is_signed else "not signed (PRELIMINARY)"), small),
+        Paragraph("Reference ranges: typical adult values, % of leukocytes. Basophils are not classified.", small),
+    ]
+
+    groups: dict[str, list[Classification]] = defaultdict(list)
+    for cell in cells:
+        groups[_group(cell)].append(cell)
+    order = [*CellClass.values, UNIDENTIFIED, PENDING]
+    names = {**dict(CellClass.choices), UNIDENTIFIED: "Unidentified", PENDING: "Pending"}
+    if cells:
+        story += [Spacer(1, 4 * mm), Paragraph("Cell gallery", styles["Heading2"])]
+    for key in order:
+        members = groups.get(key, [])
+        if not members:
+            continue
+        shown = members[:GALLERY_LIMIT_PER_CLASS]
+        grid, line = [], []
+        for cell in shown:
+            state = "" if cell.review_state == ReviewState.UNREVIEWED else " (rev.)"
+            line.append([_thumbnail(cell), Paragraph(f"#{cell.pk}{state}", small)])
+            if len(line) == GALLERY_COLUMNS:
+                grid.append(line)
+                line = []
+        if line:
+            grid.append(line + [""] * (GALLERY_COLUMNS - len(line)))
+        more = f" (first {len(shown)} shown)" if len(members) > len(shown) else ""
+        heading = Paragraph(f"{names[key]} — {len(members)} cell(s){more}", styles["Heading4"])
+        gallery = Table(grid, colWidths=[22.5 * mm] * GALLERY_COLUMNS,
+                        style=TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        story.append(KeepTogether([heading, gallery]) if len(grid) <= 3 else heading)
+        if len(grid) > 3:
+            story.append(gallery)
+
+    buffer = io.BytesIO()
+    doc = SimpleDocTemplate(
+        buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm, bottomMargin=18 * mm,
+        title=f"{specimen.accession} white-cell differential", author=lab, subject="HematoVision report",
+    )
+    decorate = _page_decorations(specimen.is_signed, lab, specimen.accession)
+    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    return buffer.getvalue()
+
+
+def _safe(value) -> str:
+    """Text for a CSV cell that a spreadsheet will not run as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+CELL_COLUMNS = [
+    "accession", "cell_id", "original_filename", "created_at", "status", "predicted_label", "confidence",
+    "flag_reason", "final_label", "label", "review_state", "reviewed_by", "reviewed_at", "signed_at",
+    "model_version",
+]
+
+
+def specimen_report_csv(*, specimen: Specimen) -> str:
+    """One row per cell of the specimen."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CELL_COLUMNS)
+    for cell in _cells(specimen):
+        writer.writerow([_safe(v) for v in [
+            specimen.accession, cell.pk, cell.original_filename, cell.created_at.isoformat(), cell.status,
+            cell.predicted_label, "" if cell.confidence is None else f"{cell.confidence:.4f}", cell.flag_reason,
+            cell.final_label, cell.label, cell.review_state,
+            cell.reviewed_by.get_username() if cell.reviewed_by else "",
+            cell.reviewed_at.isoformat() if cell.reviewed_at else "",
+            cell.signed_at.isoformat() if cell.signed_at else "", cell.model_version,
+        ]])
+    return out.getvalue()
+
+
+def specimens_in_range(*, user, start: date | None, end: date | None) -> QuerySet[Specimen]:
+    """The specimens the user may see, received between ``start`` and ``end`` (inclusive, local dates)."""
+    qs = selectors.specimen_list(user=user)
+    if start:
+        qs = qs.filter(created_at__date__gte=start)
+    if end:
+        qs = qs.filter(created_at__date__lte=end)
+    return qs.order_by("created_at", "id")
+
+
+def specimens_csv(*, specimens) -> str:
+    """One row per specimen: its differential, unidentified count and sign-off."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    header = ["accession", "received_at", "total_cells", "counted_cells"]
+    for cls in CellClass.values:
+        header += [f"{cls.lower()}_count", f"{cls.lower()}_percent", f"{cls.lower()}_flag"]
+    header += ["unidentified", "pending", "unreviewed", "signed_by", "signed_at"]
+    writer.writerow(header)
+    for specimen in specimens.prefetch_related("cells"):
+        d = selectors.specimen_differential(specimen=specimen)
+        row = [specimen.accession, specimen.created_at.isoformat(), d["total_cells"], d["counted_cells"]]
+        for cls in d["classes"]:
+            row += [cls["count"], "" if cls["percent"] is None else cls["percent"], cls["flag"] or ""]
+        row += [d["unidentified"], d["pending"], d["unreviewed"], d["signed_by"] or "",
+                d["signed_at"].isoformat() if d["signed_at"] else ""]
+        writer.writerow([_safe(v) for v in row])
+    return out.getvalue()
