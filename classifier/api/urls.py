@@ -11,3 +11,17 @@ urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="api-token"),
     *router.urls,
 ]
+
+# Specimens as a unit of work: batch jobs, sign-off and reports (classifier/api/jobs.py).
+from django.urls import path as _path  # noqa: E402
+
+from . import jobs as _jobs  # noqa: E402
+
+urlpatterns += [
+    _path("specimens/<str:accession>/batch/", _jobs.SpecimenBatchView.as_view(), name="api-specimen-batch"),
+    _path("specimens/<str:accession>/sign/", _jobs.SpecimenSignView.as_view(), name="api-specimen-sign"),
+    _path("specimens/<str:accession>/report.pdf", _jobs.SpecimenReportPdfView.as_view(), name="api-specimen-report-pdf"),
+    _path("specimens/<str:accession>/report.csv", _jobs.SpecimenReportCsvView.as_view(), name="api-specimen-report-csv"),
+    _path("jobs/<int:pk>/", _jobs.JobDetailView.as_view(), name="api-job-detail"),
+    _path("jobs/<int:pk>/rerun/", _jobs.JobRerunView.as_view(), name="api-job-rerun"),
+]

@@ -1,0 +1,228 @@
+"""Specimen pages: list, detail with differential and sign-off, batch upload, job progress, reports.
+
+Each view parses input, calls one service or selector, and renders; ``DoesNotExist``
+becomes 404, ``PermissionDenied`` 403 and ``ValidationError`` a message.
+"""
+
+from collections import defaultdict
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Q
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views import View
+from django.views.decorators.http import require_POST
+from django.views.generic import FormView, ListView, TemplateView
+
+from . import fields, jobs, reports, selectors, services
+from .models import BatchItem, BatchJob, CellClass, Classification, ReviewState, Specimen, Status
+from .permissions import can_review, can_submit
+from .specimen_forms import BatchUploadForm, DateRangeForm
+
+
+def _specimen(request, accession) -> Specimen:
+    try:
+        return selectors.specimen_get(user=request.user, accession=accession)
+    except Specimen.DoesNotExist:
+        raise Http404("No such specimen.") from None
+
+
+def _job(request, pk) -> BatchJob:
+    try:
+        return jobs.job_get(user=request.user, pk=pk)
+    except BatchJob.DoesNotExist:
+        raise Http404("No such job.") from None
+
+
+def _attachment(content, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+class SpecimenListView(ListView):
+    template_name = "classifier/specimens/list.html"
+    context_object_name = "specimens"
+    paginate_by = 25
+
+    def get_queryset(self):
+        return selectors.specimen_list(user=self.request.user).annotate(
+            n_cells=Count("cells"),
+            n_unreviewed=Count("cells", filter=Q(cells__review_state=ReviewState.UNREVIEWED)),
+        ).order_by("-created_at", "-id")
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["range_form"] = DateRangeForm()
+        context["can_submit"] = can_submit(self.request.user)
+        return context
+
+
+class SpecimenDetailView(TemplateView):
+    template_name = "classifier/specimens/detail.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        specimen = _specimen(self.request, kwargs["accession"])
+        differential = selectors.specimen_differential(specimen=specimen)
+        cells = specimen.cells.select_related("reviewed_by").order_by("created_at", "id")
+        groups = defaultdict(list)
+        for cell in cells:
+            if cell.status == Status.PENDING:
+                groups["PENDING"].append(cell)
+            elif cell.status == Status.UNIDENTIFIED and not cell.final_label:
+                groups["UNIDENTIFIED"].append(cell)
+            else:
+                groups[cell.label].append(cell)
+        names = {**dict(CellClass.choices), "UNIDENTIFIED": "Unidentified", "PENDING": "Pending"}
+        order = ["UNIDENTIFIED", *CellClass.values, "PENDING"]
+        context.update(
+            specimen=specimen,
+            differential=differential,
+            gallery=[(key, names[key], groups[key]) for key in order if groups.get(key)],
+            jobs=jobs.job_list(user=self.request.user).filter(specimen=specimen)[:20],
+            can_review=can_review(self.request.user),
+            can_submit=can_submit(self.request.user),
+        )
+        return context
+
+
+@require_POST
+def specimen_sign_view(request, accession):
+    specimen = _specimen(request, accession)
+    try:
+        services.specimen_sign(specimen=specimen, reviewer=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Specimen {specimen.accession} is signed; the report is final.")
+    return redirect("specimen-detail", accession=specimen.accession)
+
+
+def specimen_cell_image_view(request, accession, pk):
+    """A cell image of the specimen's gallery, for users who may see the cell."""
+    try:
+        cell = selectors.classification_get(user=request.user, pk=pk)
+    except Classification.DoesNotExist:
+        raise Http404("No such cell.") from None
+    if cell.specimen is None or cell.specimen.accession != accession:
+        raise Http404("No such cell.")
+    response = FileResponse(cell.image.open("rb"))
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def specimen_report_pdf_view(request, accession):
+    specimen = _specimen(request, accession)
+    pdf = reports.specimen_report_pdf(specimen=specimen)
+    response = HttpResponse(pdf, content_type="application/pdf")
+    response["Content-Disposition"] = f'inline; filename="{specimen.accession}-report.pdf"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def specimen_report_csv_view(request, accession):
+    specimen = _specimen(request, accession)
+    return _attachment(reports.specimen_report_csv(specimen=specimen), "text/csv; charset=utf-8",
+                       f"{specimen.accession}-cells.csv")
+
+
+def specimens_export_csv_view(request):
+    form = DateRangeForm(request.GET)
+    if not form.is_valid():
+        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
+        return redirect("specimen-list")
+    start, end = form.cleaned_data["start"], form.cleaned_data["end"]
+    specimens = reports.specimens_in_range(user=request.user, start=start, end=end)
+    name = f"specimens-{start or 'start'}-to-{end or timezone.localdate()}.csv"
+    return _attachment(reports.specimens_csv(specimens=specimens), "text/csv; charset=utf-8", name)
+
+
+class BatchUploadView(FormView):
+    """Many images or a ZIP for one specimen, as one background job."""
+
+    template_name = "classifier/specimens/batch_upload.html"
+    form_class = BatchUploadForm
+    kind = BatchJob.Kind.CELLS
+
+    def get_initial(self):
+        return {"kind": self.kind, "accession": self.request.GET.get("accession", "")}
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["whole_field"] = self.kind == BatchJob.Kind.FIELDS
+        return context
+
+    def form_valid(self, form):
+        try:
+            job = jobs.job_create(
+                user=self.request.user,
+                accession=form.cleaned_data["accession"],
+                files=form.cleaned_data["images"],
+                archive=form.cleaned_data["archive"],
+                kind=form.cleaned_data["kind"],
+            )
+        except ValidationError as exc:
+            form.add_error(None, " ".join(exc.messages))
+            return self.form_invalid(form)
+        return redirect("job-detail", pk=job.pk)
+
+
+class WholeFieldUploadView(BatchUploadView):
+    kind = BatchJob.Kind.FIELDS
+
+
+class JobDetailView(TemplateView):
+    template_name = "classifier/specimens/job_detail.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        job = _job(self.request, kwargs["pk"])
+        context.update(job=job, progress=jobs.job_progress(job=job),
+                       can_rerun=job.is_finished and (
+                           job.created_by_id == self.request.user.pk or can_review(self.request.user)))
+        return context
+
+
+def job_status_view(request, pk):
+    """The job's progress as JSON (polled by static/js/job_progress.js)."""
+    return JsonResponse(jobs.job_progress(job=_job(request, pk)))
+
+
+@require_POST
+def job_rerun_view(request, pk):
+    job = _job(request, pk)
+    try:
+        jobs.job_rerun(job=job, user=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.info(request, "The failed files are queued again.")
+    return redirect("job-detail", pk=job.pk)
+
+
+class JobFieldImageView(View):
+    """A whole field of a job with numbered, labelled boxes around the located cells."""
+
+    def get(self, request, pk, position):
+        job = _job(request, pk)
+        try:
+            item = job.items.get(position=position)
+        except BatchItem.DoesNotExist:
+            raise Http404("No such file in this job.") from None
+        if job.kind != BatchJob.Kind.FIELDS or not item.source:
+            raise Http404("No field image for this file.")
+        row = next(r for r in jobs.job_progress(job=job)["items"] if r["position"] == item.position)
+        with item.source.open("rb") as handle:
+            png = fields.field_annotated_png(data=handle.read(), cells=row.get("cells", []))
+        response = HttpResponse(png, content_type="image/png")
+        response["Cache-Control"] = "private, no-store"
+        return response
+
+
+def job_list_view(request):
+    return render(request, "classifier/specimens/job_list.html",
+                  {"jobs": jobs.job_list(user=request.user)[:100]})
