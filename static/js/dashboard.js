@@ -17,6 +17,7 @@
     },
     options: {
       responsive: true,
+      animation: false,
       plugins: { legend: { display: false } },
       scales: { y: { beginAtZero: true, ticks: { precision: 0 } } },
     },

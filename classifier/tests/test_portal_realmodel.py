@@ -1,0 +1,40 @@
+"""The portal with the real shipped Keras model: upload a fixture cell, see a class and a heat map."""
+
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from classifier.models import CellClass, Classification, Status
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = sorted((ROOT / "ml" / "artifacts").glob("*.keras"))
+
+pytestmark = [
+    pytest.mark.realmodel,
+    pytest.mark.django_db,
+    pytest.mark.skipif(not MODELS, reason="no shipped model yet: ml/artifacts/*.keras is absent"),
+]
+
+
+def test_upload_with_real_model_shows_class_and_heatmap(tech_client, settings):
+    settings.HEMATOVISION_PREDICTOR = "ml"
+    data = (ROOT / "ml" / "tests" / "fixtures" / "cells" / "NEUTROPHIL_1.jpeg").read_bytes()
+    response = tech_client.post(
+        reverse("upload"), {"images": [SimpleUploadedFile("NEUTROPHIL_1.jpeg", data)]}, follow=True
+    )
+    assert response.status_code == 200
+    cell = Classification.objects.get()
+    assert cell.status in (Status.CLASSIFIED, Status.UNIDENTIFIED), cell.status
+    assert cell.predicted_label in CellClass.values
+    assert cell.model_version and cell.model_version != "fake-0001"
+    assert sorted(cell.probabilities) == sorted(CellClass.values)
+    assert abs(sum(cell.probabilities.values()) - 1.0) < 1e-3
+    html = response.content.decode()
+    assert f'id="predicted-label">{cell.get_predicted_label_display()}</div>' in html
+    assert f'<code id="model-version">{cell.model_version}</code>' in html
+    assert f'src="/classifications/{cell.pk}/heatmap/"' in html
+    heatmap = tech_client.get(reverse("classification-heatmap", args=[cell.pk]))
+    assert heatmap.status_code == 200 and heatmap["Content-Type"] == "image/png"
+    assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG\r\n\x1a\n")
