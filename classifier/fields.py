@@ -53,8 +53,11 @@ def field_classify(
     for n, box in enumerate(boxes, start=1):
         crop, _ = locate.crop_cell(rgb, box=box)
         classification = services.classification_create(
-            user=user, data=_png(np.ascontiguousarray(crop)), filename=f"{stem}-cell{n}.png",
-            accession=accession, external_id=external_id(n),
+            user=user,
+            data=_png(np.ascontiguousarray(crop)),
+            filename=f"{stem}-cell{n}.png",
+            accession=accession,
+            external_id=external_id(n),
         )
         cells.append({"n": n, "box": list(box.as_tuple()), "classification_id": classification.pk})
     return cells
@@ -77,8 +80,11 @@ def field_annotated_png(*, data: bytes, cells: list[dict]) -> bytes:
     for cell in cells:
         x0, y0, x1, y1 = cell["box"]
         pad = max(4, (x1 - x0) // 6)
-        x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(image.width - 1, x1 + pad), min(
-            image.height - 1, y1 + pad
+        x0, y0, x1, y1 = (
+            max(0, x0 - pad),
+            max(0, y0 - pad),
+            min(image.width - 1, x1 + pad),
+            min(image.height - 1, y1 + pad),
         )
         colour = COLOURS.get(cell.get("label"), COLOURS[None])
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)

@@ -68,14 +68,18 @@ def _is_image_name(name: str) -> bool:
 def _too_large(name: str, size: int) -> Upload:
     limit = settings.HEMATOVISION_MAX_UPLOAD_BYTES
     return Upload(
-        _display_name(name), None, "file_too_large",
+        _display_name(name),
+        None,
+        "file_too_large",
         f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.",
     )
 
 
 def _not_an_image(name: str) -> Upload:
     return Upload(
-        _display_name(name), None, "not_an_image",
+        _display_name(name),
+        None,
+        "not_an_image",
         "Not an image file; upload JPEG, PNG, TIFF, BMP or WebP (by extension).",
     )
 
@@ -133,8 +137,12 @@ def archive_files(archive) -> Iterator[Upload]:
             if "__MACOSX" in parts or (parts and parts[-1].startswith("._")):
                 continue
             if _unsafe_entry(name):
-                yield Upload(_display_name(name), None, "unsafe_path",
-                             "The archive entry has an absolute or '..' path; it was not read.")
+                yield Upload(
+                    _display_name(name),
+                    None,
+                    "unsafe_path",
+                    "The archive entry has an absolute or '..' path; it was not read.",
+                )
                 continue
             if info.flag_bits & 0x1:
                 yield Upload(_display_name(name), None, "encrypted", "The archive entry is encrypted.")
@@ -148,14 +156,17 @@ def archive_files(archive) -> Iterator[Upload]:
             total += info.file_size
             if total > total_limit:
                 raise ValidationError(
-                    f"The archive expands to more than {total_limit / 1e6:.0f} MB; split it into smaller jobs.",
+                    f"The archive expands to more than {total_limit / 1e6:.0f} MB; "
+                    "split it into smaller jobs.",
                     code="archive_too_large",
                 )
             try:
                 with zf.open(info) as handle:
                     data = handle.read(limit + 1)
             except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError, EOFError) as exc:
-                yield Upload(_display_name(name), None, "corrupt_entry", f"The archive entry could not be read: {exc}")
+                yield Upload(
+                    _display_name(name), None, "corrupt_entry", f"The archive entry could not be read: {exc}"
+                )
                 continue
             if len(data) > limit:
                 yield _too_large(name, len(data))
@@ -256,7 +267,9 @@ def _enqueue(job_id: int) -> None:
 
 def _fail(item: BatchItem, code: str, message: str) -> None:
     BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.PENDING).update(
-        state=BatchItem.State.FAILED, error_code=code[:32], error_message=message[:500],
+        state=BatchItem.State.FAILED,
+        error_code=code[:32],
+        error_message=message[:500],
         finished_at=timezone.now(),
     )
 
@@ -271,16 +284,24 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
             from . import fields
 
             cells = fields.field_classify(
-                user=job.created_by, data=data, filename=item.filename, accession=accession,
+                user=job.created_by,
+                data=data,
+                filename=item.filename,
+                accession=accession,
                 external_id=lambda n: external_id_for(accession=accession, sha256=item.sha256, cell=n),
             )
             BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.PENDING).update(
-                state=BatchItem.State.DONE, cells=cells, finished_at=timezone.now(),
+                state=BatchItem.State.DONE,
+                cells=cells,
+                finished_at=timezone.now(),
                 classification_id=cells[0]["classification_id"] if cells else None,
             )
             return
         classification = services.classification_create(
-            user=job.created_by, data=data, filename=item.filename, accession=accession,
+            user=job.created_by,
+            data=data,
+            filename=item.filename,
+            accession=accession,
             external_id=external_id_for(accession=accession, sha256=item.sha256),
         )
     except ImageRejected as exc:
@@ -356,7 +377,8 @@ def job_resume_unfinished() -> list[int]:
     """Queue again every job a restart interrupted (queued or running); returns their ids."""
     ids = list(
         BatchJob.objects.filter(state__in=[BatchJob.State.QUEUED, BatchJob.State.RUNNING])
-        .order_by("created_at", "id").values_list("pk", flat=True)
+        .order_by("created_at", "id")
+        .values_list("pk", flat=True)
     )
     for job_id in ids:
         _enqueue(job_id)
@@ -364,6 +386,7 @@ def job_resume_unfinished() -> list[int]:
 
 
 # Reads -------------------------------------------------------------------------------------------
+
 
 def job_list(*, user) -> QuerySet[BatchJob]:
     """Reviewers see every job; technologists their own; others nothing."""
@@ -408,9 +431,11 @@ def job_progress(*, job: BatchJob) -> dict:
                     "box": c["box"],
                     "classification_id": c["classification_id"],
                     "label": (field_cells[c["classification_id"]].label or None)
-                    if c["classification_id"] in field_cells else None,
+                    if c["classification_id"] in field_cells
+                    else None,
                     "status": field_cells[c["classification_id"]].status
-                    if c["classification_id"] in field_cells else None,
+                    if c["classification_id"] in field_cells
+                    else None,
                 }
                 for c in item.cells
             ]

@@ -111,8 +111,12 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
                 ["Cells imaged", str(differential["total_cells"]), "Printed", _when(timezone.now())],
             ],
             colWidths=[28 * mm, 60 * mm, 25 * mm, 67 * mm],
-            style=TableStyle([("FONTNAME", (0, 0), (0, -1), "Helvetica-Bold"),
-                              ("FONTNAME", (2, 0), (2, -1), "Helvetica-Bold")]),
+            style=TableStyle(
+                [
+                    ("FONTNAME", (0, 0), (0, -1), "Helvetica-Bold"),
+                    ("FONTNAME", (2, 0), (2, -1), "Helvetica-Bold"),
+                ]
+            ),
         ),
         Spacer(1, 4 * mm),
     ]
@@ -122,18 +126,26 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
     else:
         status_text = "PRELIMINARY — not signed; not for clinical use until a reviewer signs it"
         status_colour = colors.HexColor("#dc3545")
-    story.append(Table([[Paragraph(status_text, banner)]], colWidths=[180 * mm],
-                       style=TableStyle([("BACKGROUND", (0, 0), (-1, -1), status_colour)])))
+    story.append(
+        Table(
+            [[Paragraph(status_text, banner)]],
+            colWidths=[180 * mm],
+            style=TableStyle([("BACKGROUND", (0, 0), (-1, -1), status_colour)]),
+        )
+    )
     story.append(Spacer(1, 4 * mm))
 
     rows = [["Cell class", "Count", "%", "Adult reference %", "Flag"]]
     for row in differential["classes"]:
-        rows.append([
-            row["name"], str(row["count"]),
-            "" if row["percent"] is None else f"{row['percent']:.1f}",
-            f"{row['reference_low']:.0f} – {row['reference_high']:.0f}",
-            {"H": "HIGH", "L": "LOW"}.get(row["flag"], ""),
-        ])
+        rows.append(
+            [
+                row["name"],
+                str(row["count"]),
+                "" if row["percent"] is None else f"{row['percent']:.1f}",
+                f"{row['reference_low']:.0f} – {row['reference_high']:.0f}",
+                {"H": "HIGH", "L": "LOW"}.get(row["flag"], ""),
+            ]
+        )
     rows.append(["Counted cells", str(differential["counted_cells"]), "", "", ""])
     rows.append(["Unidentified (not reviewed)", str(differential["unidentified"]), "", "", ""])
     if differential["pending"]:
@@ -146,22 +158,38 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
     ]
     for i, row in enumerate(differential["classes"], start=1):
         if row["flag"]:
-            table_style += [("TEXTCOLOR", (4, i), (4, i), colors.red), ("FONTNAME", (4, i), (4, i), "Helvetica-Bold")]
-    story += [Paragraph("Differential", styles["Heading2"]),
-              Table(rows, colWidths=[60 * mm, 20 * mm, 20 * mm, 45 * mm, 25 * mm], style=TableStyle(table_style)),
-              Spacer(1, 3 * mm)]
+            table_style += [
+                ("TEXTCOLOR", (4, i), (4, i), colors.red),
+                ("FONTNAME", (4, i), (4, i), "Helvetica-Bold"),
+            ]
+    story += [
+        Paragraph("Differential", styles["Heading2"]),
+        Table(rows, colWidths=[60 * mm, 20 * mm, 20 * mm, 45 * mm, 25 * mm], style=TableStyle(table_style)),
+        Spacer(1, 3 * mm),
+    ]
 
     versions = sorted({c.model_version for c in cells if c.model_version}) or ["(none)"]
     reviewers = sorted({c.reviewed_by.get_username() for c in cells if c.reviewed_by})
     unreviewed = differential["unreviewed"]
     story += [
         Paragraph(f"<b>Model version:</b> {', '.join(versions)}", small),
-        Paragraph(f"<b>Reviewed by:</b> {', '.join(reviewers) or 'nobody yet'}"
-                  + (f" · {unreviewed} cell(s) not reviewed yet" if unreviewed else ""), small),
         Paragraph(
-            "<b>Signed:</b> " + (f"{specimen.signed_by.get_username()}, {_when(specimen.signed_at)}"
-                                 if specimen.is_signed else "not signed (PRELIMINARY)"), small),
-        Paragraph("Reference ranges: typical adult values, % of leukocytes. Basophils are not classified.", small),
+            f"<b>Reviewed by:</b> {', '.join(reviewers) or 'nobody yet'}"
+            + (f" · {unreviewed} cell(s) not reviewed yet" if unreviewed else ""),
+            small,
+        ),
+        Paragraph(
+            "<b>Signed:</b> "
+            + (
+                f"{specimen.signed_by.get_username()}, {_when(specimen.signed_at)}"
+                if specimen.is_signed
+                else "not signed (PRELIMINARY)"
+            ),
+            small,
+        ),
+        Paragraph(
+            "Reference ranges: typical adult values, % of leukocytes. Basophils are not classified.", small
+        ),
     ]
 
     groups: dict[str, list[Classification]] = defaultdict(list)
@@ -187,16 +215,26 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
             grid.append(line + [""] * (GALLERY_COLUMNS - len(line)))
         more = f" (first {len(shown)} shown)" if len(members) > len(shown) else ""
         heading = Paragraph(f"{names[key]} — {len(members)} cell(s){more}", styles["Heading4"])
-        gallery = Table(grid, colWidths=[22.5 * mm] * GALLERY_COLUMNS,
-                        style=TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        gallery = Table(
+            grid,
+            colWidths=[22.5 * mm] * GALLERY_COLUMNS,
+            style=TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]),
+        )
         story.append(KeepTogether([heading, gallery]) if len(grid) <= 3 else heading)
         if len(grid) > 3:
             story.append(gallery)
 
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(
-        buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm, bottomMargin=18 * mm,
-        title=f"{specimen.accession} white-cell differential", author=lab, subject="HematoVision report",
+        buffer,
+        pagesize=A4,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=15 * mm,
+        bottomMargin=18 * mm,
+        title=f"{specimen.accession} white-cell differential",
+        author=lab,
+        subject="HematoVision report",
     )
     decorate = _page_decorations(specimen.is_signed, lab, specimen.accession)
     doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
@@ -210,8 +248,20 @@ def _safe(value) -> str:
 
 
 CELL_COLUMNS = [
-    "accession", "cell_id", "original_filename", "created_at", "status", "predicted_label", "confidence",
-    "flag_reason", "final_label", "label", "review_state", "reviewed_by", "reviewed_at", "signed_at",
+    "accession",
+    "cell_id",
+    "original_filename",
+    "created_at",
+    "status",
+    "predicted_label",
+    "confidence",
+    "flag_reason",
+    "final_label",
+    "label",
+    "review_state",
+    "reviewed_by",
+    "reviewed_at",
+    "signed_at",
     "model_version",
 ]
 
@@ -222,14 +272,28 @@ def specimen_report_csv(*, specimen: Specimen) -> str:
     writer = csv.writer(out)
     writer.writerow(CELL_COLUMNS)
     for cell in _cells(specimen):
-        writer.writerow([_safe(v) for v in [
-            specimen.accession, cell.pk, cell.original_filename, cell.created_at.isoformat(), cell.status,
-            cell.predicted_label, "" if cell.confidence is None else f"{cell.confidence:.4f}", cell.flag_reason,
-            cell.final_label, cell.label, cell.review_state,
-            cell.reviewed_by.get_username() if cell.reviewed_by else "",
-            cell.reviewed_at.isoformat() if cell.reviewed_at else "",
-            cell.signed_at.isoformat() if cell.signed_at else "", cell.model_version,
-        ]])
+        writer.writerow(
+            [
+                _safe(v)
+                for v in [
+                    specimen.accession,
+                    cell.pk,
+                    cell.original_filename,
+                    cell.created_at.isoformat(),
+                    cell.status,
+                    cell.predicted_label,
+                    "" if cell.confidence is None else f"{cell.confidence:.4f}",
+                    cell.flag_reason,
+                    cell.final_label,
+                    cell.label,
+                    cell.review_state,
+                    cell.reviewed_by.get_username() if cell.reviewed_by else "",
+                    cell.reviewed_at.isoformat() if cell.reviewed_at else "",
+                    cell.signed_at.isoformat() if cell.signed_at else "",
+                    cell.model_version,
+                ]
+            ]
+        )
     return out.getvalue()
 
 
@@ -257,7 +321,12 @@ def specimens_csv(*, specimens) -> str:
         row = [specimen.accession, specimen.created_at.isoformat(), d["total_cells"], d["counted_cells"]]
         for cls in d["classes"]:
             row += [cls["count"], "" if cls["percent"] is None else cls["percent"], cls["flag"] or ""]
-        row += [d["unidentified"], d["pending"], d["unreviewed"], d["signed_by"] or "",
-                d["signed_at"].isoformat() if d["signed_at"] else ""]
+        row += [
+            d["unidentified"],
+            d["pending"],
+            d["unreviewed"],
+            d["signed_by"] or "",
+            d["signed_at"].isoformat() if d["signed_at"] else "",
+        ]
         writer.writerow([_safe(v) for v in row])
     return out.getvalue()

@@ -29,15 +29,20 @@ class BatchUploadForm(forms.Form):
         label="Specimen accession number", max_length=64, validators=[accession_validator]
     )
     kind = forms.ChoiceField(
-        label="Images are", choices=BatchJob.Kind.choices, initial=BatchJob.Kind.CELLS,
+        label="Images are",
+        choices=BatchJob.Kind.choices,
+        initial=BatchJob.Kind.CELLS,
         widget=forms.RadioSelect,
     )
     images = _MultipleFileField(
-        label="Images", allow_empty_file=True,
+        label="Images",
+        allow_empty_file=True,
         help_text="Select many JPEG, PNG, TIFF, BMP or WebP files at once.",
     )
     archive = forms.FileField(
-        label="Or a ZIP archive", required=False, allow_empty_file=True,
+        label="Or a ZIP archive",
+        required=False,
+        allow_empty_file=True,
         widget=forms.ClearableFileInput(attrs={"accept": ".zip,application/zip"}),
         help_text="Sub-folders are fine; files that are not images are listed as failed.",
     )

@@ -12,7 +12,8 @@ urlpatterns = [
     path("specimens/<str:accession>/report.pdf", views.specimen_report_pdf_view, name="specimen-report-pdf"),
     path("specimens/<str:accession>/report.csv", views.specimen_report_csv_view, name="specimen-report-csv"),
     path(
-        "specimens/<str:accession>/cells/<int:pk>/image/", views.specimen_cell_image_view,
+        "specimens/<str:accession>/cells/<int:pk>/image/",
+        views.specimen_cell_image_view,
         name="specimen-cell-image",
     ),
     path("batch/", views.BatchUploadView.as_view(), name="batch-upload"),
@@ -21,5 +22,7 @@ urlpatterns = [
     path("jobs/<int:pk>/", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<int:pk>/status.json", views.job_status_view, name="job-status"),
     path("jobs/<int:pk>/rerun/", views.job_rerun_view, name="job-rerun"),
-    path("jobs/<int:pk>/fields/<int:position>.png", views.JobFieldImageView.as_view(), name="job-field-image"),
+    path(
+        "jobs/<int:pk>/fields/<int:position>.png", views.JobFieldImageView.as_view(), name="job-field-image"
+    ),
 ]

@@ -49,10 +49,14 @@ class SpecimenListView(ListView):
     paginate_by = 25
 
     def get_queryset(self):
-        return selectors.specimen_list(user=self.request.user).annotate(
-            n_cells=Count("cells"),
-            n_unreviewed=Count("cells", filter=Q(cells__review_state=ReviewState.UNREVIEWED)),
-        ).order_by("-created_at", "-id")
+        return (
+            selectors.specimen_list(user=self.request.user)
+            .annotate(
+                n_cells=Count("cells"),
+                n_unreviewed=Count("cells", filter=Q(cells__review_state=ReviewState.UNREVIEWED)),
+            )
+            .order_by("-created_at", "-id")
+        )
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -126,8 +130,11 @@ def specimen_report_pdf_view(request, accession):
 
 def specimen_report_csv_view(request, accession):
     specimen = _specimen(request, accession)
-    return _attachment(reports.specimen_report_csv(specimen=specimen), "text/csv; charset=utf-8",
-                       f"{specimen.accession}-cells.csv")
+    return _attachment(
+        reports.specimen_report_csv(specimen=specimen),
+        "text/csv; charset=utf-8",
+        f"{specimen.accession}-cells.csv",
+    )
 
 
 def specimens_export_csv_view(request):
@@ -181,9 +188,12 @@ class JobDetailView(TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         job = _job(self.request, kwargs["pk"])
-        context.update(job=job, progress=jobs.job_progress(job=job),
-                       can_rerun=job.is_finished and (
-                           job.created_by_id == self.request.user.pk or can_review(self.request.user)))
+        context.update(
+            job=job,
+            progress=jobs.job_progress(job=job),
+            can_rerun=job.is_finished
+            and (job.created_by_id == self.request.user.pk or can_review(self.request.user)),
+        )
         return context
 
 
@@ -224,5 +234,6 @@ class JobFieldImageView(View):
 
 
 def job_list_view(request):
-    return render(request, "classifier/specimens/job_list.html",
-                  {"jobs": jobs.job_list(user=request.user)[:100]})
+    return render(
+        request, "classifier/specimens/job_list.html", {"jobs": jobs.job_list(user=request.user)[:100]}
+    )

@@ -48,7 +48,9 @@ def enqueue_job(job_id: int) -> None:
     if settings.CELERY_BROKER_URL:
         run_batch_job.delay(job_id)
     elif getattr(settings, "HEMATOVISION_JOBS_IN_THREAD", True):
-        threading.Thread(target=_run_in_thread, args=(job_id,), name=f"batch-job-{job_id}", daemon=True).start()
+        threading.Thread(
+            target=_run_in_thread, args=(job_id,), name=f"batch-job-{job_id}", daemon=True
+        ).start()
     else:
         from . import jobs
 

@@ -52,7 +52,9 @@ class BatchUploadSerializer(serializers.Serializer):
 
     def validate(self, attrs):
         if not attrs.get("images") and not attrs.get("archive"):
-            raise serializers.ValidationError("Send one or more `images` or one `archive` ZIP.", code="no_files")
+            raise serializers.ValidationError(
+                "Send one or more `images` or one `archive` ZIP.", code="no_files"
+            )
         return attrs
 
 
@@ -97,8 +99,11 @@ class SpecimenBatchView(APIView):
             kind=serializer.validated_data["kind"],
         )
         body = jobs.job_progress(job=job)
-        return Response(body, status=status.HTTP_202_ACCEPTED,
-                        headers={"Location": request.build_absolute_uri(f"/api/v1/jobs/{job.pk}/")})
+        return Response(
+            body,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": request.build_absolute_uri(f"/api/v1/jobs/{job.pk}/")},
+        )
 
 
 class JobDetailView(APIView):
@@ -108,7 +113,9 @@ class JobDetailView(APIView):
 
 
 class JobRerunView(APIView):
-    @extend_schema(request=None, responses={202: JobSerializer}, summary="Retry a finished job's failed files")
+    @extend_schema(
+        request=None, responses={202: JobSerializer}, summary="Retry a finished job's failed files"
+    )
     def post(self, request, pk):
         job = _job(request, pk)
         try:
@@ -158,10 +165,14 @@ class CsvRenderer(_FileRenderer):
 class SpecimenReportPdfView(APIView):
     renderer_classes = [JSONRenderer, PdfRenderer]
 
-    @extend_schema(responses={(200, "application/pdf"): OpenApiTypes.BINARY}, summary="The specimen's PDF report")
+    @extend_schema(
+        responses={(200, "application/pdf"): OpenApiTypes.BINARY}, summary="The specimen's PDF report"
+    )
     def get(self, request, accession):
         specimen = _specimen(request, accession)
-        response = HttpResponse(reports.specimen_report_pdf(specimen=specimen), content_type="application/pdf")
+        response = HttpResponse(
+            reports.specimen_report_pdf(specimen=specimen), content_type="application/pdf"
+        )
         response["Content-Disposition"] = f'attachment; filename="{specimen.accession}-report.pdf"'
         return response
 
@@ -172,6 +183,8 @@ class SpecimenReportCsvView(APIView):
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR}, summary="The specimen's cells as CSV")
     def get(self, request, accession):
         specimen = _specimen(request, accession)
-        response = HttpResponse(reports.specimen_report_csv(specimen=specimen), content_type="text/csv; charset=utf-8")
+        response = HttpResponse(
+            reports.specimen_report_csv(specimen=specimen), content_type="text/csv; charset=utf-8"
+        )
         response["Content-Disposition"] = f'attachment; filename="{specimen.accession}-cells.csv"'
         return response

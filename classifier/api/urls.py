@@ -20,8 +20,14 @@ from . import jobs as _jobs  # noqa: E402
 urlpatterns += [
     _path("specimens/<str:accession>/batch/", _jobs.SpecimenBatchView.as_view(), name="api-specimen-batch"),
     _path("specimens/<str:accession>/sign/", _jobs.SpecimenSignView.as_view(), name="api-specimen-sign"),
-    _path("specimens/<str:accession>/report.pdf", _jobs.SpecimenReportPdfView.as_view(), name="api-specimen-report-pdf"),
-    _path("specimens/<str:accession>/report.csv", _jobs.SpecimenReportCsvView.as_view(), name="api-specimen-report-csv"),
+    _path(
+        "specimens/<str:accession>/report.pdf", _jobs.SpecimenReportPdfView.as_view(),
+        name="api-specimen-report-pdf",
+    ),
+    _path(
+        "specimens/<str:accession>/report.csv", _jobs.SpecimenReportCsvView.as_view(),
+        name="api-specimen-report-csv",
+    ),
     _path("jobs/<int:pk>/", _jobs.JobDetailView.as_view(), name="api-job-detail"),
     _path("jobs/<int:pk>/rerun/", _jobs.JobRerunView.as_view(), name="api-job-rerun"),
 ]

@@ -57,7 +57,9 @@ def _stop(proc: subprocess.Popen | None, sig=signal.SIGTERM, timeout: float = 10
 
 @pytest.fixture
 def redis_url(tmp_path):
-    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     if binary is None:
         pytest.skip("redis-server is not installed (scripts/test_prereqs.py installs it)")
     port = _free_port()
@@ -65,9 +67,23 @@ def redis_url(tmp_path):
     workdir.mkdir()
     log = (workdir / "redis.log").open("w")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
-         "--appendonly", "no", "--protected-mode", "yes"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         import redis
@@ -118,7 +134,9 @@ def test_batch_of_50_survives_a_killed_worker(tmp_path, redis_url):
     manage = [python, str(ROOT / "manage.py")]
 
     def run(*args):
-        result = subprocess.run([*manage, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*manage, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
@@ -138,8 +156,19 @@ def test_batch_of_50_survives_a_killed_worker(tmp_path, redis_url):
     def done_items():
         return query("SELECT COUNT(*) FROM classifier_batchitem WHERE state = 'done'")[0][0]
 
-    celery = [str(Path(python).with_name("celery")), "-A", "hematovision_site", "worker", "--pool=solo", "-c", "1",
-              "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    celery = [
+        str(Path(python).with_name("celery")),
+        "-A",
+        "hematovision_site",
+        "worker",
+        "--pool=solo",
+        "-c",
+        "1",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     logs = []
 
     def start_worker(n):
@@ -157,8 +186,12 @@ def test_batch_of_50_survives_a_killed_worker(tmp_path, redis_url):
         assert query("SELECT state FROM classifier_batchjob") == [("running",)]
 
         worker = start_worker(2)
-        _wait(lambda: query("SELECT state FROM classifier_batchjob")[0][0] in ("done", "done_with_errors"),
-              60, "the restarted worker to finish the batch", interval=0.2)
+        _wait(
+            lambda: query("SELECT state FROM classifier_batchjob")[0][0] in ("done", "done_with_errors"),
+            60,
+            "the restarted worker to finish the batch",
+            interval=0.2,
+        )
     except AssertionError:
         for log in logs:
             log.flush()
@@ -169,7 +202,7 @@ def test_batch_of_50_survives_a_killed_worker(tmp_path, redis_url):
         for log in logs:
             log.close()
 
-    (state, runs), = query("SELECT state, runs FROM classifier_batchjob")
+    ((state, runs),) = query("SELECT state, runs FROM classifier_batchjob")
     assert state == "done" and runs >= 2
     assert query("SELECT state, COUNT(*) FROM classifier_batchitem GROUP BY state") == [("done", N_IMAGES)]
     results = query(

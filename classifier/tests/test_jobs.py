@@ -19,17 +19,24 @@ def _items(job):
 
 
 def test_job_from_files_classifies_each_once(user, settings, django_capture_on_commit_callbacks):
-    files = [("e.png", cell_png("EOSINOPHIL", 1)), ("l.png", cell_png("LYMPHOCYTE", 2)),
-             ("m.png", cell_png("MONOCYTE", 3)), ("again.png", cell_png("EOSINOPHIL", 1)),
-             ("notes.txt", b"hello")]
+    files = [
+        ("e.png", cell_png("EOSINOPHIL", 1)),
+        ("l.png", cell_png("LYMPHOCYTE", 2)),
+        ("m.png", cell_png("MONOCYTE", 3)),
+        ("again.png", cell_png("EOSINOPHIL", 1)),
+        ("notes.txt", b"hello"),
+    ]
     with django_capture_on_commit_callbacks(execute=True):
         job = jobs.job_create(user=user, accession="ACC-1", files=files)
     job.refresh_from_db()
     assert job.state == BatchJob.State.DONE_WITH_ERRORS
     assert job.runs == 1 and job.started_at and job.finished_at
     assert _items(job) == [
-        (1, "e.png", "done", ""), (2, "l.png", "done", ""), (3, "m.png", "done", ""),
-        (4, "again.png", "skipped", "duplicate"), (5, "notes.txt", "failed", "not_an_image"),
+        (1, "e.png", "done", ""),
+        (2, "l.png", "done", ""),
+        (3, "m.png", "done", ""),
+        (4, "again.png", "skipped", "duplicate"),
+        (5, "notes.txt", "failed", "not_an_image"),
     ]
     cells = Classification.objects.filter(specimen__accession="ACC-1")
     assert sorted(cells.values_list("predicted_label", flat=True)) == ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE"]
@@ -39,11 +46,22 @@ def test_job_from_files_classifies_each_once(user, settings, django_capture_on_c
     assert media_files(settings, "batches") == []
     progress = jobs.job_progress(job=job)
     assert progress["counts"] == {"pending": 0, "done": 3, "failed": 1, "skipped": 1}
-    assert (progress["total"], progress["processed"], progress["percent"], progress["finished"]) == (5, 5, 100.0, True)
+    assert (progress["total"], progress["processed"], progress["percent"], progress["finished"]) == (
+        5,
+        5,
+        100.0,
+        True,
+    )
     assert progress["items"][0] == {
-        "position": 1, "filename": "e.png", "state": "done", "error_code": None, "error": None,
-        "classification_id": job.items.get(position=1).classification_id, "status": "classified",
-        "label": "EOSINOPHIL", "already_in_specimen": False,
+        "position": 1,
+        "filename": "e.png",
+        "state": "done",
+        "error_code": None,
+        "error": None,
+        "classification_id": job.items.get(position=1).classification_id,
+        "status": "classified",
+        "label": "EOSINOPHIL",
+        "already_in_specimen": False,
     }
     assert progress["items"][4]["error"].startswith("Not an image file")
 
@@ -52,17 +70,19 @@ def test_zip_entries_are_read_safely(user, settings, django_capture_on_commit_ca
     settings.HEMATOVISION_MAX_UPLOAD_BYTES = 20_000
     big = cell_png("MONOCYTE", 9, size=(300, 300))
     assert len(big) > 20_000
-    archive = make_zip({
-        "folder/": b"",
-        "folder/a.png": cell_png("EOSINOPHIL", 1),
-        "../evil.png": cell_png("EOSINOPHIL", 2),
-        "/abs.png": cell_png("EOSINOPHIL", 3),
-        "readme.txt": b"not an image",
-        "__MACOSX/folder/._a.png": b"resource fork",
-        "big.png": big,
-        "fake.jpg": b"this is not a jpeg",
-        "b.PNG": cell_png("LYMPHOCYTE", 4),
-    })
+    archive = make_zip(
+        {
+            "folder/": b"",
+            "folder/a.png": cell_png("EOSINOPHIL", 1),
+            "../evil.png": cell_png("EOSINOPHIL", 2),
+            "/abs.png": cell_png("EOSINOPHIL", 3),
+            "readme.txt": b"not an image",
+            "__MACOSX/folder/._a.png": b"resource fork",
+            "big.png": big,
+            "fake.jpg": b"this is not a jpeg",
+            "b.PNG": cell_png("LYMPHOCYTE", 4),
+        }
+    )
     with django_capture_on_commit_callbacks(execute=True):
         job = jobs.job_create(user=user, accession="ZIP-1", archive=archive)
     job.refresh_from_db()
@@ -75,7 +95,10 @@ def test_zip_entries_are_read_safely(user, settings, django_capture_on_commit_ca
         (6, "fake.jpg", "failed", "not_an_image"),
         (7, "b.PNG", "done", ""),
     ]
-    assert job.items.get(position=6).error_message == "fake.jpg is not an image that can be read (JPEG, PNG, TIFF, BMP or WebP)."
+    assert (
+        job.items.get(position=6).error_message
+        == "fake.jpg is not an image that can be read (JPEG, PNG, TIFF, BMP or WebP)."
+    )
     assert Classification.objects.filter(specimen__accession="ZIP-1").count() == 2
 
 
@@ -109,7 +132,9 @@ def test_too_many_files_refused(user, settings):
         jobs.job_create(user=user, accession="MANY", archive=archive)
     assert info.value.messages == ["The archive holds 3 files; the limit is 2 per job."]
     with pytest.raises(ValidationError):
-        jobs.job_create(user=user, accession="MANY", files=[(f"{i}.png", cell_png("EOSINOPHIL", i)) for i in range(3)])
+        jobs.job_create(
+            user=user, accession="MANY", files=[(f"{i}.png", cell_png("EOSINOPHIL", i)) for i in range(3)]
+        )
     assert not BatchJob.objects.exists()
     assert media_files(settings, "batches") == []
 
@@ -156,7 +181,9 @@ def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
     assert job.state == BatchJob.State.DONE_WITH_ERRORS
     failed = job.items.get(position=4)
     assert (failed.state, failed.error_code, failed.error_message) == (
-        "failed", "internal_error", "Unexpected error: RuntimeError: storage hiccup"
+        "failed",
+        "internal_error",
+        "Unexpected error: RuntimeError: storage hiccup",
     )
     assert failed.source  # kept so the file can be retried
     assert Classification.objects.count() == 5
@@ -167,7 +194,9 @@ def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
     job.refresh_from_db()
     assert job.state == BatchJob.State.DONE and job.runs == 2
     assert Classification.objects.count() == 6
-    assert sorted(Classification.objects.values_list("original_filename", flat=True)) == [f"{i}.png" for i in range(6)]
+    assert sorted(Classification.objects.values_list("original_filename", flat=True)) == [
+        f"{i}.png" for i in range(6)
+    ]
     with pytest.raises(ValidationError, match="No failed file can be retried."):
         jobs.job_rerun(job=job, user=user)
 

@@ -1,4 +1,4 @@
-"""A specimen from TEST images of known classes: differential, sign-off rules, and the PDF checked as images."""
+"""A specimen from TEST images of known classes: differential, sign-off rules, the PDF checked as images."""
 
 import csv
 import io
@@ -39,8 +39,9 @@ def known_images(per_class: int = 3) -> list[tuple[str, str, bytes]]:
 
 def build_specimen(user, accession="TEST-12"):
     images = known_images()
-    job = jobs.job_create(user=user, accession=accession, files=[(name, data) for _, name, data in images],
-                          enqueue=False)
+    job = jobs.job_create(
+        user=user, accession=accession, files=[(name, data) for _, name, data in images], enqueue=False
+    )
     job = jobs.job_run(job_id=job.pk)
     assert job.state == "done"
     return job.specimen, images
@@ -52,15 +53,18 @@ def pdf_pages(pdf: bytes, tmp_path: Path) -> list[Image.Image]:
         pytest.skip("pdftoppm is not installed (scripts/test_prereqs.py installs poppler-utils)")
     source = tmp_path / "report.pdf"
     source.write_bytes(pdf)
-    subprocess.run(["pdftoppm", "-r", "40", "-png", str(source), str(tmp_path / "page")], check=True, timeout=60)
+    subprocess.run(
+        ["pdftoppm", "-r", "40", "-png", str(source), str(tmp_path / "page")], check=True, timeout=60
+    )
     return [Image.open(p).convert("RGB") for p in sorted(tmp_path.glob("page-*.png"))]
 
 
 def pdf_text(pdf: bytes, tmp_path: Path) -> str:
     source = tmp_path / "text.pdf"
     source.write_bytes(pdf)
-    return subprocess.run(["pdftotext", "-layout", str(source), "-"], check=True, capture_output=True,
-                          timeout=60).stdout.decode()
+    return subprocess.run(
+        ["pdftotext", "-layout", str(source), "-"], check=True, capture_output=True, timeout=60
+    ).stdout.decode()
 
 
 def assert_pages_look_right(pages: list[Image.Image]) -> None:
@@ -108,7 +112,9 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     # The reviewer labels each cell with its true class (some reclassified), then signs.
     truth = {name: cls for cls, name, _ in images}
     for cell in cells:
-        services.classification_review(classification=cell, reviewer=reviewer, label=truth[cell.original_filename])
+        services.classification_review(
+            classification=cell, reviewer=reviewer, label=truth[cell.original_filename]
+        )
     specimen = services.specimen_sign(specimen=specimen, reviewer=reviewer)
     differential = selectors.specimen_differential(specimen=specimen)
     assert {row["label"]: row["count"] for row in differential["classes"]} == {cls: 3 for cls in CLASSES}
@@ -128,8 +134,14 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
 
 def test_csv_per_specimen_and_for_a_date_range(user, other_user, reviewer):
     specimen, _ = build_specimen(user)
-    other = jobs.job_run(job_id=jobs.job_create(user=other_user, accession="OTHER-1", files=[
-        ("=cmd.png", FIXTURE_CELLS.joinpath("EOSINOPHIL_1.jpeg").read_bytes())], enqueue=False).pk)
+    other = jobs.job_run(
+        job_id=jobs.job_create(
+            user=other_user,
+            accession="OTHER-1",
+            files=[("=cmd.png", FIXTURE_CELLS.joinpath("EOSINOPHIL_1.jpeg").read_bytes())],
+            enqueue=False,
+        ).pk
+    )
     (row,) = csv.DictReader(io.StringIO(reports.specimen_report_csv(specimen=other.specimen)))
     assert row["original_filename"] == "'=cmd.png"  # a spreadsheet will not run it as a formula
     rows = list(csv.DictReader(io.StringIO(reports.specimen_report_csv(specimen=specimen))))
@@ -142,15 +154,31 @@ def test_csv_per_specimen_and_for_a_date_range(user, other_user, reviewer):
     from django.utils import timezone
 
     today = timezone.localdate()
-    mine = list(csv.DictReader(io.StringIO(reports.specimens_csv(
-        specimens=reports.specimens_in_range(user=user, start=today, end=today)))))
+    mine = list(
+        csv.DictReader(
+            io.StringIO(
+                reports.specimens_csv(specimens=reports.specimens_in_range(user=user, start=today, end=today))
+            )
+        )
+    )
     assert [r["accession"] for r in mine] == ["TEST-12"]  # not the other technologist's specimen
     assert mine[0]["total_cells"] == "12" and mine[0]["signed_by"] == ""
-    everything = list(csv.DictReader(io.StringIO(reports.specimens_csv(
-        specimens=reports.specimens_in_range(user=reviewer, start=None, end=None)))))
+    everything = list(
+        csv.DictReader(
+            io.StringIO(
+                reports.specimens_csv(
+                    specimens=reports.specimens_in_range(user=reviewer, start=None, end=None)
+                )
+            )
+        )
+    )
     assert [r["accession"] for r in everything] == ["TEST-12", "OTHER-1"]
-    assert reports.specimens_in_range(user=user, start=today.replace(year=today.year - 1),
-                                      end=today.replace(year=today.year - 1)).count() == 0
+    assert (
+        reports.specimens_in_range(
+            user=user, start=today.replace(year=today.year - 1), end=today.replace(year=today.year - 1)
+        ).count()
+        == 0
+    )
 
 
 @pytest.mark.realmodel
@@ -168,6 +196,8 @@ def test_real_model_differential_matches_its_predictions(user, settings, tmp_pat
         cls: classified.get(cls, 0) for cls in CLASSES
     }
     truth = {name: cls for cls, name, _ in images}
-    correct = sum(1 for c in cells if c.status == Status.CLASSIFIED and c.predicted_label == truth[c.original_filename])
+    correct = sum(
+        1 for c in cells if c.status == Status.CLASSIFIED and c.predicted_label == truth[c.original_filename]
+    )
     assert correct >= 6, f"only {correct}/12 TEST cells right"
     assert_pages_look_right(pdf_pages(reports.specimen_report_pdf(specimen=specimen), tmp_path))

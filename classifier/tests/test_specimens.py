@@ -1,4 +1,4 @@
-"""Specimen pages and API: list, detail with differential, sign-off, batch and whole-field uploads, jobs, reports."""
+"""Specimen pages and API: list, detail, sign-off, batch and whole-field uploads, jobs, reports."""
 
 import io
 import json
@@ -24,8 +24,12 @@ def upload(name, data, content_type="image/png"):
 
 
 def specimen_with_cells(user, accession="S-1", labels=("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")):
-    job = jobs.job_create(user=user, accession=accession, enqueue=False,
-                          files=[(f"{i}.png", cell_png(label, i)) for i, label in enumerate(labels)])
+    job = jobs.job_create(
+        user=user,
+        accession=accession,
+        enqueue=False,
+        files=[(f"{i}.png", cell_png(label, i)) for i, label in enumerate(labels)],
+    )
     return jobs.job_run(job_id=job.pk).specimen
 
 
@@ -36,27 +40,43 @@ def token_client(api_client, user):
 
 # Portal -------------------------------------------------------------------------------------------
 
-def test_batch_upload_page_runs_a_job_and_shows_progress(tech_client, user, django_capture_on_commit_callbacks):
+
+def test_batch_upload_page_runs_a_job_and_shows_progress(
+    tech_client, user, django_capture_on_commit_callbacks
+):
     page = tech_client.get(reverse("batch-upload"))
     assert page.status_code == 200 and b'enctype="multipart/form-data"' in page.content
     with django_capture_on_commit_callbacks(execute=True):
-        response = tech_client.post(reverse("batch-upload"), {
-            "accession": "WEB-1", "kind": "cells",
-            "images": [upload("a.png", cell_png("EOSINOPHIL", 1)), upload("b.png", cell_png("MONOCYTE", 2))],
-            "archive": upload("more.zip", make_zip({"c.png": cell_png("LYMPHOCYTE", 3), "x.txt": b"x"}).getvalue(),
-                              "application/zip"),
-        })
+        response = tech_client.post(
+            reverse("batch-upload"),
+            {
+                "accession": "WEB-1",
+                "kind": "cells",
+                "images": [
+                    upload("a.png", cell_png("EOSINOPHIL", 1)),
+                    upload("b.png", cell_png("MONOCYTE", 2)),
+                ],
+                "archive": upload(
+                    "more.zip",
+                    make_zip({"c.png": cell_png("LYMPHOCYTE", 3), "x.txt": b"x"}).getvalue(),
+                    "application/zip",
+                ),
+            },
+        )
     job = BatchJob.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse("job-detail", args=[job.pk])
     page = tech_client.get(response["Location"])
     assert page.status_code == 200
     html = page.content.decode()
-    assert "Job %d" % job.pk in html and "WEB-1" in html and "js/job_progress.js" in html
+    assert f"Job {job.pk}" in html and "WEB-1" in html and "js/job_progress.js" in html
     assert "<script>" not in html  # CSP: no inline script
     assert "Not an image file" in html
     status = tech_client.get(reverse("job-status", args=[job.pk])).json()
     assert (status["state"], status["total"], status["counts"]) == (
-        "done_with_errors", 4, {"pending": 0, "done": 3, "failed": 1, "skipped": 0})
+        "done_with_errors",
+        4,
+        {"pending": 0, "done": 3, "failed": 1, "skipped": 0},
+    )
     assert [i["label"] for i in status["items"]] == ["EOSINOPHIL", "MONOCYTE", "LYMPHOCYTE", None]
 
 
@@ -64,16 +84,20 @@ def test_batch_upload_errors_are_shown_and_store_nothing(tech_client, other_user
     services.specimen_get_or_create(user=other_user, accession="THEIRS")
     response = tech_client.post(reverse("batch-upload"), {"accession": "WEB-2", "kind": "cells"})
     assert response.status_code == 200 and "Choose some images or a ZIP archive." in response.content.decode()
-    response = tech_client.post(reverse("batch-upload"), {
-        "accession": "THEIRS", "kind": "cells", "images": [upload("a.png", cell_png())]})
+    response = tech_client.post(
+        reverse("batch-upload"),
+        {"accession": "THEIRS", "kind": "cells", "images": [upload("a.png", cell_png())]},
+    )
     assert response.status_code == 200 and "opened by another user" in response.content.decode()
     assert not BatchJob.objects.exists() and media_files(settings, "batches") == []
 
 
 def test_no_role_user_cannot_start_a_job(client, no_role_user):
     client.force_login(no_role_user)
-    response = client.post(reverse("batch-upload"), {
-        "accession": "NR-1", "kind": "cells", "images": [upload("a.png", cell_png())]})
+    response = client.post(
+        reverse("batch-upload"),
+        {"accession": "NR-1", "kind": "cells", "images": [upload("a.png", cell_png())]},
+    )
     assert response.status_code == 403 and not BatchJob.objects.exists()
 
 
@@ -81,8 +105,13 @@ def test_job_pages_of_other_users_are_404(client, user, other_user):
     specimen = specimen_with_cells(user)
     job = specimen.batch_jobs.get()
     client.force_login(other_user)
-    for name, args in [("job-detail", [job.pk]), ("job-status", [job.pk]), ("specimen-detail", ["S-1"]),
-                       ("specimen-report-pdf", ["S-1"]), ("specimen-report-csv", ["S-1"])]:
+    for name, args in [
+        ("job-detail", [job.pk]),
+        ("job-status", [job.pk]),
+        ("specimen-detail", ["S-1"]),
+        ("specimen-report-pdf", ["S-1"]),
+        ("specimen-report-csv", ["S-1"]),
+    ]:
         assert client.get(reverse(name, args=args)).status_code == 404, name
     cell = specimen.cells.first()
     assert client.get(reverse("specimen-cell-image", args=["S-1", cell.pk])).status_code == 404
@@ -116,7 +145,9 @@ def test_specimen_list_detail_and_sign(reviewer_client, user, reviewer):
     response = reviewer_client.post(reverse("specimen-sign", args=["S-1"]), follow=True)
     assert "Specimen S-1 is signed; the report is final." in response.content.decode()
     signed = Specimen.objects.get(accession="S-1")
-    assert signed.signed_by == reviewer and set(signed.cells.values_list("review_state", flat=True)) == {"signed"}
+    assert signed.signed_by == reviewer and set(signed.cells.values_list("review_state", flat=True)) == {
+        "signed"
+    }
 
     # A technologist cannot sign (the service refuses: 403).
     specimen_with_cells(user, accession="S-3", labels=("MONOCYTE",))
@@ -126,23 +157,37 @@ def test_specimen_list_detail_and_sign(reviewer_client, user, reviewer):
 def test_reports_and_date_range_export(tech_client, user):
     specimen_with_cells(user)
     pdf = tech_client.get(reverse("specimen-report-pdf", args=["S-1"]))
-    assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
+    assert (
+        pdf.status_code == 200
+        and pdf["Content-Type"] == "application/pdf"
+        and pdf.content.startswith(b"%PDF")
+    )
     csv_response = tech_client.get(reverse("specimen-report-csv", args=["S-1"]))
     assert csv_response["Content-Disposition"] == 'attachment; filename="S-1-cells.csv"'
     assert len(csv_response.content.decode().strip().splitlines()) == 4
     export = tech_client.get(reverse("specimen-export"), {"start": "2000-01-01", "end": "2999-12-31"})
     assert export.status_code == 200 and export.content.decode().splitlines()[1].startswith("S-1,")
-    bad = tech_client.get(reverse("specimen-export"), {"start": "2020-02-01", "end": "2020-01-01"}, follow=True)
+    bad = tech_client.get(
+        reverse("specimen-export"), {"start": "2020-02-01", "end": "2020-01-01"}, follow=True
+    )
     assert "The start date is after the end date." in bad.content.decode()
 
 
-def test_whole_field_upload_locates_classifies_and_draws_boxes(tech_client, user, settings,
-                                                               django_capture_on_commit_callbacks):
+def test_whole_field_upload_locates_classifies_and_draws_boxes(
+    tech_client, user, settings, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
-        response = tech_client.post(reverse("field-upload"), {
-            "accession": "FLD-1", "kind": "fields",
-            "images": [upload("field.jpg", field_jpeg(), "image/jpeg"),
-                       upload("empty.jpg", field_jpeg(centres=()), "image/jpeg")]})
+        response = tech_client.post(
+            reverse("field-upload"),
+            {
+                "accession": "FLD-1",
+                "kind": "fields",
+                "images": [
+                    upload("field.jpg", field_jpeg(), "image/jpeg"),
+                    upload("empty.jpg", field_jpeg(centres=()), "image/jpeg"),
+                ],
+            },
+        )
     job = BatchJob.objects.get()
     assert response.status_code == 302 and job.kind == "fields"
     status = tech_client.get(reverse("job-status", args=[job.pk])).json()
@@ -153,7 +198,10 @@ def test_whole_field_upload_locates_classifies_and_draws_boxes(tech_client, user
     centres = sorted(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (c["box"] for c in field["cells"]))
     assert [(round(x / 10), round(y / 10)) for x, y in centres] == [(16, 12), (48, 33)]
     assert (empty["state"], empty["error_code"], empty["error"]) == (
-        "failed", "no_cells_found", "No white cell was found in this field of view.")
+        "failed",
+        "no_cells_found",
+        "No white cell was found in this field of view.",
+    )
     assert Classification.objects.filter(specimen__accession="FLD-1").count() == 2
     page = tech_client.get(reverse("job-detail", args=[job.pk])).content.decode()
     assert reverse("job-field-image", args=[job.pk, 1]) in page
@@ -164,8 +212,11 @@ def test_whole_field_upload_locates_classifies_and_draws_boxes(tech_client, user
     assert tech_client.get(reverse("job-field-image", args=[job.pk, 2])).status_code == 200
     assert tech_client.get(reverse("job-field-image", args=[job.pk, 3])).status_code == 404
     # Re-running the same field adds no cells.
-    jobs.job_run(job_id=jobs.job_create(user=user, accession="FLD-1", kind="fields", enqueue=False,
-                                        files=[("again.jpg", field_jpeg())]).pk)
+    jobs.job_run(
+        job_id=jobs.job_create(
+            user=user, accession="FLD-1", kind="fields", enqueue=False, files=[("again.jpg", field_jpeg())]
+        ).pk
+    )
     assert Classification.objects.filter(specimen__accession="FLD-1").count() == 2
 
 
@@ -173,20 +224,29 @@ def test_field_on_a_real_original_image(user):
     path = Path(__file__).resolve().parents[3] / "shared/datasets/bccd-wbc/ORIGINAL/BloodImage_00000.jpg"
     if not path.exists():
         pytest.skip("the BCCD ORIGINAL folder is not mounted")
-    job = jobs.job_create(user=user, accession="ORIG-0", kind="fields", enqueue=False,
-                          files=[(path.name, path.read_bytes())])
+    job = jobs.job_create(
+        user=user, accession="ORIG-0", kind="fields", enqueue=False, files=[(path.name, path.read_bytes())]
+    )
     progress = jobs.job_progress(job=jobs.job_run(job_id=job.pk))
     assert progress["items"][0]["state"] == "done" and len(progress["items"][0]["cells"]) >= 1
 
 
 # API ----------------------------------------------------------------------------------------------
 
+
 def test_api_batch_202_then_job_progress(api_client, user, django_capture_on_commit_callbacks):
     client = token_client(api_client, user)
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post("/api/v1/specimens/API-1/batch/", {
-            "images": [upload("a.png", cell_png("EOSINOPHIL", 1)), upload("b.png", cell_png("LYMPHOCYTE", 2))],
-        }, format="multipart")
+        response = client.post(
+            "/api/v1/specimens/API-1/batch/",
+            {
+                "images": [
+                    upload("a.png", cell_png("EOSINOPHIL", 1)),
+                    upload("b.png", cell_png("LYMPHOCYTE", 2)),
+                ],
+            },
+            format="multipart",
+        )
     assert response.status_code == 202, response.content
     body = response.json()
     job = BatchJob.objects.get()
@@ -195,30 +255,52 @@ def test_api_batch_202_then_job_progress(api_client, user, django_capture_on_com
     progress = client.get(f"/api/v1/jobs/{job.pk}/").json()
     assert progress["state"] == "done" and progress["counts"]["done"] == 2
     assert [(i["filename"], i["state"], i["label"]) for i in progress["items"]] == [
-        ("a.png", "done", "EOSINOPHIL"), ("b.png", "done", "LYMPHOCYTE")]
+        ("a.png", "done", "EOSINOPHIL"),
+        ("b.png", "done", "LYMPHOCYTE"),
+    ]
 
 
-def test_api_batch_archive_and_errors(api_client, user, other_user, settings, django_capture_on_commit_callbacks):
+def test_api_batch_archive_and_errors(
+    api_client, user, other_user, settings, django_capture_on_commit_callbacks
+):
     client = token_client(api_client, user)
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post("/api/v1/specimens/API-2/batch/", {
-            "archive": upload("x.zip", make_zip({"d/a.png": cell_png(), "../b.png": cell_png("MONOCYTE", 5)}).getvalue(),
-                              "application/zip")}, format="multipart")
+        response = client.post(
+            "/api/v1/specimens/API-2/batch/",
+            {
+                "archive": upload(
+                    "x.zip",
+                    make_zip({"d/a.png": cell_png(), "../b.png": cell_png("MONOCYTE", 5)}).getvalue(),
+                    "application/zip",
+                )
+            },
+            format="multipart",
+        )
     assert response.status_code == 202
     job_id = response.json()["id"]
     items = client.get(f"/api/v1/jobs/{job_id}/").json()["items"]
     assert [(i["filename"], i["state"], i["error_code"]) for i in items] == [
-        ("a.png", "done", None), ("b.png", "failed", "unsafe_path")]
+        ("a.png", "done", None),
+        ("b.png", "failed", "unsafe_path"),
+    ]
 
     response = client.post("/api/v1/specimens/API-3/batch/", {}, format="multipart")
     assert response.status_code == 400
     assert response.json()["detail"] == "Send one or more `images` or one `archive` ZIP."
-    response = client.post("/api/v1/specimens/API-3/batch/", {
-        "archive": upload("x.zip", b"not a zip", "application/zip")}, format="multipart")
+    response = client.post(
+        "/api/v1/specimens/API-3/batch/",
+        {"archive": upload("x.zip", b"not a zip", "application/zip")},
+        format="multipart",
+    )
     assert response.status_code == 400 and response.json() == {
-        "detail": "The archive is not a readable ZIP file.", "code": "bad_archive"}
-    response = client.post("/api/v1/specimens/bad accession!/batch/", {
-        "images": [upload("a.png", cell_png())]}, format="multipart")
+        "detail": "The archive is not a readable ZIP file.",
+        "code": "bad_archive",
+    }
+    response = client.post(
+        "/api/v1/specimens/bad accession!/batch/",
+        {"images": [upload("a.png", cell_png())]},
+        format="multipart",
+    )
     assert response.status_code == 400 and "accession number" in response.json()["detail"]
     assert BatchJob.objects.count() == 1 and media_files(settings, "batches") == []
 
@@ -240,7 +322,8 @@ def test_api_sign_reviewers_only_and_409_while_unreviewed(api_client, user, revi
     assert response.status_code == 409
     assert response.json() == {
         "detail": "3 cell(s) are not reviewed yet (0 unidentified); review every cell before signing.",
-        "code": "unreviewed"}
+        "code": "unreviewed",
+    }
     assert not Specimen.objects.get(accession="SIGN-1").is_signed
     for c in specimen.cells.all():
         services.classification_review(classification=c, reviewer=reviewer, label=c.predicted_label)
@@ -257,7 +340,11 @@ def test_api_reports(api_client, user, other_user):
     specimen_with_cells(user, accession="REP-1")
     client = token_client(api_client, user)
     pdf = client.get("/api/v1/specimens/REP-1/report.pdf")
-    assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
+    assert (
+        pdf.status_code == 200
+        and pdf["Content-Type"] == "application/pdf"
+        and pdf.content.startswith(b"%PDF")
+    )
     pdf = client.get("/api/v1/specimens/REP-1/report.pdf", HTTP_ACCEPT="application/pdf")
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     csv_response = client.get("/api/v1/specimens/REP-1/report.csv", HTTP_ACCEPT="text/csv")
@@ -266,3 +353,43 @@ def test_api_reports(api_client, user, other_user):
     other = token_client(type(api_client)(), other_user)
     missing = other.get("/api/v1/specimens/REP-1/report.pdf", HTTP_ACCEPT="application/pdf")
     assert missing.status_code == 404 and json.loads(missing.content)["code"] == "not_found"
+
+
+# Locator hit rate -----------------------------------------------------------------------------------
+
+
+def test_locator_hitrate_command_on_synthetic_fields(tmp_path, capsys):
+    from django.core.management import call_command
+
+    (tmp_path / "BloodImage_00000.jpg").write_bytes(field_jpeg(centres=((200, 200),)))
+    (tmp_path / "BloodImage_00001.jpg").write_bytes(field_jpeg())
+    (tmp_path / "BloodImage_00002.jpg").write_bytes(field_jpeg(centres=()))
+    (tmp_path / "labels.csv").write_text(
+        ',Image,Category\n,0,NEUTROPHIL\n,1,"NEUTROPHIL, EOSINOPHIL"\n,2,LYMPHOCYTE\n,3,MONOCYTE\n'
+    )
+    call_command("locator_hitrate", dataset=tmp_path, json=True)
+    result = json.loads(capsys.readouterr().out)
+    assert result == {
+        "images": 3,
+        "images_with_listed_cells": 3,
+        "hit_rate_percent": 66.7,
+        "exact_count_percent": 66.7,
+        "cell_recall_percent": 75.0,
+        "listed_cells": 4,
+        "extra_boxes": 0,
+        "images_without_listed_cells": 0,
+        "none_found_where_none_listed": 0,
+        "missed_images": ["BloodImage_00002.jpg"],
+    }
+
+
+def test_locator_hitrate_on_the_original_fields(capsys):
+    from django.core.management import call_command
+
+    from classifier.management.commands.locator_hitrate import DEFAULT_DIR
+
+    if not (DEFAULT_DIR / "labels.csv").exists():
+        pytest.skip("the BCCD ORIGINAL folder is not mounted")
+    call_command("locator_hitrate", limit=20, json=True)
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 20 and result["hit_rate_percent"] >= 90.0

@@ -1,0 +1,154 @@
+"""GET /api/v1/specimens/{accession}/fhir/: a FHIR R4 Bundle a third-party client can parse and validate."""
+
+import json
+
+import pytest
+from django.core.cache import cache
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.specimen import Specimen as FHIRSpecimen
+
+from classifier import services
+from classifier.tests.factories import ClassificationFactory, SpecimenFactory
+
+pytestmark = pytest.mark.django_db
+
+LOINC = "http://loinc.org"
+EXPECTED_CODES = {  # LOINC "<cell>/100 leukocytes in Blood by Automated count"
+    "713-8": "Eosinophils/100 leukocytes in Blood by Automated count",
+    "736-9": "Lymphocytes/100 leukocytes in Blood by Automated count",
+    "5905-5": "Monocytes/100 leukocytes in Blood by Automated count",
+    "770-8": "Neutrophils/100 leukocytes in Blood by Automated count",
+}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    cache.clear()
+
+
+@pytest.fixture
+def specimen(user):
+    specimen = SpecimenFactory(accession="ACC-FHIR-1", created_by=user)
+    for label in ("NEUTROPHIL", "NEUTROPHIL", "NEUTROPHIL", "LYMPHOCYTE", "LYMPHOCYTE", "EOSINOPHIL",
+                  "EOSINOPHIL", "EOSINOPHIL"):
+        ClassificationFactory(owner=user, specimen=specimen, predicted_label=label)
+    ClassificationFactory(owner=user, specimen=specimen, unidentified=True)
+    return specimen
+
+
+def fetch(client, accession="ACC-FHIR-1", **headers):
+    return client.get(f"/api/v1/specimens/{accession}/fhir/", **headers)
+
+
+def parse(response) -> Bundle:
+    """What a third-party client does: parse the JSON with fhir.resources' R4(B) models (validates)."""
+    return Bundle.model_validate_json(response.content)
+
+
+def resources(bundle: Bundle, kind):
+    return [entry.resource for entry in bundle.entry if isinstance(entry.resource, kind)]
+
+
+def test_bundle_parses_and_validates_as_fhir_r4(api_client, user, specimen):
+    api_client.force_authenticate(user)
+    response = fetch(api_client)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/fhir+json"
+    bundle = parse(response)
+    assert bundle.type == "collection"
+    assert bundle.identifier.value == "ACC-FHIR-1"
+    assert [type(e.resource).__name__ for e in bundle.entry] == [
+        "DiagnosticReport", "Specimen", "Observation", "Observation", "Observation", "Observation"]
+    # Every reference resolves inside the Bundle.
+    full_urls = {entry.fullUrl for entry in bundle.entry}
+    (report,) = resources(bundle, DiagnosticReport)
+    assert {ref.reference for ref in report.result} | {report.specimen[0].reference} <= full_urls
+    assert len(full_urls) == len(bundle.entry)
+
+
+def test_report_is_preliminary_with_loinc_panel(api_client, user, specimen):
+    api_client.force_authenticate(user)
+    bundle = parse(fetch(api_client))
+    (report,) = resources(bundle, DiagnosticReport)
+    assert report.status == "preliminary"
+    assert [(c.system, c.code, c.display) for c in report.code.coding] == [
+        (LOINC, "57023-4", "Auto Differential panel - Blood")]
+    assert report.category[0].coding[0].code == "HM"
+    assert report.conclusion == (
+        "8 of 9 cells counted; 1 unidentified awaiting review; "
+        "machine pre-classification, not yet verified by a reviewer."
+    )
+    assert report.resultsInterpreter is None
+    (fhir_specimen,) = resources(bundle, FHIRSpecimen)
+    assert fhir_specimen.accessionIdentifier.value == "ACC-FHIR-1"
+    assert fhir_specimen.type.coding[0].code == "BLD"
+
+
+def test_one_observation_per_class_with_loinc_ucum_range_and_flags(api_client, user, specimen):
+    api_client.force_authenticate(user)
+    observations = resources(parse(fetch(api_client)), Observation)
+    rows = {}
+    for obs in observations:
+        (coding,) = obs.code.coding
+        assert coding.system == LOINC and EXPECTED_CODES[coding.code] == coding.display
+        assert obs.status == "preliminary"
+        assert obs.category[0].coding[0].code == "laboratory"
+        quantity = obs.valueQuantity
+        assert (quantity.unit, quantity.system, quantity.code) == ("%", "http://unitsofmeasure.org", "%")
+        (reference,) = obs.referenceRange
+        assert reference.low.code == reference.high.code == "%"
+        rows[coding.code] = (float(quantity.value), obs.interpretation[0].coding[0].code,
+                             float(reference.low.value), float(reference.high.value), obs.note[0].text)
+    assert rows == {
+        "770-8": (37.5, "L", 40.0, 75.0, "3 of 8 counted cells."),
+        "736-9": (25.0, "N", 20.0, 45.0, "2 of 8 counted cells."),
+        "5905-5": (0.0, "L", 2.0, 10.0, "0 of 8 counted cells."),
+        "713-8": (37.5, "H", 1.0, 6.0, "3 of 8 counted cells."),
+    }
+
+
+def test_report_is_final_once_signed(api_client, user, reviewer, specimen):
+    for cell in specimen.cells.all():
+        services.classification_review(classification=cell, reviewer=reviewer, label=cell.label)
+    signed = services.specimen_sign(specimen=specimen, reviewer=reviewer)
+    api_client.force_authenticate(user)
+    bundle = parse(fetch(api_client))
+    (report,) = resources(bundle, DiagnosticReport)
+    assert report.status == "final"
+    assert report.resultsInterpreter[0].display == "reviewer"
+    assert report.issued.isoformat().startswith(signed.signed_at.replace(microsecond=0).isoformat()[:19])
+    assert {obs.status for obs in resources(bundle, Observation)} == {"final"}
+    eosinophils = next(o for o in resources(bundle, Observation) if o.code.coding[0].code == "713-8")
+    assert float(eosinophils.valueQuantity.value) == 44.4  # the reviewed unidentified cell now counts: 4 of 9
+
+
+def test_specimen_without_counted_cells_reports_absent_values(api_client, user):
+    specimen = SpecimenFactory(accession="ACC-EMPTY", created_by=user)
+    ClassificationFactory(owner=user, specimen=specimen, unidentified=True)
+    api_client.force_authenticate(user)
+    observations = resources(parse(fetch(api_client, "ACC-EMPTY")), Observation)
+    assert len(observations) == 4
+    for obs in observations:
+        assert obs.valueQuantity is None and obs.interpretation is None
+        assert obs.dataAbsentReason.coding[0].code == "temp-unknown"
+
+
+def test_plain_json_on_request_and_errors_are_json(api_client, user, other_user, specimen):
+    api_client.force_authenticate(user)
+    response = fetch(api_client, HTTP_ACCEPT="application/json")
+    assert response["Content-Type"] == "application/json"
+    assert json.loads(response.content)["resourceType"] == "Bundle"
+    api_client.force_authenticate(other_user)
+    hidden = fetch(api_client)
+    assert hidden.status_code == 404
+    assert hidden["Content-Type"] == "application/json"
+    assert hidden.json() == {"detail": "No Specimen matches the given query.", "code": "not_found"}
+
+
+def test_reviewer_sees_any_specimen_and_no_role_user_none(api_client, reviewer, no_role_user, specimen):
+    api_client.force_authenticate(reviewer)
+    assert fetch(api_client).status_code == 200
+    api_client.force_authenticate(no_role_user)
+    assert fetch(api_client).status_code == 404
