@@ -131,6 +131,14 @@ def test_bad_upload_shows_clear_error_and_leaves_no_row_and_no_file(tech_client,
     assert media_files(settings) == []
 
 
+def test_oversized_upload_is_refused_with_its_size(tech_client, settings):
+    settings.HEMATOVISION_MAX_UPLOAD_BYTES = 1_000_000
+    response = upload(tech_client, "big.png", image_bytes(size=(1200, 1000), fmt="BMP"))
+    assert response.status_code == 413
+    assert "<strong>big.png</strong>: The file is 3.6 MB; the limit is 1 MB." in response.content.decode()
+    assert Classification.objects.count() == 0 and media_files(settings) == []
+
+
 def test_upload_with_no_file_asks_for_one(tech_client):
     response = tech_client.post(reverse("upload"), {"accession": ""})
     assert response.status_code == 400
