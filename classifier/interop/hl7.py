@@ -44,17 +44,26 @@ def _escape(text: str) -> str:
     return text
 
 
+def _facility(name: str) -> str:
+    """MSH-4 namespace id: the lab name, cut at a word to HD.1's 20 characters."""
+    name = _escape(name.strip()) or SENDING_APPLICATION
+    if len(name) <= 20:
+        return name
+    cut = name[:21].rsplit(" ", 1)[0] if " " in name[:21] else name[:20]
+    return cut[:20].rstrip()
+
+
 def _number(value: float) -> str:
     return f"{value:g}"
 
 
 def oru_r01(specimen, differential: dict, *, now=None, control_id: str | None = None) -> str:
-    """The ER7 text of an ORU^R01 v2.5.1 message (segments separated by carriage returns)."""
+    """The ER7 text of an ORU^R01 v2.5.1 message (each segment ends with a carriage return)."""
     now = now or timezone.now()
     accession = specimen.accession  # [A-Za-z0-9._-] only: no escaping needed
     final = differential["signed"]
     result_status = "F" if final else "P"
-    facility = _escape(settings.HEMATOVISION_LAB_NAME)[:20].strip()  # HD.1 holds at most 20 characters
+    facility = _facility(settings.HEMATOVISION_LAB_NAME)
 
     msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     msg.msh.msh_3 = SENDING_APPLICATION
@@ -109,4 +118,4 @@ def oru_r01(specimen, differential: dict, *, now=None, control_id: str | None = 
     specimen_group.spm.spm_4 = "BLD^Whole blood^HL70487"
 
     msg.validate()
-    return msg.to_er7()
+    return msg.to_er7() + "\r"  # every segment, the last one too, ends with a carriage return

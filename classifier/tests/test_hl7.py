@@ -51,12 +51,14 @@ def test_oru_r01_parses_in_strict_mode(api_client, user, specimen):
     assert response.status_code == 200
     assert response["Content-Type"] == "x-application/hl7-v2+er7; charset=utf-8"
     segments = response.content.decode().split("\r")
-    assert [s[:3] for s in segments if s] == [
+    assert segments[-1] == ""  # the last segment is terminated too
+    assert [s[:3] for s in segments[:-1]] == [
         "MSH", "PID", "OBR", "OBX", "NTE", "OBX", "NTE", "OBX", "NTE", "OBX", "NTE", "SPM"]
     message = parse(response)
     assert message.msh.msh_9.to_er7() == "ORU^R01^ORU_R01"
     assert message.msh.msh_12.to_er7() == "2.5.1"
     assert message.msh.msh_3.to_er7() == "HEMATOVISION"
+    assert message.msh.msh_4.to_er7() == "Hematology"  # the lab name, cut at a word to 20 characters
     result = message.oru_r01_patient_result
     assert result.oru_r01_patient.pid.pid_3.to_er7() == "ACC-HL7.1^^^HEMATOVISION^ACSN"
     obr = result.oru_r01_order_observation.obr

@@ -1,0 +1,43 @@
+"""The API with the real shipped Keras model: upload a fixture cell, read it back as JSON and FHIR."""
+
+from pathlib import Path
+
+import pytest
+from django.core.cache import cache
+from django.core.files.uploadedfile import SimpleUploadedFile
+from fhir.resources.R4B.bundle import Bundle
+
+from classifier.models import CellClass
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = sorted((ROOT / "ml" / "artifacts").glob("*.keras"))
+
+pytestmark = [
+    pytest.mark.realmodel,
+    pytest.mark.django_db,
+    pytest.mark.skipif(not MODELS, reason="no shipped model yet: ml/artifacts/*.keras is absent"),
+]
+
+
+def test_api_upload_with_real_model(api_client, user, settings):
+    cache.clear()
+    settings.HEMATOVISION_PREDICTOR = "ml"
+    api_client.force_authenticate(user)
+    data = (ROOT / "ml" / "tests" / "fixtures" / "cells" / "LYMPHOCYTE_1.jpeg").read_bytes()
+    response = api_client.post(
+        "/api/v1/classifications/",
+        {"image": SimpleUploadedFile("LYMPHOCYTE_1.jpeg", data), "accession": "ACC-REAL"},
+        format="multipart",
+    )
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["status"] in ("classified", "unidentified")
+    assert body["predicted_label"] in CellClass.values
+    assert sorted(body["probabilities"]) == sorted(CellClass.values)
+    assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-3
+    assert body["model_version"] and body["model_version"] != "fake-0001"
+    heatmap = api_client.get(body["heatmap_url"])
+    assert heatmap.status_code == 200
+    assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG\r\n\x1a\n")
+    bundle = Bundle.model_validate_json(api_client.get("/api/v1/specimens/ACC-REAL/fhir/").content)
+    assert bundle.entry[0].resource.status == "preliminary"
