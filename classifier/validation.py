@@ -34,18 +34,21 @@ class CheckedImage:
     image: Image.Image  # decoded, orientation applied
 
 
+def check_size(size: int) -> None:
+    """Refuse a file over the upload limit; callers can ask with the upload's size before reading it."""
+    max_bytes = settings.HEMATOVISION_MAX_UPLOAD_BYTES
+    if size > max_bytes:
+        raise ImageRejected(
+            "file_too_large", f"The file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB.", 413
+        )
+
+
 def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
     """Decode ``data`` fully or raise ImageRejected with a message a user can act on."""
-    max_bytes = settings.HEMATOVISION_MAX_UPLOAD_BYTES
     max_pixels = settings.HEMATOVISION_MAX_PIXELS
     if not data:
         raise ImageRejected("empty_file", "The file is empty.")
-    if len(data) > max_bytes:
-        raise ImageRejected(
-            "file_too_large",
-            f"The file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB.",
-            413,
-        )
+    check_size(len(data))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -6,6 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from classifier.models import CellClass, Classification, ReviewState, Specimen, Status, accession_validator
+from classifier.validation import check_size
 
 
 class OptionalChoiceField(serializers.ChoiceField):
@@ -118,6 +119,10 @@ class ClassificationUploadSerializer(serializers.Serializer):
 
     def validate_accession(self, value):
         return value.strip()
+
+    def validate_image(self, value):
+        check_size(value.size)  # 413 before an oversize upload is read into memory
+        return value
 
 
 class ClassificationPendingSerializer(serializers.Serializer):
