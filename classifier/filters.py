@@ -14,9 +14,13 @@ class ClassificationFilter(django_filters.FilterSet):
         method="filter_q", label="Search",
         help_text="File name, accession number or external id.",
     )
-    label = django_filters.ChoiceFilter(choices=CellClass.choices, method="filter_label", label="Class")
-    status = django_filters.ChoiceFilter(choices=Status.choices)
-    review_state = django_filters.ChoiceFilter(choices=ReviewState.choices, label="Review state")
+    label = django_filters.ChoiceFilter(
+        choices=CellClass.choices, method="filter_label", label="Class", empty_label="Any"
+    )
+    status = django_filters.ChoiceFilter(choices=Status.choices, empty_label="Any")
+    review_state = django_filters.ChoiceFilter(
+        choices=ReviewState.choices, label="Review state", empty_label="Any"
+    )
     accession = django_filters.CharFilter(field_name="specimen__accession", lookup_expr="iexact")
     created_after = django_filters.DateFilter(
         field_name="created_at", lookup_expr="date__gte", label="From",

@@ -74,7 +74,7 @@
     submit.disabled = true;
     panel.hidden = false;
     results.textContent = "";
-    bar.classList.remove("bg-danger", "bg-success");
+    bar.classList.remove("bg-danger", "bg-warning", "bg-success");
     setProgress(0, files.length);
     const created = [];
     let failed = 0;
@@ -99,7 +99,7 @@
       setProgress(i + 1, files.length);
     }
     bar.classList.remove("progress-bar-animated", "progress-bar-striped");
-    bar.classList.add(failed ? "bg-danger" : "bg-success");
+    bar.classList.add(failed ? (created.length ? "bg-warning" : "bg-danger") : "bg-success");
     text.textContent = created.length + " classified" + (failed ? ", " + failed + " rejected (nothing stored for those)" : "");
     submit.disabled = false;
     input.value = "";
