@@ -10,7 +10,6 @@ import csv
 import mimetypes
 from pathlib import PurePosixPath
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -27,7 +26,7 @@ from .filters import ClassificationFilter
 from .forms import ReviewForm, UploadForm
 from .models import CellClass, Classification
 from .permissions import can_review, can_submit
-from .validation import ImageRejected
+from .validation import ImageRejected, check_size
 
 HISTORY_PAGE_SIZE = 25
 QUEUE_PAGE_SIZE = 20
@@ -105,13 +104,9 @@ class UploadView(View):
                 return JsonResponse({"error": errors, "code": "invalid"}, status=400)
             return render(request, self.template_name, {"form": form}, status=400)
         created, failures = [], []
-        max_bytes = settings.HEMATOVISION_MAX_UPLOAD_BYTES
         for upload in form.cleaned_data["images"]:
-            if upload.size > max_bytes:  # refuse before reading it into memory (same words as the check)
-                failures.append((upload.name, f"The file is {upload.size / 1e6:.1f} MB; the limit is "
-                                              f"{max_bytes / 1e6:.0f} MB.", 413))
-                continue
             try:
+                check_size(upload.size)  # refuse before reading it into memory
                 created.append(
                     services.classification_create(
                         user=request.user,
