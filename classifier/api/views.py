@@ -297,10 +297,10 @@ def _suffix(name: str) -> str:
 FHIR_BUNDLE = inline_serializer(
     name="FHIRBundle",
     fields={
-        "resourceType": serializers.ChoiceField(choices=["Bundle"]),
+        "resourceType": serializers.CharField(help_text='Always "Bundle".'),
         "id": serializers.CharField(),
         "identifier": serializers.DictField(child=serializers.CharField()),
-        "type": serializers.ChoiceField(choices=["collection"]),
+        "type": serializers.CharField(help_text='Always "collection": the resources about one specimen.'),
         "timestamp": serializers.CharField(),
         "entry": serializers.ListField(
             child=serializers.DictField(child=serializers.JSONField()),
