@@ -20,7 +20,7 @@ class TrainConfig:
     split_block: int = 11
     aug_views: int = 1  # augmented views cached per training image (in addition to the plain one)
     # Phase 1: head only on frozen pooled features (base called with training=False).
-    head_epochs: int = 30
+    head_epochs: int = 12
     head_lr: float = 1e-3
     # Phase 2: fine-tune the top blocks + head at a low rate, BatchNorm frozen.
     finetune_epochs: int = 6

@@ -97,12 +97,20 @@ def crop_files(files, crop_side: int, out_size: int, seed: int | None = None, pr
     return out, found
 
 
-def group_near_duplicates(features: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
-    """Group ids: connected components of same-class pairs with cosine similarity >= threshold."""
+def group_near_duplicates(features: np.ndarray, labels: np.ndarray, threshold: float,
+                          min_group: int = 5) -> np.ndarray:
+    """Group ids for augmented copies of one original (checked visually: a group shows one field).
+
+    Connected components of same-class pairs with cosine similarity >= ``threshold``;
+    then every member of a component smaller than ``min_group`` (copies whose features
+    drifted, e.g. strong rotations) is joined to the component of its nearest neighbour,
+    so stray copies do not leak across the split.
+    """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     f = features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-8)
+    n = len(f)
     rows, cols = [], []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
@@ -110,9 +118,16 @@ def group_near_duplicates(features: np.ndarray, labels: np.ndarray, threshold: f
         r, cc = np.nonzero(np.triu(sims >= threshold, 1))
         rows.append(idx[r])
         cols.append(idx[cc])
+        _, comp = connected_components(coo_matrix((np.ones(len(r)), (r, cc)), shape=(len(idx),) * 2),
+                                       directed=False)
+        sizes = np.bincount(comp)
+        np.fill_diagonal(sims, -np.inf)
+        for i in np.flatnonzero(sizes[comp] < min_group):
+            s = np.where(comp == comp[i], -np.inf, sims[i])
+            rows.append(idx[[i]])
+            cols.append(idx[[int(np.argmax(s))]])
     r, cc = np.concatenate(rows), np.concatenate(cols)
-    g = coo_matrix((np.ones(len(r)), (r, cc)), shape=(len(f), len(f)))
-    _, comp = connected_components(g, directed=False)
+    _, comp = connected_components(coo_matrix((np.ones(len(r)), (r, cc)), shape=(n, n)), directed=False)
     return comp
 
 

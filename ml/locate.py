@@ -62,10 +62,12 @@ def _disk(r: int) -> np.ndarray:
 
 
 def locate_cells(rgb: np.ndarray, scale: float | None = None, threshold: float = NUCLEUS_THRESHOLD,
-                 min_area: float = MIN_AREA, max_cells: int = 10) -> list[Box]:
+                 min_area: float = MIN_AREA, max_cells: int = 10, min_rel_score: float = 0.2) -> list[Box]:
     """Return white-cell boxes (nucleus bounding boxes), best (largest mass) first.
 
-    ``rgb`` is HxWx3 uint8. An empty list means no nucleus-like region.
+    ``rgb`` is HxWx3 uint8. An empty list means no nucleus-like region. Regions
+    whose score is below ``min_rel_score`` x the best one (fragments, platelet
+    clumps) are dropped.
     """
     from scipy import ndimage
 
@@ -91,7 +93,7 @@ def locate_cells(rgb: np.ndarray, scale: float | None = None, threshold: float =
     slices = ndimage.find_objects(labels)
     boxes = []
     for k in np.argsort(-excess):
-        if areas[k] < min_area:
+        if areas[k] < min_area or (boxes and excess[k] / 1000.0 < min_rel_score * boxes[0].score):
             continue
         sl = slices[k]
         y0, y1 = sl[0].start * step, sl[0].stop * step

@@ -105,3 +105,269 @@ def build_cache(files, labels, cfg: TrainConfig) -> Path:
         np.save(d / f"act_v{view}.npy", act)
         del crops, act
     return d
+
+
+class _ActivationBatches:
+    """Keras PyDataset over cached activations: a random view per sample, random dihedral flips."""
+
+    def __new__(cls, *a, **k):
+        import keras
+
+        class _DS(keras.utils.PyDataset):
+            def __init__(self, views, idx, labels, batch, seed, augment):
+                super().__init__()
+                self.views, self.idx, self.labels, self.batch, self.augment = views, idx, labels, batch, augment
+                self.rng = np.random.default_rng(seed)
+                self.order = self.idx.copy()
+                self.on_epoch_end()
+
+            def __len__(self):
+                return int(np.ceil(len(self.idx) / self.batch))
+
+            def on_epoch_end(self):
+                self.order = self.rng.permutation(self.idx) if self.augment else self.idx.copy()
+                self.which = self.rng.integers(0, len(self.views), len(self.order)) if self.augment else \
+                    np.zeros(len(self.order), int)
+
+            def __getitem__(self, b):
+                sl = slice(b * self.batch, (b + 1) * self.batch)
+                ids, vs = self.order[sl], self.which[sl]
+                x = np.stack([self.views[v][i] for i, v in zip(ids, vs)]).astype(np.float32)
+                if self.augment:
+                    k = int(self.rng.integers(8))
+                    x = np.rot90(x, k % 4, axes=(1, 2))
+                    x = x[:, :, ::-1] if k >= 4 else x
+                    x = np.ascontiguousarray(x)
+                return x, self.labels[ids]
+
+        return _DS(*a, **k)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature T minimising validation NLL of softmax(log p / T)."""
+    from scipy.optimize import minimize_scalar
+
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+
+    def nll(t):
+        z = logp / t
+        z = z - z.max(1, keepdims=True)
+        lse = np.log(np.exp(z).sum(1))
+        return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+
+    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def save_curves(history: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for phase, h in history.items():
+        for key, ax in (("loss", axes[0]), ("accuracy", axes[1])):
+            if key in h:
+                ax.plot(range(1, len(h[key]) + 1), h[key], label=f"{phase} train")
+            if "val_" + key in h:
+                ax.plot(range(1, len(h["val_" + key]) + 1), h["val_" + key], "--", label=f"{phase} val")
+            ax.set_xlabel("epoch")
+            ax.set_title(key)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def metrics_dict(y_true, y_pred, classes) -> dict:
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(len(classes)), zero_division=0)
+    return {
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=range(len(classes)), average="macro", zero_division=0)),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, c in enumerate(classes)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=range(len(classes))).tolist(),
+        "n_images": int(len(y_true)),
+    }
+
+
+def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from ml import ood
+    from ml.data import group_near_duplicates, group_split
+    from ml.model import build_classifier, build_lite0_upper, copy_weights_by_name, freeze_batchnorm
+
+    classes = list(cfg.classes)
+    d = build_cache(files, labels, cfg)
+    views = [np.load(d / f"act_v{v}.npy", mmap_mode="r") for v in range(1 + cfg.aug_views)]
+    views = [np.asarray(v) for v in views]
+    feat0 = np.load(d / "imagenet_feat_v0.npy")
+    found = np.load(d / "found_v0.npy")
+    groups = group_near_duplicates(feat0, labels, cfg.group_similarity)
+    val = group_split(groups, labels, cfg.val_fraction, cfg.seed)
+    tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    sizes = np.bincount(groups)
+    log(f"groups: {len(sizes)} (median size {np.median(sizes):.0f}, max {sizes.max()}); "
+        f"train {len(tr_idx)} val {len(va_idx)}; nucleus found in {found.mean():.1%}")
+
+    # Phase 1: head only, on pooled features of the frozen ImageNet base (inference mode).
+    seed_everything(cfg.seed)
+    head = keras.Sequential([keras.Input((feat0.shape[1],)), keras.layers.Dropout(cfg.dropout),
+                             keras.layers.Dense(len(classes), activation="softmax", name="predictions")])
+    head.compile(keras.optimizers.Adam(cfg.head_lr),
+                 keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
+    onehot = np.eye(len(classes), dtype=np.float32)
+    h1 = head.fit(feat0[tr_idx], onehot[labels[tr_idx]], validation_data=(feat0[va_idx], onehot[labels[va_idx]]),
+                  epochs=cfg.head_epochs, batch_size=cfg.batch_size, verbose=2)
+    log(f"phase 1 (head on frozen base): val accuracy {h1.history['val_accuracy'][-1]:.4f}")
+
+    # Phase 2: fine-tune the top blocks + head on cached activations, BatchNorm frozen.
+    upper = build_lite0_upper(views[0].shape[1:], cfg.split_block, len(classes), cfg.dropout)
+    upper.get_layer("predictions").set_weights(head.get_layer("predictions").get_weights())
+    freeze_batchnorm(upper)
+    steps = max(1, cfg.finetune_epochs) * int(np.ceil(len(tr_idx) / cfg.batch_size))
+    sched = keras.optimizers.schedules.CosineDecay(cfg.finetune_lr, steps, warmup_target=None)
+    upper.compile(keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay),
+                  keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
+    labels_oh = onehot[labels]
+    train_ds = _ActivationBatches(views, tr_idx, labels_oh, cfg.batch_size, cfg.seed, True)
+    val_ds = _ActivationBatches(views[:1], va_idx, labels_oh, 64, cfg.seed, False)
+    best = {"acc": -1.0, "epoch": 0, "weights": None}
+
+    class KeepBest(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs["val_accuracy"] > best["acc"]:
+                best.update(acc=float(logs["val_accuracy"]), epoch=epoch + 1, weights=upper.get_weights())
+
+    if cfg.finetune_epochs > 0:
+        h2 = upper.fit(train_ds, validation_data=val_ds, epochs=cfg.finetune_epochs, verbose=2,
+                       callbacks=[KeepBest()])
+        upper.set_weights(best["weights"])
+        log(f"phase 2 (fine-tune blocks {cfg.split_block}+): best val accuracy {best['acc']:.4f} "
+            f"at epoch {best['epoch']}")
+    else:  # head-only model (quick)
+        h2 = type("H", (), {"history": {}})()
+
+    # Whole serving model (resize + rescale inside), weights copied by layer name.
+    model = build_classifier(cfg.backbone, cfg.input_size, len(classes), cfg.dropout)
+    copy_weights_by_name(upper, model)
+
+    # Validation through the real serving path (full model, TTA), then calibration and flags.
+    crops = np.load(d / "crops_v0.npy", mmap_mode="r")
+    from ml.predictor import tta_predict
+
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    feats_model = keras.Model(model.input, [model.get_layer("avg_pool").output, model.output])
+    feats_fn = tf.function(lambda x: feats_model(x, training=False), reduce_retracing=True)
+    val_crops = np.asarray(crops[va_idx])
+    val_metrics = {}
+    probs_by_tta = {}
+    if best["epoch"]:
+        val_metrics["activations_1view_best_epoch_accuracy"] = best["acc"]
+    for views_n in [cfg.tta_views]:
+        feats_v, probs_v = tta_predict(feats_fn, val_crops, views_n)
+        probs_by_tta[views_n] = (feats_v, probs_v)
+        val_metrics[f"tta{views_n}"] = metrics_dict(labels[va_idx], probs_v.argmax(1), classes)
+        log(f"val accuracy with {views_n} view(s): {val_metrics[f'tta{views_n}']['accuracy']:.4f}")
+    val_feats, val_probs = probs_by_tta[cfg.tta_views]
+    temperature = fit_temperature(val_probs, labels[va_idx])
+    # Training-set features of the fine-tuned model for the out-of-distribution detector.
+    from ml.model import build_lite0_upper as _bu
+
+    fmodel = _bu(views[0].shape[1:], cfg.split_block, len(classes), 0.0, features_only=True)
+    copy_weights_by_name(upper, fmodel)
+    ffn = tf.function(lambda x: fmodel(x, training=False))
+    train_feats = run_batched(ffn, views[0][tr_idx], desc="train features", dtype=np.float32)
+    stats = ood.fit(train_feats, labels[tr_idx], len(classes))
+    val_dist = ood.distance(stats, val_feats)
+    cal = ood.calibrate(val_probs, temperature)
+    thresholds = ood.choose_thresholds(val_dist, cal.max(1), cfg.max_unidentified_val)
+    flagged = (val_dist > thresholds["ood_distance"]) | (cal.max(1) < thresholds["min_confidence"])
+    log(f"temperature {temperature:.3f}; thresholds {thresholds}; val flagged {flagged.mean():.2%}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / f"{cfg.name}.keras"
+    model.save(model_path)
+    ood.save(stats, out / "ood_stats.npz")
+    history = {"phase1_head": h1.history, "phase2_finetune": h2.history}
+    save_curves(history, out / "training_curves.png")
+    counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
+    card = {
+        "name": cfg.name,
+        "version": file_hash(model_path),
+        "model_file": model_path.name,
+        "classes": classes,
+        "backbone": cfg.backbone,
+        "input": {"type": "RGB crop, 0..255 floats, any size (resized inside the model)",
+                  "input_size": cfg.input_size},
+        "crop": {"locator": "ml.locate.locate_cells (blue-green nucleus index)", "crop_side_ref_px": cfg.crop_side,
+                 "reference_field": "320x240 px (half of the 640x480 camera field)"},
+        "tta_views": cfg.tta_views,
+        "temperature": temperature,
+        "thresholds": thresholds,
+        "ood_stats_file": "ood_stats.npz",
+        "config": cfg.to_dict(),
+        "data": {"train_dir": str(Path(files[0]).parent.parent), "n_images": len(files), "per_class": counts,
+                 "n_train": int(len(tr_idx)), "n_val": int(len(va_idx)), "n_groups": int(len(sizes)),
+                 "split": "near-duplicate groups (cosine similarity of ImageNet features >= "
+                          f"{cfg.group_similarity}) kept on one side; {cfg.val_fraction:.0%} of each class to val",
+                 "nucleus_found_fraction": float(found.mean())},
+        "validation_metrics": val_metrics,
+        "validation_flagged_rate": float(flagged.mean()),
+        "history": {k: {m: [float(x) for x in v] for m, v in h.items()} for k, h in history.items()},
+        "best_finetune_epoch": best["epoch"],
+        "test_metrics": None,
+        "command": "python -m ml.train " + " ".join(sys.argv[1:]),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    log(f"wrote {model_path} version {card['version']}")
+    return card
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="TRAIN folder with one sub-folder per class")
+    ap.add_argument("--out", required=True, help="output folder for the .keras model, card and curves")
+    ap.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "mobilenet_v2"])
+    ap.add_argument("--backbone-weights", default=None, help="MobileNetV2 ImageNet no-top weights file")
+    ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--split-block", type=int, default=None)
+    ap.add_argument("--tta-views", type=int, default=None)
+    ap.add_argument("--aug-views", type=int, default=None, help="augmented views cached per image")
+    args = ap.parse_args(argv)
+    cfg = TrainConfig(backbone=args.backbone, backbone_weights=args.backbone_weights)
+    for k, v in (("finetune_epochs", args.epochs), ("seed", args.seed), ("split_block", args.split_block),
+                 ("tta_views", args.tta_views), ("aug_views", args.aug_views)):
+        if v is not None:
+            setattr(cfg, k, v)
+    files, labels, skipped = __import__("ml.data", fromlist=["x"]).list_class_folders(args.data, list(cfg.classes))
+    if "TEST" in Path(args.data).name.upper() and "TRAIN" not in Path(args.data).name.upper():
+        print("refusing to train on a TEST folder", file=sys.stderr)
+        return 2
+    print(f"{len(files)} images, skipped folders: {skipped}")
+    seed_everything(cfg.seed)
+    if cfg.backbone == "mobilenet_v2":
+        from ml.train_full import train_full
+
+        train_full(files, labels, cfg, Path(args.out))
+    else:
+        train_lite0(files, labels, cfg, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Evaluate a model on class folders through the serving path (locator, TTA, calibration, flags).
+
+    python -m ml.evaluate --data DIR [--model PATH] [--json OUT] [--plots DIR] [--update-card]
+
+Folder names are matched to the model's classes case-insensitively; other
+folders are listed as skipped. Accuracy counts every image by its top class,
+flagged or not; ``unidentified_rate`` is the share flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def evaluate(data_dir, model_path=None, batch: int = 64, progress: bool = True) -> tuple[dict, list[str]]:
+    from tqdm import tqdm
+
+    from ml.data import list_class_folders
+    from ml.predictor import load_predictor
+    from ml.train import metrics_dict
+
+    pred = load_predictor(model_path)
+    files, labels, skipped = list_class_folders(data_dir, pred.classes)
+    if not files:
+        raise SystemExit(f"no images in class folders under {data_dir} (classes: {pred.classes})")
+    y_pred, flagged, reasons = [], [], {}
+    for i in tqdm(range(0, len(files), batch), desc="evaluate", disable=not progress, mininterval=10):
+        for p in pred.predict([f.read_bytes() for f in files[i:i + batch]]):
+            y_pred.append(pred.classes.index(p.label))
+            flagged.append(p.status == "unidentified")
+            if p.flag_reason:
+                reasons[p.flag_reason] = reasons.get(p.flag_reason, 0) + 1
+    m = metrics_dict(labels, np.asarray(y_pred), pred.classes)
+    m["unidentified_rate"] = float(np.mean(flagged))
+    m["unidentified_reasons"] = reasons
+    m["model_version"] = pred.version
+    m["data"] = str(data_dir)
+    return m, skipped
+
+
+def plot_confusion(m: dict, classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(m["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), [c[:4] for c in classes])
+    ax.set_yticks(range(len(classes)), [c[:4] for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "k")
+    ax.set_title(f"accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--model", default=None, help="path to a .keras model (default: the shipped model)")
+    ap.add_argument("--json", default=None, help="write the metrics as JSON here")
+    ap.add_argument("--plots", default=None, help="folder for confusion_matrix.png")
+    ap.add_argument("--update-card", action="store_true", help="store the metrics as test_metrics in the card")
+    args = ap.parse_args(argv)
+    from ml.predictor import ModelLoadError, load_predictor
+
+    try:
+        pred = load_predictor(args.model)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    m, skipped = evaluate(args.data, args.model, progress=sys.stderr.isatty())
+    if skipped:
+        print(f"skipped folders (not a model class): {', '.join(skipped)}")
+    print(f"model {m['model_version']} on {args.data}: {m['n_images']} images")
+    print(f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  unidentified {m['unidentified_rate']:.2%}")
+    print(f"{'class':<12} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>5}")
+    for c, v in m["per_class"].items():
+        print(f"{c:<12} {v['precision']:6.3f} {v['recall']:6.3f} {v['f1']:6.3f} {v['support']:5d}")
+    print("confusion matrix (rows true, columns predicted):", " ".join(c[:4] for c in pred.classes))
+    for c, row in zip(pred.classes, m["confusion_matrix"]):
+        print(f"  {c[:4]:<5}", " ".join(f"{v:5d}" for v in row))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(m, indent=2))
+    if args.plots:
+        Path(args.plots).mkdir(parents=True, exist_ok=True)
+        plot_confusion(m, pred.classes, Path(args.plots) / "confusion_matrix.png")
+    if args.update_card:
+        card_path = pred.model_path.parent / "model_card.json"
+        card = json.loads(card_path.read_text())
+        card["test_metrics"] = m
+        card_path.write_text(json.dumps(card, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Grad-CAM heat map of the located white cell, overlaid on the input image (PNG bytes)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def gradcam_map(predictor, crop: np.ndarray, class_index: int | None) -> tuple[np.ndarray, int]:
+    """Grad-CAM on one uint8 crop: (HxW map in 0..1 at crop size, class index used)."""
+    import keras
+    import tensorflow as tf
+
+    from ml.model import CONV_LAYER
+
+    if not hasattr(predictor, "_gradcam_model"):
+        m = predictor.model
+        predictor._gradcam_model = keras.Model(m.input, [m.get_layer(CONV_LAYER).output, m.output])
+    gm = predictor._gradcam_model
+    x = tf.convert_to_tensor(crop[None].astype(np.float32))
+    with tf.GradientTape() as tape:
+        conv, probs = gm(x, training=False)
+        tape.watch(conv)
+        k = int(tf.argmax(probs[0])) if class_index is None else class_index
+        score = tf.math.log(probs[:, k] + 1e-9)
+    grads = tape.gradient(score, conv)[0].numpy()
+    conv = conv[0].numpy()
+    weights = grads.mean(axis=(0, 1))
+    cam = np.maximum((conv * weights).sum(-1), 0)
+    cam = cam / (cam.max() + 1e-9)
+    from PIL import Image
+
+    cam = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(crop.shape[1::-1], Image.BICUBIC)) / 255.0
+    return cam, k
+
+
+def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
+    """Heat-map overlay PNG of ``image`` for ``class_name`` (default: the predicted class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    from ml.locate import Box, crop_box, crop_cell, locate_cells
+    from ml.predictor import _downscale, to_rgb
+
+    if class_name is not None and class_name not in predictor.classes:
+        raise ValueError(f"unknown class {class_name!r}; model classes: {predictor.classes}")
+    rgb, _ = _downscale(to_rgb(image))
+    boxes = locate_cells(rgb, max_cells=1)
+    box = boxes[0] if boxes else None
+    win = crop_box(rgb, box, side=predictor.crop_side)
+    native, _ = crop_cell(rgb, box=box, side=predictor.crop_side)
+    crop = np.asarray(Image.fromarray(native).resize((predictor.input_size,) * 2, Image.BILINEAR))
+    k = predictor.classes.index(class_name) if class_name else None
+    cam, _ = gradcam_map(predictor, crop, k)
+    side = win[2] - win[0]
+    cam = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)) / 255.0
+    h, w = rgb.shape[:2]
+    full = np.zeros((h, w), np.float32)
+    x0, y0 = win[0], win[1]
+    sx0, sy0 = max(0, -x0), max(0, -y0)
+    dx0, dy0 = max(0, x0), max(0, y0)
+    dx1, dy1 = min(w, x0 + side), min(h, y0 + side)
+    full[dy0:dy1, dx0:dx1] = cam[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0]
+    heat = colormaps["jet"](full)[..., :3] * 255.0
+    alpha = 0.5 * full[..., None]
+    over = (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)
+    im = Image.fromarray(over)
+    if box is not None:
+        ImageDraw.Draw(im).rectangle([box.x0, box.y0, box.x1, box.y1], outline=(255, 255, 255), width=1)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()

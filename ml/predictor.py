@@ -1,0 +1,284 @@
+"""Serving: load the shipped model once, classify white-cell images, flag what it should not trust.
+
+This is the interface the Django app uses (through ``classifier/inference.py``).
+Images of any size and mode are accepted (bytes, PIL images, numpy arrays);
+the white cell is located and cropped exactly as in training (``ml.locate``),
+dihedral test-time augmentation is averaged, probabilities are calibrated by
+temperature scaling, and images are flagged "unidentified" when no nucleus is
+found, when their features are far from every training cell
+(``not_blood_smear``), or when the calibrated confidence is low.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
+DEFAULT_MODEL_PATH = ARTIFACTS_DIR / "hematovision_wbc.keras"
+MAX_SIDE = 1280  # larger inputs are downscaled first (cells are located at the 320x240 field scale)
+BATCH = 32
+
+FLAG_MESSAGES = {
+    "no_cell_found": "No stained white-cell nucleus was found in the image; is this a stained blood smear?",
+    "not_blood_smear": "The image does not look like the white-cell images the model was trained on.",
+    "low_confidence": "The model is not confident about this cell; a human must classify it.",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model file or its card is missing, unreadable or inconsistent."""
+
+
+class ImageDecodeError(ValueError):
+    """The input is not a decodable image."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str  # top class (always, even when flagged)
+    confidence: float  # calibrated probability of the top class
+    probabilities: dict[str, float]  # every class, calibrated, card order, sums to 1
+    status: str  # "classified" or "unidentified"
+    flag_reason: str | None  # None, "low_confidence", "not_blood_smear", "no_cell_found"
+    flag_message: str | None
+    model_version: str
+    cell_box: tuple[int, int, int, int] | None  # located nucleus box in input-image coordinates
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cell_box"] = list(self.cell_box) if self.cell_box else None
+        return d
+
+
+# --------------------------------------------------------------------------- image decoding
+
+def _pil_to_rgb(im) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # broken EXIF: keep the pixels as stored
+        pass
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        elif a.size and a.max() > 255:
+            a = a / (65535.0 if a.max() <= 65535 else a.max()) * 255.0
+        a = np.clip(a, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return np.asarray(im.convert("RGB"))
+
+
+def to_rgb(image) -> np.ndarray:
+    """Bytes / PIL image / numpy array -> HxWx3 uint8 RGB (EXIF orientation applied)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        try:
+            im = Image.open(io.BytesIO(bytes(image)))
+            im.load()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise ImageDecodeError(f"not a decodable image ({len(image)} bytes): {exc}") from exc
+        rgb = _pil_to_rgb(im)
+    elif isinstance(image, Image.Image):
+        rgb = _pil_to_rgb(image)
+    elif isinstance(image, np.ndarray):
+        a = image
+        if a.ndim == 2:
+            a = a[..., None]
+        if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or min(a.shape[:2]) < 1:
+            raise ImageDecodeError(f"array of shape {image.shape} is not an image")
+        if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.size and a.max() > 255):
+            a = a.astype(np.float64) / 257.0
+        elif a.dtype.kind == "f" and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        a = np.clip(a, 0, 255).astype(np.uint8)
+        if a.shape[2] == 4:
+            alpha = a[..., 3:4].astype(np.float32) / 255.0
+            a = (a[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+        elif a.shape[2] == 1:
+            a = np.repeat(a, 3, axis=2)
+        rgb = a
+    else:
+        raise ImageDecodeError(f"unsupported image type {type(image).__name__}")
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ImageDecodeError("empty image")
+    return np.ascontiguousarray(rgb)
+
+
+def _downscale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    f = max(h, w) / MAX_SIDE
+    if f <= 1:
+        return rgb, 1.0
+    small = Image.fromarray(rgb).resize((max(1, round(w / f)), max(1, round(h / f))), Image.BILINEAR)
+    return np.asarray(small), f
+
+
+# --------------------------------------------------------------------------- inference helpers
+
+def dihedral_views(n: int) -> list[int]:
+    return {1: [0], 2: [0, 4], 4: [0, 1, 2, 3], 8: list(range(8))}[n]
+
+
+def tta_predict(fn, crops: np.ndarray, views: int, batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Average ``fn(x) -> (features, probs)`` over dihedral views of uint8 crops (N,S,S,3)."""
+    import tensorflow as tf
+
+    feats, probs = [], []
+    ks = dihedral_views(views)
+    for i in range(0, len(crops), batch):
+        x = tf.convert_to_tensor(np.asarray(crops[i:i + batch], dtype=np.float32))
+        fs, ps = 0.0, 0.0
+        for k in ks:
+            v = tf.image.rot90(x, k % 4)
+            if k >= 4:
+                v = tf.image.flip_left_right(v)
+            f, p = fn(v)
+            fs, ps = fs + f.numpy(), ps + p.numpy()
+        feats.append(fs / len(ks))
+        probs.append(ps / len(ks))
+    return np.concatenate(feats), np.concatenate(probs)
+
+
+# --------------------------------------------------------------------------- the predictor
+
+class Predictor:
+    """A loaded model plus its card; ``predict`` is safe to call from many threads."""
+
+    def __init__(self, model, card: dict, ood_stats: dict | None, model_path: Path):
+        import keras
+        import tensorflow as tf
+
+        from ml.model import FEATURES_LAYER
+
+        self.model = model
+        self.card = card
+        self.classes: list[str] = list(card["classes"])
+        self.version: str = card["version"]
+        self.model_path = model_path
+        self.input_size = int(card["input"]["input_size"])
+        self.crop_side = float(card["crop"]["crop_side_ref_px"])
+        self.tta_views = int(card.get("tta_views", 1))
+        self.temperature = float(card.get("temperature", 1.0))
+        self.thresholds = dict(card.get("thresholds") or {})
+        self.ood_stats = ood_stats
+        self._both = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
+        spec = tf.TensorSpec((None, None, None, 3), tf.float32)
+        self._fn = tf.function(lambda x: self._both(x, training=False), input_signature=[spec])
+        self._gradcam_lock = threading.Lock()
+
+    def _prepare(self, image):
+        from ml.locate import crop_cell, locate_cells
+
+        rgb = to_rgb(image)
+        small, f = _downscale(rgb)
+        boxes = locate_cells(small, max_cells=1)
+        box = boxes[0] if boxes else None
+        crop, b = crop_cell(small, box=box, out_size=self.input_size, side=self.crop_side)
+        cell_box = tuple(int(round(v * f)) for v in b) if b else None
+        return crop, cell_box
+
+    def predict(self, images: Sequence) -> list[Prediction]:
+        from ml import ood
+
+        if not isinstance(images, (list, tuple)):
+            images = list(images)
+        if not images:
+            return []
+        prepared = [self._prepare(im) for im in images]
+        crops = np.stack([c for c, _ in prepared])
+        feats, probs = tta_predict(self._fn, crops, self.tta_views)
+        cal = ood.calibrate(probs, self.temperature)
+        dist = ood.distance(self.ood_stats, feats) if self.ood_stats is not None else np.zeros(len(crops))
+        out = []
+        for i, (_, box) in enumerate(prepared):
+            p = cal[i] / cal[i].sum()
+            top = int(np.argmax(p))
+            reason = None
+            if box is None:
+                reason = "no_cell_found"
+            elif dist[i] > self.thresholds.get("ood_distance", np.inf):
+                reason = "not_blood_smear"
+            elif p[top] < self.thresholds.get("min_confidence", 0.0):
+                reason = "low_confidence"
+            out.append(Prediction(
+                label=self.classes[top], confidence=float(p[top]),
+                probabilities={c: float(p[j]) for j, c in enumerate(self.classes)},
+                status="unidentified" if reason else "classified", flag_reason=reason,
+                flag_message=FLAG_MESSAGES.get(reason) if reason else None,
+                model_version=self.version, cell_box=box))
+        return out
+
+    def predict_one(self, image) -> Prediction:
+        return self.predict([image])[0]
+
+    def ood_scores(self, images: Sequence) -> np.ndarray:
+        """Raw out-of-distribution scores (diagnostics and threshold tuning)."""
+        from ml import ood
+
+        crops = np.stack([self._prepare(im)[0] for im in images])
+        feats, _ = tta_predict(self._fn, crops, self.tta_views)
+        return ood.distance(self.ood_stats, feats)
+
+    def gradcam_png(self, image, class_name: str | None = None) -> bytes:
+        from ml.gradcam import gradcam_png
+
+        with self._gradcam_lock:
+            return gradcam_png(self, image, class_name)
+
+
+_LOCK = threading.Lock()
+_CACHE: dict[str, Predictor] = {}
+
+
+def load_predictor(model_path: str | Path | None = None) -> Predictor:
+    """Load (once per path per process) the model at ``model_path`` (None: the shipped model)."""
+    path = Path(model_path) if model_path else DEFAULT_MODEL_PATH
+    key = str(path.resolve())
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        card_path = path.parent / "model_card.json"
+        try:
+            card = json.loads(card_path.read_text())
+            _ = card["classes"], card["version"], card["input"]["input_size"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"model card {card_path} is missing or invalid: {exc}") from exc
+        try:
+            import keras
+
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # keras raises many types for corrupt archives
+            raise ModelLoadError(f"could not load model {path}: {exc}") from exc
+        if model.output_shape[-1] != len(card["classes"]):
+            raise ModelLoadError(f"model {path} has {model.output_shape[-1]} outputs but the card lists "
+                                 f"{len(card['classes'])} classes")
+        stats = None
+        if card.get("ood_stats_file"):
+            from ml import ood
+
+            try:
+                stats = ood.load(path.parent / card["ood_stats_file"])
+            except Exception as exc:
+                raise ModelLoadError(f"could not read OOD statistics next to {path}: {exc}") from exc
+        pred = Predictor(model, card, stats, path)
+        _CACHE[key] = pred
+        return pred

@@ -1,0 +1,39 @@
+"""evaluate and predict command lines on a tiny folder."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ml.tests.conftest import FIXTURES
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_evaluate_cli_on_tiny_folder(tmp_path):
+    data = tmp_path / "data"
+    for f in FIXTURES.glob("*.jpeg"):
+        cls = f.stem.split("_")[0]
+        (data / cls.lower()).mkdir(parents=True, exist_ok=True)  # lower case: matched case-insensitively
+        shutil.copy(f, data / cls.lower() / f.name)
+    (data / "BASOPHIL").mkdir()
+    out = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, "-m", "ml.evaluate", "--data", str(data), "--json", str(out),
+                        "--plots", str(tmp_path / "plots")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "BASOPHIL" in r.stdout
+    m = json.loads(out.read_text())
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "n_images", "model_version",
+            "unidentified_rate"} <= set(m)
+    assert m["n_images"] == 12 and m["accuracy"] >= 0.75
+    assert sum(map(sum, m["confusion_matrix"])) == 12
+    assert (tmp_path / "plots" / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_predict_cli():
+    f = FIXTURES / "LYMPHOCYTE_1.jpeg"
+    r = subprocess.run([sys.executable, "-m", "ml.predict", str(f)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    assert obj["label"] in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL") and "probabilities" in obj

@@ -1,0 +1,50 @@
+"""Classifier shape, probability sums, save/load round trip, card class order."""
+
+import json
+
+import numpy as np
+
+
+def test_shape_probs_and_roundtrip(tmp_path):
+    import keras
+
+    from ml.model import build_classifier
+
+    model = build_classifier("efficientnet_lite0", 64, 4, dropout=0.0)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 80, 70, 3)).astype(np.float32)
+    p = model(x, training=False).numpy()
+    assert p.shape == (3, 4)
+    assert np.allclose(p.sum(1), 1.0, atol=1e-5)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    again = keras.saving.load_model(path, compile=False)
+    assert np.allclose(again(x, training=False).numpy(), p, atol=1e-5)
+
+
+def test_shipped_card_class_order():
+    from ml.predictor import DEFAULT_MODEL_PATH
+
+    card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
+    assert card["classes"] == ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+    from ml.train import file_hash
+
+    assert card["version"] == file_hash(DEFAULT_MODEL_PATH)
+    assert card["input"]["input_size"] > 0 and card["temperature"] > 0
+
+
+def test_locator_finds_cell_in_fixture_and_whole_field():
+    from PIL import Image
+
+    from ml.locate import crop_cell, locate_cells
+    from ml.tests.conftest import FIXTURES
+
+    rgb = np.asarray(Image.open(FIXTURES / "NEUTROPHIL_1.jpeg").convert("RGB"))
+    boxes = locate_cells(rgb)
+    assert boxes and boxes[0].x1 > boxes[0].x0
+    crop, box = crop_cell(rgb, out_size=96)
+    assert crop.shape == (96, 96, 3) and box == boxes[0].as_tuple()
+    # A 640x480 "whole field" (the same image at twice the size) gives the same cell at twice the coordinates.
+    big = np.asarray(Image.fromarray(rgb).resize((640, 480)))
+    b2 = locate_cells(big)[0]
+    assert abs(b2.center[0] - 2 * boxes[0].center[0]) < 8 and abs(b2.center[1] - 2 * boxes[0].center[1]) < 8
+    assert locate_cells(np.full((240, 320, 3), 255, np.uint8)) == []

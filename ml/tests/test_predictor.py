@@ -1,0 +1,112 @@
+"""The predictor interface the web app uses: odd inputs, flags, errors."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml.predictor import ImageDecodeError, ModelLoadError, Prediction, load_predictor
+
+
+def _check(p: Prediction, classes):
+    assert p.label in classes
+    assert list(p.probabilities) == classes
+    assert abs(sum(p.probabilities.values()) - 1) < 1e-4
+    assert p.confidence == pytest.approx(max(p.probabilities.values()))
+    assert p.probabilities[p.label] == pytest.approx(p.confidence)
+    assert p.status in ("classified", "unidentified")
+    assert (p.flag_reason is None) == (p.status == "classified") == (p.flag_message is None)
+    assert p.model_version
+
+
+def test_fixture_cells_classified(predictor, cell_images):
+    preds = predictor.predict(list(cell_images.values()))
+    correct = 0
+    for name, p in zip(cell_images, preds):
+        _check(p, predictor.classes)
+        assert p.cell_box is not None
+        correct += p.label == name.split("_")[0]
+    assert correct >= len(cell_images) - 2
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_odd_inputs(predictor, cell_images):
+    rgb = Image.open(io.BytesIO(cell_images["NEUTROPHIL_1"])).convert("RGB")
+    ref = predictor.predict_one(rgb)
+    grey = rgb.convert("L")
+    rgba = rgb.convert("RGBA")
+    a16 = (np.asarray(grey, np.uint16) * 257).astype(np.uint16)
+    im16 = Image.fromarray(a16)  # mode I;16
+    huge = rgb.resize((4800, 3600))
+    tiny = rgb.resize((12, 9))
+    # EXIF orientation 6 (rotate 90 CW to display): store the pixels rotated the other way.
+    stored = rgb.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    inputs = [grey, rgba, _png(rgba), im16, _png(im16), huge, tiny, buf.getvalue(), rgb.convert("P"),
+              rgb.convert("CMYK"), np.asarray(rgb), a16, np.asarray(rgb).astype(np.float32) / 255.0]
+    preds = predictor.predict(inputs)
+    assert len(preds) == len(inputs)
+    for p in preds:
+        _check(p, predictor.classes)
+    assert preds[1].label == ref.label and preds[1].cell_box == ref.cell_box  # RGBA == RGB
+    exif_p = preds[7]
+    assert exif_p.label == ref.label and exif_p.cell_box is not None
+    assert preds[5].cell_box is not None and preds[5].cell_box[2] > 320  # huge: box in input coordinates
+
+
+def test_garbage_bytes_raise_decode_error(predictor):
+    with pytest.raises(ImageDecodeError):
+        predictor.predict_one(b"this is not an image")
+    with pytest.raises(ImageDecodeError):
+        predictor.predict_one(b"")
+    assert issubclass(ImageDecodeError, ValueError)
+
+
+def test_model_load_errors(tmp_path):
+    assert issubclass(ModelLoadError, RuntimeError)
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_predictor(tmp_path / "missing.keras")
+    bad = tmp_path / "corrupt.keras"
+    bad.write_bytes(b"PK\x03\x04 definitely not a keras archive")
+    (tmp_path / "model_card.json").write_text('{"classes": ["A"], "version": "x", "input": {"input_size": 8}}')
+    with pytest.raises(ModelLoadError):
+        load_predictor(bad)
+
+
+def test_non_blood_images_are_flagged(predictor):
+    from ml.tests.nonblood import nonblood_images
+
+    imgs = nonblood_images()
+    assert len(imgs) >= 20
+    preds = predictor.predict(list(imgs.values()))
+    missed = [n for n, p in zip(imgs, preds) if p.status != "unidentified"]
+    assert not missed, f"not flagged: {missed}"
+
+
+def test_gradcam_png(predictor, cell_images):
+    png = predictor.gradcam_png(cell_images["EOSINOPHIL_1"])
+    im = Image.open(io.BytesIO(png))
+    assert im.format == "PNG" and im.size == (320, 240)
+    png2 = predictor.gradcam_png(cell_images["EOSINOPHIL_1"], class_name="NEUTROPHIL")
+    assert png2[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        predictor.gradcam_png(cell_images["EOSINOPHIL_1"], class_name="BASOPHIL")
+
+
+def test_thread_safety(predictor, cell_images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    imgs = list(cell_images.values())[:4]
+    ref = [p.label for p in predictor.predict(imgs)]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda b: predictor.predict_one(b).label, imgs * 2))
+    assert got == ref * 2
