@@ -73,13 +73,14 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """Return ``{name: np.ndarray}`` for a legacy torch state-dict file."""
     with open(path, "rb") as fh:
         f = io.BytesIO(fh.read())
-    if pickle.load(f) != _MAGIC:
-        raise ValueError(f"{path}: not a legacy torch file (bad magic number)")
-    pickle.load(f)  # protocol version
-    pickle.load(f)  # sys info (endianness, type sizes)
     storages: dict[str, tuple] = {}
-    obj = _Unpickler(f, storages).load()
-    keys = pickle.Unpickler(f).load()
+    # Every pickle in the file goes through the restricted unpickler (no arbitrary globals).
+    if _Unpickler(f, storages).load() != _MAGIC:  # noqa: S301
+        raise ValueError(f"{path}: not a legacy torch file (bad magic number)")
+    _Unpickler(f, storages).load()  # noqa: S301  protocol version
+    _Unpickler(f, storages).load()  # noqa: S301  sys info (endianness, type sizes)
+    obj = _Unpickler(f, storages).load()  # noqa: S301
+    keys = _Unpickler(f, storages).load()  # noqa: S301
     raw = {}
     for key in keys:
         (count,) = struct.unpack("<q", f.read(8))
@@ -90,6 +91,10 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         buf = raw[ref.key]
         n = int(np.prod(ref.size)) if ref.size else 1
         strides = tuple(s * buf.itemsize for s in ref.stride)
-        arr = np.lib.stride_tricks.as_strided(buf[ref.offset:], shape=ref.size, strides=strides) if n else np.zeros(ref.size, buf.dtype)
+        arr = (
+            np.lib.stride_tricks.as_strided(buf[ref.offset :], shape=ref.size, strides=strides)
+            if n
+            else np.zeros(ref.size, buf.dtype)
+        )
         out[name] = np.array(arr)  # own the memory
     return out

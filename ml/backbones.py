@@ -24,8 +24,15 @@ import numpy as np
 LITE0_NUM_BLOCKS = 16
 LITE0_FEATURES = 1280
 # (expand_ratio, kernel, stride, out_filters, repeats) per stage, EfficientNet-B0.
-_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-           (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+]
 
 
 def _block_specs():
@@ -107,14 +114,25 @@ def lite0_input_scaling(x):
 
 
 def _torch_name(keras_name: str) -> str | None:
-    fixed = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "top_conv": "_conv_head", "top_bn": "_bn1",
-             "imagenet_logits": "_fc"}
+    fixed = {
+        "stem_conv": "_conv_stem",
+        "stem_bn": "_bn0",
+        "top_conv": "_conv_head",
+        "top_bn": "_bn1",
+        "imagenet_logits": "_fc",
+    }
     if keras_name in fixed:
         return fixed[keras_name]
     if keras_name.startswith("block"):
         idx, rest = keras_name[5:].split("_", 1)
-        part = {"expand_conv": "_expand_conv", "expand_bn": "_bn0", "dwconv": "_depthwise_conv",
-                "dw_bn": "_bn1", "project_conv": "_project_conv", "project_bn": "_bn2"}.get(rest)
+        part = {
+            "expand_conv": "_expand_conv",
+            "expand_bn": "_bn0",
+            "dwconv": "_depthwise_conv",
+            "dw_bn": "_bn1",
+            "project_conv": "_project_conv",
+            "project_bn": "_bn2",
+        }.get(rest)
         return f"_blocks.{idx}.{part}" if part else None
     return None
 
@@ -181,13 +199,14 @@ def build_mobilenet_v2(size: int, weights: str | None):
 
     src = weights or "imagenet"
     try:
-        base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False,
-                                              weights=src, alpha=1.0)
+        base = keras.applications.MobileNetV2(
+            input_shape=(size, size, 3), include_top=False, weights=src, alpha=1.0
+        )
     except Exception as exc:  # download failure or bad file
         raise RuntimeError(
             "MobileNetV2 ImageNet weights are not available: Keras could not find them in its cache "
             "(~/.keras/models) nor download them. Pass a weights file with --backbone-weights "
-            "(mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_%d_no_top.h5). Cause: %s" % (size, exc)
+            f"(mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5). Cause: {exc}"
         ) from exc
     inp = keras.Input((size, size, 3))
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mnv2_scale")(inp)

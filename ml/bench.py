@@ -62,13 +62,16 @@ def main(argv=None) -> int:
     out["peak_rss_mb"] = _rss_mb()
 
     # The naive way: model.predict on one decoded, resized image per call (no locator, no TTA).
+    import io
+
     import keras
     from PIL import Image
-    import io
 
     t = time.perf_counter()
     naive_model = keras.saving.load_model(pred.model_path, compile=False)
-    x0 = np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB").resize((pred.input_size,) * 2), np.float32)
+    x0 = np.asarray(
+        Image.open(io.BytesIO(images[0])).convert("RGB").resize((pred.input_size,) * 2), np.float32
+    )
     naive_model.predict(x0[None], verbose=0)
     naive = {"cold_load_s": time.perf_counter() - t}
     lat = []
@@ -81,8 +84,10 @@ def main(argv=None) -> int:
     naive["batch_throughput_img_s"] = 1.0 / float(np.mean(lat))  # one call per image
     naive["peak_rss_mb"] = _rss_mb()
     out["naive_model_predict"] = naive
-    out["note"] = ("peak_rss_mb is the process high-water mark; the naive figures run after the predictor in the "
-                   "same process, so its RSS includes both models")
+    out["note"] = (
+        "peak_rss_mb is the process high-water mark; the naive figures run after the predictor in the "
+        "same process, so its RSS includes both models"
+    )
     print(json.dumps(out, indent=2))
     return 0
 

@@ -86,7 +86,7 @@ def cell_crop(rgb: np.ndarray, crop_side: int, out_size: int, rng: np.random.Gen
 
 
 def crop_files(files, crop_side: int, out_size: int, seed: int | None = None, progress: bool = True):
-    """Crop every file (plain when ``seed`` is None, augmented otherwise). Returns (N,S,S,3) uint8, found mask."""
+    """Crop every file (plain when ``seed`` is None, else augmented). Returns (N,S,S,3) uint8, found."""
     from tqdm import tqdm
 
     rng = np.random.default_rng(seed) if seed is not None else None
@@ -97,8 +97,9 @@ def crop_files(files, crop_side: int, out_size: int, seed: int | None = None, pr
     return out, found
 
 
-def group_near_duplicates(features: np.ndarray, labels: np.ndarray, threshold: float,
-                          min_group: int = 5) -> np.ndarray:
+def group_near_duplicates(
+    features: np.ndarray, labels: np.ndarray, threshold: float, min_group: int = 5
+) -> np.ndarray:
     """Group ids for augmented copies of one original (checked visually: a group shows one field).
 
     Connected components of same-class pairs with cosine similarity >= ``threshold``;
@@ -118,8 +119,9 @@ def group_near_duplicates(features: np.ndarray, labels: np.ndarray, threshold: f
         r, cc = np.nonzero(np.triu(sims >= threshold, 1))
         rows.append(idx[r])
         cols.append(idx[cc])
-        _, comp = connected_components(coo_matrix((np.ones(len(r)), (r, cc)), shape=(len(idx),) * 2),
-                                       directed=False)
+        _, comp = connected_components(
+            coo_matrix((np.ones(len(r)), (r, cc)), shape=(len(idx),) * 2), directed=False
+        )
         sizes = np.bincount(comp)
         np.fill_diagonal(sims, -np.inf)
         for i in np.flatnonzero(sizes[comp] < min_group):
@@ -151,8 +153,9 @@ def group_split(groups: np.ndarray, labels: np.ndarray, val_fraction: float, see
     return val
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-                 dihedral_aug: bool = False):
+def make_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, dihedral_aug: bool = False
+):
     """tf.data over in-memory arrays (images or cached activations), optional random dihedral flips."""
     import tensorflow as tf
 
@@ -161,10 +164,14 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if dihedral_aug:
+
         def aug(a, b):
             k = tf.random.uniform((), 0, 4, dtype=tf.int32, seed=seed)
             a = tf.image.rot90(a, k)
-            a = tf.cond(tf.random.uniform((), seed=seed) < 0.5, lambda: tf.image.flip_left_right(a), lambda: a)
+            a = tf.cond(
+                tf.random.uniform((), seed=seed) < 0.5, lambda: tf.image.flip_left_right(a), lambda: a
+            )
             return a, b
+
         ds = ds.map(aug, num_parallel_calls=os.cpu_count() or 1)
     return ds.prefetch(2)

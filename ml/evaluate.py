@@ -30,7 +30,7 @@ def evaluate(data_dir, model_path=None, batch: int = 64, progress: bool = True) 
         raise SystemExit(f"no images in class folders under {data_dir} (classes: {pred.classes})")
     y_pred, flagged, reasons = [], [], {}
     for i in tqdm(range(0, len(files), batch), desc="evaluate", disable=not progress, mininterval=10):
-        for p in pred.predict([f.read_bytes() for f in files[i:i + batch]]):
+        for p in pred.predict([f.read_bytes() for f in files[i : i + batch]]):
             y_pred.append(pred.classes.index(p.label))
             flagged.append(p.status == "unidentified")
             if p.flag_reason:
@@ -58,7 +58,14 @@ def plot_confusion(m: dict, classes: list[str], path: Path) -> None:
     ax.set_ylabel("true")
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "k")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "k",
+            )
     ax.set_title(f"accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -71,7 +78,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="path to a .keras model (default: the shipped model)")
     ap.add_argument("--json", default=None, help="write the metrics as JSON here")
     ap.add_argument("--plots", default=None, help="folder for confusion_matrix.png")
-    ap.add_argument("--update-card", action="store_true", help="store the metrics as test_metrics in the card")
+    ap.add_argument(
+        "--update-card", action="store_true", help="store the metrics as test_metrics in the card"
+    )
     args = ap.parse_args(argv)
     from ml.predictor import ModelLoadError, load_predictor
 
@@ -84,12 +93,15 @@ def main(argv=None) -> int:
     if skipped:
         print(f"skipped folders (not a model class): {', '.join(skipped)}")
     print(f"model {m['model_version']} on {args.data}: {m['n_images']} images")
-    print(f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  unidentified {m['unidentified_rate']:.2%}")
+    print(
+        f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  "
+        f"unidentified {m['unidentified_rate']:.2%}"
+    )
     print(f"{'class':<12} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>5}")
     for c, v in m["per_class"].items():
         print(f"{c:<12} {v['precision']:6.3f} {v['recall']:6.3f} {v['f1']:6.3f} {v['support']:5d}")
     print("confusion matrix (rows true, columns predicted):", " ".join(c[:4] for c in pred.classes))
-    for c, row in zip(pred.classes, m["confusion_matrix"]):
+    for c, row in zip(pred.classes, m["confusion_matrix"], strict=True):
         print(f"  {c[:4]:<5}", " ".join(f"{v:5d}" for v in row))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,10 @@ def gradcam_map(predictor, crop: np.ndarray, class_index: int | None) -> tuple[n
     cam = cam / (cam.max() + 1e-9)
     from PIL import Image
 
-    cam = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(crop.shape[1::-1], Image.BICUBIC)) / 255.0
+    cam = (
+        np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(crop.shape[1::-1], Image.BICUBIC))
+        / 255.0
+    )
     return cam, k
 
 
@@ -43,7 +46,7 @@ def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
-    from ml.locate import Box, crop_box, crop_cell, locate_cells
+    from ml.locate import crop_box, crop_cell, locate_cells
     from ml.predictor import _downscale, to_rgb
 
     if class_name is not None and class_name not in predictor.classes:
@@ -57,14 +60,16 @@ def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
     k = predictor.classes.index(class_name) if class_name else None
     cam, _ = gradcam_map(predictor, crop, k)
     side = win[2] - win[0]
-    cam = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)) / 255.0
+    cam = (
+        np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)) / 255.0
+    )
     h, w = rgb.shape[:2]
     full = np.zeros((h, w), np.float32)
     x0, y0 = win[0], win[1]
     sx0, sy0 = max(0, -x0), max(0, -y0)
     dx0, dy0 = max(0, x0), max(0, y0)
     dx1, dy1 = min(w, x0 + side), min(h, y0 + side)
-    full[dy0:dy1, dx0:dx1] = cam[sy0:sy0 + dy1 - dy0, sx0:sx0 + dx1 - dx0]
+    full[dy0:dy1, dx0:dx1] = cam[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
     heat = colormaps["jet"](full)[..., :3] * 255.0
     alpha = 0.5 * full[..., None]
     over = (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)

@@ -57,12 +57,18 @@ def nucleus_index(rgb: np.ndarray) -> np.ndarray:
 
 
 def _disk(r: int) -> np.ndarray:
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return x * x + y * y <= r * r
 
 
-def locate_cells(rgb: np.ndarray, scale: float | None = None, threshold: float = NUCLEUS_THRESHOLD,
-                 min_area: float = MIN_AREA, max_cells: int = 10, min_rel_score: float = 0.2) -> list[Box]:
+def locate_cells(
+    rgb: np.ndarray,
+    scale: float | None = None,
+    threshold: float = NUCLEUS_THRESHOLD,
+    min_area: float = MIN_AREA,
+    max_cells: int = 10,
+    min_rel_score: float = 0.2,
+) -> list[Box]:
     """Return white-cell boxes (nucleus bounding boxes), best (largest mass) first.
 
     ``rgb`` is HxWx3 uint8. An empty list means no nucleus-like region. Regions
@@ -104,8 +110,9 @@ def locate_cells(rgb: np.ndarray, scale: float | None = None, threshold: float =
     return boxes
 
 
-def crop_box(rgb: np.ndarray, box: Box | None, scale: float | None = None,
-             side: float = CROP_SIDE) -> tuple[int, int, int, int]:
+def crop_box(
+    rgb: np.ndarray, box: Box | None, scale: float | None = None, side: float = CROP_SIDE
+) -> tuple[int, int, int, int]:
     """Square crop window (x0, y0, x1, y1) of ``side`` reference pixels around ``box``.
 
     Centred on the box (image centre when ``box`` is None), shifted to stay
@@ -122,8 +129,13 @@ def crop_box(rgb: np.ndarray, box: Box | None, scale: float | None = None,
     return x0, y0, x0 + px, y0 + px
 
 
-def crop_cell(rgb: np.ndarray, box: Box | None = None, scale: float | None = None, out_size: int | None = None,
-              side: float = CROP_SIDE) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+def crop_cell(
+    rgb: np.ndarray,
+    box: Box | None = None,
+    scale: float | None = None,
+    out_size: int | None = None,
+    side: float = CROP_SIDE,
+) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """Crop the (best) white cell at a fixed physical scale.
 
     Returns ``(crop, cell_box)`` where ``crop`` is uint8 (out_size x out_size
@@ -141,7 +153,27 @@ def crop_cell(rgb: np.ndarray, box: Box | None = None, scale: float | None = Non
     h, w = rgb.shape[:2]
     pad = max(0, -x0, -y0, x1 - w, y1 - h)
     src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
-    crop = src[y0 + pad:y1 + pad, x0 + pad:x1 + pad]
+    crop = src[y0 + pad : y1 + pad, x0 + pad : x1 + pad]
     if out_size and crop.shape[0] != out_size:
         crop = np.asarray(Image.fromarray(crop).resize((out_size, out_size), Image.BILINEAR))
     return crop, (box.as_tuple() if box is not None else None)
+
+
+# Plausibility of a smear: in TRAIN the best nucleus box spans at most ~120 reference px and
+# nucleus-coloured pixels cover 2-10 % of the field. A single centred cell (analyzer-style
+# framing) covers more, so the limits are generous; beyond them the "nucleus" is not one.
+MAX_NUCLEUS_SIDE = 160
+MAX_NUCLEUS_FRACTION = 0.30
+
+
+def smear_check(rgb: np.ndarray, box: Box | None, scale: float | None = None) -> str | None:
+    """None when ``rgb`` plausibly shows a stained white cell, else a short reason code."""
+    if box is None:
+        return "no_cell_found"
+    s = float(scale) if scale else image_scale(rgb)
+    if max(box.x1 - box.x0, box.y1 - box.y0) / s > MAX_NUCLEUS_SIDE:
+        return "not_blood_smear"
+    step = max(1, int(round(s)))
+    if float((nucleus_index(rgb[::step, ::step, :3]) > NUCLEUS_THRESHOLD).mean()) > MAX_NUCLEUS_FRACTION:
+        return "not_blood_smear"
+    return None

@@ -41,7 +41,9 @@ def build_lite0_upper(act_shape, split: int, n_classes: int, dropout: float, fea
     inp = keras.Input(tuple(act_shape), name="activations")
     x = lite0_apply(inp, split, LITE0_NUM_BLOCKS, stem=False)
     if features_only:
-        m = keras.Model(inp, layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x), name="lite0_upper_features")
+        m = keras.Model(
+            inp, layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x), name="lite0_upper_features"
+        )
     else:
         m = keras.Model(inp, _head(x, n_classes, dropout), name="lite0_upper")
     load_lite0_imagenet_weights(m)
@@ -55,8 +57,9 @@ def freeze_batchnorm(model) -> None:
             layer.trainable = False
 
 
-def build_classifier(backbone: str, input_size: int, n_classes: int, dropout: float = 0.3,
-                     backbone_weights: str | None = None):
+def build_classifier(
+    backbone: str, input_size: int, n_classes: int, dropout: float = 0.3, backbone_weights: str | None = None
+):
     """Whole serving model: any-size RGB crop (0..255 floats) -> class probabilities."""
     import keras
     from keras import layers
@@ -79,7 +82,7 @@ def build_classifier(backbone: str, input_size: int, n_classes: int, dropout: fl
 
 def copy_weights_by_name(src, dst) -> int:
     """Copy weights of same-named layers from ``src`` into ``dst``; returns the count."""
-    names = {l.name: l for l in dst.layers}
+    names = {layer.name: layer for layer in dst.layers}
     n = 0
     for layer in src.layers:
         if layer.name in names and layer.weights:

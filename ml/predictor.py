@@ -14,9 +14,9 @@ from __future__ import annotations
 import io
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -59,12 +59,13 @@ class Prediction:
 
 # --------------------------------------------------------------------------- image decoding
 
+
 def _pil_to_rgb(im) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
         im = ImageOps.exif_transpose(im)
-    except Exception:  # broken EXIF: keep the pixels as stored
+    except Exception:  # noqa: BLE001, S110  broken EXIF: keep the pixels as stored
         pass
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -90,7 +91,13 @@ def to_rgb(image) -> np.ndarray:
         try:
             im = Image.open(io.BytesIO(bytes(image)))
             im.load()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except (
+            UnidentifiedImageError,
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,
+        ) as exc:
             raise ImageDecodeError(f"not a decodable image ({len(image)} bytes): {exc}") from exc
         rgb = _pil_to_rgb(im)
     elif isinstance(image, Image.Image):
@@ -132,6 +139,7 @@ def _downscale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
 
 # --------------------------------------------------------------------------- inference helpers
 
+
 def dihedral_views(n: int) -> list[int]:
     return {1: [0], 2: [0, 4], 4: [0, 1, 2, 3], 8: list(range(8))}[n]
 
@@ -143,7 +151,7 @@ def tta_predict(fn, crops: np.ndarray, views: int, batch: int = BATCH) -> tuple[
     feats, probs = [], []
     ks = dihedral_views(views)
     for i in range(0, len(crops), batch):
-        x = tf.convert_to_tensor(np.asarray(crops[i:i + batch], dtype=np.float32))
+        x = tf.convert_to_tensor(np.asarray(crops[i : i + batch], dtype=np.float32))
         fs, ps = 0.0, 0.0
         for k in ks:
             v = tf.image.rot90(x, k % 4)
@@ -157,6 +165,7 @@ def tta_predict(fn, crops: np.ndarray, views: int, batch: int = BATCH) -> tuple[
 
 
 # --------------------------------------------------------------------------- the predictor
+
 
 class Predictor:
     """A loaded model plus its card; ``predict`` is safe to call from many threads."""
@@ -184,7 +193,7 @@ class Predictor:
         self._gradcam_lock = threading.Lock()
 
     def _prepare(self, image):
-        from ml.locate import crop_cell, locate_cells
+        from ml.locate import crop_cell, locate_cells, smear_check
 
         rgb = to_rgb(image)
         small, f = _downscale(rgb)
@@ -192,7 +201,7 @@ class Predictor:
         box = boxes[0] if boxes else None
         crop, b = crop_cell(small, box=box, out_size=self.input_size, side=self.crop_side)
         cell_box = tuple(int(round(v * f)) for v in b) if b else None
-        return crop, cell_box
+        return crop, cell_box, smear_check(small, box)
 
     def predict(self, images: Sequence) -> list[Prediction]:
         from ml import ood
@@ -202,27 +211,32 @@ class Predictor:
         if not images:
             return []
         prepared = [self._prepare(im) for im in images]
-        crops = np.stack([c for c, _ in prepared])
+        crops = np.stack([c for c, _, _ in prepared])
         feats, probs = tta_predict(self._fn, crops, self.tta_views)
         cal = ood.calibrate(probs, self.temperature)
         dist = ood.distance(self.ood_stats, feats) if self.ood_stats is not None else np.zeros(len(crops))
         out = []
-        for i, (_, box) in enumerate(prepared):
+        for i, (_, box, reason) in enumerate(prepared):
             p = cal[i] / cal[i].sum()
             top = int(np.argmax(p))
-            reason = None
-            if box is None:
-                reason = "no_cell_found"
+            if reason:
+                pass
             elif dist[i] > self.thresholds.get("ood_distance", np.inf):
                 reason = "not_blood_smear"
             elif p[top] < self.thresholds.get("min_confidence", 0.0):
                 reason = "low_confidence"
-            out.append(Prediction(
-                label=self.classes[top], confidence=float(p[top]),
-                probabilities={c: float(p[j]) for j, c in enumerate(self.classes)},
-                status="unidentified" if reason else "classified", flag_reason=reason,
-                flag_message=FLAG_MESSAGES.get(reason) if reason else None,
-                model_version=self.version, cell_box=box))
+            out.append(
+                Prediction(
+                    label=self.classes[top],
+                    confidence=float(p[top]),
+                    probabilities={c: float(p[j]) for j, c in enumerate(self.classes)},
+                    status="unidentified" if reason else "classified",
+                    flag_reason=reason,
+                    flag_message=FLAG_MESSAGES.get(reason) if reason else None,
+                    model_version=self.version,
+                    cell_box=box,
+                )
+            )
         return out
 
     def predict_one(self, image) -> Prediction:
@@ -269,8 +283,10 @@ def load_predictor(model_path: str | Path | None = None) -> Predictor:
         except Exception as exc:  # keras raises many types for corrupt archives
             raise ModelLoadError(f"could not load model {path}: {exc}") from exc
         if model.output_shape[-1] != len(card["classes"]):
-            raise ModelLoadError(f"model {path} has {model.output_shape[-1]} outputs but the card lists "
-                                 f"{len(card['classes'])} classes")
+            raise ModelLoadError(
+                f"model {path} has {model.output_shape[-1]} outputs but the card lists "
+                f"{len(card['classes'])} classes"
+            )
         stats = None
         if card.get("ood_stats_file"):
             from ml import ood

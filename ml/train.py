@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import sys
 import time
@@ -56,13 +55,21 @@ def crop_all(files, cfg: TrainConfig, view: int, workers: int = 2) -> tuple[np.n
 
     from tqdm import tqdm
 
-    jobs = [(str(f), cfg.crop_side, cfg.input_size, None if view == 0 else cfg.seed * 1000003 + view * 100003 + i)
-            for i, f in enumerate(files)]
+    jobs = [
+        (str(f), cfg.crop_side, cfg.input_size, None if view == 0 else cfg.seed * 1000003 + view * 100003 + i)
+        for i, f in enumerate(files)
+    ]
     out = np.zeros((len(files), cfg.input_size, cfg.input_size, 3), np.uint8)
     found = np.zeros(len(files), bool)
     with Pool(workers) as pool:
-        for i, (c, ok) in enumerate(tqdm(pool.imap(_crop_job, jobs, chunksize=32), total=len(jobs),
-                                         desc=f"crop view {view}", mininterval=10)):
+        for i, (c, ok) in enumerate(
+            tqdm(
+                pool.imap(_crop_job, jobs, chunksize=32),
+                total=len(jobs),
+                desc=f"crop view {view}",
+                mininterval=10,
+            )
+        ):
             out[i], found[i] = c, ok
     return out, found
 
@@ -72,7 +79,7 @@ def run_batched(fn, x: np.ndarray, batch: int = 64, desc: str = "forward", dtype
 
     outs = []
     for i in tqdm(range(0, len(x), batch), desc=desc, mininterval=10):
-        outs.append(np.asarray(fn(x[i:i + batch].astype(np.float32))).astype(dtype))
+        outs.append(np.asarray(fn(x[i : i + batch].astype(np.float32))).astype(dtype))
     return np.concatenate(outs)
 
 
@@ -96,12 +103,17 @@ def build_cache(files, labels, cfg: TrainConfig) -> Path:
             np.save(d / "crops_v0.npy", crops)
         if lower is None:
             lower = build_lite0_lower(cfg.input_size, cfg.split_block)
-            lower_fn = tf.function(lambda x: lower(x, training=False))
+            lower_fn = tf.function(lambda x, m=lower: m(x, training=False))
         act = run_batched(lower_fn, crops, desc=f"lower blocks view {view}")
         if view == 0:
-            feat_model = build_lite0_upper(act.shape[1:], cfg.split_block, len(cfg.classes), 0.0, features_only=True)
-            feat_fn = tf.function(lambda x: feat_model(x, training=False))
-            np.save(d / "imagenet_feat_v0.npy", run_batched(feat_fn, act, desc="imagenet features", dtype=np.float32))
+            feat_model = build_lite0_upper(
+                act.shape[1:], cfg.split_block, len(cfg.classes), 0.0, features_only=True
+            )
+            feat_fn = tf.function(lambda x, m=feat_model: m(x, training=False))
+            np.save(
+                d / "imagenet_feat_v0.npy",
+                run_batched(feat_fn, act, desc="imagenet features", dtype=np.float32),
+            )
         np.save(d / f"act_v{view}.npy", act)
         del crops, act
     return d
@@ -116,7 +128,13 @@ class _ActivationBatches:
         class _DS(keras.utils.PyDataset):
             def __init__(self, views, idx, labels, batch, seed, augment):
                 super().__init__()
-                self.views, self.idx, self.labels, self.batch, self.augment = views, idx, labels, batch, augment
+                self.views, self.idx, self.labels, self.batch, self.augment = (
+                    views,
+                    idx,
+                    labels,
+                    batch,
+                    augment,
+                )
                 self.rng = np.random.default_rng(seed)
                 self.order = self.idx.copy()
                 self.on_epoch_end()
@@ -126,13 +144,16 @@ class _ActivationBatches:
 
             def on_epoch_end(self):
                 self.order = self.rng.permutation(self.idx) if self.augment else self.idx.copy()
-                self.which = self.rng.integers(0, len(self.views), len(self.order)) if self.augment else \
-                    np.zeros(len(self.order), int)
+                self.which = (
+                    self.rng.integers(0, len(self.views), len(self.order))
+                    if self.augment
+                    else np.zeros(len(self.order), int)
+                )
 
             def __getitem__(self, b):
                 sl = slice(b * self.batch, (b + 1) * self.batch)
                 ids, vs = self.order[sl], self.which[sl]
-                x = np.stack([self.views[v][i] for i, v in zip(ids, vs)]).astype(np.float32)
+                x = np.stack([self.views[v][i] for i, v in zip(ids, vs, strict=True)]).astype(np.float32)
                 if self.augment:
                     k = int(self.rng.integers(8))
                     x = np.rot90(x, k % 4, axes=(1, 2))
@@ -193,9 +214,13 @@ def metrics_dict(y_true, y_pred, classes) -> dict:
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(len(classes)), zero_division=0)
     return {
         "accuracy": float(np.mean(y_true == y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=range(len(classes)), average="macro", zero_division=0)),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, c in enumerate(classes)},
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=range(len(classes)), average="macro", zero_division=0)
+        ),
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(classes)
+        },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=range(len(classes))).tolist(),
         "n_images": int(len(y_true)),
     }
@@ -219,18 +244,34 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     val = group_split(groups, labels, cfg.val_fraction, cfg.seed)
     tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
     sizes = np.bincount(groups)
-    log(f"groups: {len(sizes)} (median size {np.median(sizes):.0f}, max {sizes.max()}); "
-        f"train {len(tr_idx)} val {len(va_idx)}; nucleus found in {found.mean():.1%}")
+    log(
+        f"groups: {len(sizes)} (median size {np.median(sizes):.0f}, max {sizes.max()}); "
+        f"train {len(tr_idx)} val {len(va_idx)}; nucleus found in {found.mean():.1%}"
+    )
 
     # Phase 1: head only, on pooled features of the frozen ImageNet base (inference mode).
     seed_everything(cfg.seed)
-    head = keras.Sequential([keras.Input((feat0.shape[1],)), keras.layers.Dropout(cfg.dropout),
-                             keras.layers.Dense(len(classes), activation="softmax", name="predictions")])
-    head.compile(keras.optimizers.Adam(cfg.head_lr),
-                 keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
+    head = keras.Sequential(
+        [
+            keras.Input((feat0.shape[1],)),
+            keras.layers.Dropout(cfg.dropout),
+            keras.layers.Dense(len(classes), activation="softmax", name="predictions"),
+        ]
+    )
+    head.compile(
+        keras.optimizers.Adam(cfg.head_lr),
+        keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
     onehot = np.eye(len(classes), dtype=np.float32)
-    h1 = head.fit(feat0[tr_idx], onehot[labels[tr_idx]], validation_data=(feat0[va_idx], onehot[labels[va_idx]]),
-                  epochs=cfg.head_epochs, batch_size=cfg.batch_size, verbose=2)
+    h1 = head.fit(
+        feat0[tr_idx],
+        onehot[labels[tr_idx]],
+        validation_data=(feat0[va_idx], onehot[labels[va_idx]]),
+        epochs=cfg.head_epochs,
+        batch_size=cfg.batch_size,
+        verbose=2,
+    )
     log(f"phase 1 (head on frozen base): val accuracy {h1.history['val_accuracy'][-1]:.4f}")
 
     # Phase 2: fine-tune the top blocks + head on cached activations, BatchNorm frozen.
@@ -239,8 +280,11 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     freeze_batchnorm(upper)
     steps = max(1, cfg.finetune_epochs) * int(np.ceil(len(tr_idx) / cfg.batch_size))
     sched = keras.optimizers.schedules.CosineDecay(cfg.finetune_lr, steps, warmup_target=None)
-    upper.compile(keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay),
-                  keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
+    upper.compile(
+        keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay),
+        keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
     labels_oh = onehot[labels]
     train_ds = _ActivationBatches(views, tr_idx, labels_oh, cfg.batch_size, cfg.seed, True)
     val_ds = _ActivationBatches(views[:1], va_idx, labels_oh, 64, cfg.seed, False)
@@ -252,11 +296,14 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
                 best.update(acc=float(logs["val_accuracy"]), epoch=epoch + 1, weights=upper.get_weights())
 
     if cfg.finetune_epochs > 0:
-        h2 = upper.fit(train_ds, validation_data=val_ds, epochs=cfg.finetune_epochs, verbose=2,
-                       callbacks=[KeepBest()])
+        h2 = upper.fit(
+            train_ds, validation_data=val_ds, epochs=cfg.finetune_epochs, verbose=2, callbacks=[KeepBest()]
+        )
         upper.set_weights(best["weights"])
-        log(f"phase 2 (fine-tune blocks {cfg.split_block}+): best val accuracy {best['acc']:.4f} "
-            f"at epoch {best['epoch']}")
+        log(
+            f"phase 2 (fine-tune blocks {cfg.split_block}+): best val accuracy {best['acc']:.4f} "
+            f"at epoch {best['epoch']}"
+        )
     else:  # head-only model (quick)
         h2 = type("H", (), {"history": {}})()
 
@@ -268,7 +315,6 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     crops = np.load(d / "crops_v0.npy", mmap_mode="r")
     from ml.predictor import tta_predict
 
-    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     feats_model = keras.Model(model.input, [model.get_layer("avg_pool").output, model.output])
     feats_fn = tf.function(lambda x: feats_model(x, training=False), reduce_retracing=True)
     val_crops = np.asarray(crops[va_idx])
@@ -310,20 +356,31 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
         "model_file": model_path.name,
         "classes": classes,
         "backbone": cfg.backbone,
-        "input": {"type": "RGB crop, 0..255 floats, any size (resized inside the model)",
-                  "input_size": cfg.input_size},
-        "crop": {"locator": "ml.locate.locate_cells (blue-green nucleus index)", "crop_side_ref_px": cfg.crop_side,
-                 "reference_field": "320x240 px (half of the 640x480 camera field)"},
+        "input": {
+            "type": "RGB crop, 0..255 floats, any size (resized inside the model)",
+            "input_size": cfg.input_size,
+        },
+        "crop": {
+            "locator": "ml.locate.locate_cells (blue-green nucleus index)",
+            "crop_side_ref_px": cfg.crop_side,
+            "reference_field": "320x240 px (half of the 640x480 camera field)",
+        },
         "tta_views": cfg.tta_views,
         "temperature": temperature,
         "thresholds": thresholds,
         "ood_stats_file": "ood_stats.npz",
         "config": cfg.to_dict(),
-        "data": {"train_dir": str(Path(files[0]).parent.parent), "n_images": len(files), "per_class": counts,
-                 "n_train": int(len(tr_idx)), "n_val": int(len(va_idx)), "n_groups": int(len(sizes)),
-                 "split": "near-duplicate groups (cosine similarity of ImageNet features >= "
-                          f"{cfg.group_similarity}) kept on one side; {cfg.val_fraction:.0%} of each class to val",
-                 "nucleus_found_fraction": float(found.mean())},
+        "data": {
+            "train_dir": str(Path(files[0]).parent.parent),
+            "n_images": len(files),
+            "per_class": counts,
+            "n_train": int(len(tr_idx)),
+            "n_val": int(len(va_idx)),
+            "n_groups": int(len(sizes)),
+            "split": "near-duplicate groups (cosine similarity of ImageNet features >= "
+            f"{cfg.group_similarity}) kept on one side; {cfg.val_fraction:.0%} of each class to val",
+            "nucleus_found_fraction": float(found.mean()),
+        },
         "validation_metrics": val_metrics,
         "validation_flagged_rate": float(flagged.mean()),
         "history": {k: {m: [float(x) for x in v] for m, v in h.items()} for k, h in history.items()},
@@ -341,7 +398,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="TRAIN folder with one sub-folder per class")
     ap.add_argument("--out", required=True, help="output folder for the .keras model, card and curves")
-    ap.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "mobilenet_v2"])
+    ap.add_argument(
+        "--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "mobilenet_v2"]
+    )
     ap.add_argument("--backbone-weights", default=None, help="MobileNetV2 ImageNet no-top weights file")
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs")
     ap.add_argument("--seed", type=int, default=None)
@@ -350,11 +409,18 @@ def main(argv=None) -> int:
     ap.add_argument("--aug-views", type=int, default=None, help="augmented views cached per image")
     args = ap.parse_args(argv)
     cfg = TrainConfig(backbone=args.backbone, backbone_weights=args.backbone_weights)
-    for k, v in (("finetune_epochs", args.epochs), ("seed", args.seed), ("split_block", args.split_block),
-                 ("tta_views", args.tta_views), ("aug_views", args.aug_views)):
+    for k, v in (
+        ("finetune_epochs", args.epochs),
+        ("seed", args.seed),
+        ("split_block", args.split_block),
+        ("tta_views", args.tta_views),
+        ("aug_views", args.aug_views),
+    ):
         if v is not None:
             setattr(cfg, k, v)
-    files, labels, skipped = __import__("ml.data", fromlist=["x"]).list_class_folders(args.data, list(cfg.classes))
+    files, labels, skipped = __import__("ml.data", fromlist=["x"]).list_class_folders(
+        args.data, list(cfg.classes)
+    )
     if "TEST" in Path(args.data).name.upper() and "TRAIN" not in Path(args.data).name.upper():
         print("refusing to train on a TEST folder", file=sys.stderr)
         return 2

@@ -29,10 +29,16 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     from ml.train import crop_all, file_hash, fit_temperature, metrics_dict, run_batched, save_curves
 
     classes = list(cfg.classes)
-    feats_model, base = build_mobilenet_v2(cfg.input_size, cfg.backbone_weights)  # fails clearly without weights
+    feats_model, base = build_mobilenet_v2(
+        cfg.input_size, cfg.backbone_weights
+    )  # fails clearly without weights
     crops, found = crop_all(files, cfg, 0)
-    pooled = run_batched(lambda x: keras.layers.GlobalAveragePooling2D()(feats_model(x, training=False)), crops,
-                         desc="features", dtype=np.float32)
+    pooled = run_batched(
+        lambda x: keras.layers.GlobalAveragePooling2D()(feats_model(x, training=False)),
+        crops,
+        desc="features",
+        dtype=np.float32,
+    )
     groups = group_near_duplicates(pooled, labels, cfg.group_similarity)
     val = group_split(groups, labels, cfg.val_fraction, cfg.seed)
     tr, va = np.flatnonzero(~val), np.flatnonzero(val)
@@ -45,7 +51,9 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
     model = keras.Model(inp, keras.layers.Dense(len(classes), activation="softmax", name="predictions")(x))
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    tr_ds = make_dataset(crops[tr].astype(np.float32), onehot[labels[tr]], cfg.batch_size, True, cfg.seed, True)
+    tr_ds = make_dataset(
+        crops[tr].astype(np.float32), onehot[labels[tr]], cfg.batch_size, True, cfg.seed, True
+    )
     va_ds = make_dataset(crops[va].astype(np.float32), onehot[labels[va]], 64, False, cfg.seed)
     base.trainable = False
     model.compile(keras.optimizers.Adam(cfg.head_lr), loss, metrics=["accuracy"])
@@ -69,13 +77,24 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     model.save(path)
     ood.save(stats, out / "ood_stats.npz")
     save_curves({"phase1_head": h1.history, "phase2_finetune": h2.history}, out / "training_curves.png")
-    card = {"name": cfg.name, "version": file_hash(path), "model_file": path.name, "classes": classes,
-            "backbone": cfg.backbone, "input": {"input_size": cfg.input_size},
-            "crop": {"crop_side_ref_px": cfg.crop_side}, "tta_views": cfg.tta_views, "temperature": temperature,
-            "thresholds": thresholds, "ood_stats_file": "ood_stats.npz", "config": cfg.to_dict(),
-            "data": {"n_images": len(files), "n_train": int(len(tr)), "n_val": int(len(va))},
-            "validation_metrics": {f"tta{cfg.tta_views}": metrics_dict(labels[va], vp.argmax(1), classes)},
-            "test_metrics": None, "command": "python -m ml.train " + " ".join(sys.argv[1:]),
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    card = {
+        "name": cfg.name,
+        "version": file_hash(path),
+        "model_file": path.name,
+        "classes": classes,
+        "backbone": cfg.backbone,
+        "input": {"input_size": cfg.input_size},
+        "crop": {"crop_side_ref_px": cfg.crop_side},
+        "tta_views": cfg.tta_views,
+        "temperature": temperature,
+        "thresholds": thresholds,
+        "ood_stats_file": "ood_stats.npz",
+        "config": cfg.to_dict(),
+        "data": {"n_images": len(files), "n_train": int(len(tr)), "n_val": int(len(va))},
+        "validation_metrics": {f"tta{cfg.tta_views}": metrics_dict(labels[va], vp.argmax(1), classes)},
+        "test_metrics": None,
+        "command": "python -m ml.train " + " ".join(sys.argv[1:]),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     return card

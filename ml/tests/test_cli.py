@@ -6,7 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ml.tests.conftest import FIXTURES
+
+pytestmark = pytest.mark.realmodel  # uses the shipped model
+
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,13 +24,34 @@ def test_evaluate_cli_on_tiny_folder(tmp_path):
         shutil.copy(f, data / cls.lower() / f.name)
     (data / "BASOPHIL").mkdir()
     out = tmp_path / "m.json"
-    r = subprocess.run([sys.executable, "-m", "ml.evaluate", "--data", str(data), "--json", str(out),
-                        "--plots", str(tmp_path / "plots")], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ml.evaluate",
+            "--data",
+            str(data),
+            "--json",
+            str(out),
+            "--plots",
+            str(tmp_path / "plots"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr
     assert "BASOPHIL" in r.stdout
     m = json.loads(out.read_text())
-    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "n_images", "model_version",
-            "unidentified_rate"} <= set(m)
+    assert {
+        "accuracy",
+        "macro_f1",
+        "per_class",
+        "confusion_matrix",
+        "n_images",
+        "model_version",
+        "unidentified_rate",
+    } <= set(m)
     assert m["n_images"] == 12 and m["accuracy"] >= 0.75
     assert sum(map(sum, m["confusion_matrix"])) == 12
     assert (tmp_path / "plots" / "confusion_matrix.png").stat().st_size > 1000

@@ -8,6 +8,8 @@ from PIL import Image
 
 from ml.predictor import ImageDecodeError, ModelLoadError, Prediction, load_predictor
 
+pytestmark = pytest.mark.realmodel  # uses the shipped model
+
 
 def _check(p: Prediction, classes):
     assert p.label in classes
@@ -23,7 +25,7 @@ def _check(p: Prediction, classes):
 def test_fixture_cells_classified(predictor, cell_images):
     preds = predictor.predict(list(cell_images.values()))
     correct = 0
-    for name, p in zip(cell_images, preds):
+    for name, p in zip(cell_images, preds, strict=True):
         _check(p, predictor.classes)
         assert p.cell_box is not None
         correct += p.label == name.split("_")[0]
@@ -51,8 +53,21 @@ def test_odd_inputs(predictor, cell_images):
     exif[0x0112] = 6
     buf = io.BytesIO()
     stored.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
-    inputs = [grey, rgba, _png(rgba), im16, _png(im16), huge, tiny, buf.getvalue(), rgb.convert("P"),
-              rgb.convert("CMYK"), np.asarray(rgb), a16, np.asarray(rgb).astype(np.float32) / 255.0]
+    inputs = [
+        grey,
+        rgba,
+        _png(rgba),
+        im16,
+        _png(im16),
+        huge,
+        tiny,
+        buf.getvalue(),
+        rgb.convert("P"),
+        rgb.convert("CMYK"),
+        np.asarray(rgb),
+        a16,
+        np.asarray(rgb).astype(np.float32) / 255.0,
+    ]
     preds = predictor.predict(inputs)
     assert len(preds) == len(inputs)
     for p in preds:
@@ -77,7 +92,9 @@ def test_model_load_errors(tmp_path):
         load_predictor(tmp_path / "missing.keras")
     bad = tmp_path / "corrupt.keras"
     bad.write_bytes(b"PK\x03\x04 definitely not a keras archive")
-    (tmp_path / "model_card.json").write_text('{"classes": ["A"], "version": "x", "input": {"input_size": 8}}')
+    (tmp_path / "model_card.json").write_text(
+        '{"classes": ["A"], "version": "x", "input": {"input_size": 8}}'
+    )
     with pytest.raises(ModelLoadError):
         load_predictor(bad)
 
@@ -88,7 +105,7 @@ def test_non_blood_images_are_flagged(predictor):
     imgs = nonblood_images()
     assert len(imgs) >= 20
     preds = predictor.predict(list(imgs.values()))
-    missed = [n for n, p in zip(imgs, preds) if p.status != "unidentified"]
+    missed = [n for n, p in zip(imgs, preds, strict=True) if p.status != "unidentified"]
     assert not missed, f"not flagged: {missed}"
 
 
