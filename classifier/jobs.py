@@ -306,6 +306,11 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
         )
     except ImageRejected as exc:
         _fail(item, exc.code, exc.message)
+        if exc.code != "no_cells_found":  # a file the image checks refuse: a rerun cannot help, drop it
+            if BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.FAILED).exclude(source="").update(
+                source=""
+            ):
+                services._delete_files(item.source.name)
         return
     except ValidationError as exc:
         _fail(item, exc.code or "invalid", " ".join(exc.messages))

@@ -1,10 +1,18 @@
-"""Check an uploaded file is a real, safe, single image before anything is stored."""
+"""Check an uploaded file is a real, safe, single image before anything is stored.
+
+What is stored (and what the model sees) is the decoded pixels only, re-encoded:
+8-bit RGB or greyscale, alpha composited onto white, 16/32-bit and float images
+scaled to 8 bits, CMYK/YCbCr/LAB converted to RGB. No EXIF, GPS, comments, ICC
+profiles, text chunks or bytes appended after the image survive, so a polyglot
+file (an image with an HTML, script or ZIP payload) is stored as a plain image.
+"""
 
 import hashlib
 import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from django.conf import settings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -55,7 +63,6 @@ def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
             probe = Image.open(io.BytesIO(data))
             fmt = probe.format
             width, height = probe.size
-            frames = getattr(probe, "n_frames", 1)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses to even open images declaring far more pixels than ours allows.
         raise ImageRejected(
@@ -85,6 +92,10 @@ def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
             "image_too_small",
             f"The image is {width}x{height} pixels; a cell image needs at least {MIN_SIDE} pixels a side.",
         )
+    try:  # after the format check: only formats we accept are walked frame by frame
+        frames = getattr(probe, "n_frames", 1)
+    except Exception:  # noqa: BLE001 - a broken frame chain is a damaged file
+        frames = 1  # the full decode below reports it
     if frames > 1:
         raise ImageRejected(
             "multi_frame_image",
@@ -99,8 +110,13 @@ def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
         raise ImageRejected(
             "corrupt_image", f"The image could not be read completely (truncated or damaged): {exc}."
         ) from exc
-    image = ImageOps.exif_transpose(image)
-    content, extension = _reencode(image, fmt)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: keep the pixels as stored
+        pass
+    source_mode = image.mode
+    image = _normalise(image)
+    content, extension = _reencode(image, fmt, source_mode)
     return CheckedImage(
         content=content,
         extension=extension,
@@ -124,17 +140,47 @@ def _reject_unreadable(data: bytes, filename: str):
     )
 
 
-def _reencode(image: Image.Image, fmt: str) -> tuple[bytes, str]:
-    """Store pixels only: no EXIF, GPS or comments. JPEG keeps its quantisation tables."""
-    buffer = io.BytesIO()
-    if fmt == "JPEG" and image.mode in ("RGB", "L", "CMYK"):
+def _normalise(image: Image.Image) -> Image.Image:
+    """8-bit ``RGB`` or ``L`` pixels with no metadata: what is stored and what the model sees."""
+    mode = image.mode
+    if mode == "1":
+        image = image.convert("L")
+    elif mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale
+        pixels = np.asarray(image, dtype=np.float64)
+        if mode == "F" and pixels.size and 0.0 <= pixels.min() and pixels.max() <= 1.0:
+            pixels = pixels * 255.0
+        elif pixels.size and pixels.max() > 255:
+            pixels = pixels / (65535.0 if pixels.max() <= 65535 else pixels.max()) * 255.0
+        image = Image.fromarray(np.clip(np.nan_to_num(pixels), 0, 255).astype(np.uint8), "L")
+    elif image.has_transparency_data:
+        # Composite onto white: transparent pixels show the slide background, and whatever
+        # colour (or hidden data) they held underneath is not kept.
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    elif mode not in ("RGB", "L"):
         try:
-            image.save(buffer, format="JPEG", quality="keep", subsampling="keep")
-        except (ValueError, OSError):  # 'keep' needs the JPEG source; exif_transpose makes a copy
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="JPEG", quality=95)
+            image = image.convert("RGB")
+        except (ValueError, OSError) as exc:
+            raise ImageRejected(
+                "unsupported_colour_mode",
+                f"Images in the {mode} colour mode are not accepted; save the image as RGB or greyscale.",
+                415,
+            ) from exc
+    image.info = {}  # no comment, ICC profile, EXIF or text chunk is written back out
+    return image
+
+
+def _reencode(image: Image.Image, fmt: str, source_mode: str) -> tuple[bytes, str]:
+    """Store pixels only: no EXIF, GPS, comments or appended bytes. JPEG keeps its quantisation tables."""
+    buffer = io.BytesIO()
+    if fmt == "JPEG":
+        if source_mode in ("RGB", "L"):
+            try:
+                image.save(buffer, format="JPEG", quality="keep", subsampling="keep")
+                return buffer.getvalue(), ".jpg"
+            except (ValueError, OSError):  # 'keep' needs the JPEG source; exif_transpose makes a copy
+                buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=95)
         return buffer.getvalue(), ".jpg"
-    if image.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I"):
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue(), ".png"
