@@ -228,6 +228,12 @@ HEMATOVISION_JOBS_IN_THREAD = env.bool("HEMATOVISION_JOBS_IN_THREAD", default=Tr
 HEMATOVISION_LAB_NAME = env.str("HEMATOVISION_LAB_NAME", default="Hematology Laboratory")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# A file over HEMATOVISION_MAX_UPLOAD_BYTES is counted, not written to memory or disk (classifier.uploads).
+FILE_UPLOAD_HANDLERS = [
+    "classifier.uploads.UploadLimitHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 LOGGING = {
     "version": 1,

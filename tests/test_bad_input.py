@@ -331,10 +331,13 @@ def test_pixel_limit_follows_the_setting(clients, settings, tmp_path):
 class StreamedUpload(io.RawIOBase):
     """A multipart body whose file part is ``size`` bytes made on the fly, never held whole.
 
-    It counts what the server reads, so the test sees the body was consumed in chunks.
+    It notes the largest single read, and how many bytes the server had spooled to
+    ``spool_dir`` (FILE_UPLOAD_TEMP_DIR) when it reached the end of the body.
     """
 
-    def __init__(self, field: str, filename: str, size: int, fields=()):
+    def __init__(self, field: str, filename: str, size: int, fields=(), spool_dir: Path | None = None):
+        self.spool_dir = spool_dir
+        self.spooled_at_end = None
         self.head = b"".join(
             f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{n}"\r\n\r\n{v}\r\n'.encode()
             for n, v in fields
@@ -363,6 +366,8 @@ class StreamedUpload(io.RawIOBase):
             elif pos < len(self.head) + self.body_size:
                 piece = self.filler[: min(n - len(out), len(self.head) + self.body_size - pos)]
             else:
+                if self.spooled_at_end is None and self.spool_dir is not None:
+                    self.spooled_at_end = sum(p.stat().st_size for p in self.spool_dir.iterdir())
                 start = pos - len(self.head) - self.body_size
                 piece = self.tail[start: start + n - len(out)]
             out += piece
@@ -387,10 +392,35 @@ def post_streamed(channel, clients, body: StreamedUpload, path=None):
     return client.request(**environ)
 
 
+def warm_up(clients):
+    """Load every URL module and view once, so the memory traced afterwards is the upload's own."""
+    clients.portal.get(UPLOAD_URL)
+    clients.api.get(API_URL)
+
+
+@pytest.fixture
+def spool_dir(settings, tmp_path):
+    """Where Django spools large uploads during the request (emptied when it ends)."""
+    folder = tmp_path / "upload-spool"
+    folder.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = str(folder)
+    return folder
+
+
+def assert_bounded_spool(body: StreamedUpload, settings):
+    """The part over the limit was never written anywhere (classifier.uploads.UploadLimitHandler)."""
+    assert body.spooled_at_end is not None
+    assert body.spooled_at_end <= settings.HEMATOVISION_MAX_UPLOAD_BYTES + 64 * 1024
+
+
 @pytest.mark.parametrize("channel", CHANNELS)
-def test_100_mb_upload_is_refused_with_413_without_holding_it_in_memory(clients, settings, tmp_path, channel):
+def test_100_mb_upload_is_refused_with_413_without_holding_it_in_memory(
+    clients, settings, tmp_path, spool_dir, channel
+):
     size = 100 * MB
-    body = StreamedUpload(file_field(channel), "huge.jpg", size, fields=[("accession", "ACC-BIG-1")])
+    body = StreamedUpload(file_field(channel), "huge.jpg", size, fields=[("accession", "ACC-BIG-1")],
+                          spool_dir=spool_dir)
+    warm_up(clients)
     tracemalloc.start()
     try:
         response = post_streamed(channel, clients, body)
@@ -401,11 +431,15 @@ def test_100_mb_upload_is_refused_with_413_without_holding_it_in_memory(clients,
     assert_rejected(channel, response, status=413, code="file_too_large", message=message, filename="huge.jpg")
     assert peak < 16 * MB, f"peak Python memory {peak / MB:.1f} MB while refusing a 100 MB upload"
     assert body.largest_read <= 256 * 1024  # read in chunks, never in one gulp
+    assert_bounded_spool(body, settings)
     assert_nothing_stored(settings, tmp_path)
 
 
-def test_100_mb_file_in_a_batch_is_refused_up_front(clients, settings, tmp_path, django_capture_on_commit_callbacks):
-    body = StreamedUpload("images", "huge.jpg", 100 * MB)
+def test_100_mb_file_in_a_batch_is_refused_up_front(
+    clients, settings, tmp_path, spool_dir, django_capture_on_commit_callbacks
+):
+    body = StreamedUpload("images", "huge.jpg", 100 * MB, spool_dir=spool_dir)
+    warm_up(clients)
     tracemalloc.start()
     try:
         with django_capture_on_commit_callbacks(execute=True):
@@ -415,6 +449,7 @@ def test_100_mb_file_in_a_batch_is_refused_up_front(clients, settings, tmp_path,
         tracemalloc.stop()
     assert response.status_code == 202
     assert peak < 16 * MB
+    assert_bounded_spool(body, settings)
     item = BatchItem.objects.get()
     assert (item.state, item.error_code, item.error_message) == (
         BatchItem.State.FAILED, "file_too_large", "The file is 104.9 MB; the limit is 21 MB."
@@ -802,3 +837,19 @@ def test_batch_refuses_a_json_body_with_415(clients):
     assert response.json() == {
         "detail": 'Unsupported media type "application/json" in request.', "code": "unsupported_media_type"
     }
+
+
+def test_oversize_file_among_good_ones_is_refused_alone(clients, settings, tmp_path):
+    """The limit handler drops only the oversize file; the files around it are stored."""
+    settings.HEMATOVISION_MAX_UPLOAD_BYTES = 200_000
+    big = _save(cell((300, 300)), "BMP")  # 270 kB
+    green = _save(Image.fromarray(np.asarray(cell())[..., [1, 0, 2]]), "PNG")
+    body = multipart(("images", "first.jpg", jpeg()), ("images", "big.bmp", big), ("images", "last.png", green))
+    response = post("portal", clients, body)
+    assert response.status_code == 302 and response.url == "/classifications/"
+    messages = [str(m) for m in response.wsgi_request._messages]
+    assert messages == ["big.bmp: The file is 0.3 MB; the limit is 0 MB.", "2 images classified."]
+    assert sorted(Classification.objects.values_list("original_filename", "predicted_label")) == [
+        ("first.jpg", "EOSINOPHIL"), ("last.png", "LYMPHOCYTE")
+    ]
+    assert len(files_under(settings.MEDIA_ROOT)) == 4  # two images, two heat maps
