@@ -112,7 +112,7 @@ def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
         ) from exc
     try:
         image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a broken EXIF block: keep the pixels as stored
+    except Exception:  # noqa: BLE001, S110 - a broken EXIF block: keep the pixels as stored
         pass
     source_mode = image.mode
     image = _normalise(image)

@@ -22,6 +22,12 @@ Decisions asserted here:
   random under MEDIA_ROOT and ``original_filename`` is the base name only.
 - Unknown form fields are ignored: they cannot set owner, label or state.
 - A part's own Content-Type is not trusted: the content decides.
+- Bodies that are not multipart: 415 from the API, "This field is required." from
+  the portal; a broken multipart body is a 400, never a 500.
+- Accession numbers (form field or batch URL) and external ids with path
+  traversal, markup, NUL or over-long values: 400 before anything is stored.
+- Batch API: bad files become failed items with the same reasons, and leave no
+  staged copy; ZIP entries with absolute or ``..`` paths are never read.
 
 After every rejection: no Classification, no Specimen, no file under MEDIA_ROOT.
 """
@@ -141,7 +147,7 @@ def polyglot_jpeg() -> bytes:
 
 
 def polyglot_png() -> bytes:
-    """A valid PNG with a script in a tEXt chunk, an ICC-sized blob and HTML appended after IEND."""
+    """A valid PNG with a script in a tEXt chunk and an HTML page appended after IEND."""
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
@@ -428,7 +434,8 @@ def test_100_mb_upload_is_refused_with_413_without_holding_it_in_memory(
     finally:
         tracemalloc.stop()
     message = "The file is 104.9 MB; the limit is 21 MB."
-    assert_rejected(channel, response, status=413, code="file_too_large", message=message, filename="huge.jpg")
+    assert_rejected(channel, response, status=413, code="file_too_large", message=message,
+                    filename="huge.jpg")
     assert peak < 16 * MB, f"peak Python memory {peak / MB:.1f} MB while refusing a 100 MB upload"
     assert body.largest_read <= 256 * 1024  # read in chunks, never in one gulp
     assert_bounded_spool(body, settings)
@@ -696,7 +703,8 @@ def test_portal_asks_for_a_file_when_the_body_is_not_multipart(
 
 @pytest.mark.parametrize("channel", CHANNELS)
 @pytest.mark.parametrize(
-    "content_type", ["multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=x"]
+    "content_type",
+    ["multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=x"],
 )
 def test_broken_multipart_is_a_400_not_a_500(clients, settings, tmp_path, channel, content_type):
     response = post(channel, clients, multipart((file_field(channel), "cell.jpg", jpeg())), content_type)
@@ -706,7 +714,8 @@ def test_broken_multipart_is_a_400_not_a_500(clients, settings, tmp_path, channe
     elif channel == "api":
         boundary = "None" if content_type == "multipart/form-data" else ""
         assert response.json() == {
-            "detail": f"Multipart form parse error - Invalid boundary in multipart: {boundary}", "code": "parse_error"
+            "detail": f"Multipart form parse error - Invalid boundary in multipart: {boundary}",
+            "code": "parse_error",
         }
     elif content_type == "multipart/form-data; boundary=x":  # parsed: no part matches the boundary
         assert_missing_file(channel, response)
@@ -756,7 +765,8 @@ def test_bad_accession_is_refused_before_anything_is_stored(clients, settings, t
     assert response.status_code == 400, response.content[:300]
     if channel == "api":
         body = response.json()
-        assert body == {"detail": f"accession: {messages[0]}", "code": "invalid", "errors": {"accession": messages}}
+        assert body == {"detail": f"accession: {messages[0]}", "code": "invalid",
+                        "errors": {"accession": messages}}
     elif channel == "portal_json":
         assert response.json() == {"error": "; ".join(messages), "code": "invalid"}
     else:
@@ -806,7 +816,8 @@ def test_batch_of_bad_files_records_each_refusal_and_keeps_nothing(
     for case in names:
         filename, _, _, code, message = REJECTED[case]
         if case in ("animated_gif", "svg_with_script"):  # refused by extension before staging
-            code, message = "not_an_image", "Not an image file; upload JPEG, PNG, TIFF, BMP or WebP (by extension)."
+            code = "not_an_image"
+            message = "Not an image file; upload JPEG, PNG, TIFF, BMP or WebP (by extension)."
         elif code == "not_an_image":
             message = NOT_READABLE.format(f"{case}-{filename}")
         expected[f"{case}-{filename}"] = (BatchItem.State.FAILED, code, message)
@@ -844,7 +855,8 @@ def test_oversize_file_among_good_ones_is_refused_alone(clients, settings, tmp_p
     settings.HEMATOVISION_MAX_UPLOAD_BYTES = 200_000
     big = _save(cell((300, 300)), "BMP")  # 270 kB
     green = _save(Image.fromarray(np.asarray(cell())[..., [1, 0, 2]]), "PNG")
-    body = multipart(("images", "first.jpg", jpeg()), ("images", "big.bmp", big), ("images", "last.png", green))
+    body = multipart(("images", "first.jpg", jpeg()), ("images", "big.bmp", big),
+                     ("images", "last.png", green))
     response = post("portal", clients, body)
     assert response.status_code == 302 and response.url == "/classifications/"
     messages = [str(m) for m in response.wsgi_request._messages]
@@ -853,3 +865,56 @@ def test_oversize_file_among_good_ones_is_refused_alone(clients, settings, tmp_p
         ("first.jpg", "EOSINOPHIL"), ("last.png", "LYMPHOCYTE")
     ]
     assert len(files_under(settings.MEDIA_ROOT)) == 4  # two images, two heat maps
+
+
+def test_formula_in_a_file_name_is_kept_but_defused_in_csv_exports(clients, settings):
+    response = post_file("api", clients, "=1+2*cmd|A0.jpg", jpeg())
+    assert response.status_code == 201
+    assert Classification.objects.get().original_filename == "=1+2*cmd|A0.jpg"
+    export = clients.portal.get("/classifications/export.csv")
+    text = b"".join(export.streaming_content).decode()
+    assert ",'=1+2*cmd|A0.jpg," in text and ",=1+2*cmd" not in text
+
+
+@pytest.mark.parametrize(
+    "external_id,message,code",
+    [("LIS\x001", "Null characters are not allowed.", "null_characters_not_allowed"),
+     ("L" * 129, "Ensure this field has no more than 128 characters.", "max_length")],
+    ids=["nul", "too_long"],
+)
+def test_bad_external_id_is_400(clients, settings, tmp_path, external_id, message, code):
+    body = multipart(("image", "cell.jpg", jpeg()), ("external_id", external_id))
+    response = post("api", clients, body)
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"external_id: {message}", "code": code,
+                               "errors": {"external_id": [message]}}
+    assert_nothing_stored(settings, tmp_path)
+
+
+def test_batch_zip_with_traversal_and_non_images_keeps_only_the_good_image(
+    clients, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("../../../escape.jpg", jpeg())
+        archive.writestr("/abs/escape2.jpg", jpeg())
+        archive.writestr("cells/payload.svg", SVG)
+        archive.writestr("cells/notes.jpg", b"plain text")
+        archive.writestr("cells/good.jpg", jpeg())
+    body = multipart(("archive", "cells.zip", buffer.getvalue(), "application/zip"))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = clients.api.post("/api/v1/specimens/ACC-ZIP-1/batch/", data=body, content_type=MULTIPART)
+    assert response.status_code == 202, response.content[:300]
+    outcome = sorted(BatchItem.objects.values_list("filename", "state", "error_code"))
+    assert outcome == [
+        ("escape.jpg", "failed", "unsafe_path"),
+        ("escape2.jpg", "failed", "unsafe_path"),
+        ("good.jpg", "done", ""),
+        ("notes.jpg", "failed", "not_an_image"),
+        ("payload.svg", "failed", "not_an_image"),
+    ]
+    assert list(Classification.objects.values_list("original_filename", flat=True)) == ["good.jpg"]
+    classification = Classification.objects.get()
+    assert files_under(tmp_path) == sorted(
+        f"media/{name}" for name in (classification.image.name, classification.heatmap.name)
+    )
