@@ -30,7 +30,7 @@ from django.utils import timezone
 from . import services
 from .models import BatchItem, BatchJob, Classification
 from .permissions import can_review, can_submit
-from .validation import ImageRejected
+from .validation import ImageRejected, human_size, too_large_message
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,7 @@ def _is_image_name(name: str) -> bool:
 
 
 def _too_large(name: str, size: int) -> Upload:
-    limit = settings.HEMATOVISION_MAX_UPLOAD_BYTES
-    return Upload(
-        _display_name(name),
-        None,
-        "file_too_large",
-        f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.",
-    )
+    return Upload(_display_name(name), None, "file_too_large", too_large_message(size))
 
 
 def _not_an_image(name: str) -> Upload:
@@ -156,7 +150,7 @@ def archive_files(archive) -> Iterator[Upload]:
             total += info.file_size
             if total > total_limit:
                 raise ValidationError(
-                    f"The archive expands to more than {total_limit / 1e6:.0f} MB; "
+                    f"The archive expands to more than {human_size(total_limit)}; "
                     "split it into smaller jobs.",
                     code="archive_too_large",
                 )

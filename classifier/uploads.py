@@ -7,7 +7,7 @@ once a file passes HEMATOVISION_MAX_UPLOAD_BYTES it swallows the rest of that
 file (still counting it) so nothing more reaches memory or disk, and hands the
 view an ``OversizeUpload`` that carries the true size and no content. The views
 and serializers refuse it with ``validation.check_size`` (413, "The file is
-104.9 MB; the limit is 21 MB.") before reading anything.
+100.0 MB; the limit is 20.0 MB.") before reading anything.
 """
 
 import io

@@ -42,13 +42,26 @@ class CheckedImage:
     image: Image.Image  # decoded, orientation applied
 
 
+def human_size(n: float) -> str:
+    """Bytes for people, in binary units: 300 bytes, 12.5 KB, 20.0 MB."""
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1024
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def too_large_message(size: int) -> str:
+    limit = settings.HEMATOVISION_MAX_UPLOAD_BYTES
+    return f"The file is {human_size(size)}; the limit is {human_size(limit)}."
+
+
 def check_size(size: int) -> None:
     """Refuse a file over the upload limit; callers can ask with the upload's size before reading it."""
-    max_bytes = settings.HEMATOVISION_MAX_UPLOAD_BYTES
-    if size > max_bytes:
-        raise ImageRejected(
-            "file_too_large", f"The file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB.", 413
-        )
+    if size > settings.HEMATOVISION_MAX_UPLOAD_BYTES:
+        raise ImageRejected("file_too_large", too_large_message(size), 413)
 
 
 def check_image(data: bytes, *, filename: str = "") -> CheckedImage:

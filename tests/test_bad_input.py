@@ -433,7 +433,7 @@ def test_100_mb_upload_is_refused_with_413_without_holding_it_in_memory(
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    message = "The file is 104.9 MB; the limit is 21 MB."
+    message = "The file is 100.0 MB; the limit is 20.0 MB."
     assert_rejected(channel, response, status=413, code="file_too_large", message=message,
                     filename="huge.jpg")
     assert peak < 16 * MB, f"peak Python memory {peak / MB:.1f} MB while refusing a 100 MB upload"
@@ -459,7 +459,7 @@ def test_100_mb_file_in_a_batch_is_refused_up_front(
     assert_bounded_spool(body, settings)
     item = BatchItem.objects.get()
     assert (item.state, item.error_code, item.error_message) == (
-        BatchItem.State.FAILED, "file_too_large", "The file is 104.9 MB; the limit is 21 MB."
+        BatchItem.State.FAILED, "file_too_large", "The file is 100.0 MB; the limit is 20.0 MB."
     )
     assert Classification.objects.count() == 0
     assert files_under(settings.MEDIA_ROOT) == [] and files_under(tmp_path) == []
@@ -860,7 +860,7 @@ def test_oversize_file_among_good_ones_is_refused_alone(clients, settings, tmp_p
     response = post("portal", clients, body)
     assert response.status_code == 302 and response.url == "/classifications/"
     messages = [str(m) for m in response.wsgi_request._messages]
-    assert messages == ["big.bmp: The file is 0.3 MB; the limit is 0 MB.", "2 images classified."]
+    assert messages == ["big.bmp: The file is 263.7 KB; the limit is 195.3 KB.", "2 images classified."]
     assert sorted(Classification.objects.values_list("original_filename", "predicted_label")) == [
         ("first.jpg", "EOSINOPHIL"), ("last.png", "LYMPHOCYTE")
     ]

@@ -213,7 +213,7 @@ class ClassificationViewSet(
             403: _error("Your account has no role that may submit images.", "permission_denied",
                         "Only technologists and reviewers may submit images."),
             413: _error("The file or the image's pixel count is over the limit.", "file_too_large",
-                        "The file is 25.3 MB; the limit is 21 MB."),
+                        "The file is 24.1 MB; the limit is 20.0 MB."),
             415: _error("Not an image (or a format that is not accepted), or not multipart.", "not_an_image",
                         "notes.jpg is not an image that can be read (JPEG, PNG, TIFF, BMP or WebP)."),
             429: THROTTLED,

@@ -326,7 +326,7 @@ def test_oversize_file_is_413_before_it_is_read(tech_api, settings, monkeypatch)
     monkeypatch.setattr(services, "classification_create", lambda **kw: pytest.fail("read an oversize upload"))
     response = post_image(tech_api, data, "big.bmp")
     assert response.status_code == 413
-    assert response.json() == {"detail": "The file is 3.6 MB; the limit is 1 MB.", "code": "file_too_large"}
+    assert response.json() == {"detail": "The file is 3.4 MB; the limit is 976.6 KB.", "code": "file_too_large"}
     assert not Classification.objects.exists() and stored_files(settings) == []
 
 

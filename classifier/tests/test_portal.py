@@ -135,7 +135,7 @@ def test_oversized_upload_is_refused_with_its_size(tech_client, settings):
     settings.HEMATOVISION_MAX_UPLOAD_BYTES = 1_000_000
     response = upload(tech_client, "big.png", image_bytes(size=(1200, 1000), fmt="BMP"))
     assert response.status_code == 413
-    assert "<strong>big.png</strong>: The file is 3.6 MB; the limit is 1 MB." in response.content.decode()
+    assert "<strong>big.png</strong>: The file is 3.4 MB; the limit is 976.6 KB." in response.content.decode()
     assert Classification.objects.count() == 0 and media_files(settings) == []
 
 
