@@ -17,4 +17,5 @@ class UserFactory(factory.django.DjangoModelFactory):
     @factory.post_generation
     def roles(self, create, extracted, **kwargs):
         for name in extracted or ():
-            self.groups.add(Group.objects.get(name=name))
+            # get_or_create: a transactional test elsewhere may have flushed the migration-made groups.
+            self.groups.add(Group.objects.get_or_create(name=name)[0])

@@ -282,7 +282,7 @@ def test_enqueue_uses_celery_when_a_broker_is_set(settings, monkeypatch):
     assert sent == [41]
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_in_process_thread_runs_the_job(user, settings):
     """The embedded profile (no broker): the job runs in a background thread after commit."""
     import time
