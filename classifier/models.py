@@ -89,7 +89,8 @@ class Classification(models.Model):
     specimen = models.ForeignKey(
         Specimen, on_delete=models.PROTECT, null=True, blank=True, related_name="cells"
     )
-    external_id = models.CharField(
+    # NULL (not ""), so that the per-owner unique constraint ignores results without an id.
+    external_id = models.CharField(  # noqa: DJ001
         max_length=128, null=True, blank=True,
         help_text="Client-supplied id that makes retries safe (unique per user).",
     )

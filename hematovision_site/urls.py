@@ -8,10 +8,10 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
+from .views import healthz
+
 admin.site.site_header = "HematoVision administration"
 admin.site.site_title = "HematoVision admin"
-
-from .views import healthz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

@@ -9,7 +9,6 @@ reviewers and to admins; another technologist and a user without a role get
 import pytest
 from rest_framework.authtoken.models import Token
 
-from accounts.tests.factories import UserFactory
 from classifier import jobs, services
 from classifier.tests.specimen_helpers import cell_png
 

@@ -15,7 +15,14 @@ PUBLIC = {
     "admin/login/",
     "healthz",  # liveness probe; answers {"status": "ok"} and nothing else
 }
-SAMPLE_VALUES = {"int": "1", "str": "x", "slug": "x", "uuid": "00000000-0000-0000-0000-000000000000", "path": "x", "drf_format_suffix": ".json"}
+SAMPLE_VALUES = {
+    "int": "1",
+    "str": "x",
+    "slug": "x",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+    "path": "x",
+    "drf_format_suffix": ".json",
+}
 
 
 def _walk(patterns, prefix=""):

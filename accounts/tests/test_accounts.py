@@ -128,6 +128,8 @@ def test_production_profile_passes_check_deploy(tmp_path):
 
 
 def test_production_refuses_to_start_without_secret_key(tmp_path):
-    result = _manage("check", DJANGO_DEBUG="0", DJANGO_ALLOWED_HOSTS="example.org", HEMATOVISION_VAR_DIR=str(tmp_path))
+    result = _manage(
+        "check", DJANGO_DEBUG="0", DJANGO_ALLOWED_HOSTS="example.org", HEMATOVISION_VAR_DIR=str(tmp_path)
+    )
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off." in result.stderr

@@ -322,11 +322,16 @@ def test_decompression_bomb_is_413(tech_api, settings):
 
 def test_oversize_file_is_413_before_it_is_read(tech_api, settings, monkeypatch):
     settings.HEMATOVISION_MAX_UPLOAD_BYTES = 1_000_000
-    data = image_bytes(RED, size=(1200, 1000), fmt="BMP")  # 3.6 MB
-    monkeypatch.setattr(services, "classification_create", lambda **kw: pytest.fail("read an oversize upload"))
+    data = image_bytes(RED, size=(1200, 1000), fmt="BMP")  # 3.4 MiB
+    monkeypatch.setattr(
+        services, "classification_create", lambda **kw: pytest.fail("read an oversize upload")
+    )
     response = post_image(tech_api, data, "big.bmp")
     assert response.status_code == 413
-    assert response.json() == {"detail": "The file is 3.4 MB; the limit is 976.6 KB.", "code": "file_too_large"}
+    assert response.json() == {
+        "detail": "The file is 3.4 MB; the limit is 976.6 KB.",
+        "code": "file_too_large",
+    }
     assert not Classification.objects.exists() and stored_files(settings) == []
 
 
