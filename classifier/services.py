@@ -4,13 +4,15 @@ Views, API viewsets, tasks and management commands call these; they hold the
 business rules (who may do what, which state follows which).
 """
 
+import json
 import logging
+import uuid
 from pathlib import PurePath
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from . import inference
@@ -142,10 +144,73 @@ def classification_create(
         if external_id:  # a concurrent retry with the same external_id won the race
             return Classification.objects.get(owner=user, external_id=external_id)
         raise
+    except (OperationalError, InterfaceError) as exc:
+        _delete_files(*stored)
+        reference = _spool_upload(
+            user=user, data=data, filename=filename, accession=accession, external_id=external_id
+        )
+        raise UploadSpooled(reference) from exc
     except BaseException:
         _delete_files(*stored)
         raise
     return classification
+
+
+SPOOL_DIR = "spool"
+
+
+class UploadSpooled(OperationalError):
+    """The database failed mid-upload; the image was kept in the spool under ``reference``."""
+
+    def __init__(self, reference: str):
+        super().__init__(f"database unavailable; upload kept as {reference}")
+        self.reference = reference
+
+
+def _spool_upload(*, user, data: bytes, filename: str, accession, external_id) -> str:
+    """Keep an upload the database could not take, for ``classification_ingest_spool``."""
+    reference = uuid.uuid4().hex
+    meta = {
+        "user_id": user.pk,
+        "filename": filename,
+        "accession": accession,
+        # Re-ingesting twice (or a client retry after recovery) must not duplicate the result.
+        "external_id": external_id or f"spool-{reference}",
+        "received_at": timezone.now().isoformat(),
+    }
+    default_storage.save(f"{SPOOL_DIR}/{reference}.bin", ContentFile(data))
+    default_storage.save(f"{SPOOL_DIR}/{reference}.json", ContentFile(json.dumps(meta).encode()))
+    logger.error("database unavailable: upload spooled as %s", reference)
+    return reference
+
+
+def classification_ingest_spool() -> list[Classification]:
+    """Classify every upload spooled while the database was unavailable; oldest first."""
+    from django.contrib.auth import get_user_model
+
+    if not default_storage.exists(SPOOL_DIR):
+        return []
+    done = []
+    for name in sorted(default_storage.listdir(SPOOL_DIR)[1]):
+        if not name.endswith(".json"):
+            continue
+        reference = name.removesuffix(".json")
+        with default_storage.open(f"{SPOOL_DIR}/{name}") as handle:
+            meta = json.load(handle)
+        with default_storage.open(f"{SPOOL_DIR}/{reference}.bin") as handle:
+            data = handle.read()
+        user = get_user_model().objects.get(pk=meta["user_id"])
+        try:
+            done.append(
+                classification_create(
+                    user=user, data=data, filename=meta["filename"],
+                    accession=meta["accession"], external_id=meta["external_id"],
+                )
+            )
+        except (ValidationError, ImageRejected, PermissionDenied) as exc:
+            logger.error("spooled upload %s refused: %s", reference, exc)
+        _delete_files(f"{SPOOL_DIR}/{reference}.bin", f"{SPOOL_DIR}/{name}")
+    return done
 
 
 def classification_classify_pending(*, classification: Classification) -> Classification:

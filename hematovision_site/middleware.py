@@ -43,9 +43,19 @@ class DatabaseUnavailableMiddleware:
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
         logger.error("database unavailable: %s", exception)
-        message = "The database is busy or unavailable; nothing was changed. Please try again shortly."
+        reference = getattr(exception, "reference", None)
+        if reference:
+            message = (
+                "The database is busy or unavailable. Your upload was kept and will be classified "
+                f"when it is back (reference {reference}); do not send it again."
+            )
+        else:
+            message = "The database is busy or unavailable; nothing was changed. Please try again shortly."
         if request.path.startswith("/api/"):
-            response = JsonResponse({"detail": message, "code": "database_unavailable"}, status=503)
+            body = {"detail": message, "code": "database_unavailable"}
+            if reference:
+                body["reference"] = reference
+            response = JsonResponse(body, status=503)
         else:
             response = HttpResponse(
                 render_to_string("503.html", {"message": message}), status=503

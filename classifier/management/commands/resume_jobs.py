@@ -1,9 +1,13 @@
-"""Pick up batch jobs that a restart cut short (run at start-up on the embedded profile)."""
+"""Pick up work a restart or an outage cut short (run at start-up on the embedded profile).
+
+Uploads spooled while the database was unavailable are classified first, then
+unfinished batch jobs resume.
+"""
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from classifier import jobs
+from classifier import jobs, services
 
 
 class Command(BaseCommand):
@@ -13,6 +17,8 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
+        spooled = services.classification_ingest_spool()
+        self.stdout.write(f"classified {len(spooled)} spooled upload(s)")
         if settings.CELERY_BROKER_URL:
             ids = jobs.job_resume_unfinished()
             self.stdout.write(f"queued {len(ids)} unfinished job(s): {ids}")
