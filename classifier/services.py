@@ -234,6 +234,19 @@ def classification_classify_pending(*, classification: Classification) -> Classi
     return locked
 
 
+def classification_classify_all_pending() -> int:
+    """Classify every image stored while the model was unavailable; stops if it still is."""
+    count = 0
+    for classification in Classification.objects.filter(status=Status.PENDING).order_by("id"):
+        try:
+            classification_classify_pending(classification=classification)
+        except inference.PredictorUnavailable as exc:
+            logger.error("model still unavailable; pending images wait: %s", exc)
+            break
+        count += 1
+    return count
+
+
 def _require_unsigned(classification: Classification) -> None:
     if classification.is_signed:
         raise ValidationError("This result is signed and final; it cannot be changed.", code="signed")

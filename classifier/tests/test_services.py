@@ -130,10 +130,13 @@ def test_model_unavailable_keeps_upload_pending_then_classifies_later(user, sett
     c = services.classification_create(user=user, data=png(), filename="p.png")
     assert c.status == Status.PENDING and c.predicted_label == "" and not c.heatmap
     assert Path(c.image.path).exists()
+    assert services.classification_classify_all_pending() == 0  # model still missing: stays pending
     settings.HEMATOVISION_PREDICTOR = "fake"
-    done = services.classification_classify_pending(classification=c)
+    assert services.classification_classify_all_pending() == 1
+    done = Classification.objects.get(pk=c.pk)
     assert done.status == Status.CLASSIFIED and done.predicted_label == "EOSINOPHIL"
     assert Path(done.heatmap.path).exists()
+    assert services.classification_classify_all_pending() == 0
 
 
 @pytest.mark.django_db

@@ -1,7 +1,8 @@
 """Pick up work a restart or an outage cut short (run at start-up on the embedded profile).
 
 Uploads spooled while the database was unavailable are classified first, then
-unfinished batch jobs resume.
+images stored as pending while the model was unavailable, then unfinished batch
+jobs resume.
 """
 
 from django.conf import settings
@@ -19,6 +20,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         spooled = services.classification_ingest_spool()
         self.stdout.write(f"classified {len(spooled)} spooled upload(s)")
+        pending = services.classification_classify_all_pending()
+        self.stdout.write(f"classified {pending} pending image(s)")
         if settings.CELERY_BROKER_URL:
             ids = jobs.job_resume_unfinished()
             self.stdout.write(f"queued {len(ids)} unfinished job(s): {ids}")
