@@ -1,16 +1,28 @@
-"""``python -m ml.bench``: serving figures of the shipped model, and of the naive way, in one run (JSON).
+"""``python -m ml.bench``: serving figures of the shipped model and of the naive ways, in one run (JSON).
 
-Cold load, single-image latency p50/p95 and batch throughput through
-``Predictor`` (locator + TTA + calibration), then the naive way the original
-Flask app did it: ``model.predict`` on one image per call (no TTA). Peak RSS
-is read from the OS (``ru_maxrss``).
+Each method runs in its own fresh child process, one after the other, so that
+cold load (importing TensorFlow included) and peak RSS (``ru_maxrss``) are
+per method:
+
+- ``served``: ``load_predictor(backend="auto")`` (LiteRT + XNNPACK when its
+  verified export works, else Keras): locator + 4-view TTA + calibration + flags;
+- ``keras``: the same pipeline through a compiled ``tf.function``;
+- ``naive_single_view``: the original Flask app: decode, resize the whole image,
+  ``model.predict`` on one image per call, no locator, no TTA;
+- ``naive_tta``: the naive equivalent of the served pipeline
+  (``load_predictor(backend="naive")``: ``model.predict`` on each image's 4 views).
+
+The LiteRT export is made (or found in the cache) before the timed runs;
+``litert_export`` says which. Speedups are ratios of single-image p50 latency.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 FIXTURES = Path(__file__).resolve().parent / "tests" / "fixtures" / "cells"
+METHODS = ("served", "keras", "naive_single_view", "naive_tta")
 
 
 def _rss_mb() -> float:
@@ -29,64 +42,119 @@ def _pcts(xs) -> dict:
     return {"p50_ms": float(np.percentile(xs, 50)), "p95_ms": float(np.percentile(xs, 95)), "n": int(len(xs))}
 
 
+def _images() -> list[bytes]:
+    return [p.read_bytes() for p in sorted(FIXTURES.glob("*.jpeg"))]
+
+
+def run_method(method: str, model: str | None, n: int, batch: int) -> dict:
+    """Figures of one method, measured in this (fresh) process."""
+    images = _images()
+    out: dict = {"method": method}
+    t = time.perf_counter()
+    if method == "naive_single_view":
+        import keras
+        from PIL import Image
+
+        from ml.predictor import DEFAULT_MODEL_PATH
+
+        path = Path(model) if model else DEFAULT_MODEL_PATH
+        m = keras.saving.load_model(path, compile=False)
+        size = int(json.loads((path.parent / "model_card.json").read_text())["input"]["input_size"])
+
+        def one(b):
+            im = Image.open(io.BytesIO(b)).convert("RGB").resize((size, size))
+            return m.predict(np.asarray(im, np.float32)[None], verbose=0)
+
+        one(images[0])
+        out["cold_load_s"] = time.perf_counter() - t
+        lat = []
+        for i in range(n):
+            t = time.perf_counter()
+            one(images[i % len(images)])
+            lat.append(time.perf_counter() - t)
+        out["single_image"] = _pcts(lat)
+        out["batch_throughput_img_s"] = 1.0 / float(np.mean(lat))  # one call per image, as the Flask app
+        out["batch_size"] = 1
+    else:
+        from ml.predictor import load_predictor
+
+        backend = {"served": "auto", "keras": "keras", "naive_tta": "naive"}[method]
+        pred = load_predictor(model, backend=backend)
+        pred.predict_one(images[0])  # includes tracing / delegate set-up
+        out["cold_load_s"] = time.perf_counter() - t
+        out["backend"] = pred.backend
+        out["model_version"] = pred.version
+        out["tta_views"] = pred.tta_views
+        lat = []
+        for i in range(n):
+            t = time.perf_counter()
+            pred.predict_one(images[i % len(images)])
+            lat.append(time.perf_counter() - t)
+        out["single_image"] = _pcts(lat)
+        many = [images[i % len(images)] for i in range(batch)]
+        pred.predict(many[:4])
+        t = time.perf_counter()
+        pred.predict(many)
+        out["batch_throughput_img_s"] = len(many) / (time.perf_counter() - t)
+        out["batch_size"] = batch
+    out["peak_rss_mb"] = _rss_mb()
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
-    ap.add_argument("--n", type=int, default=30, help="single-image calls per method")
+    ap.add_argument("--n", type=int, default=40, help="single-image calls per method")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # child process
     args = ap.parse_args(argv)
-    images = [p.read_bytes() for p in sorted(FIXTURES.glob("*.jpeg"))]
-    out = {"rss_before_mb": _rss_mb()}
+    if args.method:
+        print(json.dumps(run_method(args.method, args.model, args.n, args.batch)))
+        return 0
+    base = [sys.executable, "-m", "ml.bench", "--n", str(args.n), "--batch", str(args.batch)]
+    if args.model:
+        base += ["--model", args.model]
     t = time.perf_counter()
-    from ml.predictor import load_predictor
-
-    pred = load_predictor(args.model)
-    pred.predict_one(images[0])  # includes tracing the inference function
-    out["cold_load_s"] = time.perf_counter() - t
-    out["model_version"] = pred.version
-    out["tta_views"] = pred.tta_views
-    lat = []
-    for i in range(args.n):
-        t = time.perf_counter()
-        pred.predict_one(images[i % len(images)])
-        lat.append(time.perf_counter() - t)
-    out["single_image"] = _pcts(lat)
-    batch = [images[i % len(images)] for i in range(args.batch)]
-    pred.predict(batch)
-    t = time.perf_counter()
-    reps = 2
-    for _ in range(reps):
-        pred.predict(batch)
-    out["batch_throughput_img_s"] = reps * len(batch) / (time.perf_counter() - t)
-    out["batch_size"] = args.batch
-    out["peak_rss_mb"] = _rss_mb()
-
-    # The naive way: model.predict on one decoded, resized image per call (no locator, no TTA).
-    import io
-
-    import keras
-    from PIL import Image
-
-    t = time.perf_counter()
-    naive_model = keras.saving.load_model(pred.model_path, compile=False)
-    x0 = np.asarray(
-        Image.open(io.BytesIO(images[0])).convert("RGB").resize((pred.input_size,) * 2), np.float32
+    ex = subprocess.run(
+        [sys.executable, "-m", "ml.export"] + (["--model", args.model] if args.model else []),
+        capture_output=True,
+        text=True,
     )
-    naive_model.predict(x0[None], verbose=0)
-    naive = {"cold_load_s": time.perf_counter() - t}
-    lat = []
-    for i in range(args.n):
-        t = time.perf_counter()
-        im = Image.open(io.BytesIO(images[i % len(images)])).convert("RGB").resize((pred.input_size,) * 2)
-        naive_model.predict(np.asarray(im, np.float32)[None], verbose=0)
-        lat.append(time.perf_counter() - t)
-    naive["single_image"] = _pcts(lat)
-    naive["batch_throughput_img_s"] = 1.0 / float(np.mean(lat))  # one call per image
-    naive["peak_rss_mb"] = _rss_mb()
-    out["naive_model_predict"] = naive
+    export_info = {"seconds": round(time.perf_counter() - t, 2), "rc": ex.returncode}
+    if ex.returncode == 0:
+        meta = json.loads(ex.stdout[ex.stdout.index("{") :])
+        export_info.update(
+            cache_file=meta["path"],
+            exported_in_s=meta.get("export_s"),
+            max_abs_diff_vs_keras=meta.get("max_abs_diff_vs_keras"),
+        )
+    res = {}
+    for method in METHODS:
+        r = subprocess.run(base + ["--method", method], capture_output=True, text=True)
+        if r.returncode != 0:
+            res[method] = {"error": r.stderr.strip().splitlines()[-1:]}
+            continue
+        res[method] = json.loads(r.stdout.strip().splitlines()[-1])
+    out = {
+        "machine": {"cpus": __import__("os").cpu_count()},
+        "litert_export": export_info,
+        **res,
+    }
+
+    def p50(k):
+        return res.get(k, {}).get("single_image", {}).get("p50_ms")
+
+    if p50("served"):
+        out["speedup_p50"] = {
+            "vs_naive_single_view": p50("naive_single_view") / p50("served")
+            if p50("naive_single_view")
+            else None,
+            "vs_naive_tta": p50("naive_tta") / p50("served") if p50("naive_tta") else None,
+            "vs_keras_compiled": p50("keras") / p50("served") if p50("keras") else None,
+        }
     out["note"] = (
-        "peak_rss_mb is the process high-water mark; the naive figures run after the predictor in the "
-        "same process, so its RSS includes both models"
+        "each method in its own fresh process, one after the other (cold load includes importing "
+        "TensorFlow); single_image = predict_one on fixture JPEGs incl. decoding, locating and cropping"
     )
     print(json.dumps(out, indent=2))
     return 0

@@ -77,6 +77,8 @@ def locate_cells(
     """
     from scipy import ndimage
 
+    from ml.fastmorph import binary_closing_disk, binary_opening_disk
+
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         return []
@@ -88,8 +90,8 @@ def locate_cells(
     idx = ndimage.uniform_filter(nucleus_index(small), size=3)
     mask = idx > threshold
     r = max(1, int(round(CLOSE_RADIUS * f)))
-    mask = ndimage.binary_closing(mask, structure=_disk(r), iterations=1)
-    mask = ndimage.binary_opening(mask, structure=_disk(1))
+    mask = binary_closing_disk(mask, r)  # == ndimage.binary_closing(mask, _disk(r)), faster
+    mask = binary_opening_disk(mask, 1)  # == ndimage.binary_opening(mask, _disk(1)), faster
     labels, n = ndimage.label(mask)
     if n == 0:
         return []

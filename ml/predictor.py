@@ -24,6 +24,7 @@ ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_MODEL_PATH = ARTIFACTS_DIR / "hematovision_wbc.keras"
 MAX_SIDE = 1280  # larger inputs are downscaled first (cells are located at the 320x240 field scale)
 BATCH = 32
+BACKENDS = ("auto", "keras", "litert", "naive")  # see load_predictor
 
 FLAG_MESSAGES = {
     "no_cell_found": "No stained white-cell nucleus was found in the image; is this a stained blood smear?",
@@ -170,12 +171,14 @@ def tta_predict(fn, crops: np.ndarray, views: int, batch: int = BATCH) -> tuple[
 class Predictor:
     """A loaded model plus its card; ``predict`` is safe to call from many threads."""
 
-    def __init__(self, model, card: dict, ood_stats: dict | None, model_path: Path):
+    def __init__(self, model, card: dict, ood_stats: dict | None, model_path: Path, backend: str = "keras"):
         import keras
         import tensorflow as tf
 
         from ml.model import FEATURES_LAYER
 
+        if backend not in ("keras", "litert", "naive"):
+            raise ValueError(f"unknown backend {backend!r}; one of {BACKENDS}")
         self.model = model
         self.card = card
         self.classes: list[str] = list(card["classes"])
@@ -184,13 +187,63 @@ class Predictor:
         self.input_size = int(card["input"]["input_size"])
         self.crop_side = float(card["crop"]["crop_side_ref_px"])
         self.tta_views = int(card.get("tta_views", 1))
+        self.n_views = len(dihedral_views(self.tta_views))
         self.temperature = float(card.get("temperature", 1.0))
         self.thresholds = dict(card.get("thresholds") or {})
         self.ood_stats = ood_stats
         self._both = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
-        spec = tf.TensorSpec((None, None, None, 3), tf.float32)
+        s = self.input_size
+        spec = tf.TensorSpec((None, s, s, 3), tf.float32)  # crops are always input_size: one trace
         self._fn = tf.function(lambda x: self._both(x, training=False), input_signature=[spec])
         self._gradcam_lock = threading.Lock()
+        self._run_lock = threading.Lock()  # a LiteRT interpreter is not thread-safe
+        self.backend = backend
+        self.litert_path: Path | None = None
+        self.litert_meta: dict | None = None
+        self._litert = None
+        if backend == "litert":
+            from ml import export
+
+            self.litert_path, self.litert_meta = export.ensure(
+                self._both, self._fn, self.version, self.n_views, s, len(self.classes)
+            )
+            self._litert = export.LiteRTRunner(self.litert_path, len(self.classes))
+            if self._litert.input_shape != (self.n_views, s, s, 3):
+                raise ModelLoadError(f"LiteRT input {self._litert.input_shape} does not fit this model")
+
+    def _views(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 crops (N,S,S,3) -> float32 (N*V,S,S,3), the V dihedral views of each crop in turn
+        (same transforms as ``tta_predict``: k quarter turns counter-clockwise, then a flip for k>=4)."""
+        out = []
+        for c in crops:
+            for k in dihedral_views(self.tta_views):
+                v = np.rot90(c, k % 4, axes=(0, 1))
+                out.append(v[:, ::-1] if k >= 4 else v)
+        return np.asarray(out, dtype=np.float32)
+
+    def _infer(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """TTA-averaged (features, probabilities) of uint8 crops through the chosen backend."""
+        n, v = len(crops), self.n_views
+        feats, probs = [], []
+        if self.backend == "litert":
+            with self._run_lock:
+                for c in crops:
+                    f, p = self._litert.run(self._views(c[None]))
+                    feats.append(f.mean(0, keepdims=True))
+                    probs.append(p.mean(0, keepdims=True))
+        elif self.backend == "naive":  # the naive way: model.predict on each image's views
+            for c in crops:
+                f, p = self._both.predict(self._views(c[None]), verbose=0)
+                feats.append(f.mean(0, keepdims=True))
+                probs.append(p.mean(0, keepdims=True))
+        else:  # one compiled call per chunk of images, all views at once
+            for i in range(0, n, BATCH):
+                x = self._views(crops[i : i + BATCH])
+                f, p = self._fn(x)
+                m = len(x) // v
+                feats.append(f.numpy().reshape(m, v, -1).mean(1))
+                probs.append(p.numpy().reshape(m, v, -1).mean(1))
+        return np.concatenate(feats), np.concatenate(probs)
 
     def _prepare(self, image):
         from ml.locate import crop_cell, locate_cells, smear_check
@@ -212,7 +265,7 @@ class Predictor:
             return []
         prepared = [self._prepare(im) for im in images]
         crops = np.stack([c for c, _, _ in prepared])
-        feats, probs = tta_predict(self._fn, crops, self.tta_views)
+        feats, probs = self._infer(crops)
         cal = ood.calibrate(probs, self.temperature)
         dist = ood.distance(self.ood_stats, feats) if self.ood_stats is not None else np.zeros(len(crops))
         out = []
@@ -247,7 +300,7 @@ class Predictor:
         from ml import ood
 
         crops = np.stack([self._prepare(im)[0] for im in images])
-        feats, _ = tta_predict(self._fn, crops, self.tta_views)
+        feats, _ = self._infer(crops)
         return ood.distance(self.ood_stats, feats)
 
     def gradcam_png(self, image, class_name: str | None = None) -> bytes:
@@ -261,40 +314,71 @@ _LOCK = threading.Lock()
 _CACHE: dict[str, Predictor] = {}
 
 
-def load_predictor(model_path: str | Path | None = None) -> Predictor:
-    """Load (once per path per process) the model at ``model_path`` (None: the shipped model)."""
+def load_predictor(model_path: str | Path | None = None, backend: str = "auto") -> Predictor:
+    """Load (once per path and backend per process) the model at ``model_path`` (None: the shipped model).
+
+    ``backend``: ``"keras"`` (a compiled ``tf.function``, all views in one call), ``"litert"``
+    (the model exported to LiteRT and run with XNNPACK, verified within 1e-3 of Keras, see
+    ``ml.export``), ``"naive"`` (``model.predict`` per image, for comparisons only) or
+    ``"auto"``: LiteRT when its export works and verifies, else Keras. All give the same
+    pipeline (locator, TTA, calibration, flags).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown inference backend {backend!r}; one of {', '.join(BACKENDS)}")
     path = Path(model_path) if model_path else DEFAULT_MODEL_PATH
-    key = str(path.resolve())
+    key = f"{path.resolve()}|{backend}"
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
-        if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path}")
-        card_path = path.parent / "model_card.json"
-        try:
-            card = json.loads(card_path.read_text())
-            _ = card["classes"], card["version"], card["input"]["input_size"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"model card {card_path} is missing or invalid: {exc}") from exc
-        try:
-            import keras
-
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as exc:  # keras raises many types for corrupt archives
-            raise ModelLoadError(f"could not load model {path}: {exc}") from exc
-        if model.output_shape[-1] != len(card["classes"]):
-            raise ModelLoadError(
-                f"model {path} has {model.output_shape[-1]} outputs but the card lists "
-                f"{len(card['classes'])} classes"
-            )
-        stats = None
-        if card.get("ood_stats_file"):
-            from ml import ood
-
+        if backend == "auto" and f"{path.resolve()}|litert" in _CACHE:
+            _CACHE[key] = _CACHE[f"{path.resolve()}|litert"]
+            return _CACHE[key]
+        loaded = [p for k, p in _CACHE.items() if k.startswith(f"{path.resolve()}|")]
+        if loaded:  # same process, another backend: reuse the loaded model
+            model, card, stats = loaded[0].model, loaded[0].card, loaded[0].ood_stats
+        else:
+            model, card, stats = _load_parts(path)
+        if backend == "auto":
             try:
-                stats = ood.load(path.parent / card["ood_stats_file"])
-            except Exception as exc:
-                raise ModelLoadError(f"could not read OOD statistics next to {path}: {exc}") from exc
-        pred = Predictor(model, card, stats, path)
+                pred = Predictor(model, card, stats, path, backend="litert")
+            except Exception as exc:  # noqa: BLE001  any export/runtime failure: fall back to Keras
+                import logging
+
+                logging.getLogger(__name__).warning("LiteRT backend unavailable (%s); using Keras", exc)
+                pred = Predictor(model, card, stats, path, backend="keras")
+        else:
+            pred = Predictor(model, card, stats, path, backend=backend)
         _CACHE[key] = pred
+        _CACHE.setdefault(f"{path.resolve()}|{pred.backend}", pred)
         return pred
+
+
+def _load_parts(path: Path):
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    card_path = path.parent / "model_card.json"
+    try:
+        card = json.loads(card_path.read_text())
+        _ = card["classes"], card["version"], card["input"]["input_size"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"model card {card_path} is missing or invalid: {exc}") from exc
+    try:
+        import keras
+
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many types for corrupt archives
+        raise ModelLoadError(f"could not load model {path}: {exc}") from exc
+    if model.output_shape[-1] != len(card["classes"]):
+        raise ModelLoadError(
+            f"model {path} has {model.output_shape[-1]} outputs but the card lists "
+            f"{len(card['classes'])} classes"
+        )
+    stats = None
+    if card.get("ood_stats_file"):
+        from ml import ood
+
+        try:
+            stats = ood.load(path.parent / card["ood_stats_file"])
+        except Exception as exc:
+            raise ModelLoadError(f"could not read OOD statistics next to {path}: {exc}") from exc
+    return model, card, stats
