@@ -54,6 +54,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--predictor", default="ml", choices=["ml", "fake"])
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "keras", "litert", "naive"],
+        help="inference backend of the ml predictor (naive = model.predict per image)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
 
@@ -63,6 +67,7 @@ def main() -> int:
         **os.environ,
         "HEMATOVISION_VAR_DIR": str(var),
         "HEMATOVISION_PREDICTOR": args.predictor,
+        "HEMATOVISION_INFERENCE_BACKEND": args.backend,
         "HEMATOVISION_API_USER_RATE": "100000/min",
         "DJANGO_DEBUG": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -157,6 +162,7 @@ def main() -> int:
         "users": args.users,
         "seconds": round(elapsed, 1),
         "predictor": args.predictor,
+        "backend": args.backend,
         "gunicorn": {"workers": args.workers, "threads": args.threads},
         "requests": 2 * len(accepted) + len(errors),
         "uploads_accepted": len(accepted),

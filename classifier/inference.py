@@ -22,7 +22,7 @@ _lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
-def _build(kind: str, model_path: str | None):
+def _build(kind: str, model_path: str | None, backend: str):
     if kind == "fake":
         from .fake_predictor import FakePredictor
 
@@ -32,7 +32,7 @@ def _build(kind: str, model_path: str | None):
     from ml import predictor as ml_predictor
 
     try:
-        return ml_predictor.load_predictor(model_path)
+        return ml_predictor.load_predictor(model_path, backend=backend)
     except ml_predictor.ModelLoadError as exc:
         raise PredictorUnavailable(str(exc)) from exc
 
@@ -40,7 +40,11 @@ def _build(kind: str, model_path: str | None):
 def get_predictor():
     """The process-wide predictor; raises PredictorUnavailable if the model cannot load."""
     with _lock:
-        return _build(settings.HEMATOVISION_PREDICTOR, settings.HEMATOVISION_MODEL_PATH)
+        return _build(
+            settings.HEMATOVISION_PREDICTOR,
+            settings.HEMATOVISION_MODEL_PATH,
+            settings.HEMATOVISION_INFERENCE_BACKEND,
+        )
 
 
 def image_decode_errors() -> tuple[type[Exception], ...]:
@@ -54,5 +58,5 @@ def image_decode_errors() -> tuple[type[Exception], ...]:
 
 @receiver(setting_changed)
 def _reset_predictor(*, setting, **kwargs):
-    if setting in {"HEMATOVISION_PREDICTOR", "HEMATOVISION_MODEL_PATH"}:
+    if setting in {"HEMATOVISION_PREDICTOR", "HEMATOVISION_MODEL_PATH", "HEMATOVISION_INFERENCE_BACKEND"}:
         _build.cache_clear()

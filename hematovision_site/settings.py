@@ -219,6 +219,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # "ml" runs the shipped Keras model; "fake" is a deterministic stand-in for fast tests.
 HEMATOVISION_PREDICTOR = env.str("HEMATOVISION_PREDICTOR", default="ml")
 HEMATOVISION_MODEL_PATH = env.str("HEMATOVISION_MODEL_PATH", default="") or None
+# "auto" (LiteRT/XNNPACK when its export verifies against Keras, else Keras), "keras", "litert",
+# or "naive" (model.predict per image, only for comparisons such as the load test).
+HEMATOVISION_INFERENCE_BACKEND = env.str("HEMATOVISION_INFERENCE_BACKEND", default="auto")
 HEMATOVISION_MAX_UPLOAD_BYTES = env.int("HEMATOVISION_MAX_UPLOAD_MB", default=20) * 1024 * 1024
 HEMATOVISION_MAX_PIXELS = env.int("HEMATOVISION_MAX_PIXELS", default=40_000_000)
 # Batch jobs: limits per job, and whether the embedded profile runs them in a thread of the web process.
