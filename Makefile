@@ -53,7 +53,7 @@ bench: setup-dev
 	$(BIN)/python -m ml.bench
 
 loadtest: setup-dev
-	$(BIN)/python bench/loadtest.py --users 20 --seconds 60
+	$(BIN)/python bench/loadtest.py --users 20 --seconds 60 --backends auto,naive
 
 lint: setup-dev
 	$(BIN)/ruff check .

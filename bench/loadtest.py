@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -55,19 +56,29 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--predictor", default="ml", choices=["ml", "fake"])
     parser.add_argument(
-        "--backend", default="auto", choices=["auto", "keras", "litert", "naive"],
-        help="inference backend of the ml predictor (naive = model.predict per image)",
+        "--backends", default="auto",
+        help="comma-separated inference backends to run one after the other in this run "
+        "(auto, keras, litert, naive = model.predict per image), e.g. auto,naive",
     )
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
+    reports = [run_once(args, backend.strip()) for backend in args.backends.split(",")]
+    text = json.dumps(reports if len(reports) > 1 else reports[0], indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    return 0 if all(r["ok"] for r in reports) else 1
 
+
+def run_once(args, backend: str) -> dict:
+    """One installation, one gunicorn, USERS clients for SECONDS; the report as a dict."""
     var = Path(tempfile.mkdtemp(prefix="hv-load-"))
     port = _free_port()
     env = {
         **os.environ,
         "HEMATOVISION_VAR_DIR": str(var),
         "HEMATOVISION_PREDICTOR": args.predictor,
-        "HEMATOVISION_INFERENCE_BACKEND": args.backend,
+        "HEMATOVISION_INFERENCE_BACKEND": backend,
         "HEMATOVISION_API_USER_RATE": "100000/min",
         "DJANGO_DEBUG": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -162,7 +173,7 @@ def main() -> int:
         "users": args.users,
         "seconds": round(elapsed, 1),
         "predictor": args.predictor,
-        "backend": args.backend,
+        "backend": backend,
         "gunicorn": {"workers": args.workers, "threads": args.threads},
         "requests": 2 * len(accepted) + len(errors),
         "uploads_accepted": len(accepted),
@@ -179,12 +190,9 @@ def main() -> int:
         "missing_results": len(missing),
         "duplicate_results": stored["dups"],
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
-    ok = not errors and not missing and stored["dups"] == 0 and len(rows) == len(accepted)
-    return 0 if ok else 1
+    shutil.rmtree(var, ignore_errors=True)
+    report["ok"] = not errors and not missing and stored["dups"] == 0 and len(rows) == len(accepted)
+    return report
 
 
 if __name__ == "__main__":
