@@ -12,6 +12,10 @@ per method:
 - ``naive_tta``: the naive equivalent of the served pipeline
   (``load_predictor(backend="naive")``: ``model.predict`` on each image's 4 views).
 
+Then ``interleaved``: single-image latency of ``served``, ``naive_single_view``
+and ``naive_tta`` in one process, calls alternating round-robin, so that load from
+other jobs on a shared machine hits every way alike (``speedup_p50_interleaved``).
+
 The LiteRT export is made (or found in the cache) before the timed runs;
 ``litert_export`` says which. Speedups are ratios of single-image p50 latency.
 """
@@ -46,25 +50,59 @@ def _images() -> list[bytes]:
     return [p.read_bytes() for p in sorted(FIXTURES.glob("*.jpeg"))]
 
 
+def _naive_single_view(model: str | None):
+    """The original Flask app's way: decode, resize the whole image, ``model.predict`` on it."""
+    import keras
+    from PIL import Image
+
+    from ml.predictor import DEFAULT_MODEL_PATH
+
+    path = Path(model) if model else DEFAULT_MODEL_PATH
+    m = keras.saving.load_model(path, compile=False)
+    size = int(json.loads((path.parent / "model_card.json").read_text())["input"]["input_size"])
+
+    def one(b):
+        im = Image.open(io.BytesIO(b)).convert("RGB").resize((size, size))
+        return m.predict(np.asarray(im, np.float32)[None], verbose=0)
+
+    return one
+
+
+def run_interleaved(model: str | None, n: int) -> dict:
+    """Single-image latency of the served way and both naive ways in ONE process, calls interleaved
+    round-robin (rotating order) on the same images, so that load from other jobs hits all alike."""
+    from ml.predictor import load_predictor
+
+    images = _images()
+    served = load_predictor(model, backend="auto")
+    naive_tta = load_predictor(model, backend="naive")
+    fns = {
+        "served": served.predict_one,
+        "naive_single_view": _naive_single_view(model),
+        "naive_tta": naive_tta.predict_one,
+    }
+    for f in fns.values():
+        f(images[0])
+    lat: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for i in range(n):
+        im = images[i % len(images)]
+        for k in names[i % 3 :] + names[: i % 3]:
+            t = time.perf_counter()
+            fns[k](im)
+            lat[k].append(time.perf_counter() - t)
+    out = {k: _pcts(v) for k, v in lat.items()}
+    out["served_backend"] = served.backend
+    return out
+
+
 def run_method(method: str, model: str | None, n: int, batch: int) -> dict:
     """Figures of one method, measured in this (fresh) process."""
     images = _images()
     out: dict = {"method": method}
     t = time.perf_counter()
     if method == "naive_single_view":
-        import keras
-        from PIL import Image
-
-        from ml.predictor import DEFAULT_MODEL_PATH
-
-        path = Path(model) if model else DEFAULT_MODEL_PATH
-        m = keras.saving.load_model(path, compile=False)
-        size = int(json.loads((path.parent / "model_card.json").read_text())["input"]["input_size"])
-
-        def one(b):
-            im = Image.open(io.BytesIO(b)).convert("RGB").resize((size, size))
-            return m.predict(np.asarray(im, np.float32)[None], verbose=0)
-
+        one = _naive_single_view(model)
         one(images[0])
         out["cold_load_s"] = time.perf_counter() - t
         lat = []
@@ -106,8 +144,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--n", type=int, default=40, help="single-image calls per method")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # child process
+    ap.add_argument("--method", choices=METHODS + ("interleaved",), help=argparse.SUPPRESS)  # child
     args = ap.parse_args(argv)
+    if args.method == "interleaved":
+        print(json.dumps(run_interleaved(args.model, args.n)))
+        return 0
     if args.method:
         print(json.dumps(run_method(args.method, args.model, args.n, args.batch)))
         return 0
@@ -129,7 +170,7 @@ def main(argv=None) -> int:
             max_abs_diff_vs_keras=meta.get("max_abs_diff_vs_keras"),
         )
     res = {}
-    for method in METHODS:
+    for method in METHODS + ("interleaved",):
         r = subprocess.run(base + ["--method", method], capture_output=True, text=True)
         if r.returncode != 0:
             res[method] = {"error": r.stderr.strip().splitlines()[-1:]}
@@ -141,17 +182,19 @@ def main(argv=None) -> int:
         **res,
     }
 
-    def p50(k):
-        return res.get(k, {}).get("single_image", {}).get("p50_ms")
+    def p50(src, k):
+        return src.get(k, {}).get("single_image", src.get(k, {})).get("p50_ms")
 
-    if p50("served"):
-        out["speedup_p50"] = {
-            "vs_naive_single_view": p50("naive_single_view") / p50("served")
-            if p50("naive_single_view")
-            else None,
-            "vs_naive_tta": p50("naive_tta") / p50("served") if p50("naive_tta") else None,
-            "vs_keras_compiled": p50("keras") / p50("served") if p50("keras") else None,
+    def ratios(src):
+        fast = p50(src, "served")
+        return {
+            f"vs_{k}": (p50(src, k) / fast if fast and p50(src, k) else None)
+            for k in ("naive_single_view", "naive_tta", "keras")
+            if k in src
         }
+
+    out["speedup_p50"] = ratios(res)  # from the separate processes, run one after the other
+    out["speedup_p50_interleaved"] = ratios(res.get("interleaved", {}))  # same process, alternating calls
     out["note"] = (
         "each method in its own fresh process, one after the other (cold load includes importing "
         "TensorFlow); single_image = predict_one on fixture JPEGs incl. decoding, locating and cropping"

@@ -10,7 +10,9 @@ from the Keras model measured when it was written. A cache file is used only
 when its sidecar matches (model version, TF version, hash) and that measured
 difference is within ``TOLERANCE``; otherwise it is exported again.
 
-Cache directory: ``$HEMATOVISION_ML_CACHE`` or ``<repo>/var/cache/ml``.
+Cache directory: ``$HEMATOVISION_ML_CACHE`` or ``<repo>/var/cache/ml``. Threads per
+interpreter: ``$HEMATOVISION_INFERENCE_THREADS`` (default: all CPUs; with several
+server workers on few cores, 1 per worker avoids oversubscription).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 
 TOLERANCE = 1e-3  # max abs difference of probabilities (and features, relative) from Keras
 CACHE_ENV = "HEMATOVISION_ML_CACHE"
+THREADS_ENV = "HEMATOVISION_INFERENCE_THREADS"  # LiteRT threads per process (default: all CPUs)
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "var" / "cache" / "ml"
 
 
@@ -74,7 +77,7 @@ def make_interpreter(path: Path, num_threads: int | None = None):
     """A LiteRT interpreter (XNNPACK delegate is on by default) for ``path``."""
     import warnings
 
-    threads = num_threads or os.cpu_count() or 1
+    threads = num_threads or int(os.environ.get(THREADS_ENV) or 0) or os.cpu_count() or 1
     try:  # the standalone LiteRT runtime, when installed
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
