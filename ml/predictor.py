@@ -237,8 +237,9 @@ class Predictor:
                 feats.append(f.mean(0, keepdims=True))
                 probs.append(p.mean(0, keepdims=True))
         else:  # one compiled call per chunk of images, all views at once
-            for i in range(0, n, BATCH):
-                x = self._views(crops[i : i + BATCH])
+            step = max(1, BATCH // v)  # about BATCH views per call (bounded memory)
+            for i in range(0, n, step):
+                x = self._views(crops[i : i + step])
                 f, p = self._fn(x)
                 m = len(x) // v
                 feats.append(f.numpy().reshape(m, v, -1).mean(1))

@@ -122,6 +122,18 @@ def test_litert_cache_rejects_a_tampered_file(backends, tmp_path, monkeypatch):
     assert export.cached(keras_pred.version, keras_pred.n_views, keras_pred.input_size) is None
 
 
+@pytest.mark.realmodel
+def test_litert_backend_is_thread_safe(backends, cell_images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pred = backends["litert"]
+    images = list(cell_images.values())
+    expected = [p.probabilities for p in pred.predict(images)]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda im: pred.predict_one(im).probabilities, images * 2))
+    assert got == expected * 2
+
+
 def test_unknown_backend_is_rejected():
     from ml.predictor import load_predictor
 
