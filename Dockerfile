@@ -9,7 +9,9 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 RUN useradd --system --home /var/lib/hematovision hematovision \
     && mkdir -p /var/lib/hematovision && chown hematovision /var/lib/hematovision \
-    && DJANGO_SECRET_KEY=build-only DJANGO_ALLOWED_HOSTS=build python manage.py collectstatic --noinput
+    && DJANGO_SECRET_KEY=build-only DJANGO_ALLOWED_HOSTS=build python manage.py collectstatic --noinput \
+    && HEMATOVISION_ML_CACHE=/app/var/cache/ml python -m ml.export
+ENV HEMATOVISION_ML_CACHE=/app/var/cache/ml
 USER hematovision
 EXPOSE 8000
 CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py", "hematovision_site.wsgi"]

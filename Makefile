@@ -35,6 +35,7 @@ migrate: setup
 	$(MANAGE) collectstatic --noinput --verbosity 0
 
 run: migrate
+	$(BIN)/python -m ml.export
 	$(MANAGE) resume_jobs
 	@echo "HematoVision on http://$(HOST):$(PORT)/  (first time: $(MANAGE) createsuperuser)"
 	$(MANAGE) runserver $(HOST):$(PORT)

@@ -33,7 +33,7 @@ def _build(kind: str, model_path: str | None, backend: str):
 
     try:
         return ml_predictor.load_predictor(model_path, backend=backend)
-    except ml_predictor.ModelLoadError as exc:
+    except (ml_predictor.ModelLoadError, ValueError) as exc:  # ValueError: unknown backend name
         raise PredictorUnavailable(str(exc)) from exc
 
 

@@ -217,3 +217,11 @@ def test_reviewed_result_cannot_be_deleted(user, reviewer):
     with pytest.raises(ValidationError, match="cannot be deleted"):
         services.classification_delete(classification=c, user=user)
     assert Classification.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_unknown_inference_backend_keeps_upload_pending(user, settings):
+    settings.HEMATOVISION_PREDICTOR = "ml"
+    settings.HEMATOVISION_INFERENCE_BACKEND = "turbo"
+    c = services.classification_create(user=user, data=png(), filename="p.png")
+    assert c.status == Status.PENDING and Path(c.image.path).exists()
