@@ -10,7 +10,8 @@ COPY . .
 RUN useradd --system --home /var/lib/hematovision hematovision \
     && mkdir -p /var/lib/hematovision && chown hematovision /var/lib/hematovision \
     && DJANGO_SECRET_KEY=build-only DJANGO_ALLOWED_HOSTS=build python manage.py collectstatic --noinput \
-    && HEMATOVISION_ML_CACHE=/app/var/cache/ml python -m ml.export
+    && HEMATOVISION_ML_CACHE=/app/var/cache/ml python -m ml.export \
+    && chown -R hematovision /app/var
 ENV HEMATOVISION_ML_CACHE=/app/var/cache/ml
 USER hematovision
 EXPOSE 8000
