@@ -17,23 +17,10 @@ from django.views.decorators.http import require_POST
 from django.views.generic import FormView, ListView, TemplateView
 
 from . import fields, jobs, reports, selectors, services
-from .models import BatchItem, BatchJob, CellClass, Classification, ReviewState, Specimen, Status
+from .lookups import job_or_404, specimen_or_404
+from .models import BatchItem, BatchJob, CellClass, Classification, ReviewState, Status
 from .permissions import can_review, can_submit
 from .specimen_forms import BatchUploadForm, DateRangeForm
-
-
-def _specimen(request, accession) -> Specimen:
-    try:
-        return selectors.specimen_get(user=request.user, accession=accession)
-    except Specimen.DoesNotExist:
-        raise Http404("No such specimen.") from None
-
-
-def _job(request, pk) -> BatchJob:
-    try:
-        return jobs.job_get(user=request.user, pk=pk)
-    except BatchJob.DoesNotExist:
-        raise Http404("No such job.") from None
 
 
 def _attachment(content, content_type: str, filename: str) -> HttpResponse:
@@ -70,7 +57,7 @@ class SpecimenDetailView(TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        specimen = _specimen(self.request, kwargs["accession"])
+        specimen = specimen_or_404(self.request, kwargs["accession"])
         differential = selectors.specimen_differential(specimen=specimen)
         cells = specimen.cells.select_related("reviewed_by").order_by("created_at", "id")
         groups = defaultdict(list)
@@ -96,7 +83,7 @@ class SpecimenDetailView(TemplateView):
 
 @require_POST
 def specimen_sign_view(request, accession):
-    specimen = _specimen(request, accession)
+    specimen = specimen_or_404(request, accession)
     try:
         services.specimen_sign(specimen=specimen, reviewer=request.user)
     except ValidationError as exc:
@@ -120,7 +107,7 @@ def specimen_cell_image_view(request, accession, pk):
 
 
 def specimen_report_pdf_view(request, accession):
-    specimen = _specimen(request, accession)
+    specimen = specimen_or_404(request, accession)
     pdf = reports.specimen_report_pdf(specimen=specimen)
     response = HttpResponse(pdf, content_type="application/pdf")
     response["Content-Disposition"] = f'inline; filename="{specimen.accession}-report.pdf"'
@@ -129,7 +116,7 @@ def specimen_report_pdf_view(request, accession):
 
 
 def specimen_report_csv_view(request, accession):
-    specimen = _specimen(request, accession)
+    specimen = specimen_or_404(request, accession)
     return _attachment(
         reports.specimen_report_csv(specimen=specimen),
         "text/csv; charset=utf-8",
@@ -187,7 +174,7 @@ class JobDetailView(TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        job = _job(self.request, kwargs["pk"])
+        job = job_or_404(self.request, kwargs["pk"])
         context.update(
             job=job,
             progress=jobs.job_progress(job=job),
@@ -199,12 +186,12 @@ class JobDetailView(TemplateView):
 
 def job_status_view(request, pk):
     """The job's progress as JSON (polled by static/js/job_progress.js)."""
-    return JsonResponse(jobs.job_progress(job=_job(request, pk)))
+    return JsonResponse(jobs.job_progress(job=job_or_404(request, pk)))
 
 
 @require_POST
 def job_rerun_view(request, pk):
-    job = _job(request, pk)
+    job = job_or_404(request, pk)
     try:
         jobs.job_rerun(job=job, user=request.user)
     except ValidationError as exc:
@@ -218,7 +205,7 @@ class JobFieldImageView(View):
     """A whole field of a job with numbered, labelled boxes around the located cells."""
 
     def get(self, request, pk, position):
-        job = _job(request, pk)
+        job = job_or_404(request, pk)
         try:
             item = job.items.get(position=position)
         except BatchItem.DoesNotExist:

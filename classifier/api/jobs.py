@@ -8,7 +8,7 @@ GET  /api/v1/specimens/{accession}/report.pdf and report.csv
 """
 
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpResponse
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -18,23 +18,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from classifier import jobs, reports, selectors, services
-from classifier.models import BatchJob, Specimen
+from classifier.lookups import job_or_404, specimen_or_404
+from classifier.models import BatchJob
 
 CONFLICT_CODES = {"unreviewed", "signed", "empty", "running", "nothing_to_retry"}
-
-
-def _specimen(request, accession) -> Specimen:
-    try:
-        return selectors.specimen_get(user=request.user, accession=accession)
-    except Specimen.DoesNotExist:
-        raise Http404("No such specimen.") from None
-
-
-def _job(request, pk) -> BatchJob:
-    try:
-        return jobs.job_get(user=request.user, pk=pk)
-    except BatchJob.DoesNotExist:
-        raise Http404("No such job.") from None
 
 
 def _conflict_or_raise(exc: ValidationError) -> Response:
@@ -109,7 +96,7 @@ class SpecimenBatchView(APIView):
 class JobDetailView(APIView):
     @extend_schema(responses={200: JobSerializer}, summary="A batch job's progress and per-file outcome")
     def get(self, request, pk):
-        return Response(jobs.job_progress(job=_job(request, pk)))
+        return Response(jobs.job_progress(job=job_or_404(request, pk)))
 
 
 class JobRerunView(APIView):
@@ -117,7 +104,7 @@ class JobRerunView(APIView):
         request=None, responses={202: JobSerializer}, summary="Retry a finished job's failed files"
     )
     def post(self, request, pk):
-        job = _job(request, pk)
+        job = job_or_404(request, pk)
         try:
             job = jobs.job_rerun(job=job, user=request.user)
         except ValidationError as exc:
@@ -132,7 +119,7 @@ class SpecimenSignView(APIView):
         summary="Sign a specimen (reviewers only): every cell reviewed, no unidentified cell left",
     )
     def post(self, request, accession):
-        specimen = _specimen(request, accession)
+        specimen = specimen_or_404(request, accession)
         try:
             specimen = services.specimen_sign(specimen=specimen, reviewer=request.user)
         except ValidationError as exc:
@@ -169,7 +156,7 @@ class SpecimenReportPdfView(APIView):
         responses={(200, "application/pdf"): OpenApiTypes.BINARY}, summary="The specimen's PDF report"
     )
     def get(self, request, accession):
-        specimen = _specimen(request, accession)
+        specimen = specimen_or_404(request, accession)
         response = HttpResponse(
             reports.specimen_report_pdf(specimen=specimen), content_type="application/pdf"
         )
@@ -182,7 +169,7 @@ class SpecimenReportCsvView(APIView):
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR}, summary="The specimen's cells as CSV")
     def get(self, request, accession):
-        specimen = _specimen(request, accession)
+        specimen = specimen_or_404(request, accession)
         response = HttpResponse(
             reports.specimen_report_csv(specimen=specimen), content_type="text/csv; charset=utf-8"
         )

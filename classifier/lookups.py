@@ -1,0 +1,20 @@
+"""Fetch one object the requesting user may see, or 404: shared by portal views and the API."""
+
+from django.http import Http404
+
+from . import jobs, selectors
+from .models import BatchJob, Specimen
+
+
+def specimen_or_404(request, accession) -> Specimen:
+    try:
+        return selectors.specimen_get(user=request.user, accession=accession)
+    except Specimen.DoesNotExist:
+        raise Http404("No such specimen.") from None
+
+
+def job_or_404(request, pk) -> BatchJob:
+    try:
+        return jobs.job_get(user=request.user, pk=pk)
+    except BatchJob.DoesNotExist:
+        raise Http404("No such job.") from None
