@@ -44,10 +44,16 @@ def test_database_error_on_api_gives_json_503(client, user, monkeypatch):
     }
 
 
-def test_sqlite_runs_in_wal_mode_with_busy_timeout(settings):
-    options = settings.DATABASES["default"]["OPTIONS"]
-    assert options["timeout"] == 20
-    assert "journal_mode=WAL" in options["init_command"]
+def test_database_settings_for_the_engine_in_use(settings):
+    """Embedded SQLite: WAL and a busy timeout; PostgreSQL (DATABASE_URL): pooled, health-checked."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        assert db["OPTIONS"]["timeout"] == 20
+        assert "journal_mode=WAL" in db["OPTIONS"]["init_command"]
+    else:
+        assert db["ENGINE"] == "django.db.backends.postgresql"
+        assert db["CONN_HEALTH_CHECKS"] is True and db["CONN_MAX_AGE"] == 60
+
 
 
 @pytest.mark.django_db

@@ -53,6 +53,21 @@ def _fuzz(operation, strategy, headers: dict, statuses: set) -> None:
     check()
 
 
+@pytest.fixture(autouse=True)
+def _keep_test_connection():
+    """Calling the WSGI app directly fires request_started/finished, whose close_old_connections
+    drops the test's transaction-wrapped connection on PostgreSQL; Django's test client
+    disconnects it the same way."""
+    from django.core import signals
+    from django.db import close_old_connections
+
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+
+
 @pytest.fixture
 def api_schema():
     return schemathesis.openapi.from_dict(SchemaGenerator().get_schema(request=None, public=True))

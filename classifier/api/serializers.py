@@ -4,6 +4,7 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.authtoken.serializers import AuthTokenSerializer
 
 from classifier.models import CellClass, Classification, ReviewState, Specimen, Status, accession_validator
 from classifier.validation import check_size
@@ -219,9 +220,17 @@ class SpecimenSerializer(SpecimenListSerializer):
         return ClassificationSerializer(self.context["cells"], many=True, context=self.context).data
 
 
-class TokenRequestSerializer(serializers.Serializer):
-    username = serializers.CharField()
-    password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+class TokenRequestSerializer(AuthTokenSerializer):
+    """DRF's token serializer with the user model's limits, so bad input is a 400 on every database.
+
+    django-axes records failed usernames in a 255-character column: a longer one
+    was a 500 on PostgreSQL (SQLite does not enforce lengths).
+    """
+
+    username = serializers.CharField(label="Username", max_length=150)
+    password = serializers.CharField(
+        label="Password", style={"input_type": "password"}, trim_whitespace=False, max_length=4096
+    )
 
 
 class TokenSerializer(serializers.Serializer):

@@ -110,6 +110,7 @@ class TokenView(JSONErrorsMixin, ObtainAuthToken):
     django-axes needs to count failures per username and address.
     """
 
+    serializer_class = TokenRequestSerializer
     throttle_classes = [TokenRateThrottle]
     permission_classes = [permissions.AllowAny]
     authentication_classes = []
