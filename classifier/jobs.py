@@ -39,12 +39,12 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 def max_files() -> int:
     """Most files one job may hold (HEMATOVISION_BATCH_MAX_FILES, default 1000)."""
-    return int(getattr(settings, "HEMATOVISION_BATCH_MAX_FILES", 1000))
+    return settings.HEMATOVISION_BATCH_MAX_FILES
 
 
 def max_archive_bytes() -> int:
     """Most bytes a ZIP may expand to in total (HEMATOVISION_BATCH_MAX_ARCHIVE_MB, default 2048)."""
-    return int(getattr(settings, "HEMATOVISION_BATCH_MAX_ARCHIVE_MB", 2048)) * 1024 * 1024
+    return settings.HEMATOVISION_BATCH_MAX_ARCHIVE_MB * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def enqueue_job(job_id: int) -> None:
     """Run the job in the background: on the Celery queue if configured, else in-process."""
     if settings.CELERY_BROKER_URL:
         run_batch_job.delay(job_id)
-    elif getattr(settings, "HEMATOVISION_JOBS_IN_THREAD", True):
+    elif settings.HEMATOVISION_JOBS_IN_THREAD:
         threading.Thread(
             target=_run_in_thread, args=(job_id,), name=f"batch-job-{job_id}", daemon=True
         ).start()
