@@ -35,10 +35,8 @@ After every rejection: no Classification, no Specimen, no file under MEDIA_ROOT.
 import html
 import io
 import json
-import struct
 import tracemalloc
 import zipfile
-import zlib
 from functools import cache
 from pathlib import Path
 
@@ -50,6 +48,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from classifier.models import BatchItem, BatchJob, Classification, ReviewState, Specimen
+from classifier.tests.factories import png_declaring
 
 pytestmark = pytest.mark.django_db
 
@@ -86,15 +85,6 @@ def jpeg() -> bytes:
     return _save(cell(), "JPEG", quality=90)
 
 
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024, 9)) + chunk(b"IEND", b""))
 
 
 def animated_gif() -> bytes:

@@ -5,6 +5,8 @@ predictor's label (red -> EOSINOPHIL, green -> LYMPHOCYTE, blue -> MONOCYTE).
 """
 
 import io
+import struct
+import zlib
 
 import factory
 from django.contrib.auth.models import Group
@@ -110,3 +112,14 @@ class ReviewEventFactory(factory.django.DjangoModelFactory):
     action = ReviewEvent.Action.CONFIRM
     from_label = factory.LazyAttribute(lambda o: o.classification.predicted_label)
     to_label = factory.LazyAttribute(lambda o: o.classification.predicted_label)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024, 9)) + chunk(b"IEND", b""))

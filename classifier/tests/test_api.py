@@ -1,8 +1,6 @@
 """The LIS API through APIClient: tokens, uploads, retries, errors, lists, downloads, specimens."""
 
 import io
-import struct
-import zlib
 
 import pytest
 from django.core.cache import cache
@@ -13,7 +11,7 @@ from rest_framework.authtoken.models import Token
 from classifier import services
 from classifier.api.throttling import TokenRateThrottle, UploadRateThrottle
 from classifier.models import Classification, ReviewState, Specimen, Status
-from classifier.tests.factories import ClassificationFactory, SpecimenFactory, image_bytes
+from classifier.tests.factories import ClassificationFactory, SpecimenFactory, image_bytes, png_declaring
 
 pytestmark = pytest.mark.django_db
 
@@ -74,15 +72,6 @@ def stored_files(settings) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024, 9)) + chunk(b"IEND", b""))
 
 
 # ------------------------------------------------------------------ tokens and authentication

@@ -2,15 +2,13 @@
 
 import csv
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 from django.urls import reverse
 
 from classifier.models import Classification, ReviewEvent, ReviewState, Specimen, Status
-from classifier.tests.factories import ClassificationFactory, SpecimenFactory, image_bytes
+from classifier.tests.factories import ClassificationFactory, SpecimenFactory, image_bytes, png_declaring
 
 pytestmark = pytest.mark.django_db
 
@@ -30,15 +28,6 @@ def upload(client, name, data, *, accession="", json=False):
     return client.post(reverse("upload"), {"images": files, "accession": accession}, **headers)
 
 
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024, 9)) + chunk(b"IEND", b""))
 
 
 # ---------------------------------------------------------------- upload
