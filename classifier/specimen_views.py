@@ -20,14 +20,8 @@ from . import fields, jobs, reports, selectors, services
 from .lookups import job_or_404, specimen_or_404
 from .models import BatchItem, BatchJob, CellClass, Classification, ReviewState, Status
 from .permissions import can_review, can_submit
+from .responses import private_attachment
 from .specimen_forms import BatchUploadForm, DateRangeForm
-
-
-def _attachment(content, content_type: str, filename: str) -> HttpResponse:
-    response = HttpResponse(content, content_type=content_type)
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    response["Cache-Control"] = "private, no-store"
-    return response
 
 
 class SpecimenListView(ListView):
@@ -117,7 +111,7 @@ def specimen_report_pdf_view(request, accession):
 
 def specimen_report_csv_view(request, accession):
     specimen = specimen_or_404(request, accession)
-    return _attachment(
+    return private_attachment(
         reports.specimen_report_csv(specimen=specimen),
         "text/csv; charset=utf-8",
         f"{specimen.accession}-cells.csv",
@@ -132,7 +126,7 @@ def specimens_export_csv_view(request):
     start, end = form.cleaned_data["start"], form.cleaned_data["end"]
     specimens = reports.specimens_in_range(user=request.user, start=start, end=end)
     name = f"specimens-{start or 'start'}-to-{end or timezone.localdate()}.csv"
-    return _attachment(reports.specimens_csv(specimens=specimens), "text/csv; charset=utf-8", name)
+    return private_attachment(reports.specimens_csv(specimens=specimens), "text/csv; charset=utf-8", name)
 
 
 class BatchUploadView(FormView):

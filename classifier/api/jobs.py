@@ -8,7 +8,6 @@ GET  /api/v1/specimens/{accession}/report.pdf and report.csv
 """
 
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -20,6 +19,7 @@ from rest_framework.views import APIView
 from classifier import jobs, reports, selectors, services
 from classifier.lookups import job_or_404, specimen_or_404
 from classifier.models import BatchJob
+from classifier.responses import private_attachment
 
 CONFLICT_CODES = {"unreviewed", "signed", "empty", "running", "nothing_to_retry"}
 
@@ -157,11 +157,10 @@ class SpecimenReportPdfView(APIView):
     )
     def get(self, request, accession):
         specimen = specimen_or_404(request, accession)
-        response = HttpResponse(
-            reports.specimen_report_pdf(specimen=specimen), content_type="application/pdf"
+        return private_attachment(
+            reports.specimen_report_pdf(specimen=specimen), "application/pdf",
+            f"{specimen.accession}-report.pdf",
         )
-        response["Content-Disposition"] = f'attachment; filename="{specimen.accession}-report.pdf"'
-        return response
 
 
 class SpecimenReportCsvView(APIView):
@@ -170,8 +169,7 @@ class SpecimenReportCsvView(APIView):
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR}, summary="The specimen's cells as CSV")
     def get(self, request, accession):
         specimen = specimen_or_404(request, accession)
-        response = HttpResponse(
-            reports.specimen_report_csv(specimen=specimen), content_type="text/csv; charset=utf-8"
+        return private_attachment(
+            reports.specimen_report_csv(specimen=specimen), "text/csv; charset=utf-8",
+            f"{specimen.accession}-cells.csv",
         )
-        response["Content-Disposition"] = f'attachment; filename="{specimen.accession}-cells.csv"'
-        return response
