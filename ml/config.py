@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class TrainConfig:
     seed: int = 1337  # numpy / tf / python seeds; split and augmentation draws
+    train_seed: int | None = None  # initialisation + batch order only (None: ``seed``); same split and cache
     backbone: str = "efficientnet_lite0"  # or "mobilenet_v2" (needs ImageNet weights file or Keras cache)
     backbone_weights: str | None = None  # weights file for mobilenet_v2 (Lite0 reads the pip package)
     classes: tuple[str, ...] = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
@@ -15,6 +16,9 @@ class TrainConfig:
     # resized inside the model to `input_size` (the 320x240 images hold ~100 px cells).
     crop_side: int = 144
     input_size: int = 192
+    # Background mask: with a radius (reference px) the crop is centred on the nucleus and everything
+    # beyond the radius fades to grey, so the network sees the cell, not its field's red-cell layout.
+    mask_radius: float | None = None
     # Cached training: activations entering block `split_block` are computed once by the frozen lower
     # blocks (two views per image: plain + augmented), and blocks split_block..15 + head are fine-tuned.
     split_block: int = 11
@@ -31,7 +35,11 @@ class TrainConfig:
     dropout: float = 0.3
     # Validation: near-duplicate groups (augmented copies of one original) are kept together.
     val_fraction: float = 0.2
+    # Source fields (ORIGINAL/): when given, the split keeps all copies of one source field together.
+    originals_dir: str | None = None
     group_similarity: float = 0.92  # cosine similarity linking two images into one group
+    # Colour second opinion (ml.colour): logistic regression on colour statistics, fused with the CNN.
+    colour: bool = True
     # Serving: test-time augmentation (dihedral views averaged) and "unidentified" flags.
     tta_views: int = 4  # 1, 2, 4 or 8 dihedral views
     max_unidentified_val: float = 0.03  # target fraction of validation flagged (confidence + OOD)

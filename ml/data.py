@@ -63,7 +63,13 @@ def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
-def cell_crop(rgb: np.ndarray, crop_side: int, out_size: int, rng: np.random.Generator | None = None):
+def cell_crop(
+    rgb: np.ndarray,
+    crop_side: int,
+    out_size: int,
+    rng: np.random.Generator | None = None,
+    mask_radius: float | None = None,
+):
     """Locate the white cell and crop it; with ``rng``, apply smear augmentation.
 
     Augmentation: scale jitter (+-10 % crop side), small shift, dihedral
@@ -79,7 +85,8 @@ def cell_crop(rgb: np.ndarray, crop_side: int, out_size: int, rng: np.random.Gen
         if box is not None:
             dx, dy = rng.integers(-6, 7, 2)
             box = Box(box.x0 + dx, box.y0 + dy, box.x1 + dx, box.y1 + dy, box.score)
-    crop, _ = crop_cell(rgb, box=box, side=side, out_size=out_size)
+    radius = mask_radius * side / crop_side if mask_radius else None  # the mask scales with the crop
+    crop, _ = crop_cell(rgb, box=box, side=side, out_size=out_size, mask_radius=radius)
     if rng is not None:
         crop = stain_jitter(dihedral(crop, int(rng.integers(8))), rng)
     return np.ascontiguousarray(crop), box is not None
@@ -175,3 +182,91 @@ def make_dataset(
 
         ds = ds.map(aug, num_parallel_calls=os.cpu_count() or 1)
     return ds.prefetch(2)
+
+
+def read_original_labels(original_dir: str | Path) -> dict[int, str]:
+    """``ORIGINAL/labels.csv`` as {image number: category text} for images present on disk."""
+    import csv
+
+    d = Path(original_dir)
+    out = {}
+    with open(d / "labels.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                n = int(row["Image"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if (d / f"BloodImage_{n:05d}.jpg").exists():
+                out[n] = (row.get("Category") or "").upper()
+    return out
+
+
+def original_cell_crops(
+    original_dir: str | Path,
+    crop_side: int,
+    out_size: int,
+    max_cells: int = 3,
+    mask_radius: float | None = None,
+):
+    """Every located white cell of every source field, in the 8 dihedral views.
+
+    The 640x480 fields are halved to the 320x240 scale of TRAIN first. Returns
+    (crops uint8 (M,S,S,3), image numbers (M,), categories list[str] (M)).
+    """
+    from PIL import Image
+
+    from ml.locate import crop_cell, locate_cells
+
+    d = Path(original_dir)
+    crops, nums, cats = [], [], []
+    for n, cat in sorted(read_original_labels(d).items()):
+        with Image.open(d / f"BloodImage_{n:05d}.jpg") as im:
+            rgb = np.asarray(im.convert("RGB").resize((320, 240), Image.BILINEAR))
+        for box in locate_cells(rgb, max_cells=max_cells):
+            c, _ = crop_cell(rgb, box=box, side=crop_side, out_size=out_size, mask_radius=mask_radius)
+            for k in range(8):
+                crops.append(np.ascontiguousarray(dihedral(c, k)))
+                nums.append(n)
+                cats.append(cat)
+    return np.stack(crops), np.array(nums), cats
+
+
+def group_by_original(
+    features: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    orig_features: np.ndarray,
+    orig_numbers: np.ndarray,
+    orig_categories: list[str],
+    threshold: float = 0.92,
+) -> np.ndarray:
+    """Source field (``ORIGINAL`` image number) of every training image.
+
+    TRAIN holds rotated/flipped/shifted copies of a few hundred source fields.
+    Each image is matched to the source field whose located cells (any of 8
+    dihedral views) have the most similar ImageNet features, among fields whose
+    label lists the image's class. Matching single images is noisy for strongly
+    shifted copies, so every near-duplicate component (``group_near_duplicates``
+    at ``threshold``) then takes the majority source of its members. Images
+    sharing a source field must stay on one side of a split.
+    """
+    from collections import Counter
+
+    def unit(a):
+        a = np.asarray(a, np.float32)
+        return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-8)
+
+    sims = unit(features) @ unit(orig_features).T  # (N, M)
+    fields = np.unique(orig_numbers)
+    col = np.searchsorted(fields, orig_numbers)
+    best_per_field = np.full((len(features), len(fields)), -2.0, np.float32)
+    np.maximum.at(best_per_field.T, col, sims.T)
+    cat_of = {n: c for n, c in zip(orig_numbers, orig_categories, strict=True)}
+    allowed = np.array([[cls in cat_of[f] for f in fields] for cls in classes])  # (C, F)
+    masked = np.where(allowed[labels], best_per_field, -3.0)
+    source = fields[masked.argmax(1)]
+    comps = group_near_duplicates(features, labels, threshold, min_group=1)
+    for g in np.unique(comps):
+        members = comps == g
+        source[members] = Counter(source[members].tolist()).most_common(1)[0][0]
+    return source

@@ -54,8 +54,9 @@ def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
     rgb, _ = _downscale(to_rgb(image))
     boxes = locate_cells(rgb, max_cells=1)
     box = boxes[0] if boxes else None
-    win = crop_box(rgb, box, side=predictor.crop_side)
-    native, _ = crop_cell(rgb, box=box, side=predictor.crop_side)
+    masked = predictor.mask_radius
+    win = crop_box(rgb, box, side=predictor.crop_side, centred=bool(masked))
+    native, _ = crop_cell(rgb, box=box, side=predictor.crop_side, mask_radius=masked)
     crop = np.asarray(Image.fromarray(native).resize((predictor.input_size,) * 2, Image.BILINEAR))
     k = predictor.classes.index(class_name) if class_name else None
     cam, _ = gradcam_map(predictor, crop, k)

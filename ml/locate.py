@@ -113,12 +113,16 @@ def locate_cells(
 
 
 def crop_box(
-    rgb: np.ndarray, box: Box | None, scale: float | None = None, side: float = CROP_SIDE
+    rgb: np.ndarray,
+    box: Box | None,
+    scale: float | None = None,
+    side: float = CROP_SIDE,
+    centred: bool = False,
 ) -> tuple[int, int, int, int]:
     """Square crop window (x0, y0, x1, y1) of ``side`` reference pixels around ``box``.
 
-    Centred on the box (image centre when ``box`` is None), shifted to stay
-    inside the image when the image is large enough.
+    Centred on the box (image centre when ``box`` is None); unless ``centred``,
+    shifted to stay inside the image when the image is large enough.
     """
     h, w = rgb.shape[:2]
     s = float(scale) if scale else image_scale(rgb)
@@ -126,9 +130,28 @@ def crop_box(
     cx, cy = box.center if box is not None else (w / 2.0, h / 2.0)
     x0 = int(round(cx - px / 2.0))
     y0 = int(round(cy - px / 2.0))
-    x0 = min(max(x0, 0), max(w - px, 0)) if w >= px else x0
-    y0 = min(max(y0, 0), max(h - px, 0)) if h >= px else y0
+    if not centred:
+        x0 = min(max(x0, 0), max(w - px, 0)) if w >= px else x0
+        y0 = min(max(y0, 0), max(h - px, 0)) if h >= px else y0
     return x0, y0, x0 + px, y0 + px
+
+
+MASK_FADE = 0.25  # soft edge of the background mask, as a fraction of its radius
+MASK_FILL = 128.0  # neutral grey outside the mask (0 after the backbone's input scaling)
+
+
+def mask_background(crop: np.ndarray, radius_fraction: float) -> np.ndarray:
+    """Fade everything farther than ``radius_fraction`` x crop side from the centre to grey.
+
+    The white cell sits at the centre of a ``centred`` crop; its neighbours (red
+    cells, other white cells) are unique to each field, so a network that sees
+    them can learn the field instead of the cell.
+    """
+    n = crop.shape[0]
+    yy, xx = np.mgrid[0:n, 0:n]
+    r = np.hypot(xx - (n - 1) / 2.0, yy - (n - 1) / 2.0) / n
+    w = np.clip((radius_fraction * (1 + MASK_FADE) - r) / (radius_fraction * MASK_FADE), 0.0, 1.0)[..., None]
+    return (crop.astype(np.float32) * w + MASK_FILL * (1 - w)).round().astype(np.uint8)
 
 
 def crop_cell(
@@ -137,13 +160,17 @@ def crop_cell(
     scale: float | None = None,
     out_size: int | None = None,
     side: float = CROP_SIDE,
+    mask_radius: float | None = None,
 ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """Crop the (best) white cell at a fixed physical scale.
 
     Returns ``(crop, cell_box)`` where ``crop`` is uint8 (out_size x out_size
     if given, else the native crop size) and ``cell_box`` the nucleus box used
     (None when no nucleus was found: the image centre is cropped then).
-    Regions outside the image are filled by edge replication.
+    Regions outside the image are filled by edge replication. With
+    ``mask_radius`` (reference pixels) the crop is centred on the nucleus even
+    at image edges and the background beyond that radius is masked
+    (``mask_background``).
     """
     from PIL import Image
 
@@ -151,13 +178,15 @@ def crop_cell(
     if box is None:
         boxes = locate_cells(rgb, scale=scale, max_cells=1)
         box = boxes[0] if boxes else None
-    x0, y0, x1, y1 = crop_box(rgb, box, scale=scale, side=side)
+    x0, y0, x1, y1 = crop_box(rgb, box, scale=scale, side=side, centred=bool(mask_radius))
     h, w = rgb.shape[:2]
     pad = max(0, -x0, -y0, x1 - w, y1 - h)
     src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
     crop = src[y0 + pad : y1 + pad, x0 + pad : x1 + pad]
     if out_size and crop.shape[0] != out_size:
         crop = np.asarray(Image.fromarray(crop).resize((out_size, out_size), Image.BILINEAR))
+    if mask_radius:
+        crop = mask_background(crop, float(mask_radius) / float(side))
     return crop, (box.as_tuple() if box is not None else None)
 
 

@@ -186,11 +186,23 @@ class Predictor:
         self.model_path = model_path
         self.input_size = int(card["input"]["input_size"])
         self.crop_side = float(card["crop"]["crop_side_ref_px"])
+        self.mask_radius = card["crop"].get("mask_radius_ref_px")  # None: unmasked crops (older models)
         self.tta_views = int(card.get("tta_views", 1))
         self.n_views = len(dihedral_views(self.tta_views))
         self.temperature = float(card.get("temperature", 1.0))
         self.thresholds = dict(card.get("thresholds") or {})
         self.ood_stats = ood_stats
+        # Colour second opinion (ml.colour), fused with the CNN's probabilities before calibration.
+        self.colour_model, self.colour_weight = None, 0.0
+        colour_card = card.get("colour")
+        if colour_card:
+            from ml import colour
+
+            try:
+                self.colour_model = colour.load(model_path.parent / colour_card["file"])
+                self.colour_weight = float(colour_card["weight"])
+            except Exception as exc:
+                raise ModelLoadError(f"could not read the colour model next to {model_path}: {exc}") from exc
         self._both = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
         s = self.input_size
         spec = tf.TensorSpec((None, s, s, 3), tf.float32)  # crops are always input_size: one trace
@@ -253,9 +265,16 @@ class Predictor:
         small, f = _downscale(rgb)
         boxes = locate_cells(small, max_cells=1)
         box = boxes[0] if boxes else None
-        crop, b = crop_cell(small, box=box, out_size=self.input_size, side=self.crop_side)
+        crop, b = crop_cell(
+            small, box=box, out_size=self.input_size, side=self.crop_side, mask_radius=self.mask_radius
+        )
         cell_box = tuple(int(round(v * f)) for v in b) if b else None
-        return crop, cell_box, smear_check(small, box)
+        colour_feats = None
+        if self.colour_model is not None:
+            from ml import colour
+
+            colour_feats = colour.colour_features(colour.colour_crop(small, box)[None])[0]
+        return crop, cell_box, smear_check(small, box), colour_feats
 
     def predict(self, images: Sequence) -> list[Prediction]:
         from ml import ood
@@ -265,12 +284,17 @@ class Predictor:
         if not images:
             return []
         prepared = [self._prepare(im) for im in images]
-        crops = np.stack([c for c, _, _ in prepared])
+        crops = np.stack([c for c, _, _, _ in prepared])
         feats, probs = self._infer(crops)
+        if self.colour_model is not None:
+            from ml import colour
+
+            colour_lp = colour.log_probs(self.colour_model, np.stack([cf for _, _, _, cf in prepared]))
+            probs = colour.fuse(probs, colour_lp, self.colour_weight)
         cal = ood.calibrate(probs, self.temperature)
         dist = ood.distance(self.ood_stats, feats) if self.ood_stats is not None else np.zeros(len(crops))
         out = []
-        for i, (_, box, reason) in enumerate(prepared):
+        for i, (_, box, reason, _) in enumerate(prepared):
             p = cal[i] / cal[i].sum()
             top = int(np.argmax(p))
             if reason:

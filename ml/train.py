@@ -19,6 +19,7 @@ TEST is never read here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import random
@@ -45,9 +46,9 @@ def seed_everything(seed: int) -> None:
 def _crop_job(args):
     from ml.data import cell_crop, read_rgb
 
-    path, crop_side, size, seed = args
+    path, crop_side, size, seed, mask_radius = args
     rng = np.random.default_rng(seed) if seed is not None else None
-    return cell_crop(read_rgb(path), crop_side, size, rng)
+    return cell_crop(read_rgb(path), crop_side, size, rng, mask_radius)
 
 
 def crop_all(files, cfg: TrainConfig, view: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +57,13 @@ def crop_all(files, cfg: TrainConfig, view: int, workers: int = 2) -> tuple[np.n
     from tqdm import tqdm
 
     jobs = [
-        (str(f), cfg.crop_side, cfg.input_size, None if view == 0 else cfg.seed * 1000003 + view * 100003 + i)
+        (
+            str(f),
+            cfg.crop_side,
+            cfg.input_size,
+            None if view == 0 else cfg.seed * 1000003 + view * 100003 + i,
+            cfg.mask_radius,
+        )
         for i, f in enumerate(files)
     ]
     out = np.zeros((len(files), cfg.input_size, cfg.input_size, 3), np.uint8)
@@ -90,6 +97,8 @@ def build_cache(files, labels, cfg: TrainConfig) -> Path:
     from ml.model import build_lite0_lower, build_lite0_upper
 
     key = f"{cfg.backbone}_c{cfg.crop_side}_s{cfg.input_size}_b{cfg.split_block}_seed{cfg.seed}_n{len(files)}"
+    if cfg.mask_radius:
+        key += f"_m{cfg.mask_radius}"
     d = CACHE_ROOT / key
     d.mkdir(parents=True, exist_ok=True)
     (d / "files.json").write_text(json.dumps({"files": [str(f) for f in files], "labels": labels.tolist()}))
@@ -117,6 +126,49 @@ def build_cache(files, labels, cfg: TrainConfig) -> Path:
         np.save(d / f"act_v{view}.npy", act)
         del crops, act
     return d
+
+
+def original_features(cfg: TrainConfig, cache_dir: Path):
+    """ImageNet pooled features of the cells in the ORIGINAL source fields (cached)."""
+    import tensorflow as tf
+
+    from ml.data import original_cell_crops
+    from ml.model import build_lite0_lower, build_lite0_upper
+
+    f_feat, f_meta = cache_dir / "original_feat.npy", cache_dir / "original_meta.json"
+    if not f_feat.exists():
+        crops, nums, cats = original_cell_crops(cfg.originals_dir, cfg.crop_side, cfg.input_size)
+        lower = build_lite0_lower(cfg.input_size, cfg.split_block)
+        upper = build_lite0_upper(
+            lower.output.shape[1:], cfg.split_block, len(cfg.classes), 0.0, features_only=True
+        )
+        fn = tf.function(lambda x: upper(lower(x, training=False), training=False))
+        np.save(f_feat, run_batched(fn, crops, desc="original fields", dtype=np.float32))
+        f_meta.write_text(json.dumps({"numbers": nums.tolist(), "categories": cats}))
+    meta = json.loads(f_meta.read_text())
+    return np.load(f_feat), np.array(meta["numbers"]), meta["categories"]
+
+
+COLOUR_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+def source_balanced_accuracy(y_pred: np.ndarray, y_true: np.ndarray, groups: np.ndarray) -> float:
+    """Mean over source fields of the accuracy on that field's copies."""
+    return float(np.mean([np.mean(y_pred[groups == g] == y_true[groups == g]) for g in np.unique(groups)]))
+
+
+def colour_features_cached(gdir: Path) -> np.ndarray:
+    """``ml.colour`` features of the unmasked 144 px crops cached in ``gdir`` (computed once)."""
+    from ml import colour
+
+    path = gdir / "colour_v0.npy"
+    if not path.exists():
+        crops = np.load(gdir / "crops_v0.npy", mmap_mode="r")
+        if crops.shape[1] != colour.CROP_SIZE:
+            raise ValueError(f"colour features need {colour.CROP_SIZE} px crops, cache has {crops.shape[1]}")
+        feats = [colour.colour_features(np.asarray(crops[i : i + 500])) for i in range(0, len(crops), 500)]
+        np.save(path, np.concatenate(feats))
+    return np.load(path)
 
 
 class _ActivationBatches:
@@ -231,7 +283,7 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     import tensorflow as tf
 
     from ml import ood
-    from ml.data import group_near_duplicates, group_split
+    from ml.data import group_by_original, group_near_duplicates, group_split
     from ml.model import build_classifier, build_lite0_upper, copy_weights_by_name, freeze_batchnorm
 
     classes = list(cfg.classes)
@@ -240,17 +292,44 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     views = [np.asarray(v) for v in views]
     feat0 = np.load(d / "imagenet_feat_v0.npy")
     found = np.load(d / "found_v0.npy")
-    groups = group_near_duplicates(feat0, labels, cfg.group_similarity)
+    # Grouping always looks at the whole unmasked neighbourhood (the red-cell layout identifies a field).
+    gcfg = dataclasses.replace(
+        cfg, mask_radius=None, crop_side=144, input_size=192, split_block=11, aug_views=0
+    )
+    gdir = build_cache(files, labels, gcfg)
+    gfeat = np.load(gdir / "imagenet_feat_v0.npy")
+    if cfg.originals_dir:
+        orig_feats, orig_nums, orig_cats = original_features(gcfg, gdir)
+        groups = group_by_original(
+            gfeat, labels, classes, orig_feats, orig_nums, orig_cats, cfg.group_similarity
+        )
+        split_text = (
+            "by source field: every image matched to its ORIGINAL field (ImageNet features of the "
+            "located cells, 8 dihedral views, same class), majority per near-duplicate component "
+            f"(cosine >= {cfg.group_similarity}); whole fields, {cfg.val_fraction:.0%} of each class, to val"
+        )
+    else:
+        groups = group_near_duplicates(gfeat, labels, cfg.group_similarity)
+        split_text = (
+            "near-duplicate groups (cosine similarity of ImageNet features >= "
+            f"{cfg.group_similarity}) kept on one side; {cfg.val_fraction:.0%} of each class to val"
+        )
     val = group_split(groups, labels, cfg.val_fraction, cfg.seed)
     tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
-    sizes = np.bincount(groups)
+    _, group_ids = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(group_ids)
+    sources = {
+        side: {c: len(np.unique(groups[mask & (labels == i)])) for i, c in enumerate(classes)}
+        for side, mask in (("train", ~val), ("val", val))
+    }
     log(
         f"groups: {len(sizes)} (median size {np.median(sizes):.0f}, max {sizes.max()}); "
-        f"train {len(tr_idx)} val {len(va_idx)}; nucleus found in {found.mean():.1%}"
+        f"train {len(tr_idx)} val {len(va_idx)}; sources {sources}; nucleus found in {found.mean():.1%}"
     )
 
     # Phase 1: head only, on pooled features of the frozen ImageNet base (inference mode).
-    seed_everything(cfg.seed)
+    train_seed = cfg.seed if cfg.train_seed is None else cfg.train_seed
+    seed_everything(train_seed)
     head = keras.Sequential(
         [
             keras.Input((feat0.shape[1],)),
@@ -286,7 +365,7 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
         metrics=["accuracy"],
     )
     labels_oh = onehot[labels]
-    train_ds = _ActivationBatches(views, tr_idx, labels_oh, cfg.batch_size, cfg.seed, True)
+    train_ds = _ActivationBatches(views, tr_idx, labels_oh, cfg.batch_size, train_seed, True)
     val_ds = _ActivationBatches(views[:1], va_idx, labels_oh, 64, cfg.seed, False)
     best = {"acc": -1.0, "epoch": 0, "weights": None}
 
@@ -326,8 +405,44 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
         feats_v, probs_v = tta_predict(feats_fn, val_crops, views_n)
         probs_by_tta[views_n] = (feats_v, probs_v)
         val_metrics[f"tta{views_n}"] = metrics_dict(labels[va_idx], probs_v.argmax(1), classes)
+        val_metrics[f"tta{views_n}"]["accuracy_per_source_field"] = source_balanced_accuracy(
+            probs_v.argmax(1), labels[va_idx], groups[va_idx]
+        )
         log(f"val accuracy with {views_n} view(s): {val_metrics[f'tta{views_n}']['accuracy']:.4f}")
     val_feats, val_probs = probs_by_tta[cfg.tta_views]
+    # Colour second opinion (ml.colour): fitted on the training side, its weight chosen on validation.
+    colour_card = None
+    if cfg.colour:
+        from ml import colour
+
+        cfeat = colour_features_cached(gdir)
+        colour_model = colour.fit(cfeat[tr_idx], labels[tr_idx], len(classes), seed=cfg.seed)
+        clp = colour.log_probs(colour_model, cfeat[va_idx])
+        y_val, g_val = labels[va_idx], groups[va_idx]
+        # Chosen by accuracy per source field (each field counts once): the number of augmented
+        # copies per field is an artefact of the dataset, and a few big fields would decide otherwise.
+        by_weight = {
+            w: {
+                "accuracy": float(np.mean(colour.fuse(val_probs, clp, w).argmax(1) == y_val)),
+                "accuracy_per_source_field": source_balanced_accuracy(
+                    colour.fuse(val_probs, clp, w).argmax(1), y_val, g_val
+                ),
+            }
+            for w in COLOUR_WEIGHTS
+        }
+        weight = max(COLOUR_WEIGHTS, key=lambda w: (by_weight[w]["accuracy_per_source_field"], -w))
+        val_probs = colour.fuse(val_probs, clp, weight)
+        val_metrics["colour_alone"] = metrics_dict(y_val, clp.argmax(1), classes)
+        val_metrics[f"tta{cfg.tta_views}_with_colour"] = metrics_dict(y_val, val_probs.argmax(1), classes)
+        log(f"colour weight {weight} (val accuracy by weight {by_weight})")
+        colour_card = {
+            "file": "colour_model.npz",
+            "weight": weight,
+            "crop_side_ref_px": colour.CROP_SIDE_REF,
+            "crop_size": colour.CROP_SIZE,
+            "features": colour.FEATURE_NAMES,
+            "validation_by_weight": {str(w): a for w, a in by_weight.items()},
+        }
     temperature = fit_temperature(val_probs, labels[va_idx])
     # Training-set features of the fine-tuned model for the out-of-distribution detector.
     from ml.model import build_lite0_upper as _bu
@@ -347,6 +462,15 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     model_path = out / f"{cfg.name}.keras"
     model.save(model_path)
     ood.save(stats, out / "ood_stats.npz")
+    if colour_card:
+        colour.save(colour_model, out / colour_card["file"])
+    np.savez_compressed(
+        out / "val_predictions.npz",
+        index=va_idx,
+        labels=labels[va_idx],
+        probs=val_probs,
+        groups=groups[va_idx],
+    )
     history = {"phase1_head": h1.history, "phase2_finetune": h2.history}
     save_curves(history, out / "training_curves.png")
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
@@ -363,9 +487,11 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
         "crop": {
             "locator": "ml.locate.locate_cells (blue-green nucleus index)",
             "crop_side_ref_px": cfg.crop_side,
+            "mask_radius_ref_px": cfg.mask_radius,
             "reference_field": "320x240 px (half of the 640x480 camera field)",
         },
         "tta_views": cfg.tta_views,
+        "colour": colour_card,
         "temperature": temperature,
         "thresholds": thresholds,
         "ood_stats_file": "ood_stats.npz",
@@ -377,8 +503,8 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
             "n_train": int(len(tr_idx)),
             "n_val": int(len(va_idx)),
             "n_groups": int(len(sizes)),
-            "split": "near-duplicate groups (cosine similarity of ImageNet features >= "
-            f"{cfg.group_similarity}) kept on one side; {cfg.val_fraction:.0%} of each class to val",
+            "split": split_text,
+            "source_fields": sources,
             "nucleus_found_fraction": float(found.mean()),
         },
         "validation_metrics": val_metrics,
@@ -403,15 +529,38 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--backbone-weights", default=None, help="MobileNetV2 ImageNet no-top weights file")
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs")
-    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None, help="seed of the split, the cached views and training")
+    ap.add_argument(
+        "--train-seed", type=int, default=None, help="seed of initialisation and batch order only"
+    )
     ap.add_argument("--split-block", type=int, default=None)
+    ap.add_argument("--crop-side", type=int, default=None, help="crop side, reference (320x240) pixels")
+    ap.add_argument("--mask-radius", type=float, default=None, help="background mask radius, reference px")
+    ap.add_argument("--no-colour", action="store_true", help="CNN alone, without the ml.colour opinion")
     ap.add_argument("--tta-views", type=int, default=None)
     ap.add_argument("--aug-views", type=int, default=None, help="augmented views cached per image")
+    ap.add_argument(
+        "--originals",
+        default=None,
+        help="ORIGINAL folder (source fields + labels.csv) used only to keep the copies of one field on "
+        "one side of the validation split; default: ORIGINAL beside --data when present, 'none' to "
+        "group by feature similarity alone",
+    )
     args = ap.parse_args(argv)
     cfg = TrainConfig(backbone=args.backbone, backbone_weights=args.backbone_weights)
+    cfg.colour = not args.no_colour
+    originals = args.originals or str(Path(args.data).resolve().parent / "ORIGINAL")
+    if originals.lower() != "none" and (Path(originals) / "labels.csv").exists():
+        cfg.originals_dir = originals
+    elif args.originals and originals.lower() != "none":
+        print(f"--originals {originals}: no labels.csv there", file=sys.stderr)
+        return 2
     for k, v in (
         ("finetune_epochs", args.epochs),
         ("seed", args.seed),
+        ("train_seed", args.train_seed),
+        ("crop_side", args.crop_side),
+        ("mask_radius", args.mask_radius),
         ("split_block", args.split_block),
         ("tta_views", args.tta_views),
         ("aug_views", args.aug_views),
