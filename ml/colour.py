@@ -71,7 +71,10 @@ def fit(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float = 0.1
 
 
 def log_probs(model: dict, features: np.ndarray) -> np.ndarray:
-    z = ((features - model["mean"]) / model["scale"]) @ model["coef"].T + model["intercept"]
+    """(N, C) log-probabilities. Element-wise products summed in a fixed order (no BLAS), so an
+    image gets bit-identical results whether it is predicted alone or in a batch."""
+    x = (np.asarray(features, np.float64) - model["mean"]) / model["scale"]
+    z = (x[:, :, None] * model["coef"].T[None]).sum(axis=1) + model["intercept"]
     z = z - z.max(1, keepdims=True)
     return z - np.log(np.exp(z).sum(1, keepdims=True))
 

@@ -1,0 +1,77 @@
+"""``python -m ml.train`` end to end on a tiny synthetic dataset (minutes of CPU, not hours).
+
+Two source "fields" per class are made from the fixture cells (upscaled to the
+640x480 camera size, with a labels.csv like ORIGINAL's); TRAIN holds flipped,
+rotated and shifted copies of them at 320x240. The run must keep every field's
+copies on one side of the split, fit the colour opinion, and write a model the
+predictor loads.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml.tests.conftest import FIXTURES
+
+pytestmark = pytest.mark.realmodel  # builds the real backbone (ImageNet weights)
+
+CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+
+
+def _tiny_dataset(root):
+    original, train = root / "ORIGINAL", root / "TRAIN"
+    original.mkdir()
+    rows, number = ["Image,Category"], 0
+    for cls in CLASSES:
+        (train / cls).mkdir(parents=True)
+        for k in (1, 2):
+            field = Image.open(FIXTURES / f"{cls}_{k}.jpeg").convert("RGB").resize((320, 240))
+            field.resize((640, 480), Image.BILINEAR).save(original / f"BloodImage_{number:05d}.jpg")
+            rows.append(f"{number},{cls}")
+            a = np.asarray(field)
+            copies = [a, a[:, ::-1], a[::-1], np.roll(a[::-1, ::-1], 9, axis=1)]
+            for j, c in enumerate(copies):
+                Image.fromarray(np.ascontiguousarray(c)).save(train / cls / f"_{number}_{j}.jpeg", quality=95)
+            number += 1
+    (original / "labels.csv").write_text("\n".join(rows) + "\n")
+    return train
+
+
+def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
+    from ml import train
+    from ml.predictor import load_predictor
+
+    monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
+    data = _tiny_dataset(tmp_path)
+    out = tmp_path / "model"
+    assert train.main(["--data", str(data), "--out", str(out), "--epochs", "1"]) == 0
+
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["classes"] == CLASSES
+    assert card["version"] == train.file_hash(out / "hematovision_wbc.keras")
+    assert card["config"]["originals_dir"] == str(tmp_path / "ORIGINAL")
+    # Each class has two source fields: one whole field (4 copies) on each side of the split.
+    assert card["data"]["source_fields"] == {
+        "train": dict.fromkeys(CLASSES, 1),
+        "val": dict.fromkeys(CLASSES, 1),
+    }
+    assert card["data"]["n_train"] == card["data"]["n_val"] == 16
+    val = np.load(out / "val_predictions.npz")
+    assert len(set(val["groups"].tolist())) == 4 and val["probs"].shape == (16, 4)
+    assert card["colour"]["weight"] in train.COLOUR_WEIGHTS and (out / "colour_model.npz").exists()
+    assert card["temperature"] > 0 and set(card["thresholds"]) == {"ood_distance", "min_confidence"}
+    assert (out / "training_curves.png").stat().st_size > 1000
+
+    pred = load_predictor(out / "hematovision_wbc.keras", backend="keras")
+    p = pred.predict_one((FIXTURES / "LYMPHOCYTE_3.jpeg").read_bytes())
+    assert p.label in CLASSES and abs(sum(p.probabilities.values()) - 1) < 1e-5
+    assert p.model_version == card["version"]
+
+
+def test_train_refuses_a_test_folder(tmp_path):
+    from ml import train
+
+    (tmp_path / "TEST" / "EOSINOPHIL").mkdir(parents=True)
+    assert train.main(["--data", str(tmp_path / "TEST"), "--out", str(tmp_path / "m")]) == 2
