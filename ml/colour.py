@@ -17,7 +17,6 @@ import numpy as np
 CROP_SIDE_REF = 144  # the features read an unmasked crop of this side (reference px) ...
 CROP_SIZE = 192  # ... resized to this many pixels
 CELL_RADIUS_REF = 39.0  # cytoplasm statistics: within this radius (reference px) of the crop centre
-NUCLEUS_INDEX = 50.0  # blue - green above this: nucleus (as ml.locate)
 BACKGROUND_LEVEL = 200.0  # mean RGB above this: plasma/background, not cytoplasm
 FEATURE_NAMES = [
     f"{part}_{ch}" for part in ("cytoplasm", "nucleus") for ch in ("r", "g", "b", "r_minus_b", "r_minus_g")
@@ -31,6 +30,11 @@ def colour_crop(rgb: np.ndarray, box) -> np.ndarray:
     return crop_cell(rgb, box=box, side=CROP_SIDE_REF, out_size=CROP_SIZE)[0]
 
 
+def reads_crop(crop_side: float, crop_size: int, mask_radius: float | None) -> bool:
+    """True when a model's own crop is exactly the one the colour features read (no second crop)."""
+    return float(crop_side) == CROP_SIDE_REF and crop_size == CROP_SIZE and not mask_radius
+
+
 def colour_features(crops: np.ndarray, crop_side: float = CROP_SIDE_REF) -> np.ndarray:
     """(N, 12) float32 colour statistics of uint8 crops (N, S, S, 3) covering ``crop_side`` ref px.
 
@@ -38,16 +42,15 @@ def colour_features(crops: np.ndarray, crop_side: float = CROP_SIDE_REF) -> np.n
     pale background; nucleus: every nucleus-purple pixel of the crop (lobes and large nuclei reach
     past the cytoplasm disk; this was better on validation than a disk, see ml/EXPERIMENTS.md).
     """
+    from ml.locate import NUCLEUS_THRESHOLD, centre_distance, nucleus_index
+
     crops = np.asarray(crops)
-    n = crops.shape[1]
-    yy, xx = np.mgrid[0:n, 0:n]
-    rr = np.hypot(xx - (n - 1) / 2.0, yy - (n - 1) / 2.0) * float(crop_side) / n  # reference px
-    disk = rr < CELL_RADIUS_REF
+    disk = centre_distance(crops.shape[1]) * float(crop_side) < CELL_RADIUS_REF  # reference px
     out = np.zeros((len(crops), len(FEATURE_NAMES)), np.float32)
     for i, crop in enumerate(crops):
         c = crop.astype(np.float32)
         r, g, b = c[..., 0], c[..., 1], c[..., 2]
-        nucleus = (b - g) > NUCLEUS_INDEX
+        nucleus = nucleus_index(c) > NUCLEUS_THRESHOLD
         cytoplasm = disk & ~nucleus & ~(c.mean(axis=2) > BACKGROUND_LEVEL)
         f = []
         for m in (cytoplasm, nucleus):

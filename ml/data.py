@@ -201,13 +201,7 @@ def read_original_labels(original_dir: str | Path) -> dict[int, str]:
     return out
 
 
-def original_cell_crops(
-    original_dir: str | Path,
-    crop_side: int,
-    out_size: int,
-    max_cells: int = 3,
-    mask_radius: float | None = None,
-):
+def original_cell_crops(original_dir: str | Path, crop_side: int, out_size: int, max_cells: int = 3):
     """Every located white cell of every source field, in the 8 dihedral views.
 
     The 640x480 fields are halved to the 320x240 scale of TRAIN first. Returns
@@ -223,7 +217,7 @@ def original_cell_crops(
         with Image.open(d / f"BloodImage_{n:05d}.jpg") as im:
             rgb = np.asarray(im.convert("RGB").resize((320, 240), Image.BILINEAR))
         for box in locate_cells(rgb, max_cells=max_cells):
-            c, _ = crop_cell(rgb, box=box, side=crop_side, out_size=out_size, mask_radius=mask_radius)
+            c, _ = crop_cell(rgb, box=box, side=crop_side, out_size=out_size)
             for k in range(8):
                 crops.append(np.ascontiguousarray(dihedral(c, k)))
                 nums.append(n)

@@ -140,6 +140,12 @@ MASK_FADE = 0.25  # soft edge of the background mask, as a fraction of its radiu
 MASK_FILL = 128.0  # neutral grey outside the mask (0 after the backbone's input scaling)
 
 
+def centre_distance(n: int) -> np.ndarray:
+    """(n, n) distance of every pixel of a square crop from its centre, in crop sides."""
+    yy, xx = np.mgrid[0:n, 0:n]
+    return np.hypot(xx - (n - 1) / 2.0, yy - (n - 1) / 2.0) / n
+
+
 def mask_background(crop: np.ndarray, radius_fraction: float) -> np.ndarray:
     """Fade everything farther than ``radius_fraction`` x crop side from the centre to grey.
 
@@ -147,9 +153,7 @@ def mask_background(crop: np.ndarray, radius_fraction: float) -> np.ndarray:
     cells, other white cells) are unique to each field, so a network that sees
     them can learn the field instead of the cell.
     """
-    n = crop.shape[0]
-    yy, xx = np.mgrid[0:n, 0:n]
-    r = np.hypot(xx - (n - 1) / 2.0, yy - (n - 1) / 2.0) / n
+    r = centre_distance(crop.shape[0])
     w = np.clip((radius_fraction * (1 + MASK_FADE) - r) / (radius_fraction * MASK_FADE), 0.0, 1.0)[..., None]
     return (crop.astype(np.float32) * w + MASK_FILL * (1 - w)).round().astype(np.uint8)
 

@@ -273,7 +273,8 @@ class Predictor:
         if self.colour_model is not None:
             from ml import colour
 
-            colour_feats = colour.colour_features(colour.colour_crop(small, box)[None])[0]
+            same = colour.reads_crop(self.crop_side, self.input_size, self.mask_radius)
+            colour_feats = colour.colour_features((crop if same else colour.colour_crop(small, box))[None])[0]
         return crop, cell_box, smear_check(small, box), colour_feats
 
     def predict(self, images: Sequence) -> list[Prediction]:

@@ -292,9 +292,17 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     views = [np.asarray(v) for v in views]
     feat0 = np.load(d / "imagenet_feat_v0.npy")
     found = np.load(d / "found_v0.npy")
-    # Grouping always looks at the whole unmasked neighbourhood (the red-cell layout identifies a field).
+    # Grouping always looks at the whole unmasked neighbourhood (the red-cell layout identifies a field);
+    # the same unmasked crops feed the colour opinion (colour_features_cached).
+    from ml import colour
+
     gcfg = dataclasses.replace(
-        cfg, mask_radius=None, crop_side=144, input_size=192, split_block=11, aug_views=0
+        cfg,
+        mask_radius=None,
+        crop_side=colour.CROP_SIDE_REF,
+        input_size=colour.CROP_SIZE,
+        split_block=11,
+        aug_views=0,
     )
     gdir = build_cache(files, labels, gcfg)
     gfeat = np.load(gdir / "imagenet_feat_v0.npy")
@@ -413,23 +421,19 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     # Colour second opinion (ml.colour): fitted on the training side, its weight chosen on validation.
     colour_card = None
     if cfg.colour:
-        from ml import colour
-
         cfeat = colour_features_cached(gdir)
         colour_model = colour.fit(cfeat[tr_idx], labels[tr_idx], len(classes), seed=cfg.seed)
         clp = colour.log_probs(colour_model, cfeat[va_idx])
         y_val, g_val = labels[va_idx], groups[va_idx]
         # Chosen by accuracy per source field (each field counts once): the number of augmented
         # copies per field is an artefact of the dataset, and a few big fields would decide otherwise.
-        by_weight = {
-            w: {
-                "accuracy": float(np.mean(colour.fuse(val_probs, clp, w).argmax(1) == y_val)),
-                "accuracy_per_source_field": source_balanced_accuracy(
-                    colour.fuse(val_probs, clp, w).argmax(1), y_val, g_val
-                ),
+        by_weight = {}
+        for w in COLOUR_WEIGHTS:
+            pred = colour.fuse(val_probs, clp, w).argmax(1)
+            by_weight[w] = {
+                "accuracy": float(np.mean(pred == y_val)),
+                "accuracy_per_source_field": source_balanced_accuracy(pred, y_val, g_val),
             }
-            for w in COLOUR_WEIGHTS
-        }
         weight = max(COLOUR_WEIGHTS, key=lambda w: (by_weight[w]["accuracy_per_source_field"], -w))
         val_probs = colour.fuse(val_probs, clp, weight)
         val_metrics["colour_alone"] = metrics_dict(y_val, clp.argmax(1), classes)
