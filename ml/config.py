@@ -40,6 +40,8 @@ class TrainConfig:
     group_similarity: float = 0.92  # cosine similarity linking two images into one group
     # Colour second opinion (ml.colour): logistic regression on colour statistics, fused with the CNN.
     colour: bool = True
+    # A whole model trained elsewhere (ml.finetune on a GPU): ml.train only validates, calibrates, cards it.
+    init_model: str | None = None
     # Serving: test-time augmentation (dihedral views averaged) and "unidentified" flags.
     tta_views: int = 4  # 1, 2, 4 or 8 dihedral views
     max_unidentified_val: float = 0.03  # target fraction of validation flagged (confidence + OOD)

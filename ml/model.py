@@ -58,9 +58,17 @@ def freeze_batchnorm(model) -> None:
 
 
 def build_classifier(
-    backbone: str, input_size: int, n_classes: int, dropout: float = 0.3, backbone_weights: str | None = None
+    backbone: str,
+    input_size: int,
+    n_classes: int,
+    dropout: float = 0.3,
+    backbone_weights: str | None = None,
+    imagenet: bool = True,
 ):
-    """Whole serving model: any-size RGB crop (0..255 floats) -> class probabilities."""
+    """Whole serving model: any-size RGB crop (0..255 floats) -> class probabilities.
+
+    ``imagenet=False`` builds Lite0 without reading its weights package (the caller sets weights).
+    """
     import keras
     from keras import layers
 
@@ -69,7 +77,8 @@ def build_classifier(
     if backbone == "efficientnet_lite0":
         x = lite0_apply(lite0_input_scaling(x))
         model = keras.Model(inp, _head(x, n_classes, dropout), name=f"wbc_{backbone}")
-        load_lite0_imagenet_weights(model)
+        if imagenet:
+            load_lite0_imagenet_weights(model)
         return model
     if backbone == "mobilenet_v2":
         from ml.backbones import build_mobilenet_v2

@@ -278,24 +278,19 @@ def metrics_dict(y_true, y_pred, classes) -> dict:
     }
 
 
-def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
-    import keras
-    import tensorflow as tf
+def source_split(files, labels, cfg: TrainConfig):
+    """The train/validation split: whole source fields (or near-duplicate groups) on one side.
 
-    from ml import ood
+    Returns ``(groups, val_mask, split_text, sources, gdir)``; ``gdir`` is the cache of unmasked
+    144 px crops that the grouping and the colour opinion read. Shared by ``train_lite0`` and
+    ``ml.finetune pack`` so that a model fine-tuned elsewhere is validated on the same fields.
+    """
+    from ml import colour
     from ml.data import group_by_original, group_near_duplicates, group_split
-    from ml.model import build_classifier, build_lite0_upper, copy_weights_by_name, freeze_batchnorm
 
     classes = list(cfg.classes)
-    d = build_cache(files, labels, cfg)
-    views = [np.load(d / f"act_v{v}.npy", mmap_mode="r") for v in range(1 + cfg.aug_views)]
-    views = [np.asarray(v) for v in views]
-    feat0 = np.load(d / "imagenet_feat_v0.npy")
-    found = np.load(d / "found_v0.npy")
     # Grouping always looks at the whole unmasked neighbourhood (the red-cell layout identifies a field);
     # the same unmasked crops feed the colour opinion (colour_features_cached).
-    from ml import colour
-
     gcfg = dataclasses.replace(
         cfg,
         mask_radius=None,
@@ -323,13 +318,29 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
             f"{cfg.group_similarity}) kept on one side; {cfg.val_fraction:.0%} of each class to val"
         )
     val = group_split(groups, labels, cfg.val_fraction, cfg.seed)
-    tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
-    _, group_ids = np.unique(groups, return_inverse=True)
-    sizes = np.bincount(group_ids)
     sources = {
         side: {c: len(np.unique(groups[mask & (labels == i)])) for i, c in enumerate(classes)}
         for side, mask in (("train", ~val), ("val", val))
     }
+    return groups, val, split_text, sources, gdir
+
+
+def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from ml.model import build_classifier, build_lite0_upper, copy_weights_by_name, freeze_batchnorm
+
+    classes = list(cfg.classes)
+    d = build_cache(files, labels, cfg)
+    views = [np.load(d / f"act_v{v}.npy", mmap_mode="r") for v in range(1 + cfg.aug_views)]
+    views = [np.asarray(v) for v in views]
+    feat0 = np.load(d / "imagenet_feat_v0.npy")
+    found = np.load(d / "found_v0.npy")
+    groups, val, split_text, sources, gdir = source_split(files, labels, cfg)
+    tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    _, group_ids = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(group_ids)
     log(
         f"groups: {len(sizes)} (median size {np.median(sizes):.0f}, max {sizes.max()}); "
         f"train {len(tr_idx)} val {len(va_idx)}; sources {sources}; nucleus found in {found.mean():.1%}"
@@ -397,27 +408,98 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     # Whole serving model (resize + rescale inside), weights copied by layer name.
     model = build_classifier(cfg.backbone, cfg.input_size, len(classes), cfg.dropout)
     copy_weights_by_name(upper, model)
+    # Training-set features of the fine-tuned model for the out-of-distribution detector
+    # (the upper blocks on the cached activations: the same numbers as the whole model, faster).
+    fmodel = build_lite0_upper(views[0].shape[1:], cfg.split_block, len(classes), 0.0, features_only=True)
+    copy_weights_by_name(upper, fmodel)
+    ffn = tf.function(lambda x: fmodel(x, training=False))
+    train_feats = run_batched(ffn, views[0][tr_idx], desc="train features", dtype=np.float32)
+    extra_val = {"activations_1view_best_epoch_accuracy": best["acc"]} if best["epoch"] else {}
+    return finish(
+        model,
+        cfg,
+        files,
+        labels,
+        (groups, val, split_text, sources, gdir),
+        np.load(d / "crops_v0.npy", mmap_mode="r"),
+        train_feats,
+        {"phase1_head": h1.history, "phase2_finetune": h2.history},
+        {"best_finetune_epoch": best["epoch"], "nucleus_found_fraction": float(found.mean())},
+        extra_val,
+        out,
+        log,
+    )
 
-    # Validation through the real serving path (full model, TTA), then calibration and flags.
-    crops = np.load(d / "crops_v0.npy", mmap_mode="r")
+
+def adopt_model(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
+    """Validate, calibrate and card a whole model trained elsewhere (``cfg.init_model``, e.g. by
+    ``ml.finetune fit`` on a GPU) exactly as ``train_lite0`` does its own: same split, same steps."""
+    import keras
+    import tensorflow as tf
+
+    init = Path(cfg.init_model)
+    model = keras.saving.load_model(init, compile=False)
+    info_path = init.with_suffix(".json")
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    cfg.input_size = int(model.get_layer("resize").output.shape[1])  # the model fixes its input size
+    split = source_split(files, labels, cfg)
+    groups, val, *_ = split
+    where = info.get("device", "device unknown")
+    log(f"adopting {init} (trained on {where}): {int((~val).sum())} train, {int(val.sum())} val")
+    crops, found = crops_cached(files, cfg)
+    feats_model = keras.Model(model.input, model.get_layer("avg_pool").output)
+    ffn = tf.function(lambda x: feats_model(x, training=False), reduce_retracing=True)
+    train_feats = run_batched(ffn, crops[np.flatnonzero(~val)], desc="train features", dtype=np.float32)
+    extra = {
+        "nucleus_found_fraction": float(found.mean()),
+        "finetune": {
+            k: info[k]
+            for k in ("name", "backend", "device", "config", "complete", "seconds", "command")
+            if k in info
+        }
+        | {"pack": info.get("pack")},
+    }
+    return finish(
+        model, cfg, files, labels, split, crops, train_feats, info.get("history", {}), extra, {}, out, log
+    )
+
+
+def crops_cached(files, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Plain served crops (``crop_side`` reference px resized to ``input_size``), cached on disk."""
+    key = f"crops_c{cfg.crop_side}_s{cfg.input_size}_n{len(files)}"
+    same = CACHE_ROOT / f"{cfg.backbone}_c{cfg.crop_side}_s{cfg.input_size}_b11_seed{cfg.seed}_n{len(files)}"
+    d = same if (same / "crops_v0.npy").exists() and not cfg.mask_radius else CACHE_ROOT / key
+    if not (d / "crops_v0.npy").exists():
+        d.mkdir(parents=True, exist_ok=True)
+        crops, found = crop_all(files, cfg, 0)
+        np.save(d / "found_v0.npy", found)
+        np.save(d / "crops_v0.npy", crops)
+    return np.load(d / "crops_v0.npy", mmap_mode="r"), np.load(d / "found_v0.npy")
+
+
+def finish(model, cfg, files, labels, split, crops, train_feats, history, card_extra, val_extra, out, log):
+    """Validation through the serving path, colour opinion, calibration, flags; save model + card."""
+    import keras
+    import tensorflow as tf
+
+    from ml import colour, ood
     from ml.predictor import tta_predict
 
+    classes = list(cfg.classes)
+    groups, val, split_text, sources, gdir = split
+    tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    _, group_ids = np.unique(groups, return_inverse=True)
     feats_model = keras.Model(model.input, [model.get_layer("avg_pool").output, model.output])
     feats_fn = tf.function(lambda x: feats_model(x, training=False), reduce_retracing=True)
     val_crops = np.asarray(crops[va_idx])
-    val_metrics = {}
-    probs_by_tta = {}
-    if best["epoch"]:
-        val_metrics["activations_1view_best_epoch_accuracy"] = best["acc"]
-    for views_n in [cfg.tta_views]:
-        feats_v, probs_v = tta_predict(feats_fn, val_crops, views_n)
-        probs_by_tta[views_n] = (feats_v, probs_v)
-        val_metrics[f"tta{views_n}"] = metrics_dict(labels[va_idx], probs_v.argmax(1), classes)
-        val_metrics[f"tta{views_n}"]["accuracy_per_source_field"] = source_balanced_accuracy(
-            probs_v.argmax(1), labels[va_idx], groups[va_idx]
-        )
-        log(f"val accuracy with {views_n} view(s): {val_metrics[f'tta{views_n}']['accuracy']:.4f}")
-    val_feats, val_probs = probs_by_tta[cfg.tta_views]
+    val_metrics = dict(val_extra)
+    val_feats, val_probs = tta_predict(feats_fn, val_crops, cfg.tta_views)
+    key = f"tta{cfg.tta_views}"
+    val_metrics[key] = metrics_dict(labels[va_idx], val_probs.argmax(1), classes)
+    val_metrics[key]["accuracy_per_source_field"] = source_balanced_accuracy(
+        val_probs.argmax(1), labels[va_idx], groups[va_idx]
+    )
+    log(f"val accuracy with {cfg.tta_views} view(s): {val_metrics[key]['accuracy']:.4f}")
     # Colour second opinion (ml.colour): fitted on the training side, its weight chosen on validation.
     colour_card = None
     if cfg.colour:
@@ -448,13 +530,6 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
             "validation_by_weight": {str(w): a for w, a in by_weight.items()},
         }
     temperature = fit_temperature(val_probs, labels[va_idx])
-    # Training-set features of the fine-tuned model for the out-of-distribution detector.
-    from ml.model import build_lite0_upper as _bu
-
-    fmodel = _bu(views[0].shape[1:], cfg.split_block, len(classes), 0.0, features_only=True)
-    copy_weights_by_name(upper, fmodel)
-    ffn = tf.function(lambda x: fmodel(x, training=False))
-    train_feats = run_batched(ffn, views[0][tr_idx], desc="train features", dtype=np.float32)
     stats = ood.fit(train_feats, labels[tr_idx], len(classes))
     val_dist = ood.distance(stats, val_feats)
     cal = ood.calibrate(val_probs, temperature)
@@ -475,9 +550,9 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
         probs=val_probs,
         groups=groups[va_idx],
     )
-    history = {"phase1_head": h1.history, "phase2_finetune": h2.history}
     save_curves(history, out / "training_curves.png")
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
+    sizes = np.bincount(group_ids)
     card = {
         "name": cfg.name,
         "version": file_hash(model_path),
@@ -509,12 +584,11 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
             "n_groups": int(len(sizes)),
             "split": split_text,
             "source_fields": sources,
-            "nucleus_found_fraction": float(found.mean()),
         },
         "validation_metrics": val_metrics,
         "validation_flagged_rate": float(flagged.mean()),
         "history": {k: {m: [float(x) for x in v] for m, v in h.items()} for k, h in history.items()},
-        "best_finetune_epoch": best["epoch"],
+        **card_extra,
         "test_metrics": None,
         "command": "python -m ml.train " + " ".join(sys.argv[1:]),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -543,6 +617,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-colour", action="store_true", help="CNN alone, without the ml.colour opinion")
     ap.add_argument("--tta-views", type=int, default=None)
     ap.add_argument("--aug-views", type=int, default=None, help="augmented views cached per image")
+    ap.add_argument(
+        "--init-model",
+        default=None,
+        help="a whole .keras model trained elsewhere (ml.finetune fit): skip training, validate, "
+        "calibrate and card it on the same split",
+    )
     ap.add_argument(
         "--originals",
         default=None,
@@ -579,7 +659,10 @@ def main(argv=None) -> int:
         return 2
     print(f"{len(files)} images, skipped folders: {skipped}")
     seed_everything(cfg.seed)
-    if cfg.backbone == "mobilenet_v2":
+    if args.init_model:
+        cfg.init_model = args.init_model
+        adopt_model(files, labels, cfg, Path(args.out))
+    elif cfg.backbone == "mobilenet_v2":
         from ml.train_full import train_full
 
         train_full(files, labels, cfg, Path(args.out))
