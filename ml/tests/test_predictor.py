@@ -119,6 +119,36 @@ def test_gradcam_png(predictor, cell_images):
         predictor.gradcam_png(cell_images["EOSINOPHIL_1"], class_name="BASOPHIL")
 
 
+def test_gradcam_map_matches_an_eager_reference(predictor, cell_images):
+    """The compiled Grad-CAM computes what the textbook eager tape computes, for any class."""
+    import keras
+    import tensorflow as tf
+
+    from ml.gradcam import gradcam_map
+    from ml.model import CONV_LAYER
+
+    crop = predictor._prepare(cell_images["EOSINOPHIL_1"])[0]
+    m = predictor.model
+    gm = keras.Model(m.input, [m.get_layer(CONV_LAYER).output, m.output])
+    maps = {}
+    for asked in (None, 0, 3):
+        with tf.GradientTape() as tape:
+            conv, probs = gm(tf.constant(crop[None].astype(np.float32)), training=False)
+            tape.watch(conv)
+            k = int(tf.argmax(probs[0])) if asked is None else asked
+            score = tf.math.log(probs[:, k] + 1e-9)
+        grads = tape.gradient(score, conv)[0].numpy()
+        ref = np.maximum((conv[0].numpy() * grads.mean(axis=(0, 1))).sum(-1), 0)
+        ref = ref / (ref.max() + 1e-9)
+        ref = Image.fromarray((ref * 255).astype(np.uint8)).resize(crop.shape[1::-1], Image.BICUBIC)
+        ref = np.asarray(ref)
+        cam, used = gradcam_map(predictor, crop, asked)
+        assert used == k and cam.shape == crop.shape[:2]
+        assert np.abs(cam - ref / 255.0).max() <= 2 / 255
+        maps[asked] = cam
+    assert np.abs(maps[0] - maps[3]).max() > 0.1  # the map depends on the class asked for
+
+
 def test_thread_safety(predictor, cell_images):
     from concurrent.futures import ThreadPoolExecutor
 
