@@ -209,6 +209,18 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# Cache (API throttle counters live here). One process's memory suits the embedded single-process
+# server; with several gunicorn workers set HEMATOVISION_CACHE_URL (redis://...) so that every
+# worker counts against the same limits (else each worker grants the full rate on its own).
+HEMATOVISION_CACHE_URL = env.str("HEMATOVISION_CACHE_URL", default="")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": HEMATOVISION_CACHE_URL}
+        if HEMATOVISION_CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 # Celery: a real queue only when a broker is configured; otherwise jobs run in-process.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 CELERY_TASK_ACKS_LATE = True

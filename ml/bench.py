@@ -6,6 +6,7 @@ per method:
 
 - ``served``: ``load_predictor(backend="auto")`` (LiteRT + XNNPACK when its
   verified export works, else Keras): locator + 4-view TTA + calibration + flags;
+  also ``gradcam_png``, the heat map the web app draws for each upload;
 - ``keras``: the same pipeline through a compiled ``tf.function``;
 - ``naive_single_view``: the original Flask app: decode, resize the whole image,
   ``model.predict`` on one image per call, no locator, no TTA;
@@ -129,6 +130,14 @@ def run_method(method: str, model: str | None, n: int, batch: int) -> dict:
             pred.predict_one(images[i % len(images)])
             lat.append(time.perf_counter() - t)
         out["single_image"] = _pcts(lat)
+        if method == "served":  # the heat map the web app draws for every upload (Keras, compiled once)
+            pred.gradcam_png(images[0])
+            lat = []
+            for i in range(n):
+                t = time.perf_counter()
+                pred.gradcam_png(images[i % len(images)])
+                lat.append(time.perf_counter() - t)
+            out["gradcam_png"] = _pcts(lat)
         many = [images[i % len(images)] for i in range(batch)]
         pred.predict(many[:4])
         t = time.perf_counter()
