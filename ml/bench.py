@@ -47,6 +47,17 @@ def _pcts(xs) -> dict:
     return {"p50_ms": float(np.percentile(xs, 50)), "p95_ms": float(np.percentile(xs, 95)), "n": int(len(xs))}
 
 
+def _latencies(fn, images: list[bytes], n: int) -> list[float]:
+    """Seconds of each of ``n`` calls of ``fn`` on the images in turn (after one warm-up call)."""
+    fn(images[0])
+    lat = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(images[i % len(images)])
+        lat.append(time.perf_counter() - t)
+    return lat
+
+
 def _images() -> list[bytes]:
     return [p.read_bytes() for p in sorted(FIXTURES.glob("*.jpeg"))]
 
@@ -106,11 +117,7 @@ def run_method(method: str, model: str | None, n: int, batch: int) -> dict:
         one = _naive_single_view(model)
         one(images[0])
         out["cold_load_s"] = time.perf_counter() - t
-        lat = []
-        for i in range(n):
-            t = time.perf_counter()
-            one(images[i % len(images)])
-            lat.append(time.perf_counter() - t)
+        lat = _latencies(one, images, n)
         out["single_image"] = _pcts(lat)
         out["batch_throughput_img_s"] = 1.0 / float(np.mean(lat))  # one call per image, as the Flask app
         out["batch_size"] = 1
@@ -124,20 +131,9 @@ def run_method(method: str, model: str | None, n: int, batch: int) -> dict:
         out["backend"] = pred.backend
         out["model_version"] = pred.version
         out["tta_views"] = pred.tta_views
-        lat = []
-        for i in range(n):
-            t = time.perf_counter()
-            pred.predict_one(images[i % len(images)])
-            lat.append(time.perf_counter() - t)
-        out["single_image"] = _pcts(lat)
+        out["single_image"] = _pcts(_latencies(pred.predict_one, images, n))
         if method == "served":  # the heat map the web app draws for every upload (Keras, compiled once)
-            pred.gradcam_png(images[0])
-            lat = []
-            for i in range(n):
-                t = time.perf_counter()
-                pred.gradcam_png(images[i % len(images)])
-                lat.append(time.perf_counter() - t)
-            out["gradcam_png"] = _pcts(lat)
+            out["gradcam_png"] = _pcts(_latencies(pred.gradcam_png, images, n))
         many = [images[i % len(images)] for i in range(batch)]
         pred.predict(many[:4])
         t = time.perf_counter()
