@@ -466,7 +466,9 @@ def adopt_model(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
 
 def crops_cached(files, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Plain served crops (``crop_side`` reference px resized to ``input_size``), cached on disk."""
-    key = f"crops_c{cfg.crop_side}_s{cfg.input_size}_n{len(files)}"
+    key = f"crops_c{cfg.crop_side}_s{cfg.input_size}_n{len(files)}" + (
+        f"_m{cfg.mask_radius}" if cfg.mask_radius else ""
+    )
     same = CACHE_ROOT / f"{cfg.backbone}_c{cfg.crop_side}_s{cfg.input_size}_b11_seed{cfg.seed}_n{len(files)}"
     d = same if (same / "crops_v0.npy").exists() and not cfg.mask_radius else CACHE_ROOT / key
     if not (d / "crops_v0.npy").exists():
