@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import sys
 import time
@@ -635,7 +636,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = TrainConfig(backbone=args.backbone, backbone_weights=args.backbone_weights)
     cfg.colour = not args.no_colour
-    originals = args.originals or str(Path(args.data).resolve().parent / "ORIGINAL")
+    # Relative to the working directory, so the card does not carry this machine's absolute paths.
+    originals = args.originals or os.path.relpath(Path(args.data).resolve().parent / "ORIGINAL")
     if originals.lower() != "none" and (Path(originals) / "labels.csv").exists():
         cfg.originals_dir = originals
     elif args.originals and originals.lower() != "none":

@@ -8,6 +8,7 @@ predictor loads.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,7 +52,8 @@ def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     card = json.loads((out / "model_card.json").read_text())
     assert card["classes"] == CLASSES
     assert card["version"] == train.file_hash(out / "hematovision_wbc.keras")
-    assert card["config"]["originals_dir"] == str(tmp_path / "ORIGINAL")
+    assert not Path(card["config"]["originals_dir"]).is_absolute()  # no machine paths in the card
+    assert Path(card["config"]["originals_dir"]).resolve() == (tmp_path / "ORIGINAL").resolve()
     # Each class has two source fields: one whole field (4 copies) on each side of the split.
     assert card["data"]["source_fields"] == {
         "train": dict.fromkeys(CLASSES, 1),
