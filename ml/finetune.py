@@ -192,6 +192,7 @@ def fit(
     label_smoothing: float = 0.1,
     name: str | None = None,
     stop_at: float | None = None,
+    jit_compile: bool | str = "auto",
     log=print,
 ) -> dict:
     """Phase 1: head on the frozen ImageNet base; phase 2: every block (BatchNorm frozen), cosine rate."""
@@ -228,7 +229,7 @@ def fit(
 
     for layer in model.layers:
         layer.trainable = layer.name == "predictions"
-    model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
+    model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"], jit_compile=jit_compile)
     h1 = model.fit(data, epochs=head_epochs, verbose=2, callbacks=[Clock()])
     for layer in model.layers:
         layer.trainable = True
@@ -237,7 +238,8 @@ def fit(
     sched = keras.optimizers.schedules.CosineDecay(
         lr / 10, max(1, steps - len(data)), warmup_target=lr, warmup_steps=len(data)
     )
-    model.compile(keras.optimizers.AdamW(sched, weight_decay=weight_decay), loss, metrics=["accuracy"])
+    opt = keras.optimizers.AdamW(sched, weight_decay=weight_decay)
+    model.compile(opt, loss, metrics=["accuracy"], jit_compile=jit_compile)
     h2 = model.fit(data, epochs=epochs, verbose=2, callbacks=[Clock()])
     name = name or f"finetune_s{input_size}_e{epochs}_seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -260,6 +262,7 @@ def fit(
             "dropout": dropout,
             "weight_decay": weight_decay,
             "label_smoothing": label_smoothing,
+            "jit_compile": jit_compile,
             "batchnorm": "frozen (ImageNet statistics)",
             "augmentation": "zoom 85-100 % at random offset, 8 dihedral views, stain jitter; new every epoch",
         },
@@ -309,6 +312,12 @@ def main(argv=None) -> int:
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--name", default=None)
     f.add_argument("--stop-at", type=float, default=None, help="unix time: stop (marked incomplete) before")
+    f.add_argument(
+        "--jit-compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="compile the train step (Keras: XLA on TensorFlow/JAX, torch.compile on PyTorch)",
+    )
     args = ap.parse_args(argv)
     if args.cmd == "pack":
         cfg = TrainConfig()
@@ -330,6 +339,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             name=args.name,
             stop_at=args.stop_at,
+            jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile],
         )
     return 0
 

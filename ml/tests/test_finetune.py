@@ -47,6 +47,7 @@ def test_pack_fit_and_adopt_on_tiny_data(tmp_path, monkeypatch):
     assert finetune.main([*argv, "--head-epochs", "1", "--batch", "8", "--name", "ft"]) == 0
     info = json.loads((out / "ft.json").read_text())
     assert info["complete"] and info["backend"] == "tensorflow" and info["config"]["input_size"] == 96
+    assert info["config"]["jit_compile"] == "auto"
     assert len(info["history"]["phase2_finetune"]["loss"]) == 1
     fitted = keras.saving.load_model(out / "ft.keras", compile=False)
     # No optimizer state in the file (with AdamW's two moments it would be three times the weights).
