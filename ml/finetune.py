@@ -39,10 +39,6 @@ from ml.config import TrainConfig
 PACK_JPEG_QUALITY = 90  # 4:2:0, like the dataset's own files; ~4 kB per 144 px crop
 
 
-def _classes_of(pack: Path) -> list[str]:
-    return json.loads((pack / "pack.json").read_text())["classes"]
-
-
 # --------------------------------------------------------------------------- pack (here, TensorFlow)
 
 

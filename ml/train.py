@@ -444,7 +444,15 @@ def adopt_model(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     cfg.input_size = int(model.get_layer("resize").output.shape[1])  # the model fixes its input size
     split = source_split(files, labels, cfg)
-    groups, val, *_ = split
+    groups, val, _, sources, _ = split
+    pack = info.get("pack") or {}
+    if pack and (pack.get("n_images"), pack.get("source_fields")) != (int((~val).sum()), sources["train"]):
+        # The model was fitted on another split: its "validation" would include its training fields.
+        raise ValueError(
+            f"{init} was fitted on a training side of {pack.get('n_images')} images "
+            f"{pack.get('source_fields')}, this split's is {int((~val).sum())} {sources['train']}: "
+            "use the same data, --seed and ORIGINAL as for `ml.finetune pack`"
+        )
     where = info.get("device", "device unknown")
     log(f"adopting {init} (trained on {where}): {int((~val).sum())} train, {int(val.sum())} val")
     crops, found = crops_cached(files, cfg)

@@ -58,12 +58,19 @@ def test_pack_fit_and_adopt_on_tiny_data(tmp_path, monkeypatch):
     assert not np.allclose(fitted.get_layer("block3_dwconv").get_weights()[0], init["block3_dwconv:0"])
 
     served = tmp_path / "served"
-    assert train.main(["--data", str(data), "--out", str(served), "--init-model", str(out / "ft.keras")]) == 0
+    adopt = ["--data", str(data), "--out", str(served), "--init-model", str(out / "ft.keras")]
+    assert train.main(adopt) == 0
     card = json.loads((served / "model_card.json").read_text())
     assert card["input"]["input_size"] == 96 and card["config"]["init_model"] == str(out / "ft.keras")
     assert card["finetune"]["name"] == "ft" and card["finetune"]["pack"]["n_images"] == 16
     assert card["data"]["source_fields"]["val"] == dict.fromkeys(CLASSES, 1)
     assert card["temperature"] > 0 and (served / "colour_model.npz").exists()
+    # A model fitted on another training side is refused: its validation would leak.
+    info["pack"]["n_images"] = 15
+    (out / "ft.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="fitted on a training side of 15 images"):
+        train.main([*adopt[:3], str(tmp_path / "leaky"), *adopt[4:]])
+    assert not (tmp_path / "leaky").exists()
     # The adopted model is the fitted one, unchanged.
     x = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype(np.float32)
     shipped = keras.saving.load_model(served / "hematovision_wbc.keras", compile=False)
