@@ -25,6 +25,7 @@ resolution) as JPEG, and Lite0's ImageNet weights (float16, by layer name).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
@@ -55,7 +56,7 @@ def pack(data_dir: str, out: Path, cfg: TrainConfig, log=print) -> dict:
     groups, val, split_text, sources, _ = source_split(files, labels, cfg)
     tr = np.flatnonzero(~val)
     log(f"{len(files)} images; training side {len(tr)} ({sources['train']} source fields); skipped {skipped}")
-    native = TrainConfig(**{**cfg.to_dict(), "classes": tuple(classes), "input_size": cfg.crop_side})
+    native = dataclasses.replace(cfg, input_size=cfg.crop_side)  # crops at their native resolution
     crops, found = crop_all([files[i] for i in tr], native, 0)
     out.mkdir(parents=True, exist_ok=True)
     offsets = [0]

@@ -91,16 +91,19 @@ def run_batched(fn, x: np.ndarray, batch: int = 64, desc: str = "forward", dtype
     return np.concatenate(outs)
 
 
+def cache_dir(cfg: TrainConfig, n_files: int) -> Path:
+    """Where ``build_cache`` (and ``crops_cached``) keep the crops of ``n_files`` images for ``cfg``."""
+    key = f"{cfg.backbone}_c{cfg.crop_side}_s{cfg.input_size}_b{cfg.split_block}_seed{cfg.seed}_n{n_files}"
+    return CACHE_ROOT / (key + (f"_m{cfg.mask_radius}" if cfg.mask_radius else ""))
+
+
 def build_cache(files, labels, cfg: TrainConfig) -> Path:
     """Crops, lower-block activations and ImageNet pooled features, cached on disk."""
     import tensorflow as tf
 
     from ml.model import build_lite0_lower, build_lite0_upper
 
-    key = f"{cfg.backbone}_c{cfg.crop_side}_s{cfg.input_size}_b{cfg.split_block}_seed{cfg.seed}_n{len(files)}"
-    if cfg.mask_radius:
-        key += f"_m{cfg.mask_radius}"
-    d = CACHE_ROOT / key
+    d = cache_dir(cfg, len(files))
     d.mkdir(parents=True, exist_ok=True)
     (d / "files.json").write_text(json.dumps({"files": [str(f) for f in files], "labels": labels.tolist()}))
     lower = None
@@ -129,14 +132,14 @@ def build_cache(files, labels, cfg: TrainConfig) -> Path:
     return d
 
 
-def original_features(cfg: TrainConfig, cache_dir: Path):
+def original_features(cfg: TrainConfig, folder: Path):
     """ImageNet pooled features of the cells in the ORIGINAL source fields (cached)."""
     import tensorflow as tf
 
     from ml.data import original_cell_crops
     from ml.model import build_lite0_lower, build_lite0_upper
 
-    f_feat, f_meta = cache_dir / "original_feat.npy", cache_dir / "original_meta.json"
+    f_feat, f_meta = folder / "original_feat.npy", folder / "original_meta.json"
     if not f_feat.exists():
         crops, nums, cats = original_cell_crops(cfg.originals_dir, cfg.crop_side, cfg.input_size)
         lower = build_lite0_lower(cfg.input_size, cfg.split_block)
@@ -475,11 +478,7 @@ def adopt_model(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
 
 def crops_cached(files, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Plain served crops (``crop_side`` reference px resized to ``input_size``), cached on disk."""
-    key = f"crops_c{cfg.crop_side}_s{cfg.input_size}_n{len(files)}" + (
-        f"_m{cfg.mask_radius}" if cfg.mask_radius else ""
-    )
-    same = CACHE_ROOT / f"{cfg.backbone}_c{cfg.crop_side}_s{cfg.input_size}_b11_seed{cfg.seed}_n{len(files)}"
-    d = same if (same / "crops_v0.npy").exists() and not cfg.mask_radius else CACHE_ROOT / key
+    d = cache_dir(cfg, len(files))  # build_cache's folder: its plain crops are these
     if not (d / "crops_v0.npy").exists():
         d.mkdir(parents=True, exist_ok=True)
         crops, found = crop_all(files, cfg, 0)
@@ -499,7 +498,6 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
     classes = list(cfg.classes)
     groups, val, split_text, sources, gdir = split
     tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
-    _, group_ids = np.unique(groups, return_inverse=True)
     feats_model = keras.Model(model.input, [model.get_layer("avg_pool").output, model.output])
     feats_fn = tf.function(lambda x: feats_model(x, training=False), reduce_retracing=True)
     val_crops = np.asarray(crops[va_idx])
@@ -563,7 +561,6 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
     )
     save_curves(history, out / "training_curves.png")
     counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
-    sizes = np.bincount(group_ids)
     card = {
         "name": cfg.name,
         "version": file_hash(model_path),
@@ -592,7 +589,7 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
             "per_class": counts,
             "n_train": int(len(tr_idx)),
             "n_val": int(len(va_idx)),
-            "n_groups": int(len(sizes)),
+            "n_groups": int(len(np.unique(groups))),
             "split": split_text,
             "source_fields": sources,
         },
