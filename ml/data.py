@@ -160,6 +160,32 @@ def group_split(groups: np.ndarray, labels: np.ndarray, val_fraction: float, see
     return val
 
 
+def group_folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold (0..k-1) of every image for K-fold cross-validation: whole groups, each class spread evenly.
+
+    Groups go largest first (ties in a seeded random order) to the fold holding the fewest images of
+    the group's class so far, so every fold gets a group of each class that has at least ``k``.
+    """
+    if k < 2:
+        raise ValueError(f"K-fold needs at least 2 folds, got {k}")
+    n_classes = int(labels.max()) + 1
+    gs, inv = np.unique(groups, return_inverse=True)
+    if len(gs) < k:
+        raise ValueError(f"{len(gs)} groups cannot fill {k} folds")
+    per_group = np.zeros((len(gs), n_classes), np.int64)
+    np.add.at(per_group, (inv, labels), 1)
+    order = np.random.default_rng(seed).permutation(len(gs))
+    order = order[np.argsort(-per_group[order].sum(1), kind="stable")]
+    counts = np.zeros((k, n_classes), np.int64)
+    group_fold = np.empty(len(gs), np.int64)
+    for g in order:
+        c = int(per_group[g].argmax())
+        f = int(np.lexsort((counts.sum(1), counts[:, c]))[0])  # fewest of this class, then fewest overall
+        group_fold[g] = f
+        counts[f] += per_group[g]
+    return group_fold[inv]
+
+
 def make_dataset(
     x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, dihedral_aug: bool = False
 ):

@@ -43,19 +43,38 @@ PACK_JPEG_QUALITY = 90  # 4:2:0, like the dataset's own files; ~4 kB per 144 px 
 # --------------------------------------------------------------------------- pack (here, TensorFlow)
 
 
-def pack(data_dir: str, out: Path, cfg: TrainConfig, log=print) -> dict:
-    """Write the training side of the split as JPEG crops + labels + ImageNet init weights."""
+def pack(
+    data_dir: str,
+    out: Path,
+    cfg: TrainConfig,
+    folds: int | None = None,
+    jpeg_quality: int = PACK_JPEG_QUALITY,
+    log=print,
+) -> dict:
+    """Write the training side of the split as JPEG crops + labels + ImageNet init weights.
+
+    With ``folds`` (K-fold cross-validation) every image travels, each with its fold (whole source
+    fields, ``ml.data.group_folds``); a fold model never sees its own fold, and ``ml.crossval``
+    validates it on that fold here.
+    """
     from PIL import Image
 
-    from ml.data import list_class_folders
+    from ml.data import group_folds, list_class_folders
     from ml.model import build_classifier
     from ml.train import crop_all, source_split
 
     classes = list(cfg.classes)
     files, labels, skipped = list_class_folders(data_dir, classes)
     groups, val, split_text, sources, _ = source_split(files, labels, cfg)
-    tr = np.flatnonzero(~val)
-    log(f"{len(files)} images; training side {len(tr)} ({sources['train']} source fields); skipped {skipped}")
+    fold = None
+    if folds:
+        fold = group_folds(groups, labels, folds, cfg.seed)
+        tr = np.arange(len(files))
+        sources = {"train": _fields(groups, labels, classes)}
+        split_text = f"{folds}-fold cross-validation by source field (ml.data.group_folds, seed {cfg.seed})"
+    else:
+        tr = np.flatnonzero(~val)
+    log(f"{len(files)} images; packed {len(tr)} ({sources['train']} source fields); skipped {skipped}")
     native = dataclasses.replace(cfg, input_size=cfg.crop_side)  # crops at their native resolution
     crops, found = crop_all([files[i] for i in tr], native, 0)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +82,7 @@ def pack(data_dir: str, out: Path, cfg: TrainConfig, log=print) -> dict:
     with open(out / "crops.bin", "wb") as fh:
         for c in crops:
             b = io.BytesIO()
-            Image.fromarray(c).save(b, "JPEG", quality=PACK_JPEG_QUALITY, subsampling=2)
+            Image.fromarray(c).save(b, "JPEG", quality=jpeg_quality, subsampling=2)
             fh.write(b.getvalue())
             offsets.append(offsets[-1] + len(b.getvalue()))
     np.savez(
@@ -72,17 +91,10 @@ def pack(data_dir: str, out: Path, cfg: TrainConfig, log=print) -> dict:
         labels=labels[tr].astype(np.int64),
         groups=groups[tr].astype(np.int64),
         found=found,
+        **({"folds": fold.astype(np.int64)} if fold is not None else {}),
     )
     init = build_classifier(cfg.backbone, cfg.input_size, len(classes), cfg.dropout)
-    np.savez(
-        out / "init_weights.npz",
-        **{
-            f"{layer.name}:{i}": w.astype(np.float16)
-            for layer in init.layers
-            if layer.name != "predictions"
-            for i, w in enumerate(layer.get_weights())
-        },
-    )
+    np.savez(out / "init_weights.npz", **weights_by_name(init, np.float16, skip=("predictions",)))
     meta = {
         "classes": classes,
         "backbone": cfg.backbone,
@@ -92,15 +104,30 @@ def pack(data_dir: str, out: Path, cfg: TrainConfig, log=print) -> dict:
         "source_fields": sources["train"],
         "split": split_text,
         "split_seed": cfg.seed,
-        "val_fraction": cfg.val_fraction,
+        "val_fraction": None if folds else cfg.val_fraction,
         "train_dir": Path(data_dir).name,
-        "jpeg_quality": PACK_JPEG_QUALITY,
+        "jpeg_quality": jpeg_quality,
+        "folds": folds or None,
+        "per_fold": None
+        if fold is None
+        else {
+            str(f): {
+                "n_images": int((fold == f).sum()),
+                "source_fields": _fields(groups[fold == f], labels[fold == f], classes),
+            }
+            for f in range(folds)
+        },
         "nucleus_found_fraction": float(found.mean()),
         "command": "python -m ml.finetune " + " ".join(sys.argv[1:]),
     }
     (out / "pack.json").write_text(json.dumps(meta, indent=2))
     log(f"wrote {out}: {offsets[-1] / 1e6:.1f} MB of crops")
     return meta
+
+
+def _fields(groups: np.ndarray, labels: np.ndarray, classes) -> dict:
+    """Source fields (groups) per class."""
+    return {c: len(np.unique(groups[labels == i])) for i, c in enumerate(classes)}
 
 
 # --------------------------------------------------------------------------- fit (any backend)
@@ -190,9 +217,16 @@ def fit(
     name: str | None = None,
     stop_at: float | None = None,
     jit_compile: bool | str = "auto",
+    fold: int | None = None,
+    save: str = "keras",
     log=print,
 ) -> dict:
-    """Phase 1: head on the frozen ImageNet base; phase 2: every block (BatchNorm frozen), cosine rate."""
+    """Phase 1: head on the frozen ImageNet base; phase 2: every block (BatchNorm frozen), cosine rate.
+
+    ``fold``: (K-fold pack) train on every fold but this one. ``save``: "keras" (the served model
+    file) or "weights16" (the weights in float16 by layer name, half the size, for fold models that
+    only ``ml.crossval`` reads).
+    """
     import keras
 
     from ml.model import build_classifier, copy_weights_by_name, freeze_batchnorm
@@ -200,14 +234,24 @@ def fit(
     t0 = time.time()
     crops, labels, meta = load_pack(pack_dir)
     classes = meta["classes"]
+    if fold is not None:
+        with np.load(pack_dir / "index.npz") as idx:
+            if "folds" not in idx.files:
+                raise ValueError(f"{pack_dir} has no folds (pack it with --folds K)")
+            keep = idx["folds"] != fold
+            groups = idx["groups"]
+        if keep.all():
+            raise ValueError(f"fold {fold} is not in {pack_dir} (folds 0..{meta['folds'] - 1})")
+        crops, labels = crops[keep], labels[keep]
+        meta = meta | {
+            "fold": fold,
+            "n_images": int(keep.sum()),
+            "source_fields": _fields(groups[keep], labels, classes),
+        }
     log(f"pack: {len(crops)} crops {crops.shape[1:]} decoded in {time.time() - t0:.1f} s")
     keras.utils.set_random_seed(seed)
     model = build_classifier(meta["backbone"], input_size, len(classes), dropout, imagenet=False)
-    init = np.load(pack_dir / "init_weights.npz")
-    for layer in model.layers:
-        ws = layer.get_weights()
-        if ws and f"{layer.name}:0" in init:
-            layer.set_weights([init[f"{layer.name}:{i}"].astype(np.float32) for i in range(len(ws))])
+    set_weights_by_name(model, np.load(pack_dir / "init_weights.npz"))
     onehot = np.eye(len(classes), dtype=np.float32)[labels]
     data = _Epochs(crops, onehot, batch, input_size, seed)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
@@ -243,7 +287,10 @@ def fit(
     # Saved as a fresh, uncompiled model (as ml.train ships): no optimizer state in the file.
     served = build_classifier(meta["backbone"], input_size, len(classes), dropout, imagenet=False)
     copy_weights_by_name(model, served)
-    served.save(out / f"{name}.keras")
+    if save == "weights16":
+        np.savez(out / f"{name}.weights16.npz", **weights_by_name(served, np.float16))
+    else:
+        served.save(out / f"{name}.keras")
     info = {
         "name": name,
         "backend": keras.backend.backend(),
@@ -251,6 +298,7 @@ def fit(
         "pack": meta,
         "config": {
             "input_size": input_size,
+            "fold": fold,
             "epochs": epochs,
             "head_epochs": head_epochs,
             "lr": lr,
@@ -273,8 +321,29 @@ def fit(
         "command": "python -m ml.finetune " + " ".join(sys.argv[1:]),
     }
     (out / f"{name}.json").write_text(json.dumps(info, indent=2))
-    log(f"wrote {out / name}.keras in {info['seconds']:.0f} s (complete: {info['complete']})")
+    log(f"wrote {out / name} ({save}) in {info['seconds']:.0f} s (complete: {info['complete']})")
     return info
+
+
+def weights_by_name(model, dtype=None, skip=()) -> dict:
+    """``{"layer:i": array}`` for every weighted layer (``skip``: layer names left out)."""
+    return {
+        f"{layer.name}:{i}": w if dtype is None else w.astype(dtype)
+        for layer in model.layers
+        if layer.name not in skip
+        for i, w in enumerate(layer.get_weights())
+    }
+
+
+def set_weights_by_name(model, weights) -> int:
+    """Load ``weights_by_name`` arrays (any float dtype) into same-named layers; returns the count."""
+    n = 0
+    for layer in model.layers:
+        ws = layer.get_weights()
+        if ws and f"{layer.name}:0" in weights:
+            layer.set_weights([np.asarray(weights[f"{layer.name}:{i}"], np.float32) for i in range(len(ws))])
+            n += 1
+    return n
 
 
 def _device_name() -> str:
@@ -298,6 +367,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="TRAIN folder with one sub-folder per class")
     p.add_argument("--out", required=True)
     p.add_argument("--originals", default=None, help="ORIGINAL folder (default: beside --data)")
+    p.add_argument(
+        "--folds", type=int, default=None, help="K-fold: pack every image with its fold (ml.crossval)"
+    )
+    p.add_argument("--jpeg-quality", type=int, default=PACK_JPEG_QUALITY)
     f = sub.add_parser("fit", help="fine-tune every block on a pack (any Keras backend)")
     f.add_argument("--pack", required=True)
     f.add_argument("--out", required=True)
@@ -309,6 +382,8 @@ def main(argv=None) -> int:
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--name", default=None)
     f.add_argument("--stop-at", type=float, default=None, help="unix time: stop (marked incomplete) before")
+    f.add_argument("--fold", type=int, default=None, help="K-fold pack: train on every other fold")
+    f.add_argument("--save", choices=["keras", "weights16"], default="keras")
     f.add_argument(
         "--jit-compile",
         choices=["auto", "on", "off"],
@@ -323,7 +398,7 @@ def main(argv=None) -> int:
             print(f"{originals}: no labels.csv (the split keeps source fields together)", file=sys.stderr)
             return 2
         cfg.originals_dir = str(originals)
-        pack(args.data, Path(args.out), cfg)
+        pack(args.data, Path(args.out), cfg, folds=args.folds, jpeg_quality=args.jpeg_quality)
     else:
         fit(
             Path(args.pack),
@@ -337,6 +412,8 @@ def main(argv=None) -> int:
             name=args.name,
             stop_at=args.stop_at,
             jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile],
+            fold=args.fold,
+            save=args.save,
         )
     return 0
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Whole-network fine-tuning runs on a GPU machine that has PyTorch but no TensorFlow (ml/finetune.py).
 #
-#   usage: scripts/gpu_finetune.sh PACK_DIR OUT_DIR SECONDS "SIZE:EPOCHS:SEED ..."
+#   usage: scripts/gpu_finetune.sh PACK_DIR OUT_DIR SECONDS "SIZE:EPOCHS:SEED[:FOLD] ..."
 #
-# OUT_DIR receives NAME.keras + NAME.json per run; the logs go to LOGDIR (default OUT_DIR).
+# OUT_DIR receives NAME.keras + NAME.json per run; the logs go to LOGDIR (default OUT_DIR). A run with
+# FOLD (a pack written with --folds K) trains on the other folds and saves NAME.weights16.npz instead,
+# for ml.crossval; e.g. K-fold with 4 folds plus the refit on everything:
+#   scripts/gpu_finetune.sh var/cv_pack OUT 560 "192:12:2:0 192:12:2:1 192:12:2:2 192:12:2:3 192:12:2"
 # Needs Keras 3 and the pack written here by `python -m ml.finetune pack`. A machine without Keras gets
 # it from wheels in .whl/ (installed to /tmp/site), fetched beforehand where pip works, e.g. for 3.12:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
@@ -26,10 +29,15 @@ python3 -c "import keras, torch; print('keras', keras.__version__, keras.backend
 stop_at=$(( $(date +%s) + SECONDS_BUDGET ))
 pids=()
 for run in $RUNS; do
-    IFS=: read -r size epochs seed <<<"$run"
+    IFS=: read -r size epochs seed fold <<<"$run"
     name="finetune_s${size}_e${epochs}_seed${seed}"
+    extra=()
+    if [ -n "${fold:-}" ]; then
+        name="${name}_fold${fold}"
+        extra=(--fold "$fold" --save weights16)
+    fi
     python3 -m ml.finetune fit --pack "$PACK" --out "$OUTD" --input-size "$size" --epochs "$epochs" \
-        --seed "$seed" --name "$name" --stop-at "$stop_at" >"$LOGDIR/$name.log" 2>&1 &
+        --seed "$seed" --name "$name" --stop-at "$stop_at" "${extra[@]}" >"$LOGDIR/$name.log" 2>&1 &
     pids+=($!)
 done
 rc=0
