@@ -516,51 +516,122 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
         colour_model = colour.fit(cfeat[tr_idx], labels[tr_idx], len(classes), seed=cfg.seed)
         clp = colour.log_probs(colour_model, cfeat[va_idx])
         y_val, g_val = labels[va_idx], groups[va_idx]
-        # Chosen by accuracy per source field (each field counts once): the number of augmented
-        # copies per field is an artefact of the dataset, and a few big fields would decide otherwise.
-        by_weight = {}
-        for w in COLOUR_WEIGHTS:
-            pred = colour.fuse(val_probs, clp, w).argmax(1)
-            by_weight[w] = {
-                "accuracy": float(np.mean(pred == y_val)),
-                "accuracy_per_source_field": source_balanced_accuracy(pred, y_val, g_val),
-            }
-        weight = max(COLOUR_WEIGHTS, key=lambda w: (by_weight[w]["accuracy_per_source_field"], -w))
+        weight, by_weight = choose_colour_weight(val_probs, clp, y_val, g_val)
         val_probs = colour.fuse(val_probs, clp, weight)
         val_metrics["colour_alone"] = metrics_dict(y_val, clp.argmax(1), classes)
         val_metrics[f"tta{cfg.tta_views}_with_colour"] = metrics_dict(y_val, val_probs.argmax(1), classes)
         log(f"colour weight {weight} (val accuracy by weight {by_weight})")
-        colour_card = {
-            "file": "colour_model.npz",
-            "weight": weight,
-            "crop_side_ref_px": colour.CROP_SIDE_REF,
-            "crop_size": colour.CROP_SIZE,
-            "features": colour.FEATURE_NAMES,
-            "validation_by_weight": {str(w): a for w, a in by_weight.items()},
-        }
-    temperature = fit_temperature(val_probs, labels[va_idx])
+        colour_card = colour_card_dict(weight, by_weight)
     stats = ood.fit(train_feats, labels[tr_idx], len(classes))
     val_dist = ood.distance(stats, val_feats)
-    cal = ood.calibrate(val_probs, temperature)
-    thresholds = ood.choose_thresholds(val_dist, cal.max(1), cfg.max_unidentified_val)
-    flagged = (val_dist > thresholds["ood_distance"]) | (cal.max(1) < thresholds["min_confidence"])
-    log(f"temperature {temperature:.3f}; thresholds {thresholds}; val flagged {flagged.mean():.2%}")
+    temperature, thresholds, flagged = calibrate_flags(val_probs, labels[va_idx], val_dist, cfg, log)
+    data = {
+        "train_dir": str(Path(files[0]).parent.parent),
+        "n_images": len(files),
+        "per_class": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
+        "n_train": int(len(tr_idx)),
+        "n_val": int(len(va_idx)),
+        "n_groups": int(len(np.unique(groups))),
+        "split": split_text,
+        "source_fields": sources,
+    }
+    val_predictions = {
+        "index": va_idx,
+        "labels": labels[va_idx],
+        "probs": val_probs,
+        "groups": groups[va_idx],
+    }
+    return write_bundle(
+        model,
+        cfg,
+        out,
+        stats=stats,
+        colour_model=colour_model if colour_card else None,
+        colour_card=colour_card,
+        temperature=temperature,
+        thresholds=thresholds,
+        val_metrics=val_metrics,
+        flagged_rate=float(flagged.mean()),
+        val_predictions=val_predictions,
+        data=data,
+        history=history,
+        card_extra=card_extra,
+        log=log,
+    )
 
+
+def choose_colour_weight(probs, clp, y, groups) -> tuple[float, dict]:
+    """Weight of the colour opinion, by accuracy per source field (each field counts once): the number
+    of augmented copies per field is an artefact of the dataset, and a few big fields would decide
+    otherwise. Ties go to the smaller weight."""
+    from ml import colour
+
+    by_weight = {}
+    for w in COLOUR_WEIGHTS:
+        pred = colour.fuse(probs, clp, w).argmax(1)
+        by_weight[w] = {
+            "accuracy": float(np.mean(pred == y)),
+            "accuracy_per_source_field": source_balanced_accuracy(pred, y, groups),
+        }
+    return max(COLOUR_WEIGHTS, key=lambda w: (by_weight[w]["accuracy_per_source_field"], -w)), by_weight
+
+
+def colour_card_dict(weight: float, by_weight: dict) -> dict:
+    from ml import colour
+
+    return {
+        "file": "colour_model.npz",
+        "weight": weight,
+        "crop_side_ref_px": colour.CROP_SIDE_REF,
+        "crop_size": colour.CROP_SIZE,
+        "features": colour.FEATURE_NAMES,
+        "validation_by_weight": {str(w): a for w, a in by_weight.items()},
+    }
+
+
+def calibrate_flags(probs, labels, dist, cfg: TrainConfig, log=print):
+    """Temperature (validation NLL), then the "unidentified" thresholds for ``cfg.max_unidentified_val``."""
+    from ml import ood
+
+    temperature = fit_temperature(probs, labels)
+    cal = ood.calibrate(probs, temperature)
+    thresholds = ood.choose_thresholds(dist, cal.max(1), cfg.max_unidentified_val)
+    flagged = (dist > thresholds["ood_distance"]) | (cal.max(1) < thresholds["min_confidence"])
+    log(f"temperature {temperature:.3f}; thresholds {thresholds}; val flagged {flagged.mean():.2%}")
+    return temperature, thresholds, flagged
+
+
+def write_bundle(
+    model,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    stats: dict,
+    colour_model,
+    colour_card: dict | None,
+    temperature: float,
+    thresholds: dict,
+    val_metrics: dict,
+    flagged_rate: float,
+    val_predictions: dict,
+    data: dict,
+    history: dict,
+    card_extra: dict,
+    command: str | None = None,
+    log=print,
+) -> dict:
+    """Save the served bundle: model, OOD statistics, colour model, validation predictions, curves, card."""
+    from ml import colour, ood
+
+    classes = list(cfg.classes)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / f"{cfg.name}.keras"
     model.save(model_path)
     ood.save(stats, out / "ood_stats.npz")
     if colour_card:
         colour.save(colour_model, out / colour_card["file"])
-    np.savez_compressed(
-        out / "val_predictions.npz",
-        index=va_idx,
-        labels=labels[va_idx],
-        probs=val_probs,
-        groups=groups[va_idx],
-    )
+    np.savez_compressed(out / "val_predictions.npz", **val_predictions)
     save_curves(history, out / "training_curves.png")
-    counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
     card = {
         "name": cfg.name,
         "version": file_hash(model_path),
@@ -583,22 +654,13 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
         "thresholds": thresholds,
         "ood_stats_file": "ood_stats.npz",
         "config": cfg.to_dict(),
-        "data": {
-            "train_dir": str(Path(files[0]).parent.parent),
-            "n_images": len(files),
-            "per_class": counts,
-            "n_train": int(len(tr_idx)),
-            "n_val": int(len(va_idx)),
-            "n_groups": int(len(np.unique(groups))),
-            "split": split_text,
-            "source_fields": sources,
-        },
+        "data": data,
         "validation_metrics": val_metrics,
-        "validation_flagged_rate": float(flagged.mean()),
+        "validation_flagged_rate": flagged_rate,
         "history": {k: {m: [float(x) for x in v] for m, v in h.items()} for k, h in history.items()},
         **card_extra,
         "test_metrics": None,
-        "command": "python -m ml.train " + " ".join(sys.argv[1:]),
+        "command": command or "python -m ml.train " + " ".join(sys.argv[1:]),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2))

@@ -98,3 +98,132 @@ def test_pack_needs_the_original_fields(tmp_path, capsys):
     (tmp_path / "TRAIN" / "EOSINOPHIL").mkdir(parents=True)
     assert finetune.main(["pack", "--data", str(tmp_path / "TRAIN"), "--out", str(tmp_path / "p")]) == 2
     assert "no labels.csv" in capsys.readouterr().err
+
+
+def test_group_folds_keep_groups_whole_and_balance_classes():
+    from ml.data import group_folds
+
+    rng = np.random.default_rng(0)
+    # 4 classes x 9 groups of 1..20 images; groups never straddle classes here.
+    labels, groups = [], []
+    for c in range(4):
+        for g in range(9):
+            size = int(rng.integers(1, 21))
+            labels += [c] * size
+            groups += [c * 100 + g] * size
+    labels, groups = np.array(labels), np.array(groups)
+    fold = group_folds(groups, labels, 3, seed=7)
+    assert set(fold.tolist()) == {0, 1, 2}
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g].tolist())) == 1  # a group is never split
+    for c in range(4):
+        per_fold = np.bincount(fold[labels == c], minlength=3)
+        fields = [len(np.unique(groups[(labels == c) & (fold == f)])) for f in range(3)]
+        assert min(fields) >= 1  # every fold gets every class
+        assert per_fold.max() - per_fold.min() <= 20  # within one group's size
+    assert np.array_equal(fold, group_folds(groups, labels, 3, seed=7))  # seeded
+    assert not np.array_equal(fold, group_folds(groups, labels, 3, seed=8))
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        group_folds(groups, labels, 1, seed=7)
+    with pytest.raises(ValueError, match="cannot fill"):
+        group_folds(np.zeros(5, int), np.zeros(5, int), 2, seed=7)
+
+
+def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, capsys):
+    import keras
+
+    from ml import crossval, finetune, train
+    from ml.model import build_classifier
+    from ml.predictor import load_predictor, tta_predict
+
+    monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
+    data = _tiny_dataset(tmp_path)
+    pack = tmp_path / "pack"
+    assert finetune.main(["pack", "--data", str(data), "--out", str(pack), "--folds", "2"]) == 0
+    meta = json.loads((pack / "pack.json").read_text())
+    # Every image travels, with its fold: one whole source field of each class per fold.
+    assert meta["n_images"] == 32 and meta["folds"] == 2
+    one_each = {"n_images": 16, "source_fields": dict.fromkeys(CLASSES, 1)}
+    assert meta["per_fold"] == {"0": one_each, "1": one_each}
+    idx = np.load(pack / "index.npz")
+    for g in np.unique(idx["groups"]):
+        assert len(set(idx["folds"][idx["groups"] == g].tolist())) == 1
+
+    gpu = tmp_path / "gpu"
+    fit = ["fit", "--pack", str(pack), "--out", str(gpu), "--input-size", "96", "--epochs", "1"]
+    fit += ["--head-epochs", "1", "--batch", "8", "--seed", "2"]
+    with pytest.raises(ValueError, match="fold 2 is not in"):
+        finetune.main([*fit, "--fold", "2"])
+    for k in (0, 1):
+        assert finetune.main([*fit, "--fold", str(k), "--save", "weights16", "--name", f"m_fold{k}"]) == 0
+        info = json.loads((gpu / f"m_fold{k}.json").read_text())
+        assert info["pack"]["fold"] == k and info["pack"]["n_images"] == 16
+        assert info["pack"]["source_fields"] == dict.fromkeys(CLASSES, 1)
+        w = np.load(gpu / f"m_fold{k}.weights16.npz")
+        assert w["predictions:0"].dtype == np.float16 and not (gpu / f"m_fold{k}.keras").exists()
+    assert finetune.main([*fit, "--name", "m"]) == 0
+    assert json.loads((gpu / "m.json").read_text())["pack"]["n_images"] == 32
+
+    out = tmp_path / "served"
+    argv = ["--data", str(data), "--folds-dir", str(gpu), "--model", str(gpu / "m.keras"), "--out", str(out)]
+    assert crossval.main(argv) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["data"]["n_train"] == card["data"]["n_val"] == 32
+    assert card["data"]["split"].startswith("2-fold cross-validation by source field")
+    vm = card["validation_metrics"]
+    assert vm["out_of_fold"] is True and set(vm["folds"]) == {"0", "1"}
+    assert {f["n_images"] for f in vm["folds"].values()} == {16}
+    assert vm["tta4"]["n_images"] == 32 and sum(map(sum, vm["tta4"]["confusion_matrix"])) == 32
+    assert card["temperature"] > 0 and set(card["thresholds"]) == {"ood_distance", "min_confidence"}
+    assert card["crossval"]["fold_models"]["1"]["file"] == "m_fold1.weights16.npz"
+    assert card["command"].startswith("python -m ml.crossval") and card["version"] == train.file_hash(
+        out / "hematovision_wbc.keras"
+    )
+    # Out of fold: each image's CNN probabilities come from the model that did not see its field.
+    val = np.load(out / "val_predictions.npz")
+    assert val["cnn_probs"].shape == (32, 4) and np.array_equal(val["fold"], idx["folds"])
+    crops, _ = train.crops_cached(_files(data), _cfg_96(tmp_path))  # the served crops, as crossval read them
+    in1 = np.flatnonzero(val["fold"] == 1)
+    probs = {}
+    for k in (0, 1):
+        m = build_classifier("efficientnet_lite0", 96, 4, 0.3, imagenet=False)
+        finetune.set_weights_by_name(m, np.load(gpu / f"m_fold{k}.weights16.npz"))
+        both = keras.Model(m.input, [m.get_layer("avg_pool").output, m.output])
+        probs[k] = tta_predict(lambda x, b=both: b(x, training=False), np.asarray(crops[in1]), 4)[1]
+    np.testing.assert_allclose(val["cnn_probs"][in1], probs[1], atol=1e-5)
+    assert not np.allclose(val["cnn_probs"][in1], probs[0], atol=1e-3)
+    # The served model is the refit, unchanged, and the predictor loads the bundle.
+    x = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype(np.float32)
+    refit = keras.saving.load_model(gpu / "m.keras", compile=False)
+    shipped = keras.saving.load_model(out / "hematovision_wbc.keras", compile=False)
+    np.testing.assert_allclose(shipped.predict(x, verbose=0), refit.predict(x, verbose=0), atol=1e-6)
+    p = load_predictor(out / "hematovision_wbc.keras", backend="keras").predict_one(
+        (FIXTURES / "LYMPHOCYTE_1.jpeg").read_bytes()
+    )
+    assert p.label in CLASSES and p.model_version == card["version"]
+
+    # A fold model that saw its own fold is refused, and nothing is written.
+    info = json.loads((gpu / "m_fold1.json").read_text())
+    info["pack"]["n_images"] = 32
+    (gpu / "m_fold1.json").write_text(json.dumps(info))
+    leaky = tmp_path / "leaky"
+    capsys.readouterr()
+    assert crossval.main([*argv[:-1], str(leaky)]) == 2
+    assert "m_fold1.weights16.npz was fitted on fold 1 of 2 (32 images" in capsys.readouterr().err
+    assert not leaky.exists()
+    (gpu / "m_fold1.weights16.npz").unlink()
+    assert crossval.main([*argv[:-1], str(leaky)]) == 2
+    assert "need fold models 0..K-1 (K >= 2), found folds [0]" in capsys.readouterr().err
+    assert not leaky.exists()
+
+
+def _files(data):
+    from ml.data import list_class_folders
+
+    return list_class_folders(str(data), CLASSES)[0]
+
+
+def _cfg_96(tmp_path):
+    from ml.config import TrainConfig
+
+    return TrainConfig(input_size=96, originals_dir=str(tmp_path / "ORIGINAL"))
