@@ -74,8 +74,9 @@ def crossval(
         colour_features_cached,
         crops_cached,
         file_hash,
+        finetune_record,
         metrics_dict,
-        run_batched,
+        pooled_features,
         source_balanced_accuracy,
         source_split,
         write_bundle,
@@ -120,11 +121,9 @@ def crossval(
         fm = build_classifier(cfg.backbone, cfg.input_size, len(classes), cfg.dropout, imagenet=False)
         set_weights_by_name(fm, np.load(p))
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        pooled = keras.Model(fm.input, fm.get_layer("avg_pool").output)
         both = keras.Model(fm.input, [fm.get_layer("avg_pool").output, fm.output])
-        pfn = tf.function(lambda x, m=pooled: m(x, training=False), reduce_retracing=True)
         bfn = tf.function(lambda x, m=both: m(x, training=False), reduce_retracing=True)
-        train_feats = run_batched(pfn, crops[tr], desc=f"fold {k} train features", dtype=np.float32)
+        train_feats = pooled_features(fm, crops[tr], f"fold {k} train features")
         va_feats, va_probs = tta_predict(bfn, np.asarray(crops[va]), cfg.tta_views)
         stats = ood.fit(train_feats, labels[tr], len(classes))
         oof_probs[va], oof_dist[va] = va_probs, ood.distance(stats, va_feats)
@@ -164,11 +163,7 @@ def crossval(
     val_metrics["flagged_by_class"] = {c: float(flagged[labels == i].mean()) for i, c in enumerate(classes)}
 
     # The shipped model: OOD statistics of its own training side, which is every field.
-    feats_model = keras.Model(model.input, model.get_layer("avg_pool").output)
-    ffn = tf.function(lambda x: feats_model(x, training=False), reduce_retracing=True)
-    stats = ood.fit(
-        run_batched(ffn, crops, desc="refit train features", dtype=np.float32), labels, len(classes)
-    )
+    stats = ood.fit(pooled_features(model, crops, "refit train features"), labels, len(classes))
     data = {
         "train_dir": str(Path(files[0]).parent.parent),
         "n_images": n,
@@ -182,12 +177,7 @@ def crossval(
     }
     extra = {
         "nucleus_found_fraction": float(found.mean()),
-        "finetune": {
-            k: info[k]
-            for k in ("name", "backend", "device", "config", "complete", "seconds", "command")
-            if k in info
-        }
-        | {"pack": pack},
+        "finetune": finetune_record(info),
         "crossval": {
             "folds": n_folds,
             "fold_models": {

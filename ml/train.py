@@ -439,7 +439,6 @@ def adopt_model(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     """Validate, calibrate and card a whole model trained elsewhere (``cfg.init_model``, e.g. by
     ``ml.finetune fit`` on a GPU) exactly as ``train_lite0`` does its own: same split, same steps."""
     import keras
-    import tensorflow as tf
 
     init = Path(cfg.init_model)
     model = keras.saving.load_model(init, compile=False)
@@ -459,21 +458,27 @@ def adopt_model(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     where = info.get("device", "device unknown")
     log(f"adopting {init} (trained on {where}): {int((~val).sum())} train, {int(val.sum())} val")
     crops, found = crops_cached(files, cfg)
-    feats_model = keras.Model(model.input, model.get_layer("avg_pool").output)
-    ffn = tf.function(lambda x: feats_model(x, training=False), reduce_retracing=True)
-    train_feats = run_batched(ffn, crops[np.flatnonzero(~val)], desc="train features", dtype=np.float32)
-    extra = {
-        "nucleus_found_fraction": float(found.mean()),
-        "finetune": {
-            k: info[k]
-            for k in ("name", "backend", "device", "config", "complete", "seconds", "command")
-            if k in info
-        }
-        | {"pack": info.get("pack")},
-    }
+    train_feats = pooled_features(model, crops[np.flatnonzero(~val)], "train features")
+    extra = {"nucleus_found_fraction": float(found.mean()), "finetune": finetune_record(info)}
     return finish(
         model, cfg, files, labels, split, crops, train_feats, info.get("history", {}), extra, {}, out, log
     )
+
+
+def pooled_features(model, crops: np.ndarray, desc: str) -> np.ndarray:
+    """The model's pooled features (one plain view) of uint8 crops, float32: what ``ood.fit`` reads."""
+    import keras
+    import tensorflow as tf
+
+    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
+    fn = tf.function(lambda x: pooled(x, training=False), reduce_retracing=True)
+    return run_batched(fn, crops, desc=desc, dtype=np.float32)
+
+
+def finetune_record(info: dict) -> dict:
+    """The card's ``finetune`` entry: what ``ml.finetune fit`` recorded beside the model."""
+    keys = ("name", "backend", "device", "config", "complete", "seconds", "command")
+    return {k: info[k] for k in keys if k in info} | {"pack": info.get("pack")}
 
 
 def crops_cached(files, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
