@@ -203,6 +203,7 @@ def crossval(
             "labels": labels,
             "probs": probs,  # out of fold, with the colour opinion (uncalibrated)
             "cnn_probs": oof_probs,  # out of fold, the CNN alone
+            "ood_distance": oof_dist,  # out of fold: each fold model against its own training side
             "groups": groups,
             "fold": fold,
         },

@@ -182,6 +182,9 @@ def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, c
     # Out of fold: each image's CNN probabilities come from the model that did not see its field.
     val = np.load(out / "val_predictions.npz")
     assert val["cnn_probs"].shape == (32, 4) and np.array_equal(val["fold"], idx["folds"])
+    # The distance threshold comes from these out-of-fold distances (99th percentile x 1.1).
+    ood_thr = 1.1 * np.percentile(val["ood_distance"], 99)
+    assert card["thresholds"]["ood_distance"] == pytest.approx(ood_thr, rel=1e-5)
     crops, _ = train.crops_cached(_files(data), _cfg_96(tmp_path))  # the served crops, as crossval read them
     in1 = np.flatnonzero(val["fold"] == 1)
     probs = {}
