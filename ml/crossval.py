@@ -62,7 +62,7 @@ def crossval(
     import keras
     import tensorflow as tf
 
-    from ml import colour, ood
+    from ml import colour, ood, oodcal
     from ml.data import group_folds
     from ml.finetune import _fields, set_weights_by_name
     from ml.model import build_classifier
@@ -187,7 +187,7 @@ def crossval(
         },
     }
     cfg.init_model = os.path.relpath(model_path)
-    return write_bundle(
+    write_bundle(
         model,
         cfg,
         out,
@@ -213,6 +213,8 @@ def crossval(
         command="python -m ml.crossval " + " ".join(sys.argv[1:]),
         log=log,
     )
+    # The distance threshold, checked against non-blood images (disjoint from the test fixtures).
+    return oodcal.apply(out, log=log)
 
 
 def _info(path: Path) -> dict:

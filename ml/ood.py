@@ -62,9 +62,12 @@ def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def choose_thresholds(val_dist: np.ndarray, val_conf: np.ndarray, budget: float) -> dict:
-    """OOD threshold: 99th pct of validation distances x1.1; confidence fills the rest of ``budget``."""
-    ood_thr = float(np.percentile(val_dist, 99.0) * 1.1)
+def choose_thresholds(
+    val_dist: np.ndarray, val_conf: np.ndarray, budget: float, ood_threshold: float | None = None
+) -> dict:
+    """OOD threshold: 99th pct of validation distances x1.1 (or ``ood_threshold``, e.g. from
+    ``ml.oodcal``); the confidence threshold fills the rest of ``budget``."""
+    ood_thr = float(np.percentile(val_dist, 99.0) * 1.1) if ood_threshold is None else float(ood_threshold)
     left = max(budget - float(np.mean(val_dist > ood_thr)), 0.0)
     conf_thr = float(np.clip(np.quantile(val_conf, left), 0.35, 0.9)) if left > 0 else 0.35
     return {"ood_distance": ood_thr, "min_confidence": conf_thr}

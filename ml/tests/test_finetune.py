@@ -132,7 +132,7 @@ def test_group_folds_keep_groups_whole_and_balance_classes():
 def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, capsys):
     import keras
 
-    from ml import crossval, finetune, train
+    from ml import crossval, finetune, ood, train
     from ml.model import build_classifier
     from ml.predictor import load_predictor, tta_predict
 
@@ -182,9 +182,20 @@ def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, c
     # Out of fold: each image's CNN probabilities come from the model that did not see its field.
     val = np.load(out / "val_predictions.npz")
     assert val["cnn_probs"].shape == (32, 4) and np.array_equal(val["fold"], idx["folds"])
-    # The distance threshold comes from these out-of-fold distances (99th percentile x 1.1).
-    ood_thr = 1.1 * np.percentile(val["ood_distance"], 99)
-    assert card["thresholds"]["ood_distance"] == pytest.approx(ood_thr, rel=1e-5)
+    # The distance threshold: the in-distribution rule on these out-of-fold distances (99th percentile
+    # x 1.1), lowered by ml.oodcal to flag every calibration non-blood image, within its floor.
+    oc = card["ood_calibration"]
+    base = 1.1 * np.percentile(val["ood_distance"], 99)
+    assert oc["thresholds_before"]["ood_distance"] == pytest.approx(base, rel=1e-5)
+    assert oc["images"] == oc["flagged_by_locator_gates"] + oc["measured"] and oc["measured"] > 0
+    t = card["thresholds"]["ood_distance"]
+    floor = np.quantile(val["ood_distance"], 0.98)
+    assert t == pytest.approx(max(min(base, 0.95 * min(oc["distances"].values())), floor), rel=1e-4)
+    assert oc["missed_at_threshold"] == sorted(n for n, d in oc["distances"].items() if d <= t)
+    flagged = (val["ood_distance"] > t) | (
+        ood.calibrate(val["probs"], card["temperature"]).max(1) < card["thresholds"]["min_confidence"]
+    )
+    assert card["validation_flagged_rate"] == pytest.approx(flagged.mean())
     crops, _ = train.crops_cached(_files(data), _cfg_96(tmp_path))  # the served crops, as crossval read them
     in1 = np.flatnonzero(val["fold"] == 1)
     probs = {}
@@ -230,3 +241,22 @@ def _cfg_96(tmp_path):
     from ml.config import TrainConfig
 
     return TrainConfig(input_size=96, originals_dir=str(tmp_path / "ORIGINAL"))
+
+
+def test_ood_calibration_images_are_not_the_test_fixtures():
+    """The calibration set that sets the distance threshold shares no image with the non-blood test."""
+    from ml.oodcal import calibration_images, choose_ood_threshold
+    from ml.tests.nonblood import nonblood_images
+
+    cal = calibration_images()
+    assert len(cal) >= 60 and all(a.shape == (240, 320, 3) and a.dtype == np.uint8 for a in cal.values())
+    fixtures = nonblood_images()
+    # No source image in common: calibration names start with their source's name.
+    sources = {n.split("_tile")[0].rsplit("_", 1)[0] if "_" in n else n for n in cal}
+    assert not {s.split("_")[0] for s in sources} & {f.split("_")[0] for f in fixtures}
+    # The rule: below the in-distribution threshold when an outlier is closer, never below the floor.
+    in_dist = np.linspace(0, 10, 1001)  # 98 % quantile = 9.8
+    assert choose_ood_threshold(in_dist, 11.0, np.array([12.0])) == 11.0
+    assert choose_ood_threshold(in_dist, 11.0, np.array([10.5, 12.0])) == pytest.approx(0.95 * 10.5)
+    assert choose_ood_threshold(in_dist, 11.0, np.array([3.0])) == pytest.approx(9.8)
+    assert choose_ood_threshold(in_dist, 11.0, np.array([])) == 11.0
