@@ -63,8 +63,8 @@ def crossval(
     import tensorflow as tf
 
     from ml import colour, ood, oodcal
-    from ml.data import group_folds
-    from ml.finetune import _fields, set_weights_by_name
+    from ml.data import fields_per_class, group_folds
+    from ml.finetune import set_weights_by_name
     from ml.model import build_classifier
     from ml.predictor import tta_predict
     from ml.train import (
@@ -73,6 +73,7 @@ def crossval(
         colour_card_dict,
         colour_features_cached,
         crops_cached,
+        data_record,
         file_hash,
         finetune_record,
         metrics_dict,
@@ -92,7 +93,7 @@ def crossval(
         raise ValueError(f"{folds_dir}: need fold models 0..K-1 (K >= 2), found folds {sorted(paths)}")
     groups, _, _, _, gdir = source_split(files, labels, cfg)
     fold = group_folds(groups, labels, n_folds, cfg.seed)
-    all_fields = _fields(groups, labels, classes)
+    all_fields = fields_per_class(groups, labels, classes)
     pack = info.get("pack") or {}
     if (pack.get("folds"), pack.get("n_images"), pack.get("source_fields")) != (
         n_folds,
@@ -107,7 +108,7 @@ def crossval(
     for k, p in paths.items():
         infos[k] = _info(p)
         keep = fold != k
-        check_fold(infos[k], k, keep, _fields(groups[keep], labels[keep], classes), n_folds, p)
+        check_fold(infos[k], k, keep, fields_per_class(groups[keep], labels[keep], classes), n_folds, p)
     log(f"{len(files)} images, {n_folds} folds of {np.bincount(fold).tolist()} images; refit {model_path}")
 
     crops, found = crops_cached(files, cfg)
@@ -133,7 +134,7 @@ def crossval(
         pred = va_probs.argmax(1)
         per_fold[str(k)] = {
             "n_images": int(len(va)),
-            "source_fields": _fields(groups[va], labels[va], classes),
+            "source_fields": fields_per_class(groups[va], labels[va], classes),
             "accuracy": float(np.mean(pred == labels[va])),
             "accuracy_per_source_field": source_balanced_accuracy(pred, labels[va], groups[va]),
             "complete": infos[k].get("complete"),
@@ -164,17 +165,13 @@ def crossval(
 
     # The shipped model: OOD statistics of its own training side, which is every field.
     stats = ood.fit(pooled_features(model, crops, "refit train features"), labels, len(classes))
-    data = {
-        "train_dir": str(Path(files[0]).parent.parent),
-        "n_images": n,
-        "per_class": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
-        "n_train": n,
-        "n_val": n,
-        "n_groups": int(len(np.unique(groups))),
-        "split": f"{n_folds}-fold cross-validation by source field (ml.data.group_folds, seed {cfg.seed}); "
-        "validation figures are out-of-fold, the shipped model was refitted on every field",
-        "source_fields": {"train": all_fields, "val": all_fields},
-    }
+    split_text = (
+        f"{n_folds}-fold cross-validation by source field (ml.data.group_folds, seed {cfg.seed}); "
+        "validation figures are out-of-fold, the shipped model was refitted on every field"
+    )
+    data = data_record(
+        files, labels, groups, classes, n, n, split_text, {"train": all_fields, "val": all_fields}
+    )
     extra = {
         "nucleus_found_fraction": float(found.mean()),
         "finetune": finetune_record(info),

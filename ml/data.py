@@ -160,6 +160,11 @@ def group_split(groups: np.ndarray, labels: np.ndarray, val_fraction: float, see
     return val
 
 
+def fields_per_class(groups: np.ndarray, labels: np.ndarray, classes) -> dict:
+    """Source fields (groups) per class name."""
+    return {c: len(np.unique(groups[labels == i])) for i, c in enumerate(classes)}
+
+
 def group_folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold (0..k-1) of every image for K-fold cross-validation: whole groups, each class spread evenly.
 

@@ -59,7 +59,7 @@ def pack(
     """
     from PIL import Image
 
-    from ml.data import group_folds, list_class_folders
+    from ml.data import fields_per_class, group_folds, list_class_folders
     from ml.model import build_classifier
     from ml.train import crop_all, source_split
 
@@ -70,7 +70,7 @@ def pack(
     if folds:
         fold = group_folds(groups, labels, folds, cfg.seed)
         tr = np.arange(len(files))
-        sources = {"train": _fields(groups, labels, classes)}
+        sources = {"train": fields_per_class(groups, labels, classes)}
         split_text = f"{folds}-fold cross-validation by source field (ml.data.group_folds, seed {cfg.seed})"
     else:
         tr = np.flatnonzero(~val)
@@ -113,7 +113,7 @@ def pack(
         else {
             str(f): {
                 "n_images": int((fold == f).sum()),
-                "source_fields": _fields(groups[fold == f], labels[fold == f], classes),
+                "source_fields": fields_per_class(groups[fold == f], labels[fold == f], classes),
             }
             for f in range(folds)
         },
@@ -125,18 +125,15 @@ def pack(
     return meta
 
 
-def _fields(groups: np.ndarray, labels: np.ndarray, classes) -> dict:
-    """Source fields (groups) per class."""
-    return {c: len(np.unique(groups[labels == i])) for i, c in enumerate(classes)}
-
-
 # --------------------------------------------------------------------------- fit (any backend)
 
 
-def load_pack(pack_dir: Path, workers: int = 8) -> tuple[np.ndarray, np.ndarray, dict]:
+def load_pack(pack_dir: Path, workers: int = 8) -> tuple[np.ndarray, dict, dict]:
+    """``(crops, index, meta)``: decoded crops, the index arrays (labels, groups, folds...), pack.json."""
     from PIL import Image
 
-    idx = np.load(pack_dir / "index.npz")
+    with np.load(pack_dir / "index.npz") as z:
+        idx = {k: z[k] for k in z.files}
     raw = (pack_dir / "crops.bin").read_bytes()
     off = idx["offsets"]
 
@@ -146,7 +143,7 @@ def load_pack(pack_dir: Path, workers: int = 8) -> tuple[np.ndarray, np.ndarray,
 
     with ThreadPoolExecutor(workers) as ex:
         crops = np.stack(list(ex.map(decode, range(len(off) - 1))))
-    return crops, idx["labels"], json.loads((pack_dir / "pack.json").read_text())
+    return crops, idx, json.loads((pack_dir / "pack.json").read_text())
 
 
 def augment(crop: np.ndarray, rng: np.random.Generator, out_size: int) -> np.ndarray:
@@ -229,24 +226,23 @@ def fit(
     """
     import keras
 
+    from ml.data import fields_per_class
     from ml.model import build_classifier, copy_weights_by_name, freeze_batchnorm
 
     t0 = time.time()
-    crops, labels, meta = load_pack(pack_dir)
-    classes = meta["classes"]
+    crops, idx, meta = load_pack(pack_dir)
+    labels, classes = idx["labels"], meta["classes"]
     if fold is not None:
-        with np.load(pack_dir / "index.npz") as idx:
-            if "folds" not in idx.files:
-                raise ValueError(f"{pack_dir} has no folds (pack it with --folds K)")
-            keep = idx["folds"] != fold
-            groups = idx["groups"]
+        if "folds" not in idx:
+            raise ValueError(f"{pack_dir} has no folds (pack it with --folds K)")
+        keep, groups = idx["folds"] != fold, idx["groups"]
         if keep.all():
             raise ValueError(f"fold {fold} is not in {pack_dir} (folds 0..{meta['folds'] - 1})")
         crops, labels = crops[keep], labels[keep]
         meta = meta | {
             "fold": fold,
             "n_images": int(keep.sum()),
-            "source_fields": _fields(groups[keep], labels, classes),
+            "source_fields": fields_per_class(groups[keep], labels, classes),
         }
     log(f"pack: {len(crops)} crops {crops.shape[1:]} decoded in {time.time() - t0:.1f} s")
     keras.utils.set_random_seed(seed)

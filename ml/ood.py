@@ -62,12 +62,22 @@ def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def in_distribution_threshold(val_dist: np.ndarray) -> float:
+    """The distance threshold from validation distances alone: their 99th percentile x 1.1."""
+    return float(np.percentile(val_dist, 99.0) * 1.1)
+
+
+def flagged(dist: np.ndarray, conf: np.ndarray, thresholds: dict) -> np.ndarray:
+    """Which rows the thresholds flag (too far from every training cell, or not confident enough)."""
+    return (dist > thresholds["ood_distance"]) | (conf < thresholds["min_confidence"])
+
+
 def choose_thresholds(
     val_dist: np.ndarray, val_conf: np.ndarray, budget: float, ood_threshold: float | None = None
 ) -> dict:
-    """OOD threshold: 99th pct of validation distances x1.1 (or ``ood_threshold``, e.g. from
-    ``ml.oodcal``); the confidence threshold fills the rest of ``budget``."""
-    ood_thr = float(np.percentile(val_dist, 99.0) * 1.1) if ood_threshold is None else float(ood_threshold)
+    """OOD threshold: ``in_distribution_threshold`` (or ``ood_threshold``, e.g. from ``ml.oodcal``);
+    the confidence threshold fills the rest of ``budget``."""
+    ood_thr = in_distribution_threshold(val_dist) if ood_threshold is None else float(ood_threshold)
     left = max(budget - float(np.mean(val_dist > ood_thr)), 0.0)
     conf_thr = float(np.clip(np.quantile(val_conf, left), 0.35, 0.9)) if left > 0 else 0.35
     return {"ood_distance": ood_thr, "min_confidence": conf_thr}

@@ -126,12 +126,12 @@ def apply(bundle: Path, log=print) -> dict:
     predictor = Predictor(model, card0, stats, bundle / card["model_file"], backend="keras")
     images = calibration_images()
     dist, gated = outlier_distances(predictor, images)
-    base = float(np.percentile(in_dist, 99.0) * 1.1)  # the in-distribution rule (ood.choose_thresholds)
+    base = ood.in_distribution_threshold(in_dist)
     t = choose_ood_threshold(in_dist, base, np.array(list(dist.values())))
     budget = card["config"].get("max_unidentified_val", TrainConfig.max_unidentified_val)
     conf = ood.calibrate(probs, card["temperature"]).max(1)
     thresholds = ood.choose_thresholds(in_dist, conf, budget, ood_threshold=t)
-    flagged = (in_dist > thresholds["ood_distance"]) | (conf < thresholds["min_confidence"])
+    flagged = ood.flagged(in_dist, conf, thresholds)
     missed = sorted(n for n, v in dist.items() if v <= thresholds["ood_distance"])
     card["ood_calibration"] = {
         "images": len(images),

@@ -290,7 +290,7 @@ def source_split(files, labels, cfg: TrainConfig):
     ``ml.finetune pack`` so that a model fine-tuned elsewhere is validated on the same fields.
     """
     from ml import colour
-    from ml.data import group_by_original, group_near_duplicates, group_split
+    from ml.data import fields_per_class, group_by_original, group_near_duplicates, group_split
 
     classes = list(cfg.classes)
     # Grouping always looks at the whole unmasked neighbourhood (the red-cell layout identifies a field);
@@ -323,7 +323,7 @@ def source_split(files, labels, cfg: TrainConfig):
         )
     val = group_split(groups, labels, cfg.val_fraction, cfg.seed)
     sources = {
-        side: {c: len(np.unique(groups[mask & (labels == i)])) for i, c in enumerate(classes)}
+        side: fields_per_class(groups[mask], labels[mask], classes)
         for side, mask in (("train", ~val), ("val", val))
     }
     return groups, val, split_text, sources, gdir
@@ -530,16 +530,7 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
     stats = ood.fit(train_feats, labels[tr_idx], len(classes))
     val_dist = ood.distance(stats, val_feats)
     temperature, thresholds, flagged = calibrate_flags(val_probs, labels[va_idx], val_dist, cfg, log)
-    data = {
-        "train_dir": str(Path(files[0]).parent.parent),
-        "n_images": len(files),
-        "per_class": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
-        "n_train": int(len(tr_idx)),
-        "n_val": int(len(va_idx)),
-        "n_groups": int(len(np.unique(groups))),
-        "split": split_text,
-        "source_fields": sources,
-    }
+    data = data_record(files, labels, groups, classes, len(tr_idx), len(va_idx), split_text, sources)
     val_predictions = {
         "index": va_idx,
         "labels": labels[va_idx],
@@ -563,6 +554,20 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
         card_extra=card_extra,
         log=log,
     )
+
+
+def data_record(files, labels, groups, classes, n_train: int, n_val: int, split_text: str, sources) -> dict:
+    """The card's ``data`` entry."""
+    return {
+        "train_dir": str(Path(files[0]).parent.parent),
+        "n_images": len(files),
+        "per_class": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
+        "n_train": int(n_train),
+        "n_val": int(n_val),
+        "n_groups": int(len(np.unique(groups))),
+        "split": split_text,
+        "source_fields": sources,
+    }
 
 
 def choose_colour_weight(probs, clp, y, groups) -> tuple[float, dict]:
@@ -601,7 +606,7 @@ def calibrate_flags(probs, labels, dist, cfg: TrainConfig, log=print):
     temperature = fit_temperature(probs, labels)
     cal = ood.calibrate(probs, temperature)
     thresholds = ood.choose_thresholds(dist, cal.max(1), cfg.max_unidentified_val)
-    flagged = (dist > thresholds["ood_distance"]) | (cal.max(1) < thresholds["min_confidence"])
+    flagged = ood.flagged(dist, cal.max(1), thresholds)
     log(f"temperature {temperature:.3f}; thresholds {thresholds}; val flagged {flagged.mean():.2%}")
     return temperature, thresholds, flagged
 
