@@ -45,6 +45,8 @@ class TrainConfig:
     # Serving: test-time augmentation (dihedral views averaged) and "unidentified" flags.
     tta_views: int = 4  # 1, 2, 4 or 8 dihedral views
     max_unidentified_val: float = 0.03  # target fraction of validation flagged (confidence + OOD)
+    # Calibration: one offset per class with the temperature (BCTS), fitted by NLL on held-out cells.
+    class_bias: bool = True
     name: str = "hematovision_wbc"
     extra: dict = field(default_factory=dict)
 

@@ -6,9 +6,9 @@ copies. With K folds (``ml.finetune pack --folds K``, one ``fit --fold k`` per f
 every field, all with the same recipe, e.g. on a GPU by ``scripts/gpu_finetune.sh``) every source
 field is predicted once by a model that never saw it. Here, on TensorFlow and through the serving
 path (served crops, test-time augmentation, colour opinion, OOD statistics of that fold's own
-training side), those out-of-fold predictions choose the colour weight, the temperature and the
-thresholds, exactly as ``ml.train`` does on its single split, and the refit model is shipped with
-them and with OOD statistics and a colour model fitted on every field:
+training side), those out-of-fold predictions choose the colour weight, the temperature with its
+class offsets and the thresholds, exactly as ``ml.train`` does on its single split, and the refit
+model is shipped with them and with OOD statistics and a colour model fitted on every field:
 
     python -m ml.crossval --data ../shared/datasets/bccd-wbc/TRAIN --folds-dir DIR \\
         --model DIR/finetune_s192_e12_seed2.keras --out var/models/cv
@@ -160,7 +160,20 @@ def crossval(
         log(f"colour weight {weight} (out-of-fold accuracy by weight {by_weight})")
         colour_card = colour_card_dict(weight, by_weight)
         colour_model = colour.fit(cfeat, labels, len(classes), seed=cfg.seed)  # every field, for serving
-    temperature, thresholds, flagged = calibrate_flags(probs, labels, oof_dist, cfg, log)
+    temperature, bias, thresholds, flagged, cal = calibrate_flags(probs, labels, oof_dist, cfg, log)
+    # The served decision is the argmax after the class offsets. "calibrated" is in-sample (offsets
+    # fitted on these very predictions); "calibrated_nested" fits them on the other folds for each fold.
+    for name, pred in (
+        ("calibrated", cal.argmax(1)),
+        ("calibrated_nested", nested_decisions(probs, labels, fold, cfg)),
+    ):
+        val_metrics[name] = metrics_dict(labels, pred, classes)
+        val_metrics[name]["accuracy_per_source_field"] = source_balanced_accuracy(pred, labels, groups)
+        val_metrics[name]["by_fold"] = {
+            str(k): float(np.mean(pred[fold == k] == labels[fold == k])) for k in paths
+        }
+    acc = {k: round(val_metrics[k]["accuracy"], 4) for k in ("calibrated", "calibrated_nested")}
+    log(f"out-of-fold accuracy after the class offsets: {acc}")
     val_metrics["flagged_by_class"] = {c: float(flagged[labels == i].mean()) for i, c in enumerate(classes)}
 
     # The shipped model: OOD statistics of its own training side, which is every field.
@@ -192,6 +205,7 @@ def crossval(
         colour_model=colour_model,
         colour_card=colour_card,
         temperature=temperature,
+        class_bias=bias,
         thresholds=thresholds,
         val_metrics=val_metrics,
         flagged_rate=float(flagged.mean()),
@@ -212,6 +226,20 @@ def crossval(
     )
     # The distance threshold, checked against non-blood images (disjoint from the test fixtures).
     return oodcal.apply(out, log=log)
+
+
+def nested_decisions(probs, labels, fold, cfg: TrainConfig) -> np.ndarray:
+    """Each fold's decisions under the calibration (temperature, class offsets) fitted on the other
+    folds' out-of-fold predictions: an estimate of the calibrated accuracy that is not in-sample."""
+    from ml import ood
+    from ml.train import fit_calibration
+
+    pred = np.zeros(len(labels), np.int64)
+    for k in np.unique(fold):
+        rest, this = fold != k, fold == k
+        t, b = fit_calibration(probs[rest], labels[rest], cfg.class_bias)
+        pred[this] = ood.calibrate(probs[this], t, b).argmax(1)
+    return pred
 
 
 def _info(path: Path) -> dict:

@@ -55,11 +55,33 @@ def load(path: Path) -> dict:
         return {k: z[k] for k in z.files}
 
 
-def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+def calibrate(probs: np.ndarray, temperature: float, class_bias=None) -> np.ndarray:
+    """softmax(log p / T + b): temperature scaling, with one offset per class when ``class_bias`` is given."""
     z = np.log(np.clip(probs, 1e-12, 1.0)) / float(temperature)
+    if class_bias is not None:
+        z = z + np.asarray(class_bias, dtype=z.dtype)
     z = z - z.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
+
+
+def class_bias_record(classes, bias) -> dict:
+    """The card's ``class_bias`` entry: class name -> offset (read back by ``card_class_bias``)."""
+    return {c: float(b) for c, b in zip(classes, bias, strict=True)}
+
+
+def card_class_bias(card: dict) -> np.ndarray:
+    """The card's class offsets in output order (zeros for a card without them: temperature only).
+    ValueError when they do not name exactly the card's classes or are not finite numbers."""
+    bias = card.get("class_bias")
+    if bias is None:
+        return np.zeros(len(card["classes"]), np.float32)
+    if not isinstance(bias, dict) or sorted(bias) != sorted(card["classes"]):
+        raise ValueError(f"class_bias must give one offset for each of {card['classes']}, got {bias!r}")
+    out = np.array([bias[c] for c in card["classes"]], np.float32)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"class_bias offsets must be finite numbers, got {bias!r}")
+    return out
 
 
 def in_distribution_threshold(val_dist: np.ndarray) -> float:

@@ -129,7 +129,7 @@ def apply(bundle: Path, log=print) -> dict:
     base = ood.in_distribution_threshold(in_dist)
     t = choose_ood_threshold(in_dist, base, np.array(list(dist.values())))
     budget = card["config"].get("max_unidentified_val", TrainConfig.max_unidentified_val)
-    conf = ood.calibrate(probs, card["temperature"]).max(1)
+    conf = ood.calibrate(probs, card["temperature"], ood.card_class_bias(card)).max(1)
     thresholds = ood.choose_thresholds(in_dist, conf, budget, ood_threshold=t)
     flagged = ood.flagged(in_dist, conf, thresholds)
     missed = sorted(n for n, v in dist.items() if v <= thresholds["ood_distance"])

@@ -4,9 +4,10 @@ This is the interface the Django app uses (through ``classifier/inference.py``).
 Images of any size and mode are accepted (bytes, PIL images, numpy arrays);
 the white cell is located and cropped exactly as in training (``ml.locate``),
 dihedral test-time augmentation is averaged, probabilities are calibrated by
-temperature scaling, and images are flagged "unidentified" when no nucleus is
-found, when their features are far from every training cell
-(``not_blood_smear``), or when the calibrated confidence is low.
+temperature scaling with one offset per class (the card's ``class_bias``), and
+images are flagged "unidentified" when no nucleus is found, when their features
+are far from every training cell (``not_blood_smear``), or when the calibrated
+confidence is low.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ class Predictor:
         import keras
         import tensorflow as tf
 
+        from ml import ood
         from ml.model import FEATURES_LAYER
 
         if backend not in ("keras", "litert", "naive"):
@@ -190,6 +192,7 @@ class Predictor:
         self.tta_views = int(card.get("tta_views", 1))
         self.n_views = len(dihedral_views(self.tta_views))
         self.temperature = float(card.get("temperature", 1.0))
+        self.class_bias = ood.card_class_bias(card)
         self.thresholds = dict(card.get("thresholds") or {})
         self.ood_stats = ood_stats
         # Colour second opinion (ml.colour), fused with the CNN's probabilities before calibration.
@@ -292,7 +295,7 @@ class Predictor:
 
             colour_lp = colour.log_probs(self.colour_model, np.stack([cf for _, _, _, cf in prepared]))
             probs = colour.fuse(probs, colour_lp, self.colour_weight)
-        cal = ood.calibrate(probs, self.temperature)
+        cal = ood.calibrate(probs, self.temperature, self.class_bias)
         dist = ood.distance(self.ood_stats, feats) if self.ood_stats is not None else np.zeros(len(crops))
         out = []
         for i, (_, box, reason, _) in enumerate(prepared):
@@ -380,12 +383,15 @@ def load_predictor(model_path: str | Path | None = None, backend: str = "auto") 
 
 
 def _load_parts(path: Path):
+    from ml import ood
+
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     card_path = path.parent / "model_card.json"
     try:
         card = json.loads(card_path.read_text())
         _ = card["classes"], card["version"], card["input"]["input_size"]
+        ood.card_class_bias(card)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"model card {card_path} is missing or invalid: {exc}") from exc
     try:
@@ -401,8 +407,6 @@ def _load_parts(path: Path):
         )
     stats = None
     if card.get("ood_stats_file"):
-        from ml import ood
-
         try:
             stats = ood.load(path.parent / card["ood_stats_file"])
         except Exception as exc:

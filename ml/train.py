@@ -10,7 +10,7 @@ EfficientNet-Lite0 path (2 CPUs friendly):
  5. phase 2: fine-tune blocks >= ``split_block`` + head on the cached
     activations at a low rate with BatchNorm frozen (random dihedral flips of
     the activation maps as cheap extra augmentation);
- 6. temperature scaling + "unidentified" thresholds on validation;
+ 6. temperature scaling with class offsets + "unidentified" thresholds on validation;
  7. copy weights into the whole serving model (resize + rescale inside), save
     ``DIR/<name>.keras``, ``DIR/model_card.json``, ``DIR/training_curves.png``.
 TEST is never read here.
@@ -220,19 +220,33 @@ class _ActivationBatches:
         return _DS(*a, **k)
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature T minimising validation NLL of softmax(log p / T)."""
-    from scipy.optimize import minimize_scalar
+def fit_calibration(
+    probs: np.ndarray, labels: np.ndarray, class_bias: bool = True
+) -> tuple[float, np.ndarray]:
+    """Temperature T, and with ``class_bias`` one offset per class b, minimising the held-out NLL of
+    softmax(log p / T + b). Without offsets this is temperature scaling, which never changes a
+    decision; with them it is bias-corrected temperature scaling (BCTS, Alexandari et al. 2020), which
+    also corrects a systematic lean towards one class on cells the network has not seen. The offsets
+    are centred (they sum to 0; softmax ignores a common shift)."""
+    from scipy.optimize import minimize
 
-    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    logp = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float64)
+    n, k = logp.shape
+    rows = np.arange(n)
 
-    def nll(t):
-        z = logp / t
+    def unpack(x):
+        return np.exp(x[0]), (np.append(x[1:], 0.0) if class_bias else np.zeros(k))
+
+    def nll(x):
+        t, b = unpack(x)
+        z = logp / t + b
         z = z - z.max(1, keepdims=True)
-        lse = np.log(np.exp(z).sum(1))
-        return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[rows, labels]))
 
-    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
+    x0 = np.zeros(k if class_bias else 1)
+    bounds = [(np.log(0.05), np.log(20.0))] + [(-10.0, 10.0)] * (len(x0) - 1)
+    t, b = unpack(minimize(nll, x0, method="L-BFGS-B", bounds=bounds).x)
+    return float(t), b - b.mean()
 
 
 def file_hash(path: Path) -> str:
@@ -529,7 +543,11 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
         colour_card = colour_card_dict(weight, by_weight)
     stats = ood.fit(train_feats, labels[tr_idx], len(classes))
     val_dist = ood.distance(stats, val_feats)
-    temperature, thresholds, flagged = calibrate_flags(val_probs, labels[va_idx], val_dist, cfg, log)
+    temperature, bias, thresholds, flagged, cal = calibrate_flags(
+        val_probs, labels[va_idx], val_dist, cfg, log
+    )
+    # The served decision (argmax after the offsets); in-sample: the offsets were fitted on these cells.
+    val_metrics["calibrated"] = metrics_dict(labels[va_idx], cal.argmax(1), classes)
     data = data_record(files, labels, groups, classes, len(tr_idx), len(va_idx), split_text, sources)
     val_predictions = {
         "index": va_idx,
@@ -545,6 +563,7 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
         colour_model=colour_model if colour_card else None,
         colour_card=colour_card,
         temperature=temperature,
+        class_bias=bias,
         thresholds=thresholds,
         val_metrics=val_metrics,
         flagged_rate=float(flagged.mean()),
@@ -600,15 +619,20 @@ def colour_card_dict(weight: float, by_weight: dict) -> dict:
 
 
 def calibrate_flags(probs, labels, dist, cfg: TrainConfig, log=print):
-    """Temperature (validation NLL), then the "unidentified" thresholds for ``cfg.max_unidentified_val``."""
+    """Temperature and class offsets (``fit_calibration``, held-out NLL), then the "unidentified"
+    thresholds for ``cfg.max_unidentified_val`` on the calibrated confidences. Returns
+    (temperature, class offsets, thresholds, flagged mask, calibrated probabilities)."""
     from ml import ood
 
-    temperature = fit_temperature(probs, labels)
-    cal = ood.calibrate(probs, temperature)
+    temperature, bias = fit_calibration(probs, labels, cfg.class_bias)
+    cal = ood.calibrate(probs, temperature, bias)
     thresholds = ood.choose_thresholds(dist, cal.max(1), cfg.max_unidentified_val)
     flagged = ood.flagged(dist, cal.max(1), thresholds)
-    log(f"temperature {temperature:.3f}; thresholds {thresholds}; val flagged {flagged.mean():.2%}")
-    return temperature, thresholds, flagged
+    log(
+        f"temperature {temperature:.3f}; class offsets {np.round(bias, 3).tolist()}; "
+        f"thresholds {thresholds}; val flagged {flagged.mean():.2%}"
+    )
+    return temperature, bias, thresholds, flagged, cal
 
 
 def write_bundle(
@@ -620,6 +644,7 @@ def write_bundle(
     colour_model,
     colour_card: dict | None,
     temperature: float,
+    class_bias,
     thresholds: dict,
     val_metrics: dict,
     flagged_rate: float,
@@ -661,6 +686,8 @@ def write_bundle(
         "tta_views": cfg.tta_views,
         "colour": colour_card,
         "temperature": temperature,
+        # Served probabilities: softmax(log p / temperature + class_bias[class]) (ml.ood.calibrate).
+        "class_bias": ood.class_bias_record(classes, class_bias),
         "thresholds": thresholds,
         "ood_stats_file": "ood_stats.npz",
         "config": cfg.to_dict(),

@@ -192,9 +192,26 @@ def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, c
     floor = np.quantile(val["ood_distance"], 0.98)
     assert t == pytest.approx(max(min(base, 0.95 * min(oc["distances"].values())), floor), rel=1e-4)
     assert oc["missed_at_threshold"] == sorted(n for n, d in oc["distances"].items() if d <= t)
-    flagged = (val["ood_distance"] > t) | (
-        ood.calibrate(val["probs"], card["temperature"]).max(1) < card["thresholds"]["min_confidence"]
+    # Temperature and class offsets: the NLL fit on the out-of-fold probabilities, as served.
+    t_fit, b_fit = train.fit_calibration(val["probs"], val["labels"])
+    assert card["temperature"] == pytest.approx(t_fit, rel=1e-6)
+    assert list(card["class_bias"]) == CLASSES
+    assert list(card["class_bias"].values()) == pytest.approx(b_fit.tolist(), abs=1e-6)
+    cal = ood.calibrate(val["probs"], card["temperature"], ood.card_class_bias(card))
+    assert (
+        vm["calibrated"]["confusion_matrix"]
+        == train.metrics_dict(val["labels"], cal.argmax(1), CLASSES)["confusion_matrix"]
     )
+    # Nested: each fold decided by the calibration fitted on the other fold only.
+    nested = np.zeros(32, int)
+    for k in (0, 1):
+        tk, bk = train.fit_calibration(val["probs"][val["fold"] != k], val["labels"][val["fold"] != k])
+        nested[val["fold"] == k] = ood.calibrate(val["probs"][val["fold"] == k], tk, bk).argmax(1)
+    assert vm["calibrated_nested"]["accuracy"] == pytest.approx(np.mean(nested == val["labels"]))
+    assert vm["calibrated_nested"]["by_fold"]["1"] == pytest.approx(
+        np.mean(nested[val["fold"] == 1] == val["labels"][val["fold"] == 1])
+    )
+    flagged = (val["ood_distance"] > t) | (cal.max(1) < card["thresholds"]["min_confidence"])
     assert card["validation_flagged_rate"] == pytest.approx(flagged.mean())
     crops, _ = train.crops_cached(_files(data), _cfg_96(tmp_path))  # the served crops, as crossval read them
     in1 = np.flatnonzero(val["fold"] == 1)

@@ -99,6 +99,57 @@ def test_model_load_errors(tmp_path):
         load_predictor(bad)
 
 
+def test_model_card_class_bias_is_checked(tmp_path, predictor):
+    import json
+    import shutil
+
+    from ml.predictor import DEFAULT_MODEL_PATH
+
+    shutil.copy(DEFAULT_MODEL_PATH, tmp_path / "m.keras")
+    card = dict(predictor.card)
+    for bad, msg in (
+        ({"EOSINOPHIL": 1.0}, "one offset for each of"),
+        (dict.fromkeys([*predictor.classes, "BASOPHIL"], 0.0), "one offset for each of"),
+        (dict.fromkeys(predictor.classes, "high"), "could not convert"),
+        (dict.fromkeys(predictor.classes, float("nan")), "finite"),
+    ):
+        (tmp_path / "model_card.json").write_text(json.dumps(card | {"class_bias": bad}))
+        with pytest.raises(ModelLoadError, match=msg):
+            load_predictor(tmp_path / "m.keras", backend="keras")
+
+
+def test_class_bias_shifts_probabilities_as_the_card_says(predictor, cell_images):
+    """softmax(log p / T + b): a second predictor on the same network whose card adds offsets d gives
+    probabilities proportional to the first one's times exp(d), and a large offset decides the class."""
+    from ml import ood
+    from ml.predictor import Predictor
+
+    base = predictor.predict_one(cell_images["LYMPHOCYTE_3"])
+    delta = np.array([0.5, -0.25, 1.0, -1.25])
+    now = ood.card_class_bias(predictor.card)
+    bias = {c: float(now[i] + delta[i]) for i, c in enumerate(predictor.classes)}
+    shifted = Predictor(
+        predictor.model,
+        predictor.card | {"class_bias": bias},
+        predictor.ood_stats,
+        predictor.model_path,
+        backend="keras",
+    ).predict_one(cell_images["LYMPHOCYTE_3"])
+    expect = np.array([base.probabilities[c] for c in predictor.classes]) * np.exp(delta)
+    got = np.array([shifted.probabilities[c] for c in predictor.classes])
+    assert got == pytest.approx(expect / expect.sum(), rel=1e-4)
+    assert shifted.label == predictor.classes[int(np.argmax(expect))]
+    forced = dict.fromkeys(predictor.classes, 0.0) | {"MONOCYTE": 40.0}
+    p = Predictor(
+        predictor.model,
+        predictor.card | {"class_bias": forced},
+        predictor.ood_stats,
+        predictor.model_path,
+        backend="keras",
+    ).predict_one(cell_images["LYMPHOCYTE_3"])
+    assert p.label == "MONOCYTE" and p.confidence == pytest.approx(1.0)
+
+
 def test_non_blood_images_are_flagged(predictor):
     from ml.tests.nonblood import nonblood_images
 

@@ -64,6 +64,10 @@ def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert len(set(val["groups"].tolist())) == 4 and val["probs"].shape == (16, 4)
     assert card["colour"]["weight"] in train.COLOUR_WEIGHTS and (out / "colour_model.npz").exists()
     assert card["temperature"] > 0 and set(card["thresholds"]) == {"ood_distance", "min_confidence"}
+    t_fit, b_fit = train.fit_calibration(val["probs"], val["labels"])
+    assert card["temperature"] == pytest.approx(t_fit, rel=1e-6)
+    assert list(card["class_bias"]) == CLASSES
+    assert list(card["class_bias"].values()) == pytest.approx(b_fit.tolist(), abs=1e-6)
     assert (out / "training_curves.png").stat().st_size > 1000
 
     pred = load_predictor(out / "hematovision_wbc.keras", backend="keras")
@@ -77,3 +81,26 @@ def test_train_refuses_a_test_folder(tmp_path):
 
     (tmp_path / "TEST" / "EOSINOPHIL").mkdir(parents=True)
     assert train.main(["--data", str(tmp_path / "TEST"), "--out", str(tmp_path / "m")]) == 2
+
+
+def test_fit_calibration_recovers_temperature_and_class_offsets():
+    """Labels drawn from softmax(log p / T + b): the NLL fit finds T and the (centred) offsets, and
+    ml.ood.calibrate applies them; without offsets it is temperature scaling, which keeps every argmax."""
+    from ml import ood
+    from ml.train import fit_calibration
+
+    rng = np.random.default_rng(0)
+    n, true_t, true_b = 40000, 1.6, np.array([0.6, -0.9, 1.2, -0.9])
+    probs = rng.dirichlet(np.full(4, 0.7), size=n)
+    target = ood.calibrate(probs, true_t, true_b)
+    labels = (target.cumsum(1) < rng.random((n, 1))).sum(1)
+    t, b = fit_calibration(probs, labels)
+    assert t == pytest.approx(true_t, rel=0.05)
+    assert b == pytest.approx(true_b, abs=0.06) and b.sum() == pytest.approx(0.0, abs=1e-9)
+    z = np.log(probs) / t + b
+    assert ood.calibrate(probs, t, b) == pytest.approx(np.exp(z) / np.exp(z).sum(1, keepdims=True), rel=1e-5)
+    t0, b0 = fit_calibration(probs, labels, class_bias=False)
+    assert t0 > 0 and not b0.any()
+    assert np.array_equal(ood.calibrate(probs, t0, b0).argmax(1), probs.argmax(1))
+    # The offsets move decisions towards the classes the probabilities under-call.
+    assert np.mean(ood.calibrate(probs, t, b).argmax(1) == labels) > np.mean(probs.argmax(1) == labels)
