@@ -47,6 +47,14 @@ def get_predictor():
         )
 
 
+def model_summary() -> dict:
+    """The serving model's identity, calibration, flag thresholds and figures, from its card
+    (``ml.predictor.model_summary``); raises PredictorUnavailable if the model cannot load."""
+    from ml.predictor import model_summary as summary
+
+    return summary(get_predictor().card)
+
+
 def image_decode_errors() -> tuple[type[Exception], ...]:
     """Exception types a predictor raises for pixels it cannot use."""
     if settings.HEMATOVISION_PREDICTOR == "ml":

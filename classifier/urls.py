@@ -7,6 +7,7 @@ from . import views
 urlpatterns = [
     path("", views.DashboardView.as_view(), name="dashboard"),
     path("upload/", views.UploadView.as_view(), name="upload"),
+    path("model/", views.ModelInfoView.as_view(), name="model-info"),
     path("classifications/", views.ClassificationListView.as_view(), name="classification-list"),
     path("classifications/export.csv", views.classification_export_view, name="classification-export"),
     path("classifications/<int:pk>/", views.ClassificationDetailView.as_view(), name="classification-detail"),

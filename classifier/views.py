@@ -21,7 +21,7 @@ from django.views import View
 from django.views.decorators.http import require_POST
 from django.views.generic import TemplateView
 
-from . import selectors, services
+from . import inference, selectors, services
 from .filters import ClassificationFilter
 from .forms import ReviewForm, UploadForm
 from .models import CellClass, Classification
@@ -77,6 +77,38 @@ class DashboardView(TemplateView):
             "labels": [cls.label for cls in CellClass],
             "counts": [stats["by_label"][cls.value] for cls in CellClass],
         }
+        return context
+
+
+class ModelInfoView(TemplateView):
+    """The model behind the results: version, calibration, figures and limits (as ``/api/v1/model/``)."""
+
+    template_name = "classifier/model_info.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        try:
+            info = inference.model_summary()
+        except inference.PredictorUnavailable:
+            info = None
+        context["info"] = info
+        if info:
+            fractions = info["calibration"]["training_class_fractions"] or {}
+            bias = info["calibration"]["class_bias"] or {}
+            rows = []
+            for name in info["classes"]:
+                rows.append({
+                    "name": name,
+                    "bias": bias.get(name),
+                    "share_pct": 100 * fractions[name] if name in fractions else None,
+                    "val_recall": ((info["validation"] or {}).get("recall") or {}).get(name),
+                    "test_recall": ((info["test"] or {}).get("recall") or {}).get(name),
+                })
+            context["class_rows"] = rows
+            rate = (info["validation"] or {}).get("flagged_rate")
+            context["val_flagged_pct"] = None if rate is None else 100 * rate
+            rate = (info["test"] or {}).get("unidentified_rate")
+            context["test_flagged_pct"] = None if rate is None else 100 * rate
         return context
 
 

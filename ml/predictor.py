@@ -412,3 +412,55 @@ def _load_parts(path: Path):
         except Exception as exc:
             raise ModelLoadError(f"could not read OOD statistics next to {path}: {exc}") from exc
     return model, card, stats
+
+
+# Validation figures, best estimate first: out of fold with the calibration fitted on the other folds
+# (ml.crossval), the calibrated decision, then the uncalibrated argmax (older cards).
+_VALIDATION_KEYS = ("calibrated_nested", "calibrated", "tta{v}_with_colour", "tta{v}")
+
+
+def _figures(metrics: dict | None) -> dict | None:
+    if not metrics:
+        return None
+    return {
+        "n_images": metrics.get("n_images"),
+        "accuracy": metrics.get("accuracy"),
+        "macro_f1": metrics.get("macro_f1"),
+        "recall": {c: m.get("recall") for c, m in (metrics.get("per_class") or {}).items()},
+    }
+
+
+def model_summary(card: dict) -> dict:
+    """What a lab or a laboratory information system needs to know about a model, from its card:
+    identity, classes, how probabilities are calibrated and flags set, and its validation and TEST
+    figures. Keys a card does not have are None (older or stand-in models)."""
+    views = card.get("tta_views", 1)
+    vm = card.get("validation_metrics") or {}
+    key = next((k.format(v=views) for k in _VALIDATION_KEYS if k.format(v=views) in vm), None)
+    test = card.get("test_metrics") or {}
+    if test.get("model_version") not in (None, card.get("version")):
+        test = {}  # figures of another model: not this one's
+    per_class = (card.get("data") or {}).get("per_class") or {}
+    total = sum(per_class.values())
+    validation = _figures(vm.get(key)) if key else None
+    if validation is not None:
+        validation |= {"estimate": key, "flagged_rate": card.get("validation_flagged_rate")}
+    return {
+        "name": card.get("name"),
+        "version": card.get("version"),
+        "classes": list(card.get("classes") or []),
+        "backbone": card.get("backbone"),
+        "input_size": (card.get("input") or {}).get("input_size"),
+        "tta_views": card.get("tta_views"),
+        "trained_at": card.get("trained_at"),
+        "calibration": {
+            "method": "softmax(log p / temperature + class_bias)",
+            "temperature": card.get("temperature"),
+            "class_bias": card.get("class_bias"),
+            # The class balance the probabilities are calibrated for (the training images').
+            "training_class_fractions": {c: n / total for c, n in per_class.items()} if total else None,
+        },
+        "thresholds": card.get("thresholds"),
+        "validation": validation,
+        "test": (_figures(test) | {"unidentified_rate": test.get("unidentified_rate")}) if test else None,
+    }

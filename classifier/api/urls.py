@@ -9,6 +9,7 @@ router.register("specimens", views.SpecimenViewSet, basename="api-specimen")
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="api-token"),
+    path("model/", views.ModelInfoView.as_view(), name="api-model"),
     *router.urls,
 ]
 

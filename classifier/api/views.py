@@ -25,8 +25,9 @@ from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from classifier import selectors, services
+from classifier import inference, selectors, services
 from classifier.filters import ClassificationFilter
 from classifier.interop import fhir, hl7
 from classifier.models import Classification, Specimen, Status
@@ -378,3 +379,57 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
     def hl7(self, request, accession=None):
         specimen, differential = self._specimen_and_differential()
         return Response(hl7.oru_r01(specimen, differential))
+
+
+MODEL_EXAMPLE = {
+    "name": "hematovision_wbc", "version": "3ca29f7895919407",
+    "classes": ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"],
+    "backbone": "efficientnet_lite0", "input_size": 192, "tta_views": 4,
+    "trained_at": "2026-11-26T05:23:35+0000",
+    "calibration": {
+        "method": "softmax(log p / temperature + class_bias)", "temperature": 0.886,
+        "class_bias": {"EOSINOPHIL": 0.103, "LYMPHOCYTE": -0.362, "MONOCYTE": 1.133, "NEUTROPHIL": -0.873},
+        "training_class_fractions": {"EOSINOPHIL": 0.251, "LYMPHOCYTE": 0.249, "MONOCYTE": 0.249,
+                                     "NEUTROPHIL": 0.251},
+    },
+    "thresholds": {"ood_distance": 4.94, "min_confidence": 0.477},
+    "validation": {"n_images": 9957, "accuracy": 0.905, "macro_f1": 0.905,
+                   "recall": {"EOSINOPHIL": 0.887, "LYMPHOCYTE": 0.959, "MONOCYTE": 0.856,
+                              "NEUTROPHIL": 0.92},
+                   "estimate": "calibrated_nested", "flagged_rate": 0.03},
+    "test": {"n_images": 2487, "accuracy": 0.891, "macro_f1": 0.893,
+             "recall": {"EOSINOPHIL": 0.873, "LYMPHOCYTE": 1.0, "MONOCYTE": 0.75, "NEUTROPHIL": 0.939},
+             "unidentified_rate": 0.025},
+}
+
+
+class ModelUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The model is unavailable; uploads are kept as pending until it loads."
+    default_code = "model_unavailable"
+
+
+@extend_schema(
+    tags=["model"],
+    summary="The model that pre-classifies",
+    description="Identity (`version` is the one every result's `model_version` carries), classes in "
+    "output order, calibration (probabilities are softmax(log p / temperature + class_bias), fitted "
+    "for the class balance in `training_class_fractions`), the \"unidentified\" thresholds, and its "
+    "figures: `validation` (out of fold on the training data; `estimate` says which) and `test` "
+    "(the official TEST split). Keys a model's card lacks are null.",
+    responses={
+        200: OpenApiResponse(OpenApiTypes.OBJECT, examples=[OpenApiExample("model", value=MODEL_EXAMPLE)]),
+        401: UNAUTHORIZED,
+        503: _error("The model cannot be loaded.", "model_unavailable", ModelUnavailable.default_detail),
+    },
+)
+class ModelInfoView(APIView):
+    """``GET /api/v1/model/``: what an LIS records beside the results (``inference.model_summary``)."""
+
+    renderer_classes = [JSONRenderer]
+
+    def get(self, request):
+        try:
+            return Response(inference.model_summary())
+        except inference.PredictorUnavailable as exc:
+            raise ModelUnavailable() from exc

@@ -134,7 +134,7 @@ def test_token_endpoint_is_throttled_per_address(api_client, user, password, mon
 @pytest.mark.parametrize("url", [
     "/api/v1/classifications/", "/api/v1/classifications/1/", "/api/v1/classifications/1/image/",
     "/api/v1/specimens/", "/api/v1/specimens/ACC-1/", "/api/v1/specimens/ACC-1/fhir/",
-    "/api/v1/specimens/ACC-1/hl7/",
+    "/api/v1/specimens/ACC-1/hl7/", "/api/v1/model/",
 ])
 def test_every_endpoint_needs_authentication(api_client, url):
     response = api_client.get(url)
@@ -581,3 +581,43 @@ def test_specimen_list(tech_api, reviewer_api, user, other_user):
     assert mine["results"][0]["url"] == "http://testserver/api/v1/specimens/ACC-1/"
     assert sorted(s["accession"] for s in reviewer_api.get("/api/v1/specimens/").json()["results"]) == [
         "ACC-1", "ACC-2"]
+
+
+# ------------------------------------------------------------------ the model
+
+
+def test_model_endpoint_describes_the_serving_model(tech_api):
+    """The fake predictor's card has only its name, version and classes: the rest is null."""
+    response = tech_api.get("/api/v1/model/")
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    assert response.json() == {
+        "name": "fake predictor for tests",
+        "version": "fake-0001",
+        "classes": CLASSES,
+        "backbone": None,
+        "input_size": None,
+        "tta_views": None,
+        "trained_at": None,
+        "calibration": {
+            "method": "softmax(log p / temperature + class_bias)",
+            "temperature": None,
+            "class_bias": None,
+            "training_class_fractions": None,
+        },
+        "thresholds": None,
+        "validation": None,
+        "test": None,
+    }
+    # The version is the one each result carries.
+    cell = post_image(tech_api).json()
+    assert cell["model_version"] == response.json()["version"]
+
+
+def test_model_endpoint_answers_503_when_the_model_cannot_load(tech_api, settings):
+    settings.HEMATOVISION_PREDICTOR = "missing"
+    response = tech_api.get("/api/v1/model/")
+    assert response.status_code == 503
+    assert response.json() == {
+        "detail": "The model is unavailable; uploads are kept as pending until it loads.",
+        "code": "model_unavailable",
+    }

@@ -41,3 +41,32 @@ def test_api_upload_with_real_model(api_client, user, settings):
     assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG\r\n\x1a\n")
     bundle = Bundle.model_validate_json(api_client.get("/api/v1/specimens/ACC-REAL/fhir/").content)
     assert bundle.entry[0].resource.status == "preliminary"
+
+
+def test_model_endpoint_with_the_shipped_model(api_client, user, settings):
+    """Identity, calibration and figures come from the shipped card and its TEST run."""
+    import json
+
+    cache.clear()
+    settings.HEMATOVISION_PREDICTOR = "ml"
+    api_client.force_authenticate(user)
+    body = api_client.get("/api/v1/model/").json()
+    card = json.loads((ROOT / "ml" / "artifacts" / "model_card.json").read_text())
+    test = json.loads((ROOT / "ml" / "artifacts" / "test_metrics.json").read_text())
+    assert (body["version"], body["classes"], body["input_size"]) == (
+        card["version"], card["classes"], card["input"]["input_size"])
+    assert body["calibration"]["temperature"] == card["temperature"]
+    assert body["calibration"]["class_bias"] == card["class_bias"]
+    assert list(body["calibration"]["class_bias"]) == CellClass.values
+    assert sum(body["calibration"]["training_class_fractions"].values()) == pytest.approx(1.0)
+    assert body["thresholds"] == card["thresholds"]
+    assert body["validation"]["estimate"] == "calibrated_nested"
+    assert body["validation"]["accuracy"] == card["validation_metrics"]["calibrated_nested"]["accuracy"]
+    assert test["model_version"] == card["version"]
+    assert body["test"] == {
+        "n_images": test["n_images"],
+        "accuracy": test["accuracy"],
+        "macro_f1": test["macro_f1"],
+        "recall": {c: m["recall"] for c, m in test["per_class"].items()},
+        "unidentified_rate": test["unidentified_rate"],
+    }

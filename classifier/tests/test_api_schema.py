@@ -35,6 +35,13 @@ def test_schema_needs_authentication_and_documents_errors(api_client, user):
     result = schema["components"]["schemas"]["Classification"]["properties"]
     assert {"id", "label", "confidence", "probabilities", "status", "review_state", "model_version",
             "created_at", "image_url", "heatmap_url"} <= set(result)
+    model = schema["paths"]["/api/v1/model/"]["get"]
+    assert set(model["responses"]) == {"200", "401", "503"} and model["tags"] == ["model"]
+    example = model["responses"]["200"]["content"]["application/json"]["examples"]["Model"]["value"]
+    from ml.predictor import model_summary
+
+    summary = model_summary({"classes": ["A"], "version": "v"})
+    assert set(example) == set(summary) and set(example["calibration"]) == set(summary["calibration"])
 
 
 def test_swagger_ui_uses_local_assets(client, user):

@@ -412,3 +412,28 @@ def test_dashboard_counts_latest_queue_and_chart_data(reviewer_client, user):
     ) in html
     assert "vendor/chartjs/chart.umd.min.js" in html and "js/dashboard.js" in html
     assert html.count("cell-thumb") == 2
+
+
+# ---------------------------------------------------------------- the model page
+
+
+def test_model_page_needs_login(client):
+    response = client.get(reverse("model-info"))
+    assert response.status_code == 302 and response["Location"] == "/accounts/login/?next=/model/"
+
+
+def test_model_page_with_a_card_that_has_only_its_identity(tech_client):
+    """The fake predictor's card: version and classes shown, figures missing shown as dashes."""
+    html = tech_client.get(reverse("model-info")).content.decode()
+    assert '<dd class="col-7"><code>fake-0001</code></dd>' in html
+    assert 'id="nav-model"' in html and "pre-classifies" in html
+    rows = html.split('<table class="table table-sm mb-2" id="model-classes">')[1].split("</table>")[0]
+    assert rows.count("<tr>") == 5 and rows.count("—") == 16  # header + 4 classes, 4 unknown figures each
+
+
+def test_model_page_when_the_model_cannot_load(tech_client, settings):
+    settings.HEMATOVISION_PREDICTOR = "missing"
+    response = tech_client.get(reverse("model-info"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="model-unavailable"' in html and 'id="model-classes"' not in html

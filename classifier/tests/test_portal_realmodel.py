@@ -38,3 +38,24 @@ def test_upload_with_real_model_shows_class_and_heatmap(tech_client, settings):
     heatmap = tech_client.get(reverse("classification-heatmap", args=[cell.pk]))
     assert heatmap.status_code == 200 and heatmap["Content-Type"] == "image/png"
     assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_model_page_with_the_shipped_model(tech_client, settings):
+    import json
+
+    settings.HEMATOVISION_PREDICTOR = "ml"
+    card = json.loads((ROOT / "ml" / "artifacts" / "model_card.json").read_text())
+    test = card["test_metrics"]
+    html = tech_client.get(reverse("model-info")).content.decode()
+    assert f'<dd class="col-7"><code>{card["version"]}</code></dd>' in html
+    mon = html.split("<td>Monocyte</td>")[1].split("</tr>")[0]
+    assert [c.split(">")[-1].strip() for c in mon.split("</td>")[:4]] == [
+        f"{card['validation_metrics']['calibrated_nested']['per_class']['MONOCYTE']['recall']:.3f}",
+        f"{test['per_class']['MONOCYTE']['recall']:.3f}",
+        f"{100 * card['data']['per_class']['MONOCYTE'] / card['data']['n_images']:.1f} %",
+        f"{card['class_bias']['MONOCYTE']:.2f}",
+    ]
+    flagged = 100 * test["unidentified_rate"]
+    figures = f"accuracy {test['accuracy']:.3f}, {flagged:.1f} % flagged unidentified."
+    assert f"Official TEST split ({test['n_images']} images): {figures}" in html
+    assert "calibrated for the class balance of the training images" in html

@@ -32,6 +32,37 @@ def test_shipped_card_class_order():
     assert card["input"]["input_size"] > 0 and card["temperature"] > 0
 
 
+def test_model_summary_of_the_shipped_card():
+    """The summary an LIS reads: the card's identity and calibration, the nested out-of-fold figures,
+    and TEST figures only when they were measured on this very version."""
+    from ml.predictor import DEFAULT_MODEL_PATH, model_summary
+
+    card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
+    s = model_summary(card)
+    assert (s["version"], s["classes"], s["tta_views"]) == (
+        card["version"],
+        card["classes"],
+        card["tta_views"],
+    )
+    assert s["calibration"]["class_bias"] == card["class_bias"] and s["thresholds"] == card["thresholds"]
+    nested = card["validation_metrics"]["calibrated_nested"]
+    assert s["validation"] == {
+        "n_images": nested["n_images"],
+        "accuracy": nested["accuracy"],
+        "macro_f1": nested["macro_f1"],
+        "recall": {c: m["recall"] for c, m in nested["per_class"].items()},
+        "estimate": "calibrated_nested",
+        "flagged_rate": card["validation_flagged_rate"],
+    }
+    assert s["test"]["accuracy"] == card["test_metrics"]["accuracy"]
+    stale = card | {"test_metrics": card["test_metrics"] | {"model_version": "another"}}
+    assert model_summary(stale)["test"] is None
+    older = {k: v for k, v in card.items() if k != "validation_metrics"} | {
+        "validation_metrics": {"tta4": card["validation_metrics"]["tta4"]}
+    }
+    assert model_summary(older)["validation"]["estimate"] == "tta4"
+
+
 def test_locator_finds_cell_in_fixture_and_whole_field():
     from PIL import Image
 
