@@ -124,29 +124,20 @@ def test_class_bias_shifts_probabilities_as_the_card_says(predictor, cell_images
     from ml import ood
     from ml.predictor import Predictor
 
+    def with_bias(bias):
+        card = predictor.card | {"class_bias": bias}
+        p = Predictor(predictor.model, card, predictor.ood_stats, predictor.model_path, backend="keras")
+        return p.predict_one(cell_images["LYMPHOCYTE_3"])
+
     base = predictor.predict_one(cell_images["LYMPHOCYTE_3"])
     delta = np.array([0.5, -0.25, 1.0, -1.25])
     now = ood.card_class_bias(predictor.card)
-    bias = {c: float(now[i] + delta[i]) for i, c in enumerate(predictor.classes)}
-    shifted = Predictor(
-        predictor.model,
-        predictor.card | {"class_bias": bias},
-        predictor.ood_stats,
-        predictor.model_path,
-        backend="keras",
-    ).predict_one(cell_images["LYMPHOCYTE_3"])
+    shifted = with_bias({c: float(now[i] + delta[i]) for i, c in enumerate(predictor.classes)})
     expect = np.array([base.probabilities[c] for c in predictor.classes]) * np.exp(delta)
     got = np.array([shifted.probabilities[c] for c in predictor.classes])
     assert got == pytest.approx(expect / expect.sum(), rel=1e-4)
     assert shifted.label == predictor.classes[int(np.argmax(expect))]
-    forced = dict.fromkeys(predictor.classes, 0.0) | {"MONOCYTE": 40.0}
-    p = Predictor(
-        predictor.model,
-        predictor.card | {"class_bias": forced},
-        predictor.ood_stats,
-        predictor.model_path,
-        backend="keras",
-    ).predict_one(cell_images["LYMPHOCYTE_3"])
+    p = with_bias(dict.fromkeys(predictor.classes, 0.0) | {"MONOCYTE": 40.0})
     assert p.label == "MONOCYTE" and p.confidence == pytest.approx(1.0)
 
 
