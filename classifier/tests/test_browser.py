@@ -206,3 +206,24 @@ def test_reclassify_with_number_key_on_result_page(live_server, reviewer, passwo
     rev.shot("12-result-reclassified")
     assert rev.errors == []
     rev.close()
+
+
+def test_model_page_from_the_navigation(live_server, user, password, browser, settings):
+    """The shipped model's page: reached from the nav bar, its version and figures shown, no console
+    (CSP) errors."""
+    import json
+
+    settings.HEMATOVISION_PREDICTOR = "ml"
+    card = json.loads((ROOT / "ml" / "artifacts" / "model_card.json").read_text())
+    tech = Session(browser, live_server.url)
+    page = tech.page
+    tech.login(user.username, password)
+    page.click("#nav-model")
+    page.wait_for_url("**/model/")
+    expect(page.locator("#model-identity code")).to_have_text(card["version"])
+    assert page.locator("#model-classes tbody tr").count() == len(card["classes"])
+    test_accuracy = card["test_metrics"]["accuracy"]
+    expect(page.locator("#model-accuracy")).to_contain_text(f"accuracy {test_accuracy:.3f}")
+    tech.shot("09-model")
+    assert tech.errors == []
+    tech.close()
