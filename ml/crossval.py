@@ -63,6 +63,7 @@ def crossval(
     import tensorflow as tf
 
     from ml import colour, ood, oodcal
+    from ml.bundle import file_hash
     from ml.data import fields_per_class, group_folds
     from ml.finetune import set_weights_by_name
     from ml.model import build_classifier
@@ -74,7 +75,6 @@ def crossval(
         colour_features_cached,
         crops_cached,
         data_record,
-        file_hash,
         finetune_record,
         metrics_dict,
         pooled_features,

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.bundle import bundle_version
+
 MARGIN = 0.95  # threshold at most 95 % of the smallest calibration distance
 MAX_IN_DIST = 0.02  # ...but never flag more than 2 % of in-distribution images by distance alone
 SIZE = (320, 240)  # the reference field
@@ -146,6 +148,7 @@ def apply(bundle: Path, log=print) -> dict:
         "command": "python -m ml.oodcal " + " ".join(sys.argv[1:]),
     }
     card["thresholds"] = thresholds
+    card["version"] = bundle_version(card, bundle / card["model_file"])  # new thresholds: new version
     card["validation_flagged_rate"] = float(flagged.mean())
     card["validation_metrics"]["flagged_by_class"] = {
         c: float(flagged[labels == i].mean()) for i, c in enumerate(card["classes"])

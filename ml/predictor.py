@@ -384,6 +384,7 @@ def load_predictor(model_path: str | Path | None = None, backend: str = "auto") 
 
 def _load_parts(path: Path):
     from ml import ood
+    from ml.bundle import bundle_version
 
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
@@ -411,6 +412,16 @@ def _load_parts(path: Path):
             stats = ood.load(path.parent / card["ood_stats_file"])
         except Exception as exc:
             raise ModelLoadError(f"could not read OOD statistics next to {path}: {exc}") from exc
+    try:
+        version = bundle_version(card, path)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    if version != card["version"]:
+        raise ModelLoadError(
+            f"model card {card_path} states version {card['version']}, but the bundle hashes to {version}: "
+            f"a file or a serving setting changed after it was versioned (`python -m ml.bundle "
+            f"{path.parent} --write` gives the changed bundle its own version)"
+        )
     return model, card, stats
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.bundle import bundle_version
 from ml.config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -247,14 +247,6 @@ def fit_calibration(
     bounds = [(np.log(0.05), np.log(20.0))] + [(-10.0, 10.0)] * (len(x0) - 1)
     t, b = unpack(minimize(nll, x0, method="L-BFGS-B", bounds=bounds).x)
     return float(t), b - b.mean()
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def save_curves(history: dict, path: Path) -> None:
@@ -669,7 +661,7 @@ def write_bundle(
     save_curves(history, out / "training_curves.png")
     card = {
         "name": cfg.name,
-        "version": file_hash(model_path),
+        "version": None,  # below: the hash of the whole bundle (ml.bundle)
         "model_file": model_path.name,
         "classes": classes,
         "backbone": cfg.backbone,
@@ -700,6 +692,7 @@ def write_bundle(
         "command": command or "python -m ml.train " + " ".join(sys.argv[1:]),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    card["version"] = bundle_version(card, model_path)
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     log(f"wrote {model_path} version {card['version']}")
     return card

@@ -23,10 +23,11 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
 
     from ml import ood
     from ml.backbones import build_mobilenet_v2
+    from ml.bundle import bundle_version
     from ml.data import group_near_duplicates, group_split, make_dataset
     from ml.model import FEATURES_LAYER, freeze_batchnorm
     from ml.predictor import tta_predict
-    from ml.train import crop_all, file_hash, fit_calibration, metrics_dict, run_batched, save_curves
+    from ml.train import crop_all, fit_calibration, metrics_dict, run_batched, save_curves
 
     classes = list(cfg.classes)
     feats_model, base = build_mobilenet_v2(
@@ -79,7 +80,7 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     save_curves({"phase1_head": h1.history, "phase2_finetune": h2.history}, out / "training_curves.png")
     card = {
         "name": cfg.name,
-        "version": file_hash(path),
+        "version": None,  # below: the hash of the whole bundle (ml.bundle)
         "model_file": path.name,
         "classes": classes,
         "backbone": cfg.backbone,
@@ -100,5 +101,6 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
         "command": "python -m ml.train " + " ".join(sys.argv[1:]),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    card["version"] = bundle_version(card, path)
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     return card

@@ -382,7 +382,7 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
 
 
 MODEL_EXAMPLE = {
-    "name": "hematovision_wbc", "version": "3ca29f7895919407",
+    "name": "hematovision_wbc", "version": "c4b786827a603412",
     "classes": ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"],
     "backbone": "efficientnet_lite0", "input_size": 192, "tta_views": 4,
     "trained_at": "2026-11-26T05:23:35+0000",

@@ -26,9 +26,9 @@ def test_shipped_card_class_order():
 
     card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
     assert card["classes"] == ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
-    from ml.train import file_hash
+    from ml.bundle import bundle_version
 
-    assert card["version"] == file_hash(DEFAULT_MODEL_PATH)
+    assert card["version"] == bundle_version(card, DEFAULT_MODEL_PATH)
     assert card["input"]["input_size"] > 0 and card["temperature"] > 0
 
 
@@ -79,3 +79,48 @@ def test_locator_finds_cell_in_fixture_and_whole_field():
     b2 = locate_cells(big)[0]
     assert abs(b2.center[0] - 2 * boxes[0].center[0]) < 8 and abs(b2.center[1] - 2 * boxes[0].center[1]) < 8
     assert locate_cells(np.full((240, 320, 3), 255, np.uint8)) == []
+
+
+def test_bundle_version_follows_every_serving_change(tmp_path, capsys):
+    """A copied bundle loads; a changed threshold or a changed colour model is refused until
+    ``python -m ml.bundle DIR --write`` gives it a new version; recording figures keeps the version."""
+    import shutil
+
+    import pytest
+
+    from ml import bundle
+    from ml.predictor import DEFAULT_MODEL_PATH, ModelLoadError, load_predictor
+
+    src = DEFAULT_MODEL_PATH.parent
+    card = json.loads((src / "model_card.json").read_text())
+    for name in bundle.bundle_files(card, DEFAULT_MODEL_PATH).values():
+        shutil.copy(name, tmp_path / name.name)
+    path = tmp_path / DEFAULT_MODEL_PATH.name
+
+    def write(c):
+        (tmp_path / "model_card.json").write_text(json.dumps(c))
+
+    write(card | {"test_metrics": {"accuracy": 0.5}, "notes": "figures are not serving settings"})
+    assert (
+        bundle.bundle_version(json.loads((tmp_path / "model_card.json").read_text()), path) == card["version"]
+    )
+    changed = card | {"thresholds": card["thresholds"] | {"min_confidence": 0.9}}
+    write(changed)
+    with pytest.raises(ModelLoadError, match=f"states version {card['version']}, but the bundle hashes to"):
+        load_predictor(path, backend="keras")
+    assert bundle.main([str(tmp_path), "--write"]) == 0
+    new = json.loads((tmp_path / "model_card.json").read_text())["version"]
+    assert new != card["version"] and new == bundle.bundle_version(changed, path)
+    assert json.loads(capsys.readouterr().out.splitlines()[0]) == {
+        "card": card["version"],
+        "computed": new,
+        "matches": False,
+    }
+    pred = load_predictor(path, backend="keras")
+    assert pred.version == new and pred.thresholds["min_confidence"] == 0.9
+    colour_file = tmp_path / card["colour"]["file"]
+    colour_file.write_bytes(colour_file.read_bytes() + b"\0")
+    assert bundle.bundle_version(changed, path) != new
+    colour_file.unlink()
+    with pytest.raises(FileNotFoundError, match="colour model file colour_model.npz is missing"):
+        bundle.bundle_version(changed, path)

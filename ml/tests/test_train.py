@@ -42,6 +42,7 @@ def _tiny_dataset(root):
 
 def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     from ml import train
+    from ml.bundle import bundle_version
     from ml.predictor import load_predictor
 
     monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
@@ -51,7 +52,7 @@ def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
 
     card = json.loads((out / "model_card.json").read_text())
     assert card["classes"] == CLASSES
-    assert card["version"] == train.file_hash(out / "hematovision_wbc.keras")
+    assert card["version"] == bundle_version(card, out / "hematovision_wbc.keras")
     assert not Path(card["config"]["originals_dir"]).is_absolute()  # no machine paths in the card
     assert Path(card["config"]["originals_dir"]).resolve() == (tmp_path / "ORIGINAL").resolve()
     # Each class has two source fields: one whole field (4 copies) on each side of the split.
