@@ -95,19 +95,20 @@ class ModelInfoView(TemplateView):
         if info:
             fractions = info["calibration"]["training_class_fractions"] or {}
             bias = info["calibration"]["class_bias"] or {}
-            rows = []
-            for name in info["classes"]:
-                rows.append({
+            validation, test = info["validation"] or {}, info["test"] or {}
+            context["class_rows"] = [
+                {
                     "name": name,
                     "bias": bias.get(name),
                     "share_pct": 100 * fractions[name] if name in fractions else None,
-                    "val_recall": ((info["validation"] or {}).get("recall") or {}).get(name),
-                    "test_recall": ((info["test"] or {}).get("recall") or {}).get(name),
-                })
-            context["class_rows"] = rows
-            rate = (info["validation"] or {}).get("flagged_rate")
+                    "val_recall": validation.get("recall", {}).get(name),
+                    "test_recall": test.get("recall", {}).get(name),
+                }
+                for name in info["classes"]
+            ]
+            rate = validation.get("flagged_rate")
             context["val_flagged_pct"] = None if rate is None else 100 * rate
-            rate = (info["test"] or {}).get("unidentified_rate")
+            rate = test.get("unidentified_rate")
             context["test_flagged_pct"] = None if rate is None else 100 * rate
         return context
 

@@ -143,38 +143,33 @@ def crossval(
 
     key = f"tta{cfg.tta_views}"
     val_metrics = {"out_of_fold": True, "folds": per_fold}
-    val_metrics[key] = metrics_dict(labels, oof_probs.argmax(1), classes)
-    val_metrics[key]["accuracy_per_source_field"] = source_balanced_accuracy(
-        oof_probs.argmax(1), labels, groups
-    )
+    val_metrics[key] = metrics_dict(labels, oof_probs.argmax(1), classes, groups)
     probs = oof_probs
     colour_card = colour_model = None
     if cfg.colour:
         weight, by_weight = choose_colour_weight(oof_probs, oof_clp, labels, groups)
         probs = colour.fuse(oof_probs, oof_clp, weight)
         val_metrics["colour_alone"] = metrics_dict(labels, oof_clp.argmax(1), classes)
-        val_metrics[f"{key}_with_colour"] = metrics_dict(labels, probs.argmax(1), classes)
-        val_metrics[f"{key}_with_colour"]["accuracy_per_source_field"] = source_balanced_accuracy(
-            probs.argmax(1), labels, groups
-        )
+        val_metrics[f"{key}_with_colour"] = metrics_dict(labels, probs.argmax(1), classes, groups)
         log(f"colour weight {weight} (out-of-fold accuracy by weight {by_weight})")
         colour_card = colour_card_dict(weight, by_weight)
         colour_model = colour.fit(cfeat, labels, len(classes), seed=cfg.seed)  # every field, for serving
-    temperature, bias, thresholds, flagged, cal = calibrate_flags(probs, labels, oof_dist, cfg, log)
+    calibration = calibrate_flags(probs, labels, oof_dist, cfg, log)
     # The served decision is the argmax after the class offsets. "calibrated" is in-sample (offsets
     # fitted on these very predictions); "calibrated_nested" fits them on the other folds for each fold.
     for name, pred in (
-        ("calibrated", cal.argmax(1)),
+        ("calibrated", calibration.probs.argmax(1)),
         ("calibrated_nested", nested_decisions(probs, labels, fold, cfg)),
     ):
-        val_metrics[name] = metrics_dict(labels, pred, classes)
-        val_metrics[name]["accuracy_per_source_field"] = source_balanced_accuracy(pred, labels, groups)
+        val_metrics[name] = metrics_dict(labels, pred, classes, groups)
         val_metrics[name]["by_fold"] = {
             str(k): float(np.mean(pred[fold == k] == labels[fold == k])) for k in paths
         }
     acc = {k: round(val_metrics[k]["accuracy"], 4) for k in ("calibrated", "calibrated_nested")}
     log(f"out-of-fold accuracy after the class offsets: {acc}")
-    val_metrics["flagged_by_class"] = {c: float(flagged[labels == i].mean()) for i, c in enumerate(classes)}
+    val_metrics["flagged_by_class"] = {
+        c: float(calibration.flagged[labels == i].mean()) for i, c in enumerate(classes)
+    }
 
     # The shipped model: OOD statistics of its own training side, which is every field.
     stats = ood.fit(pooled_features(model, crops, "refit train features"), labels, len(classes))
@@ -204,11 +199,8 @@ def crossval(
         stats=stats,
         colour_model=colour_model,
         colour_card=colour_card,
-        temperature=temperature,
-        class_bias=bias,
-        thresholds=thresholds,
+        calibration=calibration,
         val_metrics=val_metrics,
-        flagged_rate=float(flagged.mean()),
         val_predictions={
             "index": np.arange(n),
             "labels": labels,

@@ -270,11 +270,13 @@ def save_curves(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def metrics_dict(y_true, y_pred, classes) -> dict:
+def metrics_dict(y_true, y_pred, classes, groups=None) -> dict:
+    """Accuracy, macro F1, per-class figures, confusion matrix; with ``groups`` (source fields) also
+    the accuracy per source field (``source_balanced_accuracy``)."""
     from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(len(classes)), zero_division=0)
-    return {
+    out = {
         "accuracy": float(np.mean(y_true == y_pred)),
         "macro_f1": float(
             f1_score(y_true, y_pred, labels=range(len(classes)), average="macro", zero_division=0)
@@ -286,6 +288,9 @@ def metrics_dict(y_true, y_pred, classes) -> dict:
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=range(len(classes))).tolist(),
         "n_images": int(len(y_true)),
     }
+    if groups is not None:
+        out["accuracy_per_source_field"] = source_balanced_accuracy(y_pred, y_true, groups)
+    return out
 
 
 def source_split(files, labels, cfg: TrainConfig):
@@ -515,10 +520,7 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
     val_metrics = dict(val_extra)
     val_feats, val_probs = tta_predict(feats_fn, val_crops, cfg.tta_views)
     key = f"tta{cfg.tta_views}"
-    val_metrics[key] = metrics_dict(labels[va_idx], val_probs.argmax(1), classes)
-    val_metrics[key]["accuracy_per_source_field"] = source_balanced_accuracy(
-        val_probs.argmax(1), labels[va_idx], groups[va_idx]
-    )
+    val_metrics[key] = metrics_dict(labels[va_idx], val_probs.argmax(1), classes, groups[va_idx])
     log(f"val accuracy with {cfg.tta_views} view(s): {val_metrics[key]['accuracy']:.4f}")
     # Colour second opinion (ml.colour): fitted on the training side, its weight chosen on validation.
     colour_card = None
@@ -535,11 +537,9 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
         colour_card = colour_card_dict(weight, by_weight)
     stats = ood.fit(train_feats, labels[tr_idx], len(classes))
     val_dist = ood.distance(stats, val_feats)
-    temperature, bias, thresholds, flagged, cal = calibrate_flags(
-        val_probs, labels[va_idx], val_dist, cfg, log
-    )
+    calibration = calibrate_flags(val_probs, labels[va_idx], val_dist, cfg, log)
     # The served decision (argmax after the offsets); in-sample: the offsets were fitted on these cells.
-    val_metrics["calibrated"] = metrics_dict(labels[va_idx], cal.argmax(1), classes)
+    val_metrics["calibrated"] = metrics_dict(labels[va_idx], calibration.probs.argmax(1), classes)
     data = data_record(files, labels, groups, classes, len(tr_idx), len(va_idx), split_text, sources)
     val_predictions = {
         "index": va_idx,
@@ -554,11 +554,8 @@ def finish(model, cfg, files, labels, split, crops, train_feats, history, card_e
         stats=stats,
         colour_model=colour_model if colour_card else None,
         colour_card=colour_card,
-        temperature=temperature,
-        class_bias=bias,
-        thresholds=thresholds,
+        calibration=calibration,
         val_metrics=val_metrics,
-        flagged_rate=float(flagged.mean()),
         val_predictions=val_predictions,
         data=data,
         history=history,
@@ -610,10 +607,20 @@ def colour_card_dict(weight: float, by_weight: dict) -> dict:
     }
 
 
-def calibrate_flags(probs, labels, dist, cfg: TrainConfig, log=print):
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What ``calibrate_flags`` chose on held-out predictions, and what it gives on them."""
+
+    temperature: float
+    class_bias: np.ndarray  # one offset per class, output order
+    thresholds: dict  # "ood_distance", "min_confidence"
+    flagged: np.ndarray  # held-out rows the thresholds flag
+    probs: np.ndarray  # held-out probabilities after calibration (their argmax is the served label)
+
+
+def calibrate_flags(probs, labels, dist, cfg: TrainConfig, log=print) -> Calibration:
     """Temperature and class offsets (``fit_calibration``, held-out NLL), then the "unidentified"
-    thresholds for ``cfg.max_unidentified_val`` on the calibrated confidences. Returns
-    (temperature, class offsets, thresholds, flagged mask, calibrated probabilities)."""
+    thresholds for ``cfg.max_unidentified_val`` on the calibrated confidences."""
     from ml import ood
 
     temperature, bias = fit_calibration(probs, labels, cfg.class_bias)
@@ -624,7 +631,7 @@ def calibrate_flags(probs, labels, dist, cfg: TrainConfig, log=print):
         f"temperature {temperature:.3f}; class offsets {np.round(bias, 3).tolist()}; "
         f"thresholds {thresholds}; val flagged {flagged.mean():.2%}"
     )
-    return temperature, bias, thresholds, flagged, cal
+    return Calibration(temperature, bias, thresholds, flagged, cal)
 
 
 def write_bundle(
@@ -635,11 +642,8 @@ def write_bundle(
     stats: dict,
     colour_model,
     colour_card: dict | None,
-    temperature: float,
-    class_bias,
-    thresholds: dict,
+    calibration: Calibration,
     val_metrics: dict,
-    flagged_rate: float,
     val_predictions: dict,
     data: dict,
     history: dict,
@@ -677,15 +681,15 @@ def write_bundle(
         },
         "tta_views": cfg.tta_views,
         "colour": colour_card,
-        "temperature": temperature,
+        "temperature": calibration.temperature,
         # Served probabilities: softmax(log p / temperature + class_bias[class]) (ml.ood.calibrate).
-        "class_bias": ood.class_bias_record(classes, class_bias),
-        "thresholds": thresholds,
+        "class_bias": ood.class_bias_record(classes, calibration.class_bias),
+        "thresholds": calibration.thresholds,
         "ood_stats_file": "ood_stats.npz",
         "config": cfg.to_dict(),
         "data": data,
         "validation_metrics": val_metrics,
-        "validation_flagged_rate": flagged_rate,
+        "validation_flagged_rate": float(calibration.flagged.mean()),
         "history": {k: {m: [float(x) for x in v] for m, v in h.items()} for k, h in history.items()},
         **card_extra,
         "test_metrics": None,

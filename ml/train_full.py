@@ -27,7 +27,7 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     from ml.data import group_near_duplicates, group_split, make_dataset
     from ml.model import FEATURES_LAYER, freeze_batchnorm
     from ml.predictor import tta_predict
-    from ml.train import crop_all, fit_calibration, metrics_dict, run_batched, save_curves
+    from ml.train import calibrate_flags, crop_all, metrics_dict, run_batched, save_curves
 
     classes = list(cfg.classes)
     feats_model, base = build_mobilenet_v2(
@@ -69,10 +69,8 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     both = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
     vf, vp = tta_predict(lambda v: both(v, training=False), crops[va], cfg.tta_views)
     tf_, _ = tta_predict(lambda v: both(v, training=False), crops[tr], 1)
-    temperature, bias = fit_calibration(vp, labels[va], cfg.class_bias)
     stats = ood.fit(tf_, labels[tr], len(classes))
-    cal = ood.calibrate(vp, temperature, bias)
-    thresholds = ood.choose_thresholds(ood.distance(stats, vf), cal.max(1), cfg.max_unidentified_val)
+    calibration = calibrate_flags(vp, labels[va], ood.distance(stats, vf), cfg)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{cfg.name}.keras"
     model.save(path)
@@ -87,15 +85,15 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
         "input": {"input_size": cfg.input_size},
         "crop": {"crop_side_ref_px": cfg.crop_side},
         "tta_views": cfg.tta_views,
-        "temperature": temperature,
-        "class_bias": ood.class_bias_record(classes, bias),
-        "thresholds": thresholds,
+        "temperature": calibration.temperature,
+        "class_bias": ood.class_bias_record(classes, calibration.class_bias),
+        "thresholds": calibration.thresholds,
         "ood_stats_file": "ood_stats.npz",
         "config": cfg.to_dict(),
         "data": {"n_images": len(files), "n_train": int(len(tr)), "n_val": int(len(va))},
         "validation_metrics": {
             f"tta{cfg.tta_views}": metrics_dict(labels[va], vp.argmax(1), classes),
-            "calibrated": metrics_dict(labels[va], cal.argmax(1), classes),
+            "calibrated": metrics_dict(labels[va], calibration.probs.argmax(1), classes),
         },
         "test_metrics": None,
         "command": "python -m ml.train " + " ".join(sys.argv[1:]),
