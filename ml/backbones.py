@@ -187,6 +187,10 @@ def build_lite0_imagenet(size: int = 224):
     return model
 
 
+class BackboneWeightsError(RuntimeError):
+    """The backbone's ImageNet weights are not available (no cache, no download, bad file)."""
+
+
 def build_mobilenet_v2(size: int, weights: str | None):
     """MobileNetV2 feature extractor (RGB 0..255 in) with ImageNet weights.
 
@@ -203,7 +207,7 @@ def build_mobilenet_v2(size: int, weights: str | None):
             input_shape=(size, size, 3), include_top=False, weights=src, alpha=1.0
         )
     except Exception as exc:  # download failure or bad file
-        raise RuntimeError(
+        raise BackboneWeightsError(
             "MobileNetV2 ImageNet weights are not available: Keras could not find them in its cache "
             "(~/.keras/models) nor download them. Pass a weights file with --backbone-weights "
             f"(mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5). Cause: {exc}"

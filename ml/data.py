@@ -140,16 +140,32 @@ def group_near_duplicates(
     return comp
 
 
-def group_split(groups: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """Boolean validation mask: whole groups, about ``val_fraction`` of each class."""
+class SplitError(ValueError):
+    """The data cannot be split into training and validation sides (too few source fields)."""
+
+
+def group_split(
+    groups: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int, classes=None
+) -> np.ndarray:
+    """Boolean validation mask: whole groups, about ``val_fraction`` of each class.
+
+    Every class keeps at least one group on the training side; a class with a single group
+    cannot be validated without leaking, so it is a ``SplitError``.
+    """
     rng = np.random.default_rng(seed)
     val = np.zeros(len(groups), bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         gs = np.unique(groups[idx])
+        if len(gs) < 2:
+            name = classes[c] if classes is not None else f"class {c}"
+            raise SplitError(
+                f"{name} has {len(idx)} image(s) from a single source field: a validation "
+                "split needs at least two fields per class (one for training, one for validation)"
+            )
         rng.shuffle(gs)
         target, n = val_fraction * len(idx), 0
-        for g in gs:
+        for g in gs[:-1]:  # the last shuffled group always stays on the training side
             if n >= target:
                 break
             members = idx[groups[idx] == g]
@@ -192,23 +208,35 @@ def group_folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np
 
 
 def make_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, dihedral_aug: bool = False
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    dihedral_aug: bool = False,
+    colour_jitter: bool = False,
 ):
-    """tf.data over in-memory arrays (images or cached activations), optional random dihedral flips."""
+    """tf.data over in-memory arrays (images or cached activations), optional random dihedral flips
+    and, for 0..255 RGB images, a small stain jitter per batch (hue, saturation, brightness)."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if dihedral_aug:
+    if dihedral_aug or colour_jitter:
 
         def aug(a, b):
-            k = tf.random.uniform((), 0, 4, dtype=tf.int32, seed=seed)
-            a = tf.image.rot90(a, k)
-            a = tf.cond(
-                tf.random.uniform((), seed=seed) < 0.5, lambda: tf.image.flip_left_right(a), lambda: a
-            )
+            if dihedral_aug:
+                k = tf.random.uniform((), 0, 4, dtype=tf.int32, seed=seed)
+                a = tf.image.rot90(a, k)
+                a = tf.cond(
+                    tf.random.uniform((), seed=seed) < 0.5, lambda: tf.image.flip_left_right(a), lambda: a
+                )
+            if colour_jitter:
+                a = tf.image.random_hue(a / 255.0, 0.03, seed=seed)
+                a = tf.image.random_saturation(a, 0.85, 1.15, seed=seed)
+                a = tf.clip_by_value(tf.image.random_brightness(a, 0.05, seed=seed), 0.0, 1.0) * 255.0
             return a, b
 
         ds = ds.map(aug, num_parallel_calls=os.cpu_count() or 1)

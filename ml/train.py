@@ -91,9 +91,22 @@ def run_batched(fn, x: np.ndarray, batch: int = 64, desc: str = "forward", dtype
     return np.concatenate(outs)
 
 
-def cache_dir(cfg: TrainConfig, n_files: int) -> Path:
-    """Where ``build_cache`` (and ``crops_cached``) keep the crops of ``n_files`` images for ``cfg``."""
-    key = f"{cfg.backbone}_c{cfg.crop_side}_s{cfg.input_size}_b{cfg.split_block}_seed{cfg.seed}_n{n_files}"
+def cache_dir(cfg: TrainConfig, files) -> Path:
+    """Where ``build_cache`` (and ``crops_cached``) keep the crops of ``files`` for ``cfg``.
+
+    The key names the crop settings and identifies the images (class folder, name and size of
+    each file), so a changed or replaced image never reuses another data set's cache.
+    """
+    import hashlib
+
+    ident = hashlib.sha256()
+    for f in files:
+        f = Path(f)
+        ident.update(f"{f.parent.name}/{f.name}:{f.stat().st_size}\n".encode())
+    key = (
+        f"{cfg.backbone}_c{cfg.crop_side}_s{cfg.input_size}_b{cfg.split_block}_seed{cfg.seed}"
+        f"_n{len(files)}_{ident.hexdigest()[:12]}"
+    )
     return CACHE_ROOT / (key + (f"_m{cfg.mask_radius}" if cfg.mask_radius else ""))
 
 
@@ -103,7 +116,7 @@ def build_cache(files, labels, cfg: TrainConfig) -> Path:
 
     from ml.model import build_lite0_lower, build_lite0_upper
 
-    d = cache_dir(cfg, len(files))
+    d = cache_dir(cfg, files)
     d.mkdir(parents=True, exist_ok=True)
     (d / "files.json").write_text(json.dumps({"files": [str(f) for f in files], "labels": labels.tolist()}))
     lower = None
@@ -332,7 +345,7 @@ def source_split(files, labels, cfg: TrainConfig):
             "near-duplicate groups (cosine similarity of ImageNet features >= "
             f"{cfg.group_similarity}) kept on one side; {cfg.val_fraction:.0%} of each class to val"
         )
-    val = group_split(groups, labels, cfg.val_fraction, cfg.seed)
+    val = group_split(groups, labels, cfg.val_fraction, cfg.seed, classes)
     sources = {
         side: fields_per_class(groups[mask], labels[mask], classes)
         for side, mask in (("train", ~val), ("val", val))
@@ -347,12 +360,12 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     from ml.model import build_classifier, build_lite0_upper, copy_weights_by_name, freeze_batchnorm
 
     classes = list(cfg.classes)
+    groups, val, split_text, sources, gdir = source_split(files, labels, cfg)  # first: fails fast
     d = build_cache(files, labels, cfg)
     views = [np.load(d / f"act_v{v}.npy", mmap_mode="r") for v in range(1 + cfg.aug_views)]
     views = [np.asarray(v) for v in views]
     feat0 = np.load(d / "imagenet_feat_v0.npy")
     found = np.load(d / "found_v0.npy")
-    groups, val, split_text, sources, gdir = source_split(files, labels, cfg)
     tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
     _, group_ids = np.unique(groups, return_inverse=True)
     sizes = np.bincount(group_ids)
@@ -494,7 +507,7 @@ def finetune_record(info: dict) -> dict:
 
 def crops_cached(files, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Plain served crops (``crop_side`` reference px resized to ``input_size``), cached on disk."""
-    d = cache_dir(cfg, len(files))  # build_cache's folder: its plain crops are these
+    d = cache_dir(cfg, files)  # build_cache's folder: its plain crops are these
     if not (d / "crops_v0.npy").exists():
         d.mkdir(parents=True, exist_ok=True)
         crops, found = crop_all(files, cfg, 0)
@@ -764,15 +777,22 @@ def main(argv=None) -> int:
         return 2
     print(f"{len(files)} images, skipped folders: {skipped}")
     seed_everything(cfg.seed)
-    if args.init_model:
-        cfg.init_model = args.init_model
-        adopt_model(files, labels, cfg, Path(args.out))
-    elif cfg.backbone == "mobilenet_v2":
-        from ml.train_full import train_full
+    from ml.backbones import BackboneWeightsError
+    from ml.data import SplitError
 
-        train_full(files, labels, cfg, Path(args.out))
-    else:
-        train_lite0(files, labels, cfg, Path(args.out))
+    try:
+        if args.init_model:
+            cfg.init_model = args.init_model
+            adopt_model(files, labels, cfg, Path(args.out))
+        elif cfg.backbone == "mobilenet_v2":
+            from ml.train_full import train_full
+
+            train_full(files, labels, cfg, Path(args.out))
+        else:
+            train_lite0(files, labels, cfg, Path(args.out))
+    except (SplitError, BackboneWeightsError) as exc:
+        print(f"cannot train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,13 +4,15 @@ Slower than the cached Lite0 path (every step runs the whole network), so on
 2 CPUs it is meant for machines that have the MobileNetV2 ImageNet weights
 and time. Phase 1: frozen base (inference mode) + new head; phase 2: the top
 ``finetune_layers`` layers of the base unfrozen, BatchNorm frozen, low rate.
+
+The split, the served crops and everything after training (validation through
+the serving path, colour opinion, calibration, flags, bundle and card) are the
+Lite0 path's own (``ml.train.source_split``, ``crops_cached``, ``finish``), so the
+two backbones are compared on the same validation fields.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +20,23 @@ import numpy as np
 from ml.config import TrainConfig
 
 
-def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int = 30) -> dict:
+def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int = 30, log=print) -> dict:
     import keras
 
-    from ml import ood
     from ml.backbones import build_mobilenet_v2
-    from ml.bundle import bundle_version
-    from ml.data import group_near_duplicates, group_split, make_dataset
+    from ml.data import make_dataset
     from ml.model import FEATURES_LAYER, freeze_batchnorm
-    from ml.predictor import tta_predict
-    from ml.train import calibrate_flags, crop_all, metrics_dict, run_batched, save_curves
+    from ml.train import crops_cached, finish, pooled_features, source_split
 
     classes = list(cfg.classes)
     feats_model, base = build_mobilenet_v2(
         cfg.input_size, cfg.backbone_weights
     )  # fails clearly without weights
-    crops, found = crop_all(files, cfg, 0)
-    pooled = run_batched(
-        lambda x: keras.layers.GlobalAveragePooling2D()(feats_model(x, training=False)),
-        crops,
-        desc="features",
-        dtype=np.float32,
-    )
-    groups = group_near_duplicates(pooled, labels, cfg.group_similarity)
-    val = group_split(groups, labels, cfg.val_fraction, cfg.seed)
+    split = source_split(files, labels, cfg)
+    _, val, _, sources, _ = split
     tr, va = np.flatnonzero(~val), np.flatnonzero(val)
+    log(f"split: {len(tr)} train / {len(va)} val images; source fields {sources}")
+    crops, found = crops_cached(files, cfg)
     onehot = np.eye(len(classes), dtype=np.float32)
 
     inp = keras.Input((None, None, 3), name="image")
@@ -53,9 +47,15 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     model = keras.Model(inp, keras.layers.Dense(len(classes), activation="softmax", name="predictions")(x))
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     tr_ds = make_dataset(
-        crops[tr].astype(np.float32), onehot[labels[tr]], cfg.batch_size, True, cfg.seed, True
+        np.asarray(crops[tr], np.float32),
+        onehot[labels[tr]],
+        cfg.batch_size,
+        True,
+        cfg.seed,
+        dihedral_aug=True,
+        colour_jitter=True,
     )
-    va_ds = make_dataset(crops[va].astype(np.float32), onehot[labels[va]], 64, False, cfg.seed)
+    va_ds = make_dataset(np.asarray(crops[va], np.float32), onehot[labels[va]], 64, False, cfg.seed)
     base.trainable = False
     model.compile(keras.optimizers.Adam(cfg.head_lr), loss, metrics=["accuracy"])
     h1 = model.fit(tr_ds, validation_data=va_ds, epochs=max(3, cfg.head_epochs // 6), verbose=2)
@@ -66,39 +66,7 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     model.compile(keras.optimizers.Adam(cfg.finetune_lr), loss, metrics=["accuracy"])
     h2 = model.fit(tr_ds, validation_data=va_ds, epochs=cfg.finetune_epochs, verbose=2)
 
-    both = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
-    vf, vp = tta_predict(lambda v: both(v, training=False), crops[va], cfg.tta_views)
-    tf_, _ = tta_predict(lambda v: both(v, training=False), crops[tr], 1)
-    stats = ood.fit(tf_, labels[tr], len(classes))
-    calibration = calibrate_flags(vp, labels[va], ood.distance(stats, vf), cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{cfg.name}.keras"
-    model.save(path)
-    ood.save(stats, out / "ood_stats.npz")
-    save_curves({"phase1_head": h1.history, "phase2_finetune": h2.history}, out / "training_curves.png")
-    card = {
-        "name": cfg.name,
-        "version": None,  # below: the hash of the whole bundle (ml.bundle)
-        "model_file": path.name,
-        "classes": classes,
-        "backbone": cfg.backbone,
-        "input": {"input_size": cfg.input_size},
-        "crop": {"crop_side_ref_px": cfg.crop_side},
-        "tta_views": cfg.tta_views,
-        "temperature": calibration.temperature,
-        "class_bias": ood.class_bias_record(classes, calibration.class_bias),
-        "thresholds": calibration.thresholds,
-        "ood_stats_file": "ood_stats.npz",
-        "config": cfg.to_dict(),
-        "data": {"n_images": len(files), "n_train": int(len(tr)), "n_val": int(len(va))},
-        "validation_metrics": {
-            f"tta{cfg.tta_views}": metrics_dict(labels[va], vp.argmax(1), classes),
-            "calibrated": metrics_dict(labels[va], calibration.probs.argmax(1), classes),
-        },
-        "test_metrics": None,
-        "command": "python -m ml.train " + " ".join(sys.argv[1:]),
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    card["version"] = bundle_version(card, path)
-    (out / "model_card.json").write_text(json.dumps(card, indent=2))
-    return card
+    train_feats = pooled_features(model, np.asarray(crops[tr]), "train features")
+    extra = {"nucleus_found_fraction": float(found.mean()), "finetune_layers": finetune_layers}
+    history = {"phase1_head": h1.history, "phase2_finetune": h2.history}
+    return finish(model, cfg, files, labels, split, crops, train_feats, history, extra, {}, out, log)

@@ -42,6 +42,22 @@ def test_group_split_keeps_whole_groups_on_one_side():
     assert [int(val[labels == c].sum()) for c in range(4)] == [10, 10, 10, 10]
 
 
+def test_group_split_keeps_a_group_of_every_class_for_training():
+    import pytest
+
+    from ml.data import SplitError, group_split
+
+    labels = np.repeat([0, 1], [6, 4])
+    groups = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
+    val = group_split(groups, labels, 0.9, seed=3)  # asks for nearly everything
+    for c in (0, 1):
+        assert 0 < val[labels == c].sum() < (labels == c).sum()
+    with pytest.raises(SplitError, match="^MONOCYTE has 2 image"):
+        group_split(
+            np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 0, 0, 1, 1]), 0.2, 1, ["EOSINOPHIL", "MONOCYTE"]
+        )
+
+
 def test_mask_background_fades_corners_to_grey_and_keeps_the_centre():
     from ml.locate import MASK_FILL, mask_background
 

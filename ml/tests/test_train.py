@@ -21,13 +21,13 @@ pytestmark = pytest.mark.realmodel  # builds the real backbone (ImageNet weights
 CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
 
 
-def _tiny_dataset(root):
+def _tiny_dataset(root, fields_per_class=None):
     original, train = root / "ORIGINAL", root / "TRAIN"
     original.mkdir()
     rows, number = ["Image,Category"], 0
     for cls in CLASSES:
         (train / cls).mkdir(parents=True)
-        for k in (1, 2):
+        for k in range(1, 1 + (fields_per_class or {}).get(cls, 2)):
             field = Image.open(FIXTURES / f"{cls}_{k}.jpeg").convert("RGB").resize((320, 240))
             field.resize((640, 480), Image.BILINEAR).save(original / f"BloodImage_{number:05d}.jpg")
             rows.append(f"{number},{cls}")
@@ -75,6 +75,89 @@ def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     p = pred.predict_one((FIXTURES / "LYMPHOCYTE_3.jpeg").read_bytes())
     assert p.label in CLASSES and abs(sum(p.probabilities.values()) - 1) < 1e-5
     assert p.model_version == card["version"]
+
+
+def test_train_mobilenet_v2_backbone_end_to_end_on_tiny_data(tmp_path, monkeypatch):
+    """``--backbone mobilenet_v2`` with a weights file: the same split (source fields), served crops,
+    colour opinion, calibration and bundle as the Lite0 path. Machines here cannot download Keras'
+    ImageNet file, so the test passes randomly initialised weights in that file's format."""
+    import keras
+
+    from ml import train
+    from ml.bundle import bundle_version
+    from ml.predictor import load_predictor
+
+    monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
+    weights = tmp_path / "mobilenet_v2_no_top.weights.h5"
+    keras.applications.MobileNetV2(input_shape=(192, 192, 3), include_top=False, weights=None).save_weights(
+        weights
+    )
+    data = _tiny_dataset(tmp_path)
+    out = tmp_path / "model"
+    args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--backbone", "mobilenet_v2"]
+    assert train.main(args + ["--backbone-weights", str(weights)]) == 0
+
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["backbone"] == "mobilenet_v2" and card["classes"] == CLASSES
+    assert card["version"] == bundle_version(card, out / "hematovision_wbc.keras")
+    assert card["data"]["source_fields"] == {
+        "train": dict.fromkeys(CLASSES, 1),
+        "val": dict.fromkeys(CLASSES, 1),
+    }
+    assert card["data"]["n_train"] == card["data"]["n_val"] == 16
+    assert card["finetune_layers"] == 30 and 0 < card["nucleus_found_fraction"] <= 1
+    assert set(card["history"]) == {"phase1_head", "phase2_finetune"}
+    assert len(card["history"]["phase2_finetune"]["loss"]) == 1
+    assert list(card["class_bias"]) == CLASSES and card["colour"]["weight"] in train.COLOUR_WEIGHTS
+    for f in ("ood_stats.npz", "colour_model.npz", "val_predictions.npz", "training_curves.png"):
+        assert (out / f).stat().st_size > 0
+    pred = load_predictor(out / "hematovision_wbc.keras", backend="keras")
+    p = pred.predict_one((FIXTURES / "NEUTROPHIL_3.jpeg").read_bytes())
+    assert p.label in CLASSES + ["UNIDENTIFIED"] and abs(sum(p.probabilities.values()) - 1) < 1e-5
+    assert p.model_version == card["version"]
+
+
+def test_train_mobilenet_v2_without_weights_says_how_to_pass_them(tmp_path, capsys):
+    from ml import train
+
+    data = _tiny_dataset(tmp_path)
+    args = ["--data", str(data), "--out", str(tmp_path / "m"), "--backbone", "mobilenet_v2"]
+    assert train.main(args + ["--backbone-weights", str(tmp_path / "missing.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cannot train: MobileNetV2 ImageNet weights are not available")
+    assert "--backbone-weights" in err and not (tmp_path / "m").exists()
+
+
+def test_train_refuses_a_class_from_a_single_source_field(tmp_path, monkeypatch, capsys):
+    """Validating a class needs a field that training never saw: with one MONOCYTE field, training
+    stops before it starts and writes nothing (before, every field of such a class went to validation
+    and the class was never trained)."""
+    from ml import train
+
+    monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
+    data = _tiny_dataset(tmp_path, {"MONOCYTE": 1})
+    assert train.main(["--data", str(data), "--out", str(tmp_path / "m"), "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "cannot train: MONOCYTE has 4 image(s) from a single source field: a validation split needs at "
+        "least two fields per class (one for training, one for validation)"
+    )
+    assert not (tmp_path / "m").exists()
+
+
+def test_cache_is_keyed_by_the_images_not_only_their_number(tmp_path):
+    from ml.config import TrainConfig
+    from ml.train import cache_dir
+
+    a, b = tmp_path / "A" / "EOSINOPHIL", tmp_path / "B" / "EOSINOPHIL"
+    for d in (a, b):
+        d.mkdir(parents=True)
+    (a / "x.jpeg").write_bytes(b"1" * 10)
+    (b / "x.jpeg").write_bytes(b"1" * 11)  # same name, another image
+    cfg = TrainConfig()
+    assert cache_dir(cfg, [a / "x.jpeg"]) != cache_dir(cfg, [b / "x.jpeg"])
+    (b / "x.jpeg").write_bytes(b"2" * 10)
+    assert cache_dir(cfg, [a / "x.jpeg"]) == cache_dir(cfg, [b / "x.jpeg"])  # by name and size, not folder
+    assert cache_dir(cfg, [a / "x.jpeg"]).name.startswith("efficientnet_lite0_c144_s192_b11_seed1337_n1_")
 
 
 def test_train_refuses_a_test_folder(tmp_path):
