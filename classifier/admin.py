@@ -85,13 +85,14 @@ class ClassificationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # images come in through the portal or the API, which check them
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # results are records: only their submitter deletes one, unreviewed, in the portal
+
     @admin.action(description="Confirm the model's class for the selected results")
     def confirm_selected(self, request, queryset):
         _run_bulk(
             self, request, queryset,
-            lambda cell: services.classification_review(
-                classification=cell, reviewer=request.user, label=cell.predicted_label
-            ),
+            lambda cell: services.classification_confirm(classification=cell, reviewer=request.user),
             "result(s) confirmed",
         )
 
@@ -137,6 +138,9 @@ class SpecimenAdmin(admin.ModelAdmin):
         return obj.cells.count()
 
     def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
     @admin.action(description="Sign the selected specimens (every cell must be reviewed)")

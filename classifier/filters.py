@@ -8,7 +8,8 @@ from .models import CellClass, Classification, ReviewState, Status
 
 
 class ClassificationFilter(django_filters.FilterSet):
-    """Filter by label (the reviewer's, else the model's), state, accession, date range; search ``q``."""
+    """Filter by label (the reviewer's, else the model's if it classified the cell), state, accession,
+    date range; search ``q``."""
 
     q = django_filters.CharFilter(
         method="filter_q", label="Search",
@@ -46,4 +47,7 @@ class ClassificationFilter(django_filters.FilterSet):
         )
 
     def filter_label(self, queryset, name, value):
-        return queryset.filter(Q(final_label=value) | Q(final_label="", predicted_label=value))
+        """The label that counts (``Classification.label``): unidentified cells have none until reviewed."""
+        return queryset.filter(
+            Q(final_label=value) | Q(final_label="", status=Status.CLASSIFIED, predicted_label=value)
+        )

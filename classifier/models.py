@@ -6,6 +6,7 @@ from pathlib import PurePosixPath
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models.functions import Upper
 
 
 class CellClass(models.TextChoices):
@@ -70,7 +71,11 @@ class Specimen(models.Model):
     signed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["-created_at"]
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # ACC-7 and acc-7 are one specimen: lookups are case-insensitive (services, selectors).
+            models.UniqueConstraint(Upper("accession"), name="unique_accession_case_insensitive")
+        ]
 
     def __str__(self):
         return self.accession
@@ -140,8 +145,12 @@ class Classification(models.Model):
 
     @property
     def label(self) -> str:
-        """The label that counts: the reviewer's if reviewed, else the model's."""
-        return self.final_label or self.predicted_label
+        """The label that counts: the reviewer's if reviewed, else the model's when it classified the
+        cell. An unidentified cell has none until a reviewer gives it one (``predicted_label`` still
+        holds the model's top class, which was not trusted)."""
+        if self.final_label:
+            return self.final_label
+        return self.predicted_label if self.status == Status.CLASSIFIED else ""
 
     @property
     def is_signed(self) -> bool:

@@ -28,12 +28,19 @@ def classification_list(*, user) -> QuerySet[Classification]:
 
 
 def classification_get(*, user, pk) -> Classification:
-    """Raises Classification.DoesNotExist for results the user may not see."""
+    """Raises Classification.DoesNotExist for results the user may not see.
+
+    Besides ``classification_list``'s results, a technologist may open every cell of a specimen
+    they opened (a reviewer may have added some): its differential and report count them.
+    """
+    qs = Classification.objects.select_related("specimen", "owner", "reviewed_by", "signed_by")
+    if not can_review(user) and can_submit(user):
+        return qs.filter(Q(owner=user) | Q(specimen__created_by=user)).get(pk=pk)
     return classification_list(user=user).get(pk=pk)
 
 
 def review_queue(*, user) -> QuerySet[Classification]:
-    """Unsigned results for reviewers: unidentified first, then unreviewed, oldest first."""
+    """Unsigned results for reviewers: unreviewed unidentified first, then unreviewed, oldest first."""
     if not can_review(user):
         return Classification.objects.none()
     return (
@@ -41,7 +48,9 @@ def review_queue(*, user) -> QuerySet[Classification]:
         .exclude(review_state=ReviewState.SIGNED)
         .exclude(status=Status.PENDING)
         .annotate(
-            unidentified_first=Count("pk", filter=Q(status=Status.UNIDENTIFIED)),
+            unidentified_first=Count(
+                "pk", filter=Q(status=Status.UNIDENTIFIED, review_state=ReviewState.UNREVIEWED)
+            ),
             unreviewed_first=Count("pk", filter=Q(review_state=ReviewState.UNREVIEWED)),
         )
         .order_by("-unidentified_first", "-unreviewed_first", "created_at", "id")
@@ -59,7 +68,7 @@ def specimen_list(*, user) -> QuerySet[Specimen]:
 
 def specimen_get(*, user, accession: str) -> Specimen:
     """Raises Specimen.DoesNotExist for specimens the user may not see."""
-    return specimen_list(user=user).get(accession=accession)
+    return specimen_list(user=user).get(accession__iexact=accession.strip())
 
 
 def specimen_differential(*, specimen: Specimen) -> dict:
@@ -116,8 +125,8 @@ def specimen_differential(*, specimen: Specimen) -> dict:
 
 def dashboard_stats(*, user) -> dict:
     qs = classification_list(user=user)
-    by_label = dict(
-        qs.exclude(status=Status.PENDING)
+    by_label = dict(  # classified by the model; unidentified cells are counted apart (by_status)
+        qs.filter(status=Status.CLASSIFIED)
         .values_list("predicted_label")
         .annotate(n=Count("pk"))
         .values_list("predicted_label", "n")

@@ -54,7 +54,17 @@ def specimen_get_or_create(*, user, accession: str) -> Specimen:
     """
     accession = accession.strip()
     accession_validator(accession)
-    specimen, _ = Specimen.objects.get_or_create(accession=accession, defaults={"created_by": user})
+    # Case-insensitive: acc-7 is ACC-7 (the first spelling is kept; the database enforces it too).
+    specimen, _ = Specimen.objects.get_or_create(
+        accession__iexact=accession, defaults={"accession": accession, "created_by": user}
+    )
+    _check_may_add(specimen, user)
+    return specimen
+
+
+def _check_may_add(specimen: Specimen, user) -> None:
+    """Raise unless ``user`` may add cells to ``specimen`` now."""
+    accession = specimen.accession
     if specimen.created_by_id != user.pk and not can_review(user):
         raise ValidationError(
             f"Accession {accession} was opened by another user; ask a reviewer to add images to it.",
@@ -63,6 +73,24 @@ def specimen_get_or_create(*, user, accession: str) -> Specimen:
     if specimen.is_signed:
         raise ValidationError(
             f"Specimen {accession} is signed; no images can be added.", code="specimen_signed"
+        )
+
+
+def _lock_specimen_for_new_cell(*, user, accession: str, sha256: str) -> Specimen:
+    """The specimen, locked until the new cell is committed (inside the caller's transaction).
+
+    Signing locks the specimen too, so a cell can never join a specimen that is being signed;
+    and one image is counted once per specimen, whoever sends it again.
+    """
+    specimen = specimen_get_or_create(user=user, accession=accession)
+    specimen = Specimen.objects.select_for_update().get(pk=specimen.pk)
+    _check_may_add(specimen, user)  # again: it may have been signed since it was read
+    twin = specimen.cells.filter(image_sha256=sha256).order_by("id").first()
+    if twin is not None:
+        raise ValidationError(
+            f"This image is already in specimen {specimen.accession} (cell #{twin.pk}); "
+            "a cell is counted once.",
+            code="duplicate_image",
         )
     return specimen
 
@@ -112,6 +140,11 @@ def classification_create(
     if external_id:
         existing = Classification.objects.filter(owner=user, external_id=external_id).first()
         if existing is not None:
+            if existing.status == Status.PENDING:  # a retry: classify it now if the model is back
+                try:
+                    return classification_classify_pending(classification=existing)
+                except inference.PredictorUnavailable:
+                    pass
             return existing
     checked = check_image(data, filename=filename)
     if accession:
@@ -122,7 +155,11 @@ def classification_create(
     stored: list[str] = []
     try:
         with transaction.atomic():
-            specimen = specimen_get_or_create(user=user, accession=accession) if accession else None
+            specimen = (
+                _lock_specimen_for_new_cell(user=user, accession=accession, sha256=checked.sha256)
+                if accession
+                else None
+            )
             classification = Classification(
                 owner=user,
                 specimen=specimen,
@@ -252,6 +289,18 @@ def _require_unsigned(classification: Classification) -> None:
         raise ValidationError("This result is signed and final; it cannot be changed.", code="signed")
 
 
+def classification_confirm(*, classification: Classification, reviewer) -> Classification:
+    """Confirm the model's class. An unidentified cell has no class to confirm: the reviewer
+    chooses one (``classification_review``)."""
+    if classification.status == Status.UNIDENTIFIED:
+        raise ValidationError(
+            "The model did not classify this cell (unidentified); choose its class.", code="unidentified"
+        )
+    return classification_review(
+        classification=classification, reviewer=reviewer, label=classification.predicted_label
+    )
+
+
 def classification_review(*, classification: Classification, reviewer, label: str) -> Classification:
     """Confirm the model's label or reclassify the cell; keep an audit entry."""
     if not can_review(reviewer):
@@ -345,5 +394,23 @@ def classification_delete(*, classification: Classification, user) -> None:
                 code="reviewed",
             )
         names = (locked.image.name, locked.heatmap.name)
+        _log_deletion(locked, user)
         locked.delete()
         transaction.on_commit(lambda: _delete_files(*names))
+
+
+def _log_deletion(cell: Classification, user) -> None:
+    """An audit record that outlives the row (Django's admin log: who, when, which image, where)."""
+    from django.contrib.admin.models import DELETION, LogEntry
+
+    where = f"specimen {cell.specimen.accession}" if cell.specimen_id else "no specimen"
+    LogEntry.objects.log_actions(
+        user.pk,
+        [cell],
+        DELETION,
+        change_message=(
+            f"Deleted unreviewed result #{cell.pk} ({where}; file {cell.original_filename or '-'}; "
+            f"image sha256 {cell.image_sha256}; model {cell.status} {cell.predicted_label or '-'})"
+        ),
+        single_object=True,
+    )

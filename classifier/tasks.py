@@ -8,8 +8,9 @@ in a background thread of this process (``HEMATOVISION_JOBS_IN_THREAD``, on
 by default) or, when that is off, right away in the caller.
 
 Restarts: a Celery worker re-queues every unfinished job when it starts
-(``worker_ready``); on the embedded profile ``manage.py resume_jobs`` does
-it. Running a job twice is safe (see ``jobs``).
+(``worker_ready``), and queues ``finish_stored_uploads`` for images kept as
+pending or spooled; on the embedded profile ``manage.py resume_jobs`` does
+both. Running a job twice is safe (see ``jobs``).
 """
 
 import logging
@@ -57,11 +58,23 @@ def enqueue_job(job_id: int) -> None:
         jobs.job_run(job_id=job_id)
 
 
+@shared_task(name="classifier.finish_stored_uploads")
+def finish_stored_uploads() -> dict:
+    """Classify uploads kept while the database (spool) or the model (pending) was unavailable."""
+    from . import services
+
+    spooled = len(services.classification_ingest_spool())
+    pending = services.classification_classify_all_pending()
+    return {"spooled": spooled, "pending": pending}
+
+
 @worker_ready.connect
 def _resume_unfinished_jobs(sender=None, **kwargs):
-    """A worker that starts (after a crash or a deploy) picks up the jobs that were cut short."""
+    """A worker that starts (after a crash or a deploy) picks up the jobs that were cut short,
+    and the uploads kept as pending or spooled (as ``manage.py resume_jobs`` does)."""
     from . import jobs
 
     ids = jobs.job_resume_unfinished()
     if ids:
         logger.info("re-queued unfinished batch jobs %s", ids)
+    finish_stored_uploads.delay()

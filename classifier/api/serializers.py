@@ -36,10 +36,17 @@ class ClassificationSerializer(serializers.ModelSerializer):
 
     label = OptionalChoiceField(
         choices=CellClass.choices,
-        help_text="The label that counts: the reviewer's if reviewed, else the model's; null while pending.",
+        help_text=(
+            "The label that counts: the reviewer's if reviewed, else the model's; null while pending and "
+            "for an unidentified cell until a reviewer gives it a class."
+        ),
     )
     predicted_label = OptionalChoiceField(
-        choices=CellClass.choices, help_text="The model's label; null while pending."
+        choices=CellClass.choices,
+        help_text=(
+            "The model's top class; null while pending. For an unidentified cell it was not trusted "
+            "and does not count (label is null)."
+        ),
     )
     final_label = OptionalChoiceField(
         choices=CellClass.choices, help_text="The reviewer's label; null until reviewed."

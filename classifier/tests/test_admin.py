@@ -107,3 +107,41 @@ def test_review_events_are_read_only(admin_client, reviewer):
                              {"post": "yes"}).status_code == 403
     event.refresh_from_db()
     assert (event.action, event.to_label) == ("confirm", event.classification.predicted_label)
+
+
+def test_bulk_confirm_leaves_unidentified_cells_for_a_reviewer_to_classify(admin_client, user):
+    classified = ClassificationFactory(owner=user, predicted_label="MONOCYTE")
+    unsure = ClassificationFactory(owner=user, unidentified=True, predicted_label="NEUTROPHIL")
+    response = admin_client.post(
+        reverse("admin:classifier_classification_changelist"),
+        {"action": "confirm_selected", "_selected_action": [classified.pk, unsure.pk]},
+        follow=True,
+    )
+    html = response.content.decode()
+    assert "1 result(s) confirmed." in html
+    refusal = "The model did not classify this cell (unidentified); choose its class."
+    assert f"#{unsure.pk} unidentified: {refusal}" in html
+    unsure.refresh_from_db()
+    assert (unsure.review_state, unsure.final_label, unsure.label) == ("unreviewed", "", "")
+    assert list(ReviewEvent.objects.values_list("classification", flat=True)) == [classified.pk]
+
+
+def test_results_and_specimens_cannot_be_deleted_in_the_admin(admin_client, user, settings):
+    """Results are records: the admin cannot delete them (it would bypass the audit and leave files);
+    their submitter deletes an unreviewed one in the portal."""
+    from pathlib import Path
+
+    from classifier.models import Classification, Specimen
+
+    cell = ClassificationFactory(owner=user, specimen=SpecimenFactory(created_by=user))
+    changelist = reverse("admin:classifier_classification_changelist")
+    actions = admin_client.get(changelist).context["action_form"].fields["action"].choices
+    assert [name for name, _ in actions] == ["", "confirm_selected", "sign_selected"]
+    response = admin_client.post(changelist, {"action": "delete_selected", "_selected_action": [cell.pk]})
+    assert response.status_code == 302  # "no action selected": nothing happens
+    delete_page = reverse("admin:classifier_classification_delete", args=[cell.pk])
+    assert admin_client.get(delete_page).status_code == 403
+    specimen_delete = reverse("admin:classifier_specimen_delete", args=[cell.specimen.pk])
+    assert admin_client.post(specimen_delete, {"post": "yes"}).status_code == 403
+    assert Classification.objects.count() == Specimen.objects.count() == 1
+    assert Path(cell.image.path).exists() and Path(cell.heatmap.path).exists()

@@ -175,6 +175,20 @@ def test_result_page_unidentified_badge_and_flag_message(tech_client, user):
     assert 'id="unidentified-badge"' in html
     assert "Unidentified: needs review." in html
     assert "The model is unsure which class this cell belongs to." in html
+    # Its top class is shown as what it is (not trusted, not counted), never as the cell's class.
+    assert '<div class="h3 mb-1" id="predicted-label">Unidentified</div>' in html
+    assert (
+        '<div id="confidence">Top class <span id="top-class">Eosinophil</span>, <strong>31%</strong>: '
+        "not trusted, not counted</div>"
+    ) in html
+    assert "Calibrated confidence" not in html
+
+
+def test_review_of_an_unidentified_cell_has_no_confirm_shortcut(reviewer_client, user):
+    odd = ClassificationFactory(owner=user, unidentified=True, predicted_label="NEUTROPHIL")
+    for url in (reverse("classification-detail", args=[odd.pk]), reverse("review-queue")):
+        html = reviewer_client.get(url).content.decode()
+        assert 'data-key="4"' in html and "data-confirm" not in html and "btn-success" not in html, url
 
 
 def test_private_image_and_heatmap_served_with_no_store(tech_client, user):
@@ -328,6 +342,16 @@ def test_review_queue_lists_unidentified_first_with_shortcuts(reviewer_client, u
     assert "js/review.js" in html and 'data-key="1"' in html and "data-confirm" in html
 
 
+def test_review_queue_puts_reviewed_unidentified_cells_after_unreviewed_ones(reviewer_client, user):
+    reviewed_odd = ClassificationFactory(
+        owner=user, unidentified=True, review_state=ReviewState.RECLASSIFIED, final_label="MONOCYTE"
+    )
+    plain = ClassificationFactory(owner=user)
+    odd = ClassificationFactory(owner=user, unidentified=True)
+    response = reviewer_client.get(reverse("review-queue"))
+    assert [c.pk for c in response.context["page_obj"]] == [odd.pk, plain.pk, reviewed_odd.pk]
+
+
 def test_review_queue_is_for_reviewers_only(tech_client):
     response = tech_client.get(reverse("review-queue"))
     assert response.status_code == 403
@@ -406,9 +430,10 @@ def test_dashboard_counts_latest_queue_and_chart_data(reviewer_client, user):
     html = response.content.decode()
     assert '<div class="display-6" id="stat-total">2</div>' in html
     assert 'id="stat-queue"><a href="/review/" class="text-decoration-none">2</a>' in html
-    assert (
+    assert 'id="stat-unidentified">1</div>' in html
+    assert (  # the unidentified cell has no class: the chart counts classified cells only
         '<script id="class-chart-data" type="application/json">{"labels": '
-        '["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"], "counts": [1, 0, 1, 0]}</script>'
+        '["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"], "counts": [1, 0, 0, 0]}</script>'
     ) in html
     assert "vendor/chartjs/chart.umd.min.js" in html and "js/dashboard.js" in html
     assert html.count("cell-thumb") == 2

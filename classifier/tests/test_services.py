@@ -225,3 +225,125 @@ def test_unknown_inference_backend_keeps_upload_pending(user, settings):
     settings.HEMATOVISION_INFERENCE_BACKEND = "turbo"
     c = services.classification_create(user=user, data=png(), filename="p.png")
     assert c.status == Status.PENDING and Path(c.image.path).exists()
+
+
+# ------------------------------------------------- record integrity: one count per cell, no late cells
+
+
+@pytest.mark.django_db
+def test_accession_is_case_insensitive(user, other_user, reviewer, settings):
+    first = services.classification_create(user=user, data=png(), accession="ACC-77")
+    before = stored_files(settings)
+    with pytest.raises(ValidationError, match="^\\['Accession ACC-77 was opened by another user"):
+        services.classification_create(user=other_user, data=png((20, 200, 30)), accession="acc-77")
+    assert stored_files(settings) == before
+    added = services.classification_create(user=reviewer, data=png((20, 30, 200)), accession=" acc-77 ")
+    assert added.specimen_id == first.specimen_id
+    assert list(Specimen.objects.values_list("accession", flat=True)) == ["ACC-77"]  # first spelling kept
+    from django.db import IntegrityError, transaction
+
+    with pytest.raises(IntegrityError), transaction.atomic():  # the database enforces it too
+        Specimen.objects.create(accession="Acc-77", created_by=user)
+
+
+@pytest.mark.django_db
+def test_the_same_image_counts_once_in_a_specimen(user, reviewer, settings):
+    data = png()
+    cell = services.classification_create(user=user, data=data, filename="a.png", accession="ACC-5")
+    before = stored_files(settings)
+    for who in (user, reviewer):  # the same file again, by its submitter or by a reviewer
+        with pytest.raises(ValidationError) as err:
+            services.classification_create(user=who, data=data, filename="b.png", accession="acc-5")
+        assert err.value.code == "duplicate_image"
+        assert err.value.messages == [
+            f"This image is already in specimen ACC-5 (cell #{cell.pk}); a cell is counted once."
+        ]
+    assert Classification.objects.count() == 1 and stored_files(settings) == before
+    other = services.classification_create(user=user, data=data, accession="ACC-6")  # another specimen
+    plain = services.classification_create(user=user, data=data)  # no specimen: not a count
+    assert other.pk != plain.pk and Classification.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_a_cell_cannot_join_a_specimen_signed_while_it_was_uploaded(user, reviewer, settings, monkeypatch):
+    """The upload reads the specimen, a reviewer signs it, then the upload saves: it must be refused
+    (the upload locks the specimen and checks again; signing takes the same lock)."""
+    first = services.classification_create(user=user, data=png(), accession="RACE-1")
+    services.classification_review(classification=first, reviewer=reviewer, label="EOSINOPHIL")
+    real = services.specimen_get_or_create
+
+    def read_then_signed(**kwargs):
+        specimen = real(**kwargs)  # passes its checks: not signed yet
+        services.specimen_sign(specimen=specimen, reviewer=reviewer)
+        return specimen
+
+    monkeypatch.setattr(services, "specimen_get_or_create", read_then_signed)
+    before = stored_files(settings)
+    with pytest.raises(ValidationError, match="Specimen RACE-1 is signed; no images can be added."):
+        services.classification_create(user=user, data=png((30, 200, 30)), accession="RACE-1")
+    # (one connection here: the sign-off rolled back with the refused upload; on two it stays)
+    assert list(Classification.objects.values_list("pk", flat=True)) == [first.pk]
+    assert stored_files(settings) == before
+
+
+@pytest.mark.django_db
+def test_retry_of_a_pending_upload_classifies_it_once_the_model_is_back(user, settings, tmp_path):
+    settings.HEMATOVISION_PREDICTOR = "ml"
+    settings.HEMATOVISION_MODEL_PATH = str(tmp_path / "missing.keras")
+    c = services.classification_create(user=user, data=png(), external_id="LIS-9")
+    again = services.classification_create(user=user, data=png(), external_id="LIS-9")
+    assert (again.pk, again.status) == (c.pk, Status.PENDING)  # model still missing
+    settings.HEMATOVISION_PREDICTOR = "fake"
+    done = services.classification_create(user=user, data=png(), external_id="LIS-9")
+    assert (done.pk, done.status, done.predicted_label) == (c.pk, Status.CLASSIFIED, "EOSINOPHIL")
+    assert Classification.objects.count() == 1 and Path(done.heatmap.path).exists()
+
+
+@pytest.mark.django_db
+def test_worker_start_finishes_pending_uploads(user, settings, tmp_path, monkeypatch):
+    from classifier import tasks
+
+    settings.HEMATOVISION_PREDICTOR = "ml"
+    settings.HEMATOVISION_MODEL_PATH = str(tmp_path / "missing.keras")
+    c = services.classification_create(user=user, data=png())
+    settings.HEMATOVISION_PREDICTOR = "fake"
+    queued = []
+    monkeypatch.setattr(tasks.finish_stored_uploads, "delay", lambda: queued.append("finish"))
+    tasks._resume_unfinished_jobs()
+    assert queued == ["finish"]
+    assert tasks.finish_stored_uploads() == {"spooled": 0, "pending": 1}
+    assert Classification.objects.get(pk=c.pk).status == Status.CLASSIFIED
+
+
+@pytest.mark.django_db
+def test_an_unidentified_cell_has_no_class_until_a_reviewer_gives_one(user, reviewer):
+    from classifier.tests.factories import ClassificationFactory
+
+    cell = ClassificationFactory(owner=user, unidentified=True, predicted_label="NEUTROPHIL")
+    assert cell.label == "" and str(cell) == f"#{cell.pk} unidentified"
+    with pytest.raises(ValidationError, match="did not classify this cell"):
+        services.classification_confirm(classification=cell, reviewer=reviewer)
+    assert Classification.objects.get(pk=cell.pk).review_state == ReviewState.UNREVIEWED
+    done = services.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")
+    assert (done.label, done.review_state) == ("MONOCYTE", ReviewState.RECLASSIFIED)
+    event = ReviewEvent.objects.get(classification=cell)
+    assert (event.action, event.from_label, event.to_label) == ("reclassify", "", "MONOCYTE")
+    ok = ClassificationFactory(owner=user, predicted_label="LYMPHOCYTE")
+    assert services.classification_confirm(classification=ok, reviewer=reviewer).review_state == "confirmed"
+
+
+@pytest.mark.django_db
+def test_deleting_a_result_leaves_an_audit_record(user, django_capture_on_commit_callbacks):
+    from django.contrib.admin.models import DELETION, LogEntry
+
+    c = services.classification_create(user=user, data=png(), filename="smear 3.png", accession="ACC-9")
+    pk, sha = c.pk, c.image_sha256
+    with django_capture_on_commit_callbacks(execute=True):
+        services.classification_delete(classification=c, user=user)
+    entry = LogEntry.objects.get()
+    assert (entry.user_id, entry.action_flag, entry.object_id) == (user.pk, DELETION, str(pk))
+    assert entry.object_repr == f"#{pk} EOSINOPHIL"
+    assert entry.change_message == (
+        f"Deleted unreviewed result #{pk} (specimen ACC-9; file smear 3.png; image sha256 {sha}; "
+        "model classified EOSINOPHIL)"
+    )

@@ -117,6 +117,39 @@ def test_job_pages_of_other_users_are_404(client, user, other_user):
     assert client.get(reverse("specimen-cell-image", args=["S-1", cell.pk])).status_code == 404
 
 
+def test_technologist_opens_every_cell_of_own_specimen_only(client, user, other_user, reviewer):
+    """A reviewer may add cells to a technologist's specimen; its gallery, differential and report
+    show them, so the technologist may open them too (but not the reviewer's other results)."""
+    mine = services.classification_create(user=user, data=cell_png("EOSINOPHIL", 1), accession="S-9")
+    added = services.classification_create(user=reviewer, data=cell_png("MONOCYTE", 2), accession="S-9")
+    elsewhere = services.classification_create(user=reviewer, data=cell_png("MONOCYTE", 3))
+    client.force_login(user)
+    for cell in (mine, added):
+        assert client.get(reverse("classification-detail", args=[cell.pk])).status_code == 200
+        assert client.get(reverse("classification-image", args=[cell.pk])).status_code == 200
+        assert client.get(reverse("specimen-cell-image", args=["S-9", cell.pk])).status_code == 200
+    assert client.get(reverse("classification-detail", args=[elsewhere.pk])).status_code == 404
+    history = client.get(reverse("classification-list")).context["page_obj"]
+    assert [c.pk for c in history] == [mine.pk]  # history: their own results
+    client.force_login(other_user)
+    assert client.get(reverse("classification-detail", args=[added.pk])).status_code == 404
+
+
+def test_job_progress_gives_unidentified_cells_no_class(user, settings):
+    job = jobs.job_create(user=user, accession="S-U", files=[("flat.png", _flat_png())], enqueue=False)
+    jobs.job_run(job_id=job.pk)
+    row = jobs.job_progress(job=BatchJob.objects.get(pk=job.pk))["items"][0]
+    assert (row["state"], row["status"], row["label"]) == ("done", "unidentified", None)
+    cell = Classification.objects.get()
+    assert cell.predicted_label == "NEUTROPHIL" and cell.label == ""
+
+
+def _flat_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_specimen_list_detail_and_sign(reviewer_client, user, reviewer):
     from django.test import Client
 
