@@ -9,7 +9,7 @@ from collections import defaultdict
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
-from django.http import FileResponse, Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views import View
@@ -22,6 +22,7 @@ from .models import BatchItem, BatchJob, CellClass, Classification, ReviewState,
 from .permissions import can_review, can_submit
 from .responses import private_attachment
 from .specimen_forms import BatchUploadForm, DateRangeForm
+from .views import _private_file
 
 
 class SpecimenListView(ListView):
@@ -93,11 +94,10 @@ def specimen_cell_image_view(request, accession, pk):
         cell = selectors.classification_get(user=request.user, pk=pk)
     except Classification.DoesNotExist:
         raise Http404("No such cell.") from None
-    if cell.specimen is None or cell.specimen.accession != accession:
+    if cell.specimen is None or cell.specimen.accession.upper() != accession.strip().upper():
         raise Http404("No such cell.")
-    response = FileResponse(cell.image.open("rb"))
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
+    # As every patient image: never kept by a cache, 404 when the stored file is gone.
+    return _private_file(cell.image, f"cell-{cell.pk}")
 
 
 def specimen_report_pdf_view(request, accession):

@@ -21,6 +21,8 @@ from classifier.lookups import job_or_404, specimen_or_404
 from classifier.models import BatchJob
 from classifier.responses import private_attachment
 
+from .views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
+
 CONFLICT_CODES = {"unreviewed", "signed", "empty", "running", "nothing_to_retry"}
 
 
@@ -53,6 +55,10 @@ JobSerializer = inline_serializer(
         "kind": serializers.ChoiceField(choices=BatchJob.Kind.choices),
         "state": serializers.ChoiceField(choices=BatchJob.State.choices),
         "finished": serializers.BooleanField(),
+        "created_by": serializers.CharField(help_text="Username of the user who sent the files."),
+        "created_at": serializers.DateTimeField(),
+        "started_at": serializers.DateTimeField(allow_null=True, help_text="Null until a worker starts it."),
+        "finished_at": serializers.DateTimeField(allow_null=True, help_text="Null until every file is done."),
         "total": serializers.IntegerField(),
         "processed": serializers.IntegerField(),
         "percent": serializers.FloatField(),
@@ -61,13 +67,56 @@ JobSerializer = inline_serializer(
     },
 )
 
+SPECIMEN_NOT_FOUND = _error("No such specimen, or one you may not see.", "not_found", "No such specimen.")
+JOB_NOT_FOUND = _error("No such job, or one you may not see.", "not_found", "No such job.")
+# Every endpoint here answers these, in the one JSON error shape (JSONErrorsMixin).
+COMMON_ERRORS = {401: UNAUTHORIZED, 406: NOT_ACCEPTABLE, 429: THROTTLED}
 
-class SpecimenBatchView(APIView):
+
+class SpecimenBatchView(JSONErrorsMixin, APIView):
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
         request={"multipart/form-data": BatchUploadSerializer},
-        responses={202: JobSerializer},
+        responses={
+            202: JobSerializer,
+            **json_errors(
+                {
+                    400: _error(
+                        "No files, a bad accession number or ZIP, too many files or form fields, or a "
+                        "specimen another technologist opened or that is signed.",
+                        "accession_taken",
+                        "Accession ACC-7 was opened by another user; ask a reviewer to add images to it.",
+                        ("too_many_files", "1001 files were sent; the limit is 1000 per job."),
+                        (
+                            "too_many_fields",
+                            "The number of GET/POST parameters exceeded "
+                            "settings.DATA_UPLOAD_MAX_NUMBER_FIELDS.",
+                        ),
+                        (
+                            "invalid",
+                            "An accession number is 1-64 letters, digits, '.', '_' or '-', starting "
+                            "with a letter or digit.",
+                        ),
+                        ("no_files", "Send one or more `images` or one `archive` ZIP."),
+                        ("bad_archive", "The archive is not a readable ZIP file."),
+                        ("specimen_signed", "Specimen ACC-7 is signed; no images can be added."),
+                    ),
+                    403: _error(
+                        "Your account has no role that may submit images (or, signed in with a "
+                        "session, the CSRF token is missing).",
+                        "permission_denied",
+                        "Only technologists and reviewers may submit images.",
+                    ),
+                    415: _error(
+                        "Not multipart/form-data.",
+                        "unsupported_media_type",
+                        'Unsupported media type "application/json" in request.',
+                    ),
+                    **COMMON_ERRORS,
+                }
+            ),
+        },
         summary="Queue many images (or a ZIP) for a specimen as one background job",
     )
     def post(self, request, accession):
@@ -93,15 +142,39 @@ class SpecimenBatchView(APIView):
         )
 
 
-class JobDetailView(APIView):
-    @extend_schema(responses={200: JobSerializer}, summary="A batch job's progress and per-file outcome")
+class JobDetailView(JSONErrorsMixin, APIView):
+    @extend_schema(
+        responses={200: JobSerializer, **json_errors({404: JOB_NOT_FOUND, **COMMON_ERRORS})},
+        summary="A batch job's progress and per-file outcome",
+    )
     def get(self, request, pk):
         return Response(jobs.job_progress(job=job_or_404(request, pk)))
 
 
-class JobRerunView(APIView):
+class JobRerunView(JSONErrorsMixin, APIView):
     @extend_schema(
-        request=None, responses={202: JobSerializer}, summary="Retry a finished job's failed files"
+        request=None,
+        responses={
+            202: JobSerializer,
+            **json_errors(
+                {
+                    403: _error(
+                        "Only the job's submitter or a reviewer may re-run it.",
+                        "permission_denied",
+                        "Only the submitter or a reviewer may re-run a job.",
+                    ),
+                    404: JOB_NOT_FOUND,
+                    409: _error(
+                        "The job is still running, or no file of it failed.",
+                        "nothing_to_retry",
+                        "No failed file can be retried.",
+                        ("running", "The job is still running."),
+                    ),
+                    **COMMON_ERRORS,
+                }
+            ),
+        },
+        summary="Retry a finished job's failed files",
     )
     def post(self, request, pk):
         job = job_or_404(request, pk)
@@ -112,10 +185,30 @@ class JobRerunView(APIView):
         return Response(jobs.job_progress(job=job), status=status.HTTP_202_ACCEPTED)
 
 
-class SpecimenSignView(APIView):
+class SpecimenSignView(JSONErrorsMixin, APIView):
     @extend_schema(
         request=None,
-        responses={200: OpenApiTypes.OBJECT, 409: OpenApiResponse(description="cells not reviewed yet")},
+        responses={
+            200: OpenApiResponse(OpenApiTypes.OBJECT, description="The signed specimen's differential."),
+            **json_errors(
+                {
+                    403: _error(
+                        "Only reviewers may sign specimens.",
+                        "permission_denied",
+                        "Only reviewers may sign specimens.",
+                    ),
+                    404: SPECIMEN_NOT_FOUND,
+                    409: _error(
+                        "Not signable now: cells are unreviewed, it has no cell, or it is signed already.",
+                        "unreviewed",
+                        "3 cell(s) are not reviewed yet (0 unidentified); review every cell before signing.",
+                        ("signed", "Specimen ACC-7 is already signed."),
+                        ("empty", "Specimen ACC-7 has no cells to sign."),
+                    ),
+                    **COMMON_ERRORS,
+                }
+            ),
+        },
         summary="Sign a specimen (reviewers only): every cell reviewed, no unidentified cell left",
     )
     def post(self, request, accession):
@@ -129,7 +222,7 @@ class SpecimenSignView(APIView):
 
 
 class _FileRenderer(BaseRenderer):
-    """Lets a client ask for the file's type in Accept; errors still come back as JSON text."""
+    """Lets a client ask for the file's type in Accept (errors are JSON: JSONErrorsMixin)."""
 
     charset = None
 
@@ -149,27 +242,36 @@ class CsvRenderer(_FileRenderer):
     format = "csv"
 
 
-class SpecimenReportPdfView(APIView):
+REPORT_ERRORS = json_errors({404: SPECIMEN_NOT_FOUND, **COMMON_ERRORS})
+
+
+class SpecimenReportPdfView(JSONErrorsMixin, APIView):
     renderer_classes = [JSONRenderer, PdfRenderer]
 
     @extend_schema(
-        responses={(200, "application/pdf"): OpenApiTypes.BINARY}, summary="The specimen's PDF report"
+        responses={(200, "application/pdf"): OpenApiTypes.BINARY, **REPORT_ERRORS},
+        summary="The specimen's PDF report",
     )
     def get(self, request, accession):
         specimen = specimen_or_404(request, accession)
         return private_attachment(
-            reports.specimen_report_pdf(specimen=specimen), "application/pdf",
+            reports.specimen_report_pdf(specimen=specimen),
+            "application/pdf",
             f"{specimen.accession}-report.pdf",
         )
 
 
-class SpecimenReportCsvView(APIView):
+class SpecimenReportCsvView(JSONErrorsMixin, APIView):
     renderer_classes = [JSONRenderer, CsvRenderer]
 
-    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR}, summary="The specimen's cells as CSV")
+    @extend_schema(
+        responses={(200, "text/csv"): OpenApiTypes.STR, **REPORT_ERRORS},
+        summary="The specimen's cells as CSV",
+    )
     def get(self, request, accession):
         specimen = specimen_or_404(request, accession)
         return private_attachment(
-            reports.specimen_report_csv(specimen=specimen), "text/csv; charset=utf-8",
+            reports.specimen_report_csv(specimen=specimen),
+            "text/csv; charset=utf-8",
             f"{specimen.accession}-cells.csv",
         )

@@ -47,23 +47,37 @@ from .serializers import (
 from .throttling import TokenRateThrottle, UploadRateThrottle
 
 
-def _error(description: str, code: str, message: str) -> OpenApiResponse:
+def _error(description: str, code: str, message: str, *more: tuple[str, str]) -> OpenApiResponse:
+    """An error response in the one error shape, with an example per (code, message) given."""
     return OpenApiResponse(
         ErrorSerializer,
         description=description,
-        examples=[OpenApiExample(code, value={"detail": message, "code": code})],
+        examples=[OpenApiExample(c, value={"detail": m, "code": c}) for c, m in ((code, message), *more)],
     )
 
 
-UNAUTHORIZED = _error("No or invalid credentials.", "not_authenticated",
-                      "Authentication credentials were not provided.")
-NOT_FOUND = _error("No such object, or one you may not see.", "not_found",
-                   "No Classification matches the given query.")
-THROTTLED = _error("Too many requests; retry after the Retry-After header's seconds.", "throttled",
-                   "Request was throttled. Expected available in 42 seconds.")
-NOT_ACCEPTABLE = _error("The Accept header asks for a media type this endpoint cannot produce.",
-                        "not_acceptable", "Could not satisfy the request Accept header.")
+UNAUTHORIZED = _error(
+    "No or invalid credentials.", "not_authenticated", "Authentication credentials were not provided."
+)
+NOT_FOUND = _error(
+    "No such object, or one you may not see.", "not_found", "No Classification matches the given query."
+)
+THROTTLED = _error(
+    "Too many requests; retry after the Retry-After header's seconds.",
+    "throttled",
+    "Request was throttled. Expected available in 42 seconds.",
+)
+NOT_ACCEPTABLE = _error(
+    "The Accept header asks for a media type this endpoint cannot produce.",
+    "not_acceptable",
+    "Could not satisfy the request Accept header.",
+)
 READ_ERRORS = {401: UNAUTHORIZED, 404: NOT_FOUND, 406: NOT_ACCEPTABLE, 429: THROTTLED}
+
+
+def json_errors(errors: dict) -> dict:
+    """Error responses documented as JSON only, for views whose success answer has another media type."""
+    return {(code, "application/json"): response for code, response in errors.items()}
 
 
 class JSONErrorsMixin:
@@ -94,13 +108,20 @@ class CanSubmit(permissions.BasePermission):
     "Send it as `Authorization: Token <token>`. Repeated failures lock the account for a while.",
     request=TokenRequestSerializer,
     responses={
-        200: OpenApiResponse(TokenSerializer, examples=[
-            OpenApiExample("token", value={"token": "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"})
-        ]),
-        400: _error("Missing fields or wrong username/password.", "authorization",
-                    "Unable to log in with provided credentials."),
-        429: _error("Too many attempts from this address, or the account is locked out.", "locked_out",
-                    "Too many failed sign-in attempts; try again later."),
+        200: OpenApiResponse(
+            TokenSerializer,
+            examples=[OpenApiExample("token", value={"token": "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"})],
+        ),
+        400: _error(
+            "Missing fields or wrong username/password.",
+            "authorization",
+            "Unable to log in with provided credentials.",
+        ),
+        429: _error(
+            "Too many attempts from this address, or the account is locked out.",
+            "locked_out",
+            "Too many failed sign-in attempts; try again later.",
+        ),
     },
     auth=[],
 )
@@ -134,14 +155,28 @@ class LockedOut(APIException):
 
 
 CLASSIFICATION_EXAMPLE = {
-    "id": 42, "label": "NEUTROPHIL", "predicted_label": "NEUTROPHIL", "final_label": None,
+    "id": 42,
+    "label": "NEUTROPHIL",
+    "predicted_label": "NEUTROPHIL",
+    "final_label": None,
     "confidence": 0.93,
     "probabilities": {"EOSINOPHIL": 0.03, "LYMPHOCYTE": 0.02, "MONOCYTE": 0.02, "NEUTROPHIL": 0.93},
-    "status": "classified", "review_state": "unreviewed", "flag_reason": "", "flag_message": "",
-    "cell_box": [61, 40, 259, 201], "model_version": "effnetlite0-3f2a9c1d",
-    "accession": "ACC-2026-0001", "external_id": "LIS-778812", "original_filename": "cell_001.jpg",
-    "width": 320, "height": 240, "created_at": "2026-11-25T09:12:44.201Z",
-    "reviewed_by": None, "reviewed_at": None, "signed_by": None, "signed_at": None,
+    "status": "classified",
+    "review_state": "unreviewed",
+    "flag_reason": "",
+    "flag_message": "",
+    "cell_box": [61, 40, 259, 201],
+    "model_version": "effnetlite0-3f2a9c1d",
+    "accession": "ACC-2026-0001",
+    "external_id": "LIS-778812",
+    "original_filename": "cell_001.jpg",
+    "width": 320,
+    "height": 240,
+    "created_at": "2026-11-25T09:12:44.201Z",
+    "reviewed_by": None,
+    "reviewed_at": None,
+    "signed_by": None,
+    "signed_at": None,
     "image_url": "https://lab.example/api/v1/classifications/42/image/",
     "heatmap_url": "https://lab.example/api/v1/classifications/42/heatmap/",
 }
@@ -153,16 +188,25 @@ CLASSIFICATION_EXAMPLE = {
         description="Results you may see (technologists: their own; reviewers: all), newest first, "
         "50 a page. Filter by label (the reviewer's, else the model's), status, review_state, "
         "accession, created_after/created_before (dates, inclusive) and q (search).",
-        responses={200: ClassificationSerializer(many=True), 400: _error(
-            "A filter value is not valid.", "invalid_choice",
-            "status: Select a valid choice. x is not one of the available choices.",
-        ), **{k: v for k, v in READ_ERRORS.items() if k != 404}},
+        responses={
+            200: ClassificationSerializer(many=True),
+            400: _error(
+                "A filter value is not valid.",
+                "invalid_choice",
+                "status: Select a valid choice. x is not one of the available choices.",
+            ),
+            **{k: v for k, v in READ_ERRORS.items() if k != 404},
+        },
     ),
     retrieve=extend_schema(
         summary="Get one result",
-        responses={200: OpenApiResponse(ClassificationSerializer, examples=[
-            OpenApiExample("classified", value=CLASSIFICATION_EXAMPLE)
-        ]), **READ_ERRORS},
+        responses={
+            200: OpenApiResponse(
+                ClassificationSerializer,
+                examples=[OpenApiExample("classified", value=CLASSIFICATION_EXAMPLE)],
+            ),
+            **READ_ERRORS,
+        },
     ),
 )
 class ClassificationViewSet(
@@ -203,30 +247,54 @@ class ClassificationViewSet(
         "files leave nothing behind.",
         request={"multipart/form-data": ClassificationUploadSerializer},
         responses={
-            201: OpenApiResponse(ClassificationSerializer, description="Classified (or unidentified).",
-                                 examples=[OpenApiExample("created", value=CLASSIFICATION_EXAMPLE)]),
-            200: OpenApiResponse(ClassificationSerializer,
-                                 description="A retry: the result stored earlier for this external_id."),
-            400: _error("Bad input: missing image field, empty or damaged image, bad accession, or a "
-                        "signed specimen.", "corrupt_image",
-                        "The image could not be read completely (truncated or damaged): image file is "
-                        "truncated."),
+            201: OpenApiResponse(
+                ClassificationSerializer,
+                description="Classified (or unidentified).",
+                examples=[OpenApiExample("created", value=CLASSIFICATION_EXAMPLE)],
+            ),
+            200: OpenApiResponse(
+                ClassificationSerializer,
+                description="A retry: the result stored earlier for this external_id.",
+            ),
+            400: _error(
+                "Bad input: missing image field, empty or damaged image, bad accession, or a "
+                "signed specimen.",
+                "corrupt_image",
+                "The image could not be read completely (truncated or damaged): image file is truncated.",
+            ),
             401: UNAUTHORIZED,
-            403: _error("Your account has no role that may submit images.", "permission_denied",
-                        "Only technologists and reviewers may submit images."),
-            413: _error("The file or the image's pixel count is over the limit.", "file_too_large",
-                        "The file is 24.1 MB; the limit is 20.0 MB."),
-            415: _error("Not an image (or a format that is not accepted), or not multipart.", "not_an_image",
-                        "notes.jpg is not an image that can be read (JPEG, PNG, TIFF, BMP or WebP)."),
+            403: _error(
+                "Your account has no role that may submit images.",
+                "permission_denied",
+                "Only technologists and reviewers may submit images.",
+            ),
+            413: _error(
+                "The file or the image's pixel count is over the limit.",
+                "file_too_large",
+                "The file is 24.1 MB; the limit is 20.0 MB.",
+            ),
+            415: _error(
+                "Not an image (or a format that is not accepted), or not multipart.",
+                "not_an_image",
+                "notes.jpg is not an image that can be read (JPEG, PNG, TIFF, BMP or WebP).",
+            ),
             429: THROTTLED,
-            503: OpenApiResponse(ClassificationPendingSerializer, description="Stored, but the model is "
-                                 "unavailable; the result stays pending.", examples=[OpenApiExample(
-                                     "pending", value={
-                                         "detail": "The model is unavailable; the image is stored as "
-                                         "pending and will be classified later.",
-                                         "code": "model_unavailable", "id": 43,
-                                         "url": "https://lab.example/api/v1/classifications/43/",
-                                     })]),
+            503: OpenApiResponse(
+                ClassificationPendingSerializer,
+                description="Stored, but the model is unavailable; the result stays pending.",
+                examples=[
+                    OpenApiExample(
+                        "pending",
+                        value={
+                            "detail": "The model is unavailable; the image is stored as "
+                            "pending and will be classified later.",
+                            "code": "model_unavailable",
+                            "id": 43,
+                            "url": "https://lab.example/api/v1/classifications/43/",
+                        },
+                    )
+                ],
+            ),
         },
     )
     def create(self, request, *args, **kwargs):
@@ -275,8 +343,11 @@ class ClassificationViewSet(
     @extend_schema(
         summary="Download the stored image",
         description="The uploaded image as stored (metadata stripped; JPEG or PNG).",
-        responses={(200, "image/jpeg"): OpenApiTypes.BINARY, (200, "image/png"): OpenApiTypes.BINARY,
-                   **READ_ERRORS},
+        responses={
+            (200, "image/jpeg"): OpenApiTypes.BINARY,
+            (200, "image/png"): OpenApiTypes.BINARY,
+            **json_errors(READ_ERRORS),
+        },
     )
     @action(detail=True, methods=["get"], renderer_classes=[ImageRenderer, JSONRenderer])
     def image(self, request, pk=None):
@@ -285,7 +356,7 @@ class ClassificationViewSet(
     @extend_schema(
         summary="Download the heat map",
         description="Grad-CAM heat map over the image (PNG): where the model looked. 404 while pending.",
-        responses={(200, "image/png"): OpenApiTypes.BINARY, **READ_ERRORS},
+        responses={(200, "image/png"): OpenApiTypes.BINARY, **json_errors(READ_ERRORS)},
     )
     @action(detail=True, methods=["get"], renderer_classes=[ImageRenderer, JSONRenderer])
     def heatmap(self, request, pk=None):
@@ -316,8 +387,10 @@ FHIR_BUNDLE = inline_serializer(
     list=extend_schema(
         summary="List specimens",
         description="Specimens you may see (technologists: the ones they opened; reviewers: all).",
-        responses={200: SpecimenListSerializer(many=True),
-                   **{k: v for k, v in READ_ERRORS.items() if k != 404}},
+        responses={
+            200: SpecimenListSerializer(many=True),
+            **{k: v for k, v in READ_ERRORS.items() if k != 404},
+        },
     ),
 )
 class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -360,8 +433,11 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         "Observation per class with its LOINC code (770-8 neutrophils, 736-9 lymphocytes, 5905-5 "
         "monocytes, 713-8 eosinophils per 100 leukocytes), value in UCUM `%`, reference range and "
         "H/L/N interpretation. Served as `application/fhir+json`.",
-        responses={(200, fhir.FHIR_MEDIA_TYPE): FHIR_BUNDLE, (200, "application/json"): FHIR_BUNDLE,
-                   **READ_ERRORS},
+        responses={
+            (200, fhir.FHIR_MEDIA_TYPE): FHIR_BUNDLE,
+            (200, "application/json"): FHIR_BUNDLE,
+            **json_errors(READ_ERRORS),
+        },
     )
     @action(detail=True, methods=["get"], renderer_classes=[FHIRJSONRenderer, JSONRenderer])
     def fhir(self, request, accession=None):
@@ -373,7 +449,7 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         description="The differential as an HL7 v2.5.1 `ORU^R01` message in ER7 encoding (MSH, PID with the "
         "accession as placeholder identifier, OBR, one OBX per class with NTE, SPM). Result status "
         "`P` until signed, `F` after.",
-        responses={(200, hl7.HL7_MEDIA_TYPE): OpenApiTypes.STR, **READ_ERRORS},
+        responses={(200, hl7.HL7_MEDIA_TYPE): OpenApiTypes.STR, **json_errors(READ_ERRORS)},
     )
     @action(detail=True, methods=["get"], renderer_classes=[HL7Renderer, JSONRenderer])
     def hl7(self, request, accession=None):
@@ -382,24 +458,40 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
 
 
 MODEL_EXAMPLE = {
-    "name": "hematovision_wbc", "version": "c4b786827a603412",
+    "name": "hematovision_wbc",
+    "version": "c4b786827a603412",
     "classes": ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"],
-    "backbone": "efficientnet_lite0", "input_size": 192, "tta_views": 4,
+    "backbone": "efficientnet_lite0",
+    "input_size": 192,
+    "tta_views": 4,
     "trained_at": "2026-11-26T05:23:35+0000",
     "calibration": {
-        "method": "softmax(log p / temperature + class_bias)", "temperature": 0.886,
+        "method": "softmax(log p / temperature + class_bias)",
+        "temperature": 0.886,
         "class_bias": {"EOSINOPHIL": 0.103, "LYMPHOCYTE": -0.362, "MONOCYTE": 1.133, "NEUTROPHIL": -0.873},
-        "training_class_fractions": {"EOSINOPHIL": 0.251, "LYMPHOCYTE": 0.249, "MONOCYTE": 0.249,
-                                     "NEUTROPHIL": 0.251},
+        "training_class_fractions": {
+            "EOSINOPHIL": 0.251,
+            "LYMPHOCYTE": 0.249,
+            "MONOCYTE": 0.249,
+            "NEUTROPHIL": 0.251,
+        },
     },
     "thresholds": {"ood_distance": 4.94, "min_confidence": 0.477},
-    "validation": {"n_images": 9957, "accuracy": 0.905, "macro_f1": 0.905,
-                   "recall": {"EOSINOPHIL": 0.887, "LYMPHOCYTE": 0.959, "MONOCYTE": 0.856,
-                              "NEUTROPHIL": 0.92},
-                   "estimate": "calibrated_nested", "flagged_rate": 0.03},
-    "test": {"n_images": 2487, "accuracy": 0.891, "macro_f1": 0.893,
-             "recall": {"EOSINOPHIL": 0.873, "LYMPHOCYTE": 1.0, "MONOCYTE": 0.75, "NEUTROPHIL": 0.939},
-             "unidentified_rate": 0.025},
+    "validation": {
+        "n_images": 9957,
+        "accuracy": 0.905,
+        "macro_f1": 0.905,
+        "recall": {"EOSINOPHIL": 0.887, "LYMPHOCYTE": 0.959, "MONOCYTE": 0.856, "NEUTROPHIL": 0.92},
+        "estimate": "calibrated_nested",
+        "flagged_rate": 0.03,
+    },
+    "test": {
+        "n_images": 2487,
+        "accuracy": 0.891,
+        "macro_f1": 0.893,
+        "recall": {"EOSINOPHIL": 0.873, "LYMPHOCYTE": 1.0, "MONOCYTE": 0.75, "NEUTROPHIL": 0.939},
+        "unidentified_rate": 0.025,
+    },
 }
 
 
@@ -414,7 +506,7 @@ class ModelUnavailable(APIException):
     summary="The model that pre-classifies",
     description="Identity (`version` is the one every result's `model_version` carries), classes in "
     "output order, calibration (probabilities are softmax(log p / temperature + class_bias), fitted "
-    "for the class balance in `training_class_fractions`), the \"unidentified\" thresholds, and its "
+    'for the class balance in `training_class_fractions`), the "unidentified" thresholds, and its '
     "figures: `validation` (out of fold on the training data; `estimate` says which) and `test` "
     "(the official TEST split). Keys a model's card lacks are null.",
     responses={

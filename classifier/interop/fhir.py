@@ -24,13 +24,17 @@ Deliberate choices:
   verifies and signs; the status tells the LIS whether that happened).
 * ``status`` is ``preliminary`` until a reviewer signs the specimen, then
   ``final``.
+* The DiagnosticReport's ``performer`` is the lab's name
+  (``HEMATOVISION_LAB_NAME``), or ``HEMATOVISION`` when that is empty, as in the
+  HL7 message's MSH-4 (FHIR forbids an empty ``display``).
 """
 
 import uuid
 
-from django.conf import settings
 from django.utils import timezone
 from fhir.resources.R4B.bundle import Bundle
+
+from . import lab_name
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -97,9 +101,7 @@ def _observation(row: dict, *, accession, status, effective, issued, specimen_re
         "effectiveDateTime": effective,
         "issued": issued,
         "specimen": specimen_ref,
-        "referenceRange": [
-            {"low": _percent(row["reference_low"]), "high": _percent(row["reference_high"])}
-        ],
+        "referenceRange": [{"low": _percent(row["reference_low"]), "high": _percent(row["reference_high"])}],
     }
     if row["percent"] is None:
         observation["dataAbsentReason"] = {
@@ -129,8 +131,13 @@ def specimen_bundle(specimen, differential: dict, *, now=None) -> dict:
 
     observations = [
         _observation(
-            row, accession=accession, status=status, effective=effective, issued=issued,
-            specimen_ref=specimen_ref, counted=differential["counted_cells"],
+            row,
+            accession=accession,
+            status=status,
+            effective=effective,
+            issued=issued,
+            specimen_ref=specimen_ref,
+            counted=differential["counted_cells"],
         )
         for row in differential["classes"]
     ]
@@ -147,14 +154,14 @@ def specimen_bundle(specimen, differential: dict, *, now=None) -> dict:
         "id": report_url.removeprefix("urn:uuid:"),
         "identifier": [{"system": ACCESSION_SYSTEM, "value": accession}],
         "status": status,
-        "category": [
-            {"coding": [{"system": DIAGNOSTIC_SERVICE, "code": "HM", "display": "Hematology"}]}
-        ],
-        "code": {"coding": [{"system": LOINC, "code": PANEL[0], "display": PANEL[1]}],
-                 "text": "White-cell differential"},
+        "category": [{"coding": [{"system": DIAGNOSTIC_SERVICE, "code": "HM", "display": "Hematology"}]}],
+        "code": {
+            "coding": [{"system": LOINC, "code": PANEL[0], "display": PANEL[1]}],
+            "text": "White-cell differential",
+        },
         "effectiveDateTime": effective,
         "issued": issued,
-        "performer": [{"display": settings.HEMATOVISION_LAB_NAME}],
+        "performer": [{"display": lab_name()}],
         "specimen": [specimen_ref],
         "result": [
             {"reference": _urn(accession, "observation", obs_row["label"]), "display": obs_row["name"] + " %"}

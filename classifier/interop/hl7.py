@@ -17,40 +17,63 @@ reference range ``low-high``, abnormal flag H/L/N, and result status ``P``
 (preliminary) until a reviewer signs the specimen, ``F`` (final) after. A
 class with no counted cell yet is sent without a value and status ``X``
 (results cannot be obtained for this observation... yet).
+
+MSH-4 is the lab's name (``HEMATOVISION_LAB_NAME``), escaped and cut to HD.1's
+20 characters. MSH-18 is always ``UNICODE UTF-8`` (HL7 table 0211): the text is
+always sent UTF-8-encoded, as the HTTP charset says too. Without MSH-18 a
+receiver must assume ASCII, which is wrong as soon as the lab's name (say
+"Labo Hématologie") is not ASCII; for an ASCII-only message the declaration is
+just as true, and a constant header keeps the receiving interface's
+configuration the same whatever the name.
 """
 
 import uuid
 
-from django.conf import settings
 from django.utils import timezone
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
+from . import APPLICATION, lab_name
 from .fhir import CLASS_LOINC, PANEL
 
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
 VERSION = "2.5.1"
-SENDING_APPLICATION = "HEMATOVISION"
+SENDING_APPLICATION = APPLICATION
+CHARACTER_SET = "UNICODE UTF-8"  # HL7 table 0211; the ER7 text is always sent UTF-8-encoded
 
 
 def _ts(value) -> str:
     return timezone.localtime(value).strftime("%Y%m%d%H%M%S%z")
 
 
+# ER7 escape sequence of each delimiter (encoding characters ``|^~\\&``), the escape character first.
+_ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
+HD1_LENGTH = 20  # MSH-4.1 (HD.1, IS): 20 characters as sent, which a strict parser checks escaped
+
+
 def _escape(text: str) -> str:
-    """Escape HL7 delimiters in free text (\\ first, then | ^ & ~)."""
-    for raw, escaped in (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
-        text = text.replace(raw, escaped)
-    return text
+    """Escape HL7 delimiters in free text, character by character."""
+    return "".join(_ESCAPES.get(ch, ch) for ch in text)
 
 
 def _facility(name: str) -> str:
-    """MSH-4 namespace id: the lab name, cut at a word to HD.1's 20 characters."""
-    name = _escape(name.strip()) or SENDING_APPLICATION
-    if len(name) <= 20:
-        return name
-    cut = name[:21].rsplit(" ", 1)[0] if " " in name[:21] else name[:20]
-    return cut[:20].rstrip()
+    """MSH-4 namespace id: the lab name, escaped and cut at a word to HD.1's 20 characters.
+
+    The name is cut before it is escaped, so a cut never falls inside an escape
+    sequence, and only as many characters are kept as fit escaped: a strict 2.5.1
+    parser (hl7apy's) measures the field as it is sent.
+    """
+    kept = 0
+    length = 0
+    for ch in name:
+        length += len(_ESCAPES.get(ch, ch))
+        if length > HD1_LENGTH:
+            break
+        kept += 1
+    cut = name[:kept]
+    if kept < len(name) and name[kept] != " " and " " in cut:
+        cut = cut.rsplit(" ", 1)[0]  # the last word did not fit: leave it out whole
+    return _escape(cut.rstrip())
 
 
 def _number(value: float) -> str:
@@ -63,7 +86,7 @@ def oru_r01(specimen, differential: dict, *, now=None, control_id: str | None = 
     accession = specimen.accession  # [A-Za-z0-9._-] only: no escaping needed
     final = differential["signed"]
     result_status = "F" if final else "P"
-    facility = _facility(settings.HEMATOVISION_LAB_NAME)
+    facility = _facility(lab_name())
 
     msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     msg.msh.msh_3 = SENDING_APPLICATION
@@ -73,6 +96,7 @@ def oru_r01(specimen, differential: dict, *, now=None, control_id: str | None = 
     msg.msh.msh_10 = control_id or uuid.uuid4().hex[:20]
     msg.msh.msh_11 = "P"
     msg.msh.msh_12 = VERSION
+    msg.msh.msh_18 = CHARACTER_SET
 
     result = msg.add_group("ORU_R01_PATIENT_RESULT")
     patient = result.add_group("ORU_R01_PATIENT")

@@ -31,8 +31,16 @@ def _fresh_throttles():
 @pytest.fixture
 def specimen(user):
     specimen = SpecimenFactory(accession="ACC-FHIR-1", created_by=user)
-    for label in ("NEUTROPHIL", "NEUTROPHIL", "NEUTROPHIL", "LYMPHOCYTE", "LYMPHOCYTE", "EOSINOPHIL",
-                  "EOSINOPHIL", "EOSINOPHIL"):
+    for label in (
+        "NEUTROPHIL",
+        "NEUTROPHIL",
+        "NEUTROPHIL",
+        "LYMPHOCYTE",
+        "LYMPHOCYTE",
+        "EOSINOPHIL",
+        "EOSINOPHIL",
+        "EOSINOPHIL",
+    ):
         ClassificationFactory(owner=user, specimen=specimen, predicted_label=label)
     ClassificationFactory(owner=user, specimen=specimen, unidentified=True)
     return specimen
@@ -60,7 +68,13 @@ def test_bundle_parses_and_validates_as_fhir_r4(api_client, user, specimen):
     assert bundle.type == "collection"
     assert bundle.identifier.value == "ACC-FHIR-1"
     assert [type(e.resource).__name__ for e in bundle.entry] == [
-        "DiagnosticReport", "Specimen", "Observation", "Observation", "Observation", "Observation"]
+        "DiagnosticReport",
+        "Specimen",
+        "Observation",
+        "Observation",
+        "Observation",
+        "Observation",
+    ]
     # Every reference resolves inside the Bundle.
     full_urls = {entry.fullUrl for entry in bundle.entry}
     (report,) = resources(bundle, DiagnosticReport)
@@ -74,7 +88,8 @@ def test_report_is_preliminary_with_loinc_panel(api_client, user, specimen):
     (report,) = resources(bundle, DiagnosticReport)
     assert report.status == "preliminary"
     assert [(c.system, c.code, c.display) for c in report.code.coding] == [
-        (LOINC, "57023-4", "Auto Differential panel - Blood")]
+        (LOINC, "57023-4", "Auto Differential panel - Blood")
+    ]
     assert report.category[0].coding[0].code == "HM"
     assert report.conclusion == (
         "8 of 9 cells counted; 1 unidentified awaiting review; "
@@ -99,8 +114,13 @@ def test_one_observation_per_class_with_loinc_ucum_range_and_flags(api_client, u
         assert (quantity.unit, quantity.system, quantity.code) == ("%", "http://unitsofmeasure.org", "%")
         (reference,) = obs.referenceRange
         assert reference.low.code == reference.high.code == "%"
-        rows[coding.code] = (float(quantity.value), obs.interpretation[0].coding[0].code,
-                             float(reference.low.value), float(reference.high.value), obs.note[0].text)
+        rows[coding.code] = (
+            float(quantity.value),
+            obs.interpretation[0].coding[0].code,
+            float(reference.low.value),
+            float(reference.high.value),
+            obs.note[0].text,
+        )
     assert rows == {
         "770-8": (37.5, "L", 40.0, 75.0, "3 of 8 counted cells."),
         "736-9": (25.0, "N", 20.0, 45.0, "2 of 8 counted cells."),
@@ -111,7 +131,7 @@ def test_one_observation_per_class_with_loinc_ucum_range_and_flags(api_client, u
 
 def test_report_is_final_once_signed(api_client, user, reviewer, specimen):
     for cell in specimen.cells.all():
-        services.classification_review(classification=cell, reviewer=reviewer, label=cell.label)
+        services.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
     signed = services.specimen_sign(specimen=specimen, reviewer=reviewer)
     api_client.force_authenticate(user)
     bundle = parse(fetch(api_client))
@@ -152,3 +172,36 @@ def test_reviewer_sees_any_specimen_and_no_role_user_none(api_client, reviewer, 
     assert fetch(api_client).status_code == 200
     api_client.force_authenticate(no_role_user)
     assert fetch(api_client).status_code == 404
+
+
+def _stable(bundle: dict) -> dict:
+    """The Bundle without what changes from one request to the next (its id, timestamp and issued)."""
+    bundle = json.loads(json.dumps(bundle))
+    del bundle["id"], bundle["timestamp"]
+    for entry in bundle["entry"]:
+        entry["resource"].pop("issued", None)
+    return bundle
+
+
+@pytest.mark.parametrize("blank", ["", "  \t "])
+def test_blank_lab_name_falls_back_to_the_hl7_default(api_client, user, specimen, settings, blank):
+    """An empty HEMATOVISION_LAB_NAME answered 500 (FHIR forbids an empty display); HL7 sent HEMATOVISION."""
+    api_client.force_authenticate(user)
+    settings.HEMATOVISION_LAB_NAME = "HEMATOVISION"
+    named = fetch(api_client).json()
+    settings.HEMATOVISION_LAB_NAME = blank
+    response = fetch(api_client)
+    assert response.status_code == 200
+    bundle = response.json()
+    assert bundle["entry"][0]["resource"]["performer"] == [{"display": "HEMATOVISION"}]
+    assert _stable(bundle) == _stable(named)
+    parse(response)
+    hl7 = api_client.get("/api/v1/specimens/ACC-FHIR-1/hl7/").content.decode()
+    assert hl7.split("\r")[0].split("|")[3] == "HEMATOVISION"
+
+
+def test_lab_name_is_sent_on_one_line(api_client, user, specimen, settings):
+    settings.HEMATOVISION_LAB_NAME = "  Labo\r\nHématologie\x00 Nord "
+    api_client.force_authenticate(user)
+    (report,) = resources(parse(fetch(api_client)), DiagnosticReport)
+    assert [p.display for p in report.performer] == ["Labo Hématologie Nord"]

@@ -40,8 +40,17 @@ def obx_rows(message):
     rows = []
     for observation in message.oru_r01_patient_result.oru_r01_order_observation.oru_r01_observation:
         obx = observation.obx
-        rows.append((obx.obx_2.to_er7(), obx.obx_3.to_er7(), obx.obx_5.to_er7(), obx.obx_6.to_er7(),
-                     obx.obx_7.to_er7(), obx.obx_8.to_er7(), obx.obx_11.to_er7()))
+        rows.append(
+            (
+                obx.obx_2.to_er7(),
+                obx.obx_3.to_er7(),
+                obx.obx_5.to_er7(),
+                obx.obx_6.to_er7(),
+                obx.obx_7.to_er7(),
+                obx.obx_8.to_er7(),
+                obx.obx_11.to_er7(),
+            )
+        )
     return rows
 
 
@@ -53,7 +62,19 @@ def test_oru_r01_parses_in_strict_mode(api_client, user, specimen):
     segments = response.content.decode().split("\r")
     assert segments[-1] == ""  # the last segment is terminated too
     assert [s[:3] for s in segments[:-1]] == [
-        "MSH", "PID", "OBR", "OBX", "NTE", "OBX", "NTE", "OBX", "NTE", "OBX", "NTE", "SPM"]
+        "MSH",
+        "PID",
+        "OBR",
+        "OBX",
+        "NTE",
+        "OBX",
+        "NTE",
+        "OBX",
+        "NTE",
+        "OBX",
+        "NTE",
+        "SPM",
+    ]
     message = parse(response)
     assert message.msh.msh_9.to_er7() == "ORU^R01^ORU_R01"
     assert message.msh.msh_12.to_er7() == "2.5.1"
@@ -71,20 +92,48 @@ def test_oru_r01_parses_in_strict_mode(api_client, user, specimen):
 def test_one_obx_per_class_numeric_percent_with_range_flag_and_status(api_client, user, specimen):
     api_client.force_authenticate(user)
     assert obx_rows(parse(fetch(api_client))) == [
-        ("NM", "713-8^Eosinophils/100 leukocytes in Blood by Automated count^LN", "0", "%^percent^UCUM",
-         "1-6", "L", "P"),
-        ("NM", "736-9^Lymphocytes/100 leukocytes in Blood by Automated count^LN", "25", "%^percent^UCUM",
-         "20-45", "N", "P"),
-        ("NM", "5905-5^Monocytes/100 leukocytes in Blood by Automated count^LN", "25", "%^percent^UCUM",
-         "2-10", "H", "P"),
-        ("NM", "770-8^Neutrophils/100 leukocytes in Blood by Automated count^LN", "50", "%^percent^UCUM",
-         "40-75", "N", "P"),
+        (
+            "NM",
+            "713-8^Eosinophils/100 leukocytes in Blood by Automated count^LN",
+            "0",
+            "%^percent^UCUM",
+            "1-6",
+            "L",
+            "P",
+        ),
+        (
+            "NM",
+            "736-9^Lymphocytes/100 leukocytes in Blood by Automated count^LN",
+            "25",
+            "%^percent^UCUM",
+            "20-45",
+            "N",
+            "P",
+        ),
+        (
+            "NM",
+            "5905-5^Monocytes/100 leukocytes in Blood by Automated count^LN",
+            "25",
+            "%^percent^UCUM",
+            "2-10",
+            "H",
+            "P",
+        ),
+        (
+            "NM",
+            "770-8^Neutrophils/100 leukocytes in Blood by Automated count^LN",
+            "50",
+            "%^percent^UCUM",
+            "40-75",
+            "N",
+            "P",
+        ),
     ]
 
 
 def test_final_status_after_sign_off(api_client, user, reviewer, specimen):
     for cell in specimen.cells.all():
-        services.classification_review(classification=cell, reviewer=reviewer, label=cell.label)
+        services.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
     services.specimen_sign(specimen=specimen, reviewer=reviewer)
     api_client.force_authenticate(user)
     message = parse(fetch(api_client))
@@ -108,3 +157,66 @@ def test_hl7_permissions_and_json_errors(api_client, other_user, reviewer, speci
     assert hidden.json() == {"detail": "No Specimen matches the given query.", "code": "not_found"}
     api_client.force_authenticate(reviewer)
     assert fetch(api_client).status_code == 200
+
+
+# HEMATOVISION_LAB_NAME -> MSH-4 as sent: escaped, at most 20 characters (HD.1) counted as sent, cut at a
+# word, never inside an escape sequence; control characters and runs of whitespace become one space.
+LAB_NAMES = {
+    "Hematology Laboratory": "Hematology",
+    "ABCDEFGHIJKLMNOPQR&S": "ABCDEFGHIJKLMNOPQR",  # was ABCDEFGHIJKLMNOPQR\E\T: 22 characters, refused
+    "ABCDEFGHIJKLMNOPQ&": "ABCDEFGHIJKLMNOPQ\\T\\",  # exactly 20 escaped
+    "ABCDEFGHIJKLMNOPQRS&": "ABCDEFGHIJKLMNOPQRS",
+    "Hematology Lab Ltd&Co": "Hematology Lab",
+    "Heme|Onc Laboratory Services": "Heme\\F\\Onc",
+    "Lab\\Hem": "Lab\\E\\Hem",
+    "A^B Lab": "A\\S\\B Lab",
+    "\\&|^~\\&|^~": "\\E\\\\T\\\\F\\\\S\\\\R\\\\E\\",  # six characters fit, escaped
+    "Labo Hématologie": "Labo Hématologie",
+    "Labo d'Hématologie & Cytologie": "Labo d'Hématologie",
+    "  Lab\r\nName\t ": "Lab Name",  # a CR would end the segment
+    "": "HEMATOVISION",
+    "   ": "HEMATOVISION",
+}
+
+
+@pytest.mark.parametrize("lab_name", LAB_NAMES)
+def test_every_message_parses_strictly_whatever_the_lab_name(api_client, user, reviewer, settings, lab_name):
+    settings.HEMATOVISION_LAB_NAME = lab_name
+    # Every kind of message the endpoint sends: preliminary with values, final, no counted cell.
+    preliminary = SpecimenFactory(accession="LAB-P", created_by=user)
+    ClassificationFactory(owner=user, specimen=preliminary, predicted_label="NEUTROPHIL")
+    final = SpecimenFactory(accession="LAB-F", created_by=user)
+    cell = ClassificationFactory(owner=user, specimen=final, predicted_label="MONOCYTE")
+    services.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")
+    services.specimen_sign(specimen=final, reviewer=reviewer)
+    empty = SpecimenFactory(accession="LAB-E", created_by=user)
+    ClassificationFactory(owner=user, specimen=empty, unidentified=True)
+    api_client.force_authenticate(user)
+    for accession, status in (("LAB-P", "P"), ("LAB-F", "F"), ("LAB-E", "P")):
+        response = fetch(api_client, accession)
+        assert response.status_code == 200
+        message = parse(response)  # strict: MSH-4 within 20 characters, every escape sequence whole
+        msh = response.content.decode("utf-8").split("\r")[0].split("|")
+        assert msh == [
+            "MSH",
+            "^~\\&",
+            "HEMATOVISION",
+            LAB_NAMES[lab_name],
+            "",
+            "",
+            message.msh.msh_7.to_er7(),
+            "",
+            "ORU^R01^ORU_R01",
+            message.msh.msh_10.to_er7(),
+            "P",
+            "2.5.1",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "UNICODE UTF-8",
+        ]
+        assert message.msh.msh_4.to_er7() == LAB_NAMES[lab_name]
+        assert message.msh.msh_18.to_er7() == "UNICODE UTF-8"
+        assert message.oru_r01_patient_result.oru_r01_order_observation.obr.obr_25.to_er7() == status
