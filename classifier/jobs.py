@@ -13,6 +13,7 @@ folder dropped twice) never stores the same image twice in a specimen.
 """
 
 import hashlib
+import io
 import logging
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -43,8 +44,35 @@ def max_files() -> int:
 
 
 def max_archive_bytes() -> int:
-    """Most bytes a ZIP may expand to in total (HEMATOVISION_BATCH_MAX_ARCHIVE_MB, default 2048)."""
-    return settings.HEMATOVISION_BATCH_MAX_ARCHIVE_MB * 1024 * 1024
+    """Most bytes a ZIP may hold, as sent and expanded (HEMATOVISION_BATCH_MAX_ARCHIVE_MB, default 2048)."""
+    return int(settings.HEMATOVISION_BATCH_MAX_ARCHIVE_MB * 1024 * 1024)
+
+
+def _file_size(file) -> int | None:
+    """An upload's size (``.size``), or a file object's by seeking; None when it cannot tell."""
+    size = getattr(file, "size", None)
+    if size is not None:
+        return size
+    try:
+        position = file.tell()
+        size = file.seek(0, io.SEEK_END)
+        file.seek(position)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return size
+
+
+def check_archive_size(archive) -> None:
+    """Refuse a ZIP over the archive limit before reading it (413, as an image over its own limit).
+
+    The upload handler keeps no content of such a file (``uploads.OversizeUpload``), so it must be
+    refused by its size, not reported as an unreadable ZIP.
+    """
+    size, limit = _file_size(archive), max_archive_bytes()
+    if size is not None and size > limit:
+        raise ImageRejected(
+            "file_too_large", f"The archive is {human_size(size)}; the limit is {human_size(limit)}.", 413
+        )
 
 
 @dataclass(frozen=True)
@@ -189,7 +217,8 @@ def job_create(
 
     ``files`` are UploadedFile objects or ``(name, bytes)`` pairs; ``archive`` a
     ZIP file object. Files refused up front (not an image, too large, unsafe ZIP
-    path) are recorded as failed items; the same image twice is skipped.
+    path) are recorded as failed items; the same image twice is skipped. A ZIP
+    over the archive limit raises ImageRejected (413) and leaves nothing.
     """
     if not can_submit(user):
         raise PermissionDenied("Only technologists and reviewers may submit images.")
@@ -202,6 +231,8 @@ def job_create(
         raise ValidationError(
             f"{len(files)} files were sent; the limit is {max_files()} per job.", code="too_many_files"
         )
+    if archive is not None:
+        check_archive_size(archive)
     staged: list[str] = []
     try:
         with transaction.atomic():
@@ -301,8 +332,10 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
     except ImageRejected as exc:
         _fail(item, exc.code, exc.message)
         if exc.code != "no_cells_found":  # a file the image checks refuse: a rerun cannot help, drop it
-            if BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.FAILED).exclude(source="").update(
-                source=""
+            if (
+                BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.FAILED)
+                .exclude(source="")
+                .update(source="")
             ):
                 services._delete_files(item.source.name)
         return

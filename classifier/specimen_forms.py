@@ -1,8 +1,11 @@
 """Forms of the specimen pages: they parse input only; the job services decide what is allowed."""
 
 from django import forms
+from django.conf import settings
 
+from . import jobs
 from .models import BatchJob, accession_validator
+from .validation import ImageRejected, human_size
 
 
 class _MultipleFileInput(forms.ClearableFileInput):
@@ -47,12 +50,27 @@ class BatchUploadForm(forms.Form):
         help_text="Sub-folders are fine; files that are not images are listed as failed.",
     )
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        image_limit = human_size(settings.HEMATOVISION_MAX_UPLOAD_BYTES)
+        self.fields["images"].help_text += f" Up to {jobs.max_files()} files, each at most {image_limit}."
+        self.fields["archive"].help_text += f" At most {human_size(jobs.max_archive_bytes())}."
+
     def clean_accession(self):
         return self.cleaned_data["accession"].strip()
 
+    def clean_archive(self):
+        archive = self.cleaned_data["archive"]
+        if archive:
+            try:
+                jobs.check_archive_size(archive)  # the job's own rule, shown next to the field
+            except ImageRejected as exc:
+                raise forms.ValidationError(exc.message, code=exc.code) from None
+        return archive
+
     def clean(self):
         cleaned = super().clean()
-        if not cleaned.get("images") and not cleaned.get("archive"):
+        if not cleaned.get("images") and not cleaned.get("archive") and "archive" not in self.errors:
             raise forms.ValidationError("Choose some images or a ZIP archive.")
         return cleaned
 

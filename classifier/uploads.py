@@ -1,20 +1,48 @@
-"""Upload handlers: a file over the upload limit is counted, never kept.
+"""Upload handlers: a file over its limit is counted, never kept; too many files get a clear answer.
 
 Django streams each uploaded file to memory (small) or a temporary file (large)
 before any view runs, and the CSRF middleware already reads the body for the
 portal's forms. ``UploadLimitHandler`` sits first in ``FILE_UPLOAD_HANDLERS``:
-once a file passes HEMATOVISION_MAX_UPLOAD_BYTES it swallows the rest of that
-file (still counting it) so nothing more reaches memory or disk, and hands the
-view an ``OversizeUpload`` that carries the true size and no content. The views
-and serializers refuse it with ``validation.check_size`` (413, "The file is
-100.0 MB; the limit is 20.0 MB.") before reading anything.
+once a file passes its limit (a batch ZIP in the ``archive`` field:
+HEMATOVISION_BATCH_MAX_ARCHIVE_MB; any other file: HEMATOVISION_MAX_UPLOAD_BYTES)
+it swallows the rest of that file (still counting it) so nothing more reaches
+memory or disk, and hands the view an ``OversizeUpload`` that carries the true
+size and no content. The views and serializers refuse it with
+``validation.check_size`` (413, "The file is 100.0 MB; the limit is 20.0 MB.")
+and the batch jobs with ``jobs.check_archive_size`` before reading anything.
+
+A body with more files than DATA_UPLOAD_MAX_NUMBER_FILES is refused by Django
+while it is parsed; ``TooManyFilesMiddleware`` turns that into a message on the
+portal page, and ``api.exceptions`` into the API's JSON 400.
 """
 
 import io
 
 from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
+from django.http import UnreadablePostError
+from django.shortcuts import redirect
+
+ARCHIVE_FIELDS = frozenset({"archive"})  # the batch ZIP, in the portal's batch form and the API
+
+
+def limit_for(field_name: str) -> int:
+    """Most bytes a file sent in ``field_name`` may hold: a batch ZIP has its own limit."""
+    if field_name in ARCHIVE_FIELDS:
+        from .jobs import max_archive_bytes
+
+        return max_archive_bytes()
+    return settings.HEMATOVISION_MAX_UPLOAD_BYTES
+
+
+def too_many_files_message() -> str:
+    return (
+        f"Too many files in one upload; the limit is {settings.HEMATOVISION_BATCH_MAX_FILES} files "
+        "per job. Split them into several uploads."
+    )
 
 
 class OversizeUpload(UploadedFile):
@@ -24,19 +52,51 @@ class OversizeUpload(UploadedFile):
         super().__init__(io.BytesIO(b""), name, content_type, size, charset, content_type_extra)
 
 
-class UploadLimitHandler(FileUploadHandler):
-    """Passes chunks on until a file passes the limit, then drops the rest of that file."""
+class UploadTooBig(RequestDataTooBig):
+    """The files of one request add up to more than the archive limit."""
 
-    def new_file(self, *args, **kwargs):
-        super().new_file(*args, **kwargs)
+
+def request_limit() -> int:
+    """Most bytes of files one request may carry: a full ZIP plus one image."""
+    from .jobs import max_archive_bytes
+
+    return max_archive_bytes() + settings.HEMATOVISION_MAX_UPLOAD_BYTES
+
+
+def request_too_big_message() -> str:
+    return (
+        f"The files in this upload add up to more than {request_limit() / 2**20:.1f} MB, the most one "
+        "upload may carry. Split them into several uploads."
+    )
+
+
+class UploadLimitHandler(FileUploadHandler):
+    """Passes chunks on until a file passes its limit, then drops the rest of that file.
+
+    The files kept by one request add up to at most ``request_limit()`` (a full ZIP plus one image):
+    1,001 files of 20 MB each would otherwise put 20 GB of temporary files on disk before any view runs.
+    """
+
+    def __init__(self, request=None):
+        super().__init__(request)
+        self.request_total = 0
+
+    def new_file(self, field_name, *args, **kwargs):
+        super().new_file(field_name, *args, **kwargs)
+        self.limit = limit_for(field_name)
         self.received = 0
         self.over_limit = False
 
     def receive_data_chunk(self, raw_data, start):
         self.received += len(raw_data)
-        if self.received > settings.HEMATOVISION_MAX_UPLOAD_BYTES:
+        if self.received > self.limit:
             self.over_limit = True
-        return None if self.over_limit else raw_data  # None: later handlers get nothing more
+        if self.over_limit:
+            return None  # later handlers get nothing more of this file
+        self.request_total += len(raw_data)
+        if self.request_total > request_limit():
+            raise UploadTooBig(request_too_big_message())
+        return raw_data
 
     def file_complete(self, file_size):
         if not self.over_limit:
@@ -48,3 +108,35 @@ class UploadLimitHandler(FileUploadHandler):
         return OversizeUpload(
             self.file_name, self.content_type, self.received, self.charset, self.content_type_extra
         )
+
+
+class TooManyFilesMiddleware:
+    """A portal form sent with too many files: the form's page again with why, not a bare 400 page.
+
+    Django refuses such a body while parsing it (TooManyFilesSent), and the CSRF check parses
+    it before any view runs, so no view could say what went wrong. This reads the body first
+    (after the session, user and messages are set up; the CSRF check reads it anyway) and sends
+    the browser back to the form with the limit. The API is left alone: DRF parses its requests
+    and ``api.exceptions`` answers JSON.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if (
+            request.method == "POST"
+            and request.content_type == "multipart/form-data"
+            and not request.path_info.startswith("/api/")
+        ):
+            try:
+                request.FILES  # noqa: B018 - parse now, where the refusal can still be answered
+            except TooManyFilesSent:
+                messages.error(request, too_many_files_message())
+                return redirect(request.get_full_path())
+            except UploadTooBig as exc:
+                messages.error(request, str(exc))
+                return redirect(request.get_full_path())
+            except UnreadablePostError:
+                pass  # the client went away mid-body; the CSRF check handles that as before
+        return self.get_response(request)

@@ -13,7 +13,13 @@ from pathlib import PurePosixPath
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpResponseBadRequest,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -136,7 +142,7 @@ class UploadView(View):
                 errors = "; ".join(f"{e}" for field in form.errors.values() for e in field)
                 return JsonResponse({"error": errors, "code": "invalid"}, status=400)
             return render(request, self.template_name, {"form": form}, status=400)
-        created, failures = [], []
+        created, failures, spooled = [], [], []
         for upload in form.cleaned_data["images"]:
             try:
                 check_size(upload.size)  # refuse before reading it into memory
@@ -150,6 +156,10 @@ class UploadView(View):
                 )
             except (ImageRejected, ValidationError) as exc:
                 failures.append((upload.name, _error_text(exc), getattr(exc, "http_status", 400)))
+            except services.UploadSpooled as exc:  # kept for later; the next file may still get in
+                spooled.append((upload.name, exc.reference))
+        if spooled:
+            return self._spooled_answer(request, form, created, failures, spooled)
         if _wants_json(request):
             return self._json_answer(created, failures)
         if not created:
@@ -162,6 +172,46 @@ class UploadView(View):
             return redirect("classification-detail", pk=created[0].pk)
         messages.success(request, f"{len(created)} images classified.")
         return redirect("classification-list")
+
+    def _spooled_answer(self, request, form, created, failures, spooled):
+        """503: the database failed for some files, which were kept (spooled) to be classified later."""
+        references = ", ".join(reference for _, reference in spooled)
+        if len(spooled) == 1:
+            message = (
+                "The database is busy or unavailable. Your upload was kept and will be classified when "
+                f"it is back (reference {references}); do not send it again."
+            )
+        else:
+            message = (
+                f"The database is busy or unavailable. {len(spooled)} uploads were kept and will be "
+                f"classified when it is back (references {references}); do not send them again."
+            )
+        if _wants_json(request):
+            response = JsonResponse(
+                {
+                    "error": message,
+                    "code": "database_unavailable",
+                    "spooled": [{"filename": n, "reference": r} for n, r in spooled],
+                    "ids": [cell.pk for cell in created],
+                    "errors": [{"filename": n, "error": m} for n, m, _ in failures],
+                },
+                status=503,
+            )
+        else:
+            response = render(
+                request,
+                self.template_name,
+                {
+                    "form": form,
+                    "created": created,
+                    "failures": failures,
+                    "spooled": spooled,
+                    "spool_message": message,
+                },
+                status=503,
+            )
+        response["Retry-After"] = "5"
+        return response
 
     def _json_answer(self, created, failures):
         if failures and not created:
@@ -191,8 +241,11 @@ class ClassificationDetailView(View):
             {
                 "cell": cell,
                 "probabilities": [
-                    {"label": CellClass(k).label if k in CellClass.values else k, "value": k,
-                     "percent": round(100 * v, 1)}
+                    {
+                        "label": CellClass(k).label if k in CellClass.values else k,
+                        "value": k,
+                        "percent": round(100 * v, 1),
+                    }
                     for k, v in cell.probabilities_sorted()
                 ],
                 "events": cell.events.select_related("actor"),
@@ -234,10 +287,23 @@ def _filtered_history(request) -> ClassificationFilter:
     return ClassificationFilter(request.GET or None, queryset=queryset)
 
 
+def _filter_errors(filterset: ClassificationFilter) -> list[str]:
+    """``field: message`` for each invalid filter value (as the API's 400 names them).
+
+    django-filter leaves an invalid value out of the query, so ``created_after=2026-13-45`` alone
+    would list (and export) everything; the pages refuse it instead.
+    """
+    if not filterset.is_bound or filterset.is_valid():
+        return []
+    return [f"{field}: {' '.join(errors)}" for field, errors in filterset.errors.items()]
+
+
 class ClassificationListView(View):
     def get(self, request):
         filterset = _filtered_history(request)
-        page = Paginator(filterset.qs, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+        invalid = _filter_errors(filterset)
+        results = filterset.queryset.none() if invalid else filterset.qs  # the form shows the errors
+        page = Paginator(results, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
         query = request.GET.copy()
         query.pop("page", None)
         return render(
@@ -259,21 +325,43 @@ class _Echo:
 
 
 CSV_HEADER = [
-    "id", "created_at", "original_filename", "accession", "external_id", "owner", "status",
-    "predicted_label", "confidence", "final_label", "review_state", "reviewed_by", "signed_by",
-    "signed_at", "flag_reason", "model_version",
+    "id",
+    "created_at",
+    "original_filename",
+    "accession",
+    "external_id",
+    "owner",
+    "status",
+    "predicted_label",
+    "confidence",
+    "final_label",
+    "review_state",
+    "reviewed_by",
+    "signed_by",
+    "signed_at",
+    "flag_reason",
+    "model_version",
 ]
 
 
 def _csv_row(cell: Classification) -> list:
     return [
-        cell.pk, cell.created_at.isoformat(), cell.original_filename,
-        cell.specimen.accession if cell.specimen else "", cell.external_id or "",
-        cell.owner.get_username(), cell.status, cell.predicted_label,
-        "" if cell.confidence is None else f"{cell.confidence:.4f}", cell.final_label, cell.review_state,
+        cell.pk,
+        cell.created_at.isoformat(),
+        cell.original_filename,
+        cell.specimen.accession if cell.specimen else "",
+        cell.external_id or "",
+        cell.owner.get_username(),
+        cell.status,
+        cell.predicted_label,
+        "" if cell.confidence is None else f"{cell.confidence:.4f}",
+        cell.final_label,
+        cell.review_state,
         cell.reviewed_by.get_username() if cell.reviewed_by else "",
         cell.signed_by.get_username() if cell.signed_by else "",
-        cell.signed_at.isoformat() if cell.signed_at else "", cell.flag_reason, cell.model_version,
+        cell.signed_at.isoformat() if cell.signed_at else "",
+        cell.flag_reason,
+        cell.model_version,
     ]
 
 
@@ -285,8 +373,12 @@ def _csv_safe(value):
 
 
 def classification_export_view(request):
-    """The filtered history as CSV, streamed."""
+    """The filtered history as CSV, streamed; an invalid filter answers 400 and exports nothing."""
     filterset = _filtered_history(request)
+    invalid = _filter_errors(filterset)
+    if invalid:
+        text = "\n".join(["The filter is not valid; nothing was exported.", *invalid]) + "\n"
+        return HttpResponseBadRequest(text, content_type="text/plain; charset=utf-8")
     writer = csv.writer(_Echo())
 
     def rows():

@@ -35,9 +35,7 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-ALLOWED_HOSTS = env.list(
-    "DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if DEBUG else []
-)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -72,6 +70,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "hematovision_site.middleware.ContentSecurityPolicyMiddleware",
+    # Reads a portal form's body before the CSRF check does, so "too many files" gets a message.
+    "classifier.uploads.TooManyFilesMiddleware",
     "axes.middleware.AxesMiddleware",
     "hematovision_site.middleware.DatabaseUnavailableMiddleware",
 ]
@@ -96,11 +96,7 @@ TEMPLATES = [
 ]
 
 # Database: embedded SQLite (WAL, busy timeout) unless DATABASE_URL is set.
-DATABASES = {
-    "default": env.db(
-        "DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
-    )
-}
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
@@ -122,8 +118,7 @@ AUTHENTICATION_BACKENDS = [
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
-     "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
@@ -161,9 +156,7 @@ STORAGES = {
 FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
-EMAIL_BACKEND = env.str(
-    "DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend"
-)
+EMAIL_BACKEND = env.str("DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DJANGO_DEFAULT_FROM_EMAIL", default="hematovision@localhost")
 
 CRISPY_ALLOWED_TEMPLATE_PACKS = "bootstrap5"
@@ -190,6 +183,10 @@ REST_FRAMEWORK = {
         "token": env.str("HEMATOVISION_API_TOKEN_RATE", default="10/min"),
     },
     "EXCEPTION_HANDLER": "classifier.api.exceptions.api_exception_handler",
+    # Throttles count per client address: REMOTE_ADDR, or with N trusted reverse proxies in front the
+    # address the last of them saw (the Nth from the right of X-Forwarded-For). Never unset: DRF
+    # would then trust whatever X-Forwarded-For a client sends, and each forged value escapes the limit.
+    "NUM_PROXIES": env.int("HEMATOVISION_NUM_PROXIES", default=0),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "HematoVision LIS API",
@@ -242,8 +239,11 @@ HEMATOVISION_BATCH_MAX_ARCHIVE_MB = env.int("HEMATOVISION_BATCH_MAX_ARCHIVE_MB",
 HEMATOVISION_JOBS_IN_THREAD = env.bool("HEMATOVISION_JOBS_IN_THREAD", default=True)
 HEMATOVISION_LAB_NAME = env.str("HEMATOVISION_LAB_NAME", default="Hematology Laboratory")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Files per request: a batch job's images plus its ZIP (Django's default of 100 refused a 101-image batch).
+DATA_UPLOAD_MAX_NUMBER_FILES = HEMATOVISION_BATCH_MAX_FILES + 1
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
-# A file over HEMATOVISION_MAX_UPLOAD_BYTES is counted, not written to memory or disk (classifier.uploads).
+# A file over its limit (HEMATOVISION_MAX_UPLOAD_BYTES for an image, HEMATOVISION_BATCH_MAX_ARCHIVE_MB
+# for a batch ZIP) is counted, not written to memory or disk (classifier.uploads).
 FILE_UPLOAD_HANDLERS = [
     "classifier.uploads.UploadLimitHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",

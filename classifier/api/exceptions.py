@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from classifier.uploads import UploadTooBig, too_many_files_message
 from classifier.validation import ImageRejected
 
 try:  # axes raises this subclass of PermissionDenied when a login is locked out
@@ -62,11 +63,15 @@ def api_exception_handler(exc, context):
         )
         set_rollback()
         return Response(_body(" ".join(messages), code), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, UploadTooBig):  # the files of one request add up to more than the archive limit
+        return Response(_body(str(exc), "request_too_large"), status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, RequestDataTooBig):
         exc = exceptions.APIException("The request body is too large.")
         exc.status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
         return Response(_body(str(exc.detail), "request_too_large"), status=exc.status_code)
-    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+    if isinstance(exc, TooManyFilesSent):  # more than DATA_UPLOAD_MAX_NUMBER_FILES in one body
+        return Response(_body(too_many_files_message(), "too_many_files"), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, TooManyFieldsSent):
         return Response(_body(str(exc), "too_many_fields"), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(*exc.args)

@@ -10,7 +10,11 @@ class UploadRateThrottle(UserRateThrottle):
 
 
 class TokenRateThrottle(SimpleRateThrottle):
-    """Password guessing on the token endpoint: rate ``token`` per client address, signed in or not."""
+    """Password guessing on the token endpoint: rate ``token`` per client address, signed in or not.
+
+    The address is REMOTE_ADDR, or with ``NUM_PROXIES`` (HEMATOVISION_NUM_PROXIES) trusted proxies
+    the one they put in X-Forwarded-For; a client's own X-Forwarded-For never changes it.
+    """
 
     scope = "token"
 

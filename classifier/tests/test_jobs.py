@@ -125,6 +125,43 @@ def _named(data: bytes):
     return buffer
 
 
+@pytest.mark.parametrize("as_upload", [False, True], ids=["file_object", "oversize_upload"])
+def test_archive_over_the_archive_limit_is_refused_by_its_size(user, settings, as_upload):
+    """Not "not a readable ZIP": the upload handler keeps no content of such a file, only its size."""
+    from classifier.uploads import OversizeUpload
+    from classifier.validation import ImageRejected
+
+    settings.HEMATOVISION_MAX_UPLOAD_BYTES = 20_000
+    settings.HEMATOVISION_BATCH_MAX_ARCHIVE_MB = 1
+    size = 1536 * 1024
+    if as_upload:
+        archive = OversizeUpload("big.zip", "application/zip", size)
+    else:
+        archive = _named(b"PK" + b"\0" * (size - 2))
+    with pytest.raises(ImageRejected) as info:
+        jobs.job_create(user=user, accession="BIG-ZIP", archive=archive)
+    assert (info.value.code, info.value.http_status, info.value.message) == (
+        "file_too_large",
+        413,
+        "The archive is 1.5 MB; the limit is 1.0 MB.",
+    )
+    assert not BatchJob.objects.exists() and not Specimen.objects.exists()
+    assert media_files(settings, "batches") == []
+
+
+def test_archive_bigger_than_the_image_limit_is_read(user, settings):
+    settings.HEMATOVISION_MAX_UPLOAD_BYTES = 20_000
+    settings.HEMATOVISION_BATCH_MAX_ARCHIVE_MB = 1
+    archive = make_zip({f"{i}.png": cell_png("EOSINOPHIL", i, size=(96, 72)) for i in range(3)})
+    assert 20_000 < len(archive.getvalue()) < 1024 * 1024
+    job = jobs.job_create(user=user, accession="MID-ZIP", archive=archive)
+    assert [(i.filename, i.state) for i in job.items.order_by("position")] == [
+        ("0.png", "pending"),
+        ("1.png", "pending"),
+        ("2.png", "pending"),
+    ]
+
+
 def test_too_many_files_refused(user, settings):
     settings.HEMATOVISION_BATCH_MAX_FILES = 2
     archive = make_zip({f"{i}.png": cell_png("EOSINOPHIL", i) for i in range(3)})
