@@ -71,6 +71,14 @@ def specimen_get(*, user, accession: str) -> Specimen:
     return specimen_list(user=user).get(accession__iexact=accession.strip())
 
 
+def specimen_cells(*, specimen: Specimen) -> QuerySet[Classification]:
+    """Every cell of a specimen the user may see (``specimen_get``): what its differential counts.
+    ``classification_get`` lets the same users open each of them."""
+    return specimen.cells.select_related("specimen", "owner", "reviewed_by", "signed_by").order_by(
+        "created_at", "id"
+    )
+
+
 def specimen_differential(*, specimen: Specimen) -> dict:
     """Count and percentage per class, unidentified count, reference flags, review state.
 

@@ -140,6 +140,7 @@ def classification_create(
     if external_id:
         existing = Classification.objects.filter(owner=user, external_id=external_id).first()
         if existing is not None:
+            _refuse_reused_external_id(existing, data, accession)
             if existing.status == Status.PENDING:  # a retry: classify it now if the model is back
                 try:
                     return classification_classify_pending(classification=existing)
@@ -191,6 +192,24 @@ def classification_create(
         _delete_files(*stored)
         raise
     return classification
+
+
+def _refuse_reused_external_id(existing: Classification, data: bytes, accession: str | None) -> None:
+    """A retry sends the same image for the same accession. Anything else under a used id is a
+    client's mistake (an id reused for another cell): answering with the stored result would file
+    one cell's class under another's order, so it is refused."""
+    import hashlib
+
+    stored_accession = existing.specimen.accession.upper() if existing.specimen_id else ""
+    if existing.image_sha256 != hashlib.sha256(data).hexdigest() or stored_accession != (
+        (accession or "").strip().upper()
+    ):
+        raise ValidationError(
+            f"external_id {existing.external_id!r} was already used for another image or accession "
+            f"(result #{existing.pk}); a retry must send the same image and accession, a new image "
+            "needs a new id.",
+            code="external_id_conflict",
+        )
 
 
 SPOOL_DIR = "spool"

@@ -41,6 +41,10 @@ def _first_message(detail, path: tuple = ()) -> tuple[str, str]:
     return message, getattr(detail, "code", None) or "invalid"
 
 
+# Service refusals that are conflicts with what is stored rather than bad input.
+CONFLICT_CODES = frozenset({"external_id_conflict"})
+
+
 def _body(detail: str, code: str, **extra) -> dict:
     return {"detail": detail, "code": code, **extra}
 
@@ -62,7 +66,9 @@ def api_exception_handler(exc, context):
             (e.code for e in getattr(exc, "error_list", []) if getattr(e, "code", None)), "invalid"
         )
         set_rollback()
-        return Response(_body(" ".join(messages), code), status=status.HTTP_400_BAD_REQUEST)
+        conflict = code in CONFLICT_CODES
+        answer = status.HTTP_409_CONFLICT if conflict else status.HTTP_400_BAD_REQUEST
+        return Response(_body(" ".join(messages), code), status=answer)
     if isinstance(exc, UploadTooBig):  # the files of one request add up to more than the archive limit
         return Response(_body(str(exc), "request_too_large"), status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, RequestDataTooBig):

@@ -7,7 +7,7 @@ may not see is answered 404, like one that does not exist), who may write by
 
 import mimetypes
 
-from django.http import FileResponse
+from django.http import FileResponse, Http404
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -228,6 +228,16 @@ class ClassificationViewSet(
             return Classification.objects.none()
         return selectors.classification_list(user=self.request.user)
 
+    def get_object(self):
+        """One result the user may open (``selectors.classification_get``): besides the list's, every
+        cell of a specimen they opened, which its differential counts."""
+        try:
+            cell = selectors.classification_get(user=self.request.user, pk=self.kwargs["pk"])
+        except Classification.DoesNotExist:
+            raise Http404("No Classification matches the given query.") from None
+        self.check_object_permissions(self.request, cell)
+        return cell
+
     def get_permissions(self):
         if self.action == "create":
             return [*super().get_permissions(), CanSubmit()]
@@ -241,8 +251,9 @@ class ClassificationViewSet(
     @extend_schema(
         summary="Submit an image",
         description="Check, store and classify one white-cell image. `201` with the result; posting "
-        "an `external_id` you used before returns the stored result with `200` and stores "
-        "nothing. When the model is unavailable the image is kept as `pending` and the answer "
+        "an `external_id` you used before with the same image and accession returns the stored "
+        "result with `200` and stores nothing (`409` if the image or accession differs). When the "
+        "model is unavailable the image is kept as `pending` and the answer "
         "is `503` with its id (the same `external_id` can be posted again later). Rejected "
         "files leave nothing behind.",
         request={"multipart/form-data": ClassificationUploadSerializer},
@@ -263,6 +274,13 @@ class ClassificationViewSet(
                 "The image could not be read completely (truncated or damaged): image file is truncated.",
             ),
             401: UNAUTHORIZED,
+            409: _error(
+                "The external_id was used before for another image or accession: a retry sends the "
+                "same image and accession; a new image needs a new id.",
+                "external_id_conflict",
+                "external_id 'LIS-42' was already used for another image or accession (result #42); a "
+                "retry must send the same image and accession, a new image needs a new id.",
+            ),
             403: _error(
                 "Your account has no role that may submit images.",
                 "permission_denied",
@@ -416,13 +434,13 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
 
     @extend_schema(
         summary="Get a specimen",
-        description="The specimen with the cells you may see, its white-cell differential (count, percent "
+        description="The specimen with all its cells, its white-cell differential (count, percent "
         "and reference flag per class; unidentified and pending counts), review state and sign-off.",
         responses={200: SpecimenSerializer, **READ_ERRORS},
     )
     def retrieve(self, request, accession=None):
         specimen, differential = self._specimen_and_differential()
-        cells = selectors.classification_list(user=request.user).filter(specimen=specimen)
+        cells = selectors.specimen_cells(specimen=specimen)  # every cell its differential counts
         context = {**self.get_serializer_context(), "differential": differential, "cells": cells}
         return Response(SpecimenSerializer(specimen, context=context).data)
 

@@ -219,12 +219,23 @@ def test_flat_image_is_unidentified(tech_api):
 def test_same_external_id_returns_the_stored_result(tech_api, settings):
     first = post_image(tech_api, image_bytes(RED), external_id="LIS-42")
     files = stored_files(settings)
-    retry = post_image(tech_api, image_bytes(BLUE), external_id="LIS-42")
+    retry = post_image(tech_api, image_bytes(RED), external_id="LIS-42")
     assert (first.status_code, retry.status_code) == (201, 200)
     assert retry.json() == first.json()
     assert Classification.objects.count() == 1
     assert stored_files(settings) == files
     assert "Location" not in retry
+    # The same id with another image (or another accession) is a client's mistake, not a retry.
+    for fields in ({"data": image_bytes(BLUE)}, {"accession": "ACC-1"}):
+        reused = post_image(tech_api, external_id="LIS-42", **{"data": image_bytes(RED), **fields})
+        assert reused.status_code == 409
+        assert reused.json() == {
+            "detail": f"external_id 'LIS-42' was already used for another image or accession "
+            f"(result #{first.json()['id']}); a retry must send the same image and accession, a new "
+            "image needs a new id.",
+            "code": "external_id_conflict",
+        }
+    assert Classification.objects.count() == 1 and stored_files(settings) == files
 
 
 def test_external_ids_are_per_user(tech_api, other_api):
@@ -548,12 +559,20 @@ def _specimen_with_cells(user):
     return specimen, cells
 
 
-def test_specimen_detail_has_cells_differential_and_state(tech_api, user):
+def test_specimen_detail_has_cells_differential_and_state(tech_api, user, reviewer):
     specimen, cells = _specimen_with_cells(user)
+    # A reviewer adds one: its creator's view lists every cell the differential counts (in order).
+    added = ClassificationFactory(owner=reviewer, specimen=specimen, predicted_label="NEUTROPHIL")
     response = tech_api.get("/api/v1/specimens/ACC-100/")
     assert response.status_code == 200
     body = response.json()
-    assert sorted(c["id"] for c in body.pop("cells")) == sorted(c.pk for c in cells)
+    listed = body.pop("cells")
+    assert [c["id"] for c in listed] == [c.pk for c in cells] + [added.pk]
+    assert tech_api.get(f"/api/v1/classifications/{added.pk}/").json()["id"] == added.pk
+    assert tech_api.get(f"/api/v1/classifications/{added.pk}/image/").status_code == 200
+    assert [c["id"] for c in tech_api.get("/api/v1/classifications/").json()["results"]] == [
+        c.pk for c in reversed(cells)
+    ]  # the list: their own results
     assert body == {
         "accession": "ACC-100",
         "created_by": "tech",
@@ -565,15 +584,15 @@ def test_specimen_detail_has_cells_differential_and_state(tech_api, user):
         "review_state": "in_review",
         "ready_to_sign": False,
         "differential": {
-            "total_cells": 5, "counted_cells": 4, "unidentified": 1, "pending": 0, "unreviewed": 5,
+            "total_cells": 6, "counted_cells": 5, "unidentified": 1, "pending": 0, "unreviewed": 6,
             "classes": [
-                {"label": "EOSINOPHIL", "name": "Eosinophil", "count": 1, "percent": 25.0,
+                {"label": "EOSINOPHIL", "name": "Eosinophil", "count": 1, "percent": 20.0,
                  "reference_low": 1.0, "reference_high": 6.0, "flag": "H"},
-                {"label": "LYMPHOCYTE", "name": "Lymphocyte", "count": 1, "percent": 25.0,
+                {"label": "LYMPHOCYTE", "name": "Lymphocyte", "count": 1, "percent": 20.0,
                  "reference_low": 20.0, "reference_high": 45.0, "flag": None},
                 {"label": "MONOCYTE", "name": "Monocyte", "count": 0, "percent": 0.0,
                  "reference_low": 2.0, "reference_high": 10.0, "flag": "L"},
-                {"label": "NEUTROPHIL", "name": "Neutrophil", "count": 2, "percent": 50.0,
+                {"label": "NEUTROPHIL", "name": "Neutrophil", "count": 3, "percent": 60.0,
                  "reference_low": 40.0, "reference_high": 75.0, "flag": None},
             ],
         },

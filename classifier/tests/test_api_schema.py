@@ -28,7 +28,7 @@ def test_schema_needs_authentication_and_documents_errors(api_client, user):
     assert response.status_code == 200
     schema = response.json()
     create = schema["paths"]["/api/v1/classifications/"]["post"]
-    assert set(create["responses"]) == {"200", "201", "400", "401", "403", "413", "415", "429", "503"}
+    assert set(create["responses"]) == {"200", "201", "400", "401", "403", "409", "413", "415", "429", "503"}
     assert list(create["requestBody"]["content"]) == ["multipart/form-data"]
     assert create["responses"]["415"]["content"]["application/json"]["examples"]
     assert set(schema["components"]["schemas"]["Error"]["required"]) == {"detail", "code"}

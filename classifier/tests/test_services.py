@@ -110,8 +110,17 @@ def test_accession_of_another_technologist_is_refused_and_nothing_stored(user, o
 @pytest.mark.django_db
 def test_external_id_makes_retries_safe(user, other_user):
     first = services.classification_create(user=user, data=png(), external_id="LIS-42")
-    again = services.classification_create(user=user, data=png((10, 200, 10)), external_id="LIS-42")
+    again = services.classification_create(user=user, data=png(), external_id=" LIS-42 ")
     assert again.pk == first.pk and Classification.objects.count() == 1
+    for data, accession in ((png((10, 200, 10)), None), (png(), "ACC-1")):  # another image, accession
+        with pytest.raises(ValidationError) as err:
+            services.classification_create(user=user, data=data, external_id="LIS-42", accession=accession)
+        assert err.value.code == "external_id_conflict"
+        assert err.value.messages == [
+            f"external_id 'LIS-42' was already used for another image or accession (result #{first.pk}); "
+            "a retry must send the same image and accession, a new image needs a new id."
+        ]
+    assert Classification.objects.count() == 1 and not Specimen.objects.exists()
     theirs = services.classification_create(user=other_user, data=png(), external_id="LIS-42")
     assert theirs.pk != first.pk  # unique per user, not across users
 
