@@ -46,3 +46,4 @@ class UploadForm(forms.Form):
 
 class ReviewForm(forms.Form):
     label = forms.ChoiceField(choices=CellClass.choices)
+    seen = forms.CharField(required=False, max_length=64)  # the cell's review_version on the page

@@ -157,6 +157,11 @@ class Classification(models.Model):
         return self.review_state == ReviewState.SIGNED
 
     @property
+    def review_version(self) -> str:
+        """Changes with every review or sign-off: a form sends back the one its reviewer saw."""
+        return f"{self.review_state}@{self.reviewed_at.isoformat() if self.reviewed_at else ''}"
+
+    @property
     def needs_review(self) -> bool:
         return self.review_state == ReviewState.UNREVIEWED
 

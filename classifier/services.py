@@ -320,8 +320,33 @@ def classification_confirm(*, classification: Classification, reviewer) -> Class
     )
 
 
-def classification_review(*, classification: Classification, reviewer, label: str) -> Classification:
-    """Confirm the model's label or reclassify the cell; keep an audit entry."""
+def _require_seen(locked: Classification, seen: str | None) -> None:
+    """Refuse a review or sign-off decided on a page older than the cell's last review.
+
+    Two reviewers on one cell: the second one's click must not silently overwrite (or sign) a
+    class the first one set after the second one's page was drawn.
+    """
+    if seen is None or seen == locked.review_version:
+        return
+    if locked.review_state == ReviewState.UNREVIEWED:
+        now = "unreviewed"
+    else:
+        who = locked.reviewed_by.get_username() if locked.reviewed_by else "another reviewer"
+        now = f"{locked.get_review_state_display().lower()} as {locked.get_final_label_display()} by {who}"
+    raise ValidationError(
+        f"This cell changed after your page was loaded (now {now}); look at it again before you decide.",
+        code="changed",
+    )
+
+
+def classification_review(
+    *, classification: Classification, reviewer, label: str, seen: str | None = None
+) -> Classification:
+    """Confirm the model's label or reclassify the cell; keep an audit entry.
+
+    ``seen``: the ``review_version`` the reviewer's page showed (portal forms send it); a cell
+    reviewed since then is refused (``changed``) rather than overwritten.
+    """
     if not can_review(reviewer):
         raise PermissionDenied("Only reviewers may review results.")
     if label not in CellClass.values:
@@ -329,6 +354,7 @@ def classification_review(*, classification: Classification, reviewer, label: st
     with transaction.atomic():
         locked = Classification.objects.select_for_update().get(pk=classification.pk)
         _require_unsigned(locked)
+        _require_seen(locked, seen)
         if locked.status == Status.PENDING:
             raise ValidationError("The model has not classified this image yet.", code="pending")
         from_label = locked.label
@@ -359,13 +385,16 @@ def _sign(locked: Classification, reviewer, now) -> None:
     )
 
 
-def classification_sign(*, classification: Classification, reviewer) -> Classification:
-    """Sign a reviewed result: it becomes final and read-only."""
+def classification_sign(
+    *, classification: Classification, reviewer, seen: str | None = None
+) -> Classification:
+    """Sign a reviewed result: it becomes final and read-only (``seen`` as in ``classification_review``)."""
     if not can_review(reviewer):
         raise PermissionDenied("Only reviewers may sign results.")
     with transaction.atomic():
         locked = Classification.objects.select_for_update().get(pk=classification.pk)
         _require_unsigned(locked)
+        _require_seen(locked, seen)
         if locked.review_state == ReviewState.UNREVIEWED:
             raise ValidationError("Confirm or reclassify the cell before signing.", code="unreviewed")
         _sign(locked, reviewer, timezone.now())

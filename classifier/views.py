@@ -421,7 +421,10 @@ def classification_review_view(request, pk):
         return redirect(_safe_next(request, fallback))
     try:
         cell = services.classification_review(
-            classification=cell, reviewer=request.user, label=form.cleaned_data["label"]
+            classification=cell,
+            reviewer=request.user,
+            label=form.cleaned_data["label"],
+            seen=form.cleaned_data["seen"] or None,
         )
     except ValidationError as exc:
         messages.error(request, f"#{pk}: {_error_text(exc)}")
@@ -436,7 +439,8 @@ def classification_sign_view(request, pk):
     """Sign a reviewed cell (reviewers): it becomes final and read-only."""
     cell = _get_classification(request, pk)
     try:
-        services.classification_sign(classification=cell, reviewer=request.user)
+        seen = request.POST.get("seen") or None  # the review_version the page showed
+        services.classification_sign(classification=cell, reviewer=request.user, seen=seen)
     except ValidationError as exc:
         messages.error(request, f"#{pk}: {_error_text(exc)}")
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
+from classifier import services
 from classifier.models import Classification, ReviewEvent, ReviewState, Specimen, Status
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory, image_bytes, png_declaring
 
@@ -375,6 +376,39 @@ def test_confirm_then_sign_keeps_audit_trail(reviewer_client, reviewer, user):
     ]
     html = reviewer_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
     assert 'id="audit-trail"' in html and "Signed" in html and "data-sign" not in html  # read-only now
+
+
+def test_a_second_reviewer_on_an_old_page_cannot_overwrite_or_sign_unseen(client, reviewer, user):
+    """Reviewers A and B open the same cell; A reclassifies it. B's clicks, made on the page drawn
+    before A's change, are refused with what changed, instead of silently undoing or signing it."""
+    from classifier.tests.factories import ReviewerFactory
+
+    other = ReviewerFactory(username="reviewer2")
+    cell = ClassificationFactory(owner=user, predicted_label="NEUTROPHIL")
+    page = reverse("classification-detail", args=[cell.pk])
+    client.force_login(other)
+    html = client.get(page).content.decode()
+    seen = cell.review_version
+    assert html.count(f'<input type="hidden" name="seen" value="{seen}">') == 4  # one per class
+    services.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")  # A
+    response = client.post(
+        reverse("classification-review", args=[cell.pk]), {"label": "NEUTROPHIL", "seen": seen}, follow=True
+    )
+    cell.refresh_from_db()
+    assert (cell.final_label, cell.reviewed_by) == ("MONOCYTE", reviewer)
+    refusal = (
+        f"#{cell.pk}: This cell changed after your page was loaded (now reclassified as Monocyte by "
+        "reviewer); look at it again before you decide."
+    )
+    assert [str(m) for m in response.context["messages"]] == [refusal]
+    response = client.post(reverse("classification-sign", args=[cell.pk]), {"seen": seen}, follow=True)
+    cell.refresh_from_db()
+    assert cell.review_state == "reclassified" and [str(m) for m in response.context["messages"]] == [refusal]
+    # With the page as it is now, B may decide.
+    fresh = cell.review_version
+    client.post(reverse("classification-sign", args=[cell.pk]), {"seen": fresh})
+    cell.refresh_from_db()
+    assert (cell.review_state, cell.signed_by, cell.final_label) == ("signed", other, "MONOCYTE")
 
 
 def test_reclassify_and_changes_after_signing_are_refused(reviewer_client, user):
