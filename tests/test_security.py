@@ -37,6 +37,28 @@ def test_repeated_failed_logins_lock_the_account(settings, user, password):
     assert "_auth_user_id" not in client.session
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("num_proxies", [0, 1])
+def test_login_lockout_counts_the_client_address_the_throttles_count(settings, user, password, num_proxies):
+    """Behind a trusted proxy (HEMATOVISION_NUM_PROXIES=1) every request comes from the proxy's
+    address: a lockout must hit the client that failed, not lock the username for every client.
+    With no trusted proxy, a forged X-Forwarded-For must not escape the lockout."""
+    settings.AXES_ENABLED = True
+    settings.AXES_FAILURE_LIMIT = 3
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": num_proxies}
+    proxy = {"REMOTE_ADDR": "10.0.0.2"}
+    attacker = Client(**proxy, HTTP_X_FORWARDED_FOR="203.0.113.9")
+    for _ in range(3):
+        attacker.post("/accounts/login/", {"username": "tech", "password": "wrong-password"})
+    assert attacker.post("/accounts/login/", {"username": "tech", "password": password}).status_code == 429
+    lab = Client(**proxy, HTTP_X_FORWARDED_FOR="198.51.100.7")  # the real user, another client
+    response = lab.post("/accounts/login/", {"username": "tech", "password": password})
+    if num_proxies:
+        assert response.status_code == 302 and "_auth_user_id" in lab.session
+    else:  # both are 10.0.0.2: the header is the client's own word, not trusted
+        assert response.status_code == 429 and "_auth_user_id" not in lab.session
+
+
 @pytest.mark.parametrize("weak", ["short", "password123", "12345678901", "tech"])
 @pytest.mark.django_db
 def test_weak_passwords_are_refused(user, weak):
