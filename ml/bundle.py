@@ -8,8 +8,9 @@ class offsets, flag thresholds). Figures, history and provenance in the card are
 recording TEST metrics in the card keeps the version. ``ml.predictor`` refuses a bundle whose card
 states another version than its contents hash to.
 
-    python -m ml.bundle ml/artifacts            # the card's version and the computed one
-    python -m ml.bundle DIR --write             # give a changed bundle its new version
+    python -m ml.bundle ml/artifacts            # the card's version and the computed one; exit 1 if
+                                                # they differ, 2 if the card's settings are unusable
+    python -m ml.bundle DIR --write             # give a changed (valid) bundle its new version
 """
 
 from __future__ import annotations
@@ -32,6 +33,65 @@ SERVING_KEYS = (
     "class_bias",
     "thresholds",
 )
+
+
+def _number(value, what: str, low=None, high=None, above=None):
+    """``value`` if it is a finite number within the bounds, else ValueError naming ``what``."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high) or (
+        above is not None and value <= above
+    ):
+        bounds = f"> {above}" if above is not None else f"in [{low}, {high}]"
+        raise ValueError(f"{what} must be {bounds}, got {value!r}")
+    return value
+
+
+def check_serving_settings(card: dict) -> None:
+    """ValueError naming the first serving setting of the card that the predictor cannot use.
+
+    Checked when a bundle loads and before ``--write`` versions it: a temperature of 0 gave NaN
+    confidences, a string threshold failed on every prediction, a missing crop a KeyError.
+    """
+    from ml import ood
+
+    if not isinstance(card, dict):
+        raise ValueError(f"the card must be a JSON object, got {type(card).__name__}")
+    classes = card.get("classes")
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise ValueError(f"classes must be a list of distinct class names, got {classes!r}")
+    size = (card.get("input") or {}).get("input_size") if isinstance(card.get("input"), dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
+        raise ValueError(f"input.input_size must be an integer of at least 32, got {size!r}")
+    crop = card.get("crop")
+    if not isinstance(crop, dict):
+        raise ValueError(f"crop must be an object with crop_side_ref_px, got {crop!r}")
+    _number(crop.get("crop_side_ref_px"), "crop.crop_side_ref_px", above=0)
+    if crop.get("mask_radius_ref_px") is not None:
+        _number(crop["mask_radius_ref_px"], "crop.mask_radius_ref_px", above=0)
+    if card.get("tta_views", 1) not in (1, 2, 4, 8) or isinstance(card.get("tta_views"), bool):
+        raise ValueError(f"tta_views must be 1, 2, 4 or 8, got {card.get('tta_views')!r}")
+    _number(card.get("temperature", 1.0), "temperature", above=0)
+    thresholds = card.get("thresholds") or {}
+    if not isinstance(thresholds, dict):
+        raise ValueError(f"thresholds must be an object, got {thresholds!r}")
+    if "ood_distance" in thresholds:
+        _number(thresholds["ood_distance"], "thresholds.ood_distance", above=0)
+    if "min_confidence" in thresholds:
+        _number(thresholds["min_confidence"], "thresholds.min_confidence", low=0.0, high=1.0)
+    colour = card.get("colour")
+    if colour is not None:
+        if not isinstance(colour, dict) or not isinstance(colour.get("file"), str):
+            raise ValueError(f"colour must be null or an object with a file and a weight, got {colour!r}")
+        _number(colour.get("weight"), "colour.weight", low=0.0, high=1.0)
+    ood.card_class_bias(card)
 
 
 def file_hash(path: Path, n: int = 16) -> str:
@@ -72,20 +132,19 @@ def main(argv=None) -> int:
     card_path = Path(args.bundle) / "model_card.json"
     try:
         card = json.loads(card_path.read_text())
+        check_serving_settings(card)
         computed = bundle_version(card, Path(args.bundle) / card["model_file"])
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: {card_path}: {exc}", file=sys.stderr)
         return 2
-    print(
-        json.dumps(
-            {"card": card.get("version"), "computed": computed, "matches": card.get("version") == computed}
-        )
-    )
-    if args.write and card.get("version") != computed:
+    matches = card.get("version") == computed
+    print(json.dumps({"card": card.get("version"), "computed": computed, "matches": matches}))
+    if args.write and not matches:
         card["version"] = computed
         card_path.write_text(json.dumps(card, indent=2))
         print(f"{card_path}: version is now {computed}")
-    return 0
+        return 0
+    return 0 if matches else 1
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
 def list_class_folders(data_dir: str | Path, classes: list[str]) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Files and label indices from ``data_dir/<CLASS>/*`` (folder names matched case-insensitively).
+    """Files and label indices from ``data_dir/<CLASS>/*`` (folder names matched case-insensitively;
+    hidden files left out).
 
     Returns (files, labels, skipped_folder_names).
     """
@@ -31,7 +32,8 @@ def list_class_folders(data_dir: str | Path, classes: list[str]) -> tuple[list[P
             skipped.append(sub.name)
             continue
         for f in sorted(sub.iterdir()):
-            if f.suffix.lower() in IMAGE_EXTS:
+            # Hidden files (macOS "._x.jpeg" side files, ".DS_Store") are not images of the data set.
+            if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".") and f.is_file():
                 files.append(f)
                 labels.append(i)
     return files, np.asarray(labels, dtype=np.int64), skipped

@@ -4,7 +4,9 @@
 
 Folder names are matched to the model's classes case-insensitively; other
 folders are listed as skipped. Accuracy counts every image by its top class,
-flagged or not; ``unidentified_rate`` is the share flagged.
+flagged or not; ``unidentified_rate`` is the share flagged. A file that is not
+one decodable image is not counted: it is listed (``unreadable_files`` in the
+JSON, with why) and reported on stderr, and the run goes on.
 """
 
 from __future__ import annotations
@@ -28,19 +30,42 @@ def evaluate(data_dir, model_path=None, batch: int = 64, progress: bool = True) 
     files, labels, skipped = list_class_folders(data_dir, pred.classes)
     if not files:
         raise SystemExit(f"no images in class folders under {data_dir} (classes: {pred.classes})")
-    y_pred, flagged, reasons = [], [], {}
+    y_pred, y_true, flagged, reasons, unreadable = [], [], [], {}, []
     for i in tqdm(range(0, len(files), batch), desc="evaluate", disable=not progress, mininterval=10):
-        for p in pred.predict([f.read_bytes() for f in files[i : i + batch]]):
+        chunk = list(zip(files[i : i + batch], labels[i : i + batch], strict=True))
+        for (_, label), p in _predict_readable(pred, chunk, unreadable):
+            y_true.append(label)
             y_pred.append(pred.classes.index(p.label))
             flagged.append(p.status == "unidentified")
             if p.flag_reason:
                 reasons[p.flag_reason] = reasons.get(p.flag_reason, 0) + 1
-    m = metrics_dict(labels, np.asarray(y_pred), pred.classes)
+    if not y_true:
+        raise SystemExit(f"no readable images under {data_dir}: {unreadable[:3]}")
+    m = metrics_dict(np.asarray(y_true), np.asarray(y_pred), pred.classes)
     m["unidentified_rate"] = float(np.mean(flagged))
     m["unidentified_reasons"] = reasons
+    m["unreadable_files"] = unreadable
     m["model_version"] = pred.version
     m["data"] = str(data_dir)
     return m, skipped
+
+
+def _predict_readable(pred, chunk, unreadable: list):
+    """``((path, label), prediction)`` for each readable file of ``chunk``; the others go to
+    ``unreadable`` as ``{"path", "error"}`` (one bad file must not stop the batch or the run)."""
+    from ml.predictor import ImageDecodeError
+
+    try:
+        return list(zip(chunk, pred.predict([path.read_bytes() for path, _ in chunk]), strict=True))
+    except (ImageDecodeError, OSError):
+        pass  # find which: one at a time
+    out = []
+    for item in chunk:
+        try:
+            out.append((item, pred.predict_one(item[0].read_bytes())))
+        except (ImageDecodeError, OSError) as exc:
+            unreadable.append({"path": str(item[0]), "error": str(exc)})
+    return out
 
 
 def plot_confusion(m: dict, classes: list[str], path: Path) -> None:
@@ -84,6 +109,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from ml.predictor import ModelLoadError, load_predictor
 
+    if not Path(args.data).is_dir():
+        print(f"error: --data {args.data} is not a folder (one folder per class)", file=sys.stderr)
+        return 2
     try:
         pred = load_predictor(args.model)
     except ModelLoadError as exc:
@@ -92,6 +120,8 @@ def main(argv=None) -> int:
     m, skipped = evaluate(args.data, args.model, progress=sys.stderr.isatty())
     if skipped:
         print(f"skipped folders (not a model class): {', '.join(skipped)}")
+    for bad in m["unreadable_files"]:
+        print(f"not counted, not one readable image: {bad['path']}: {bad['error']}", file=sys.stderr)
     print(f"model {m['model_version']} on {args.data}: {m['n_images']} images")
     print(
         f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  "

@@ -205,16 +205,20 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="path to a .keras model (default: the shipped model)")
     ap.add_argument("--force", action="store_true", help="export again even when the cache is valid")
     args = ap.parse_args(argv)
-    from ml.predictor import load_predictor
+    from ml.predictor import ModelLoadError, load_predictor
 
-    if args.force:
-        pred = load_predictor(args.model, backend="keras")
-        tfl, meta = export(
-            pred._both, pred._fn, pred.version, pred.n_views, pred.input_size, len(pred.classes)
-        )
-    else:
-        pred = load_predictor(args.model, backend="litert")
-        tfl, meta = pred.litert_path, pred.litert_meta
+    try:
+        if args.force:
+            pred = load_predictor(args.model, backend="keras")
+            tfl, meta = export(
+                pred._both, pred._fn, pred.version, pred.n_views, pred.input_size, len(pred.classes)
+            )
+        else:
+            pred = load_predictor(args.model, backend="litert")
+            tfl, meta = pred.litert_path, pred.litert_meta
+    except (ModelLoadError, ExportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"path": str(tfl), **meta}, indent=2))
     return 0
 

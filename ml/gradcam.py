@@ -52,7 +52,13 @@ def gradcam_map(predictor, crop: np.ndarray, class_index: int | None) -> tuple[n
 
 
 def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
-    """Heat-map overlay PNG of ``image`` for ``class_name`` (default: the predicted class)."""
+    """Heat-map overlay PNG of ``image`` for ``class_name`` (default: the class the predictor
+    answers for it, after its views, colour opinion and calibration, not the raw network's argmax).
+
+    The overlay is drawn on the image as the predictor sees it: inputs over ``MAX_SIDE`` pixels on
+    their longer side are scaled down uniformly to it (a prediction's ``cell_box`` is in the input's
+    own pixels: divide by the input's longer side / the overlay's longer side to draw it here).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,6 +70,8 @@ def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
 
     if class_name is not None and class_name not in predictor.classes:
         raise ValueError(f"unknown class {class_name!r}; model classes: {predictor.classes}")
+    if class_name is None:
+        class_name = predictor.predict_one(image).label
     rgb, _ = _downscale(to_rgb(image))
     boxes = locate_cells(rgb, max_cells=1)
     box = boxes[0] if boxes else None

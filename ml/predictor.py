@@ -24,6 +24,9 @@ import numpy as np
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_MODEL_PATH = ARTIFACTS_DIR / "hematovision_wbc.keras"
 MAX_SIDE = 1280  # larger inputs are downscaled first (cells are located at the 320x240 field scale)
+# Larger images are refused before they are decoded (a 100 MP JPEG took 2.5 GB to decode). The web
+# portal's own limit (HEMATOVISION_MAX_PIXELS, 40 MP by default) is checked before this one.
+MAX_PIXELS = 50_000_000
 BATCH = 32
 BACKENDS = ("auto", "keras", "litert", "naive")  # see load_predictor
 
@@ -85,14 +88,35 @@ def _pil_to_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def _check_pil(im) -> None:
+    """One frame, at most MAX_PIXELS: checked on the header, before the pixels are decoded."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise ImageDecodeError(
+            f"the file holds {frames} frames (animation or stack); send one image per file"
+        )
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise ImageDecodeError(
+            f"the image is {w}x{h} pixels ({w * h / 1e6:.0f} MP); the limit is {MAX_PIXELS / 1e6:.0f} MP"
+        )
+
+
 def to_rgb(image) -> np.ndarray:
-    """Bytes / PIL image / numpy array -> HxWx3 uint8 RGB (EXIF orientation applied)."""
+    """Bytes / PIL image / numpy array -> HxWx3 uint8 RGB (EXIF orientation applied).
+
+    Raises ImageDecodeError for what is not one decodable image: unreadable bytes, several frames,
+    more than MAX_PIXELS pixels (refused before decoding).
+    """
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, (bytes, bytearray, memoryview)):
         try:
             im = Image.open(io.BytesIO(bytes(image)))
+            _check_pil(im)
             im.load()
+        except ImageDecodeError:
+            raise
         except (
             UnidentifiedImageError,
             OSError,
@@ -103,6 +127,7 @@ def to_rgb(image) -> np.ndarray:
             raise ImageDecodeError(f"not a decodable image ({len(image)} bytes): {exc}") from exc
         rgb = _pil_to_rgb(im)
     elif isinstance(image, Image.Image):
+        _check_pil(image)
         rgb = _pil_to_rgb(image)
     elif isinstance(image, np.ndarray):
         a = image
@@ -384,15 +409,15 @@ def load_predictor(model_path: str | Path | None = None, backend: str = "auto") 
 
 def _load_parts(path: Path):
     from ml import ood
-    from ml.bundle import bundle_version
+    from ml.bundle import bundle_version, check_serving_settings
 
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     card_path = path.parent / "model_card.json"
     try:
         card = json.loads(card_path.read_text())
-        _ = card["classes"], card["version"], card["input"]["input_size"]
-        ood.card_class_bias(card)
+        _ = card["version"]
+        check_serving_settings(card)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"model card {card_path} is missing or invalid: {exc}") from exc
     try:

@@ -63,3 +63,36 @@ def test_predict_cli():
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout.strip().splitlines()[-1])
     assert obj["label"] in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL") and "probabilities" in obj
+
+
+def test_evaluate_counts_readable_images_and_lists_the_others(tmp_path):
+    data = tmp_path / "data"
+    (data / "NEUTROPHIL").mkdir(parents=True)
+    for f in sorted(FIXTURES.glob("NEUTROPHIL_*.jpeg")):
+        shutil.copy(f, data / "NEUTROPHIL" / f.name)
+    (data / "NEUTROPHIL" / "._NEUTROPHIL_1.jpeg").write_bytes(b"\0\5\26\7")  # macOS side file: ignored
+    (data / "NEUTROPHIL" / "broken.jpeg").write_bytes(b"\xff\xd8\xff not really")
+    out = tmp_path / "m.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "ml.evaluate", "--data", str(data), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())
+    n = len(list(FIXTURES.glob("NEUTROPHIL_*.jpeg")))
+    assert m["n_images"] == n and sum(map(sum, m["confusion_matrix"])) == n
+    assert [u["path"] for u in m["unreadable_files"]] == [str(data / "NEUTROPHIL" / "broken.jpeg")]
+    assert f"not counted, not one readable image: {data / 'NEUTROPHIL' / 'broken.jpeg'}: " in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("module, args", [("ml.evaluate", ["--data"]), ("ml.export", ["--model"])])
+def test_cli_user_errors_are_one_line_not_a_traceback(tmp_path, module, args):
+    missing = tmp_path / "nope.keras"
+    r = subprocess.run(
+        [sys.executable, "-m", module, *args, str(missing)], capture_output=True, text=True, cwd=REPO
+    )
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr

@@ -86,6 +86,80 @@ def test_garbage_bytes_raise_decode_error(predictor):
     assert issubclass(ImageDecodeError, ValueError)
 
 
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (its pixels are never there)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_huge_and_multi_frame_images_are_refused_before_decoding(predictor, cell_images):
+    with pytest.raises(
+        ImageDecodeError, match="^the image is 10000x8000 pixels \\(80 MP\\); the limit is 50 MP$"
+    ):
+        predictor.predict_one(_png_declaring(10000, 8000))
+    first = Image.open(io.BytesIO(cell_images["NEUTROPHIL_1"])).convert("RGB")
+    frames = [first, first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]  # GIF merges identical frames
+    for fmt in ("GIF", "TIFF"):
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:])
+        with pytest.raises(ImageDecodeError, match="^the file holds 2 frames"):
+            predictor.predict_one(buffer.getvalue())
+        with pytest.raises(ImageDecodeError, match="^the file holds 2 frames"):
+            predictor.predict_one(Image.open(io.BytesIO(buffer.getvalue())))
+
+
+def test_card_serving_settings_are_checked(tmp_path, predictor, capsys):
+    """A card the predictor cannot use is refused when the bundle loads, and ml.bundle will not
+    version it (before: temperature 0 gave NaN confidences, a string threshold failed on every call)."""
+    import json
+    import shutil
+
+    from ml import bundle
+    from ml.predictor import DEFAULT_MODEL_PATH
+
+    card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
+    for path in bundle.bundle_files(card, DEFAULT_MODEL_PATH).values():
+        shutil.copy(path, tmp_path / path.name)
+    no_crop = {k: v for k, v in card.items() if k != "crop"}
+    for bad, message in (
+        (card | {"temperature": 0}, "temperature must be > 0, got 0"),
+        (card | {"temperature": float("nan")}, "temperature must be a finite number"),
+        (card | {"tta_views": 3}, "tta_views must be 1, 2, 4 or 8, got 3"),
+        (
+            card | {"thresholds": {"min_confidence": "0.5"}},
+            "thresholds.min_confidence must be a finite number",
+        ),
+        (
+            card | {"thresholds": {"min_confidence": 1.5}},
+            "thresholds.min_confidence must be in \\[0.0, 1.0\\]",
+        ),
+        (card | {"colour": card["colour"] | {"weight": -1}}, "colour.weight must be in"),
+        (no_crop, "crop must be an object"),
+        (card | {"classes": ["EOSINOPHIL", "EOSINOPHIL"]}, "classes must be a list of distinct"),
+    ):
+        (tmp_path / "model_card.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelLoadError, match=message):
+            load_predictor(tmp_path / DEFAULT_MODEL_PATH.name, backend="keras")
+        assert bundle.main([str(tmp_path), "--write"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'model_card.json'}: ")
+        assert json.loads((tmp_path / "model_card.json").read_text())["version"] == card["version"]
+    # A valid but changed card: the check fails (exit 1) until --write versions it.
+    (tmp_path / "model_card.json").write_text(json.dumps(card | {"tta_views": 8}))
+    assert bundle.main([str(tmp_path)]) == 1
+    assert bundle.main([str(tmp_path), "--write"]) == 0 and bundle.main([str(tmp_path)]) == 0
+
+
 def test_model_load_errors(tmp_path):
     assert issubclass(ModelLoadError, RuntimeError)
     with pytest.raises(ModelLoadError, match="not found"):
@@ -159,6 +233,10 @@ def test_gradcam_png(predictor, cell_images):
     assert png2[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         predictor.gradcam_png(cell_images["EOSINOPHIL_1"], class_name="BASOPHIL")
+    # By default it explains the class the predictor answers (views, colour opinion, calibration).
+    for name in ("EOSINOPHIL_1", "MONOCYTE_2"):
+        label = predictor.predict_one(cell_images[name]).label
+        assert predictor.gradcam_png(cell_images[name]) == predictor.gradcam_png(cell_images[name], label)
 
 
 def test_gradcam_map_matches_an_eager_reference(predictor, cell_images):
