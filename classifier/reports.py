@@ -39,6 +39,12 @@ UNIDENTIFIED = "UNIDENTIFIED"
 PENDING = "PENDING"
 
 
+def local_iso(value) -> str:
+    """A timestamp for CSV exports: ISO 8601 in the lab's time zone (TIME_ZONE), with its offset,
+    so the date in the file is the lab's date; empty for None."""
+    return timezone.localtime(value).isoformat() if value else ""
+
+
 def _when(value) -> str:
     return timezone.localtime(value).strftime("%Y-%m-%d %H:%M %Z") if value else ""
 
@@ -279,7 +285,7 @@ def specimen_report_csv(*, specimen: Specimen) -> str:
                     specimen.accession,
                     cell.pk,
                     cell.original_filename,
-                    cell.created_at.isoformat(),
+                    local_iso(cell.created_at),
                     cell.status,
                     cell.predicted_label,
                     "" if cell.confidence is None else f"{cell.confidence:.4f}",
@@ -288,8 +294,8 @@ def specimen_report_csv(*, specimen: Specimen) -> str:
                     cell.label,
                     cell.review_state,
                     cell.reviewed_by.get_username() if cell.reviewed_by else "",
-                    cell.reviewed_at.isoformat() if cell.reviewed_at else "",
-                    cell.signed_at.isoformat() if cell.signed_at else "",
+                    local_iso(cell.reviewed_at),
+                    local_iso(cell.signed_at),
                     cell.model_version,
                 ]
             ]
@@ -318,7 +324,7 @@ def specimens_csv(*, specimens) -> str:
     writer.writerow(header)
     for specimen in specimens.prefetch_related("cells"):
         d = selectors.specimen_differential(specimen=specimen)
-        row = [specimen.accession, specimen.created_at.isoformat(), d["total_cells"], d["counted_cells"]]
+        row = [specimen.accession, local_iso(specimen.created_at), d["total_cells"], d["counted_cells"]]
         for cls in d["classes"]:
             row += [cls["count"], "" if cls["percent"] is None else cls["percent"], cls["flag"] or ""]
         row += [
@@ -326,7 +332,7 @@ def specimens_csv(*, specimens) -> str:
             d["pending"],
             d["unreviewed"],
             d["signed_by"] or "",
-            d["signed_at"].isoformat() if d["signed_at"] else "",
+            local_iso(d["signed_at"]),
         ]
         writer.writerow([_safe(v) for v in row])
     return out.getvalue()

@@ -147,5 +147,8 @@ def dashboard_stats(*, user) -> dict:
         "by_state": {state.value: by_state.get(state.value, 0) for state in ReviewState},
         "by_status": {status.value: by_status.get(status.value, 0) for status in Status},
         "latest": list(qs[:8]),
-        "queue_size": review_queue(user=user).filter(review_state=ReviewState.UNREVIEWED).count(),
+        # Reviewers: what /review/ lists (unsigned results); technologists: their results awaiting review.
+        "queue_size": review_queue(user=user).count()
+        if can_review(user)
+        else qs.filter(review_state=ReviewState.UNREVIEWED).exclude(status=Status.PENDING).count(),
     }

@@ -8,6 +8,7 @@ from collections import defaultdict
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -40,9 +41,15 @@ class SpecimenListView(ListView):
             .order_by("-created_at", "-id")
         )
 
+    def paginate_queryset(self, queryset, page_size):
+        """An out-of-range or malformed ?page= shows the last or first page (as the history does)."""
+        paginator = self.get_paginator(queryset, page_size)
+        page = paginator.get_page(self.request.GET.get(self.page_kwarg))
+        return paginator, page, page.object_list, page.has_other_pages()
+
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["range_form"] = DateRangeForm()
+        context["range_form"] = self.kwargs.get("range_form") or DateRangeForm()
         context["can_submit"] = can_submit(self.request.user)
         return context
 
@@ -120,9 +127,10 @@ def specimen_report_csv_view(request, accession):
 
 def specimens_export_csv_view(request):
     form = DateRangeForm(request.GET)
-    if not form.is_valid():
-        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
-        return redirect("specimen-list")
+    if not form.is_valid():  # the list again, with the dates as typed and the errors at the form
+        response = SpecimenListView.as_view()(request, range_form=form)
+        response.status_code = 400
+        return response
     start, end = form.cleaned_data["start"], form.cleaned_data["end"]
     specimens = reports.specimens_in_range(user=request.user, start=start, end=end)
     name = f"specimens-{start or 'start'}-to-{end or timezone.localdate()}.csv"
@@ -214,7 +222,9 @@ class JobFieldImageView(View):
         return response
 
 
+JOB_PAGE_SIZE = 50
+
+
 def job_list_view(request):
-    return render(
-        request, "classifier/specimens/job_list.html", {"jobs": jobs.job_list(user=request.user)[:100]}
-    )
+    page = Paginator(jobs.job_list(user=request.user), JOB_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "classifier/specimens/job_list.html", {"jobs": page.object_list, "page_obj": page})

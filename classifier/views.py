@@ -32,6 +32,7 @@ from .filters import ClassificationFilter
 from .forms import ReviewForm, UploadForm
 from .models import CellClass, Classification
 from .permissions import can_review, can_submit
+from .reports import local_iso
 from .validation import ImageRejected, check_size
 
 HISTORY_PAGE_SIZE = 25
@@ -347,7 +348,7 @@ CSV_HEADER = [
 def _csv_row(cell: Classification) -> list:
     return [
         cell.pk,
-        cell.created_at.isoformat(),
+        local_iso(cell.created_at),
         cell.original_filename,
         cell.specimen.accession if cell.specimen else "",
         cell.external_id or "",
@@ -359,7 +360,7 @@ def _csv_row(cell: Classification) -> list:
         cell.review_state,
         cell.reviewed_by.get_username() if cell.reviewed_by else "",
         cell.signed_by.get_username() if cell.signed_by else "",
-        cell.signed_at.isoformat() if cell.signed_at else "",
+        local_iso(cell.signed_at),
         cell.flag_reason,
         cell.model_version,
     ]

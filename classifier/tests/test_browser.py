@@ -227,3 +227,33 @@ def test_model_page_from_the_navigation(live_server, user, password, browser, se
     tech.shot("09-model")
     assert tech.errors == []
     tech.close()
+
+
+def test_review_keys_act_on_the_card_tabbed_into(live_server, user, reviewer, password, browser):
+    """Tabbing into the second card makes it the one the keys act on (not the previously selected one)."""
+    first = ClassificationFactory(owner=user, predicted_label="EOSINOPHIL")
+    second = ClassificationFactory(owner=user, predicted_label="EOSINOPHIL")
+    rev = Session(browser, live_server.url)
+    page = rev.page
+    rev.login(reviewer.username, password)
+    page.goto("/review/")
+    cards = page.locator("[data-review-item]")
+    assert cards.nth(0).get_attribute("data-id") == str(first.pk)
+    assert cards.nth(1).get_attribute("data-id") == str(second.pk)
+    expect(cards.nth(0)).to_have_attribute("aria-current", "true")
+    cards.nth(0).locator('[data-key="4"]').focus()  # the first card's last enabled button
+    page.keyboard.press("Tab")  # on into the second card (its thumbnail link)
+    focused_card = page.evaluate("document.activeElement.closest('[data-review-item]').dataset.id")
+    assert focused_card == str(second.pk)
+    expect(cards.nth(1)).to_have_class(re.compile(r"\bselected\b"))
+    expect(cards.nth(1)).to_have_attribute("aria-current", "true")
+    assert cards.nth(0).get_attribute("aria-current") is None
+    rev.shot("13-review-tabbed-into-second-card")
+    with page.expect_navigation():
+        page.keyboard.press("2")  # LYMPHOCYTE, for the card that has the focus
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (second.review_state, second.final_label) == ("reclassified", "LYMPHOCYTE")
+    assert (first.review_state, first.final_label) == ("unreviewed", "")
+    assert rev.errors == []
+    rev.close()

@@ -50,7 +50,8 @@ def test_history_page_with_an_invalid_filter_shows_the_error_and_no_results(tech
     assert response.status_code == 200  # the page itself is fine: its form says what to correct
     assert response.context["page_obj"].paginator.count == 0
     html = response.content.decode()
-    assert 'id="filter-errors"' in html and "created_after: Enter a valid date." in html
+    assert 'id="filter-errors"' in html and "From (created_after): Enter a valid date." in html
+    assert 'class="invalid-feedback" id="err_created_after">Enter a valid date.</div>' in html
     assert "No results match." in html
     assert not any(f'data-id="{cell.pk}"' in html for cell in three_results)
 

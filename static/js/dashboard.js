@@ -12,7 +12,7 @@
       datasets: [{
         label: "Results",
         data: data.counts,
-        backgroundColor: ["#d9534f", "#5b8def", "#8e6ccf", "#e0a030"],
+        backgroundColor: ["#c0392b", "#2f62d0", "#6f4bb5", "#e0a030"],
       }],
     },
     options: {
