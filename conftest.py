@@ -22,6 +22,16 @@ def _isolated_settings(settings, tmp_path):
     return settings
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttle counters live in the cache: each test starts, and leaves, with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def password():
     return PASSWORD
@@ -64,3 +74,12 @@ def reviewer_client(client, reviewer):
 @pytest.fixture
 def api_client():
     return APIClient()
+
+
+@pytest.fixture
+def tech_api(api_client, user):
+    """The API as the technologist, signed in with a token as an LIS would be."""
+    from rest_framework.authtoken.models import Token
+
+    api_client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return api_client

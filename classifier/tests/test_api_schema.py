@@ -73,14 +73,6 @@ def test_swagger_ui_uses_local_assets(client, user):
 # request and every real answer is documented (its status, media type, error codes and body fields).
 
 
-@pytest.fixture
-def _fresh_throttles():
-    from django.core.cache import cache
-
-    cache.clear()
-    yield
-    cache.clear()
-
 
 def _resolve(schema, node):
     while "$ref" in node:
@@ -137,7 +129,7 @@ def check_against_schema(schema, path, method, responses):
 
 
 def test_job_sign_and_report_endpoints_document_what_they_answer(
-    api_client, user, other_user, reviewer, no_role_user, monkeypatch, settings, _fresh_throttles
+    api_client, user, other_user, reviewer, no_role_user, monkeypatch, settings
 ):
     from django.core.files.uploadedfile import SimpleUploadedFile
     from django.utils import timezone

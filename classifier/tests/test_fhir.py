@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from django.core.cache import cache
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
@@ -22,10 +21,6 @@ EXPECTED_CODES = {  # LOINC "<cell>/100 leukocytes in Blood by Automated count"
     "770-8": "Neutrophils/100 leukocytes in Blood by Automated count",
 }
 
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()
 
 
 @pytest.fixture

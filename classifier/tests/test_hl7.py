@@ -1,7 +1,6 @@
 """GET /api/v1/specimens/{accession}/hl7/: an ORU^R01 v2.5.1 message that hl7apy parses strictly."""
 
 import pytest
-from django.core.cache import cache
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
@@ -10,10 +9,6 @@ from classifier.tests.factories import ClassificationFactory, SpecimenFactory
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import random
 import re
 
 import pytest
-from django.core.cache import cache
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from rest_framework.authentication import SessionAuthentication
@@ -19,10 +18,6 @@ pytestmark = pytest.mark.django_db
 
 UNESCAPE = {"E": "\\", "F": "|", "S": "^", "T": "&", "R": "~"}
 
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()
 
 
 def unescape(er7: str) -> str:

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import OperationalError
 from django.urls import reverse
 from PIL import Image
-from rest_framework.authtoken.models import Token
 
 from classifier.api.throttling import TokenRateThrottle
 from classifier.models import BatchJob, Classification, Specimen
@@ -30,19 +28,6 @@ KB = 1024
 MB = 1024 * 1024
 BATCH_URL = "/api/v1/specimens/{}/batch/"
 
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    """Throttle counters live in the cache; each test starts with none."""
-    cache.clear()
-    yield
-    cache.clear()
-
-
-@pytest.fixture
-def tech_api(api_client, user):
-    api_client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return api_client
 
 
 def noisy_png(seed: int, size=(128, 96)) -> bytes:
