@@ -35,6 +35,10 @@ migrate: setup
 	$(MANAGE) collectstatic --noinput --verbosity 0
 
 run: migrate
+	@case "$(HOST)" in 127.0.0.1|localhost|::1) ;; *) if [ "$${DJANGO_DEBUG:-1}" != "0" ]; then \
+	  echo "make run: HOST=$(HOST) would show Django's debug pages (every URL, tracebacks) to the network."; \
+	  echo "  Serve other machines with DJANGO_DEBUG=0 DJANGO_SECRET_KEY=... DJANGO_ALLOWED_HOSTS=<name>, or compose.yaml."; \
+	  exit 2; fi ;; esac
 	$(BIN)/python -m ml.export
 	$(MANAGE) resume_jobs
 	@echo "HematoVision on http://$(HOST):$(PORT)/  (first time: $(MANAGE) createsuperuser)"

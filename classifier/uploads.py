@@ -133,10 +133,21 @@ class TooManyFilesMiddleware:
                 request.FILES  # noqa: B018 - parse now, where the refusal can still be answered
             except TooManyFilesSent:
                 messages.error(request, too_many_files_message())
-                return redirect(request.get_full_path())
+                return _back_to_the_form(request)
             except UploadTooBig as exc:
                 messages.error(request, str(exc))
-                return redirect(request.get_full_path())
+                return _back_to_the_form(request)
             except UnreadablePostError:
                 pass  # the client went away mid-body; the CSRF check handles that as before
         return self.get_response(request)
+
+
+def _back_to_the_form(request):
+    """The page the form was posted to, on this site only (a path such as ``//evil.example/``
+    would send the browser elsewhere)."""
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    target = request.get_full_path()
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = "/"
+    return redirect(target)

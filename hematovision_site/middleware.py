@@ -28,6 +28,23 @@ class ContentSecurityPolicyMiddleware:
         return response
 
 
+class PrivateResponsesMiddleware:
+    """``Cache-Control: private, no-store`` on every answer to a signed-in user or an API token:
+    result pages, history, specimens, job status, API JSON, FHIR and HL7 hold patient data, and the
+    profile page an API token. A view that sets its own Cache-Control keeps it."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        signed_in = bool(user is not None and user.is_authenticated) or "HTTP_AUTHORIZATION" in request.META
+        if signed_in and "Cache-Control" not in response:
+            response["Cache-Control"] = "private, no-store"
+        return response
+
+
 class DatabaseUnavailableMiddleware:
     """Answer 503 (JSON for the API) when the database is locked or gone, instead of a 500."""
 

@@ -1,11 +1,12 @@
 """HematoVision settings, read from the environment (django-environ).
 
 Defaults give the embedded lab profile: SQLite and private local media under
-``var/``, debug on, console e-mail. Production sets ``DJANGO_DEBUG=0``,
+``var/`` (readable by this account only), debug on, console e-mail. Production sets ``DJANGO_DEBUG=0``,
 ``DJANGO_SECRET_KEY``, ``DJANGO_ALLOWED_HOSTS`` and usually ``DATABASE_URL``
 and ``CELERY_BROKER_URL``; it then gets HTTPS-only cookies and HSTS.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -18,6 +19,20 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 VAR_DIR = Path(env.str("HEMATOVISION_VAR_DIR", default=str(BASE_DIR / "var")))
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` readable by this account only: it holds the SQLite database (API tokens
+    included), the development secret key and the patient images."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o700)
+    except OSError:  # a mounted volume owned by someone else: its owner decides
+        pass
+
+
+_private_dir(VAR_DIR)
 
 
 def _secret_key() -> str:
@@ -70,6 +85,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "hematovision_site.middleware.ContentSecurityPolicyMiddleware",
+    "hematovision_site.middleware.PrivateResponsesMiddleware",
     # Reads a portal form's body before the CSRF check does, so "too many files" gets a message.
     "classifier.uploads.TooManyFilesMiddleware",
     "axes.middleware.AxesMiddleware",
@@ -157,7 +173,18 @@ STORAGES = {
 FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
-EMAIL_BACKEND = env.str("DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+def email_settings(values, debug: bool) -> dict:
+    """Mail for password resets. ``DJANGO_EMAIL_URL`` (e.g. ``smtp+tls://user:pass@host:587``) sets
+    them all; else ``DJANGO_EMAIL_BACKEND``; else the console while debugging and nothing at all in
+    production: a reset link printed to the console would sit in the server's logs, where anyone
+    who reads them could take over the account."""
+    if values.get("DJANGO_EMAIL_URL"):
+        return environ.Env.email_url_config(values["DJANGO_EMAIL_URL"])
+    default = "django.core.mail.backends." + ("console" if debug else "dummy") + ".EmailBackend"
+    return {"EMAIL_BACKEND": values.get("DJANGO_EMAIL_BACKEND") or default}
+
+
+globals().update(email_settings(os.environ, DEBUG))
 DEFAULT_FROM_EMAIL = env.str("DJANGO_DEFAULT_FROM_EMAIL", default="hematovision@localhost")
 
 CRISPY_ALLOWED_TEMPLATE_PACKS = "bootstrap5"
