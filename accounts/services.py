@@ -13,6 +13,6 @@ def token_regenerate(*, user: User) -> Token:
     return Token.objects.create(user=user)
 
 
-def token_get_or_create(*, user: User) -> Token:
-    token, _ = Token.objects.get_or_create(user=user)
-    return token
+def token_get(*, user: User) -> Token | None:
+    """The user's API token, if one was issued (a page view never creates one)."""
+    return Token.objects.filter(user=user).first()

@@ -13,12 +13,16 @@ class ProfileView(TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["token"] = services.token_get_or_create(user=self.request.user)
+        context["token"] = services.token_get(user=self.request.user)
         return context
 
 
 @require_POST
 def token_regenerate_view(request):
+    had_one = services.token_get(user=request.user) is not None
     services.token_regenerate(user=request.user)
-    messages.success(request, "A new API token was issued; the old one no longer works.")
+    messages.success(
+        request,
+        "A new API token was issued; the old one no longer works." if had_one else "An API token was issued.",
+    )
     return redirect("profile")

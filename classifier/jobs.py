@@ -349,8 +349,14 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
         _fail(item, "source_missing", "The staged upload is missing; upload the file again.")
         return
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-        logger.exception("batch job %s: file %s failed", job.pk, item.filename)
-        _fail(item, "internal_error", f"Unexpected error: {type(exc).__name__}: {exc}")
+        # The details (which may name server paths or internals) go to the log, not to the user.
+        logger.exception("batch job %s item %s (%s) failed: %r", job.pk, item.pk, item.filename, exc)
+        _fail(
+            item,
+            "internal_error",
+            f"Unexpected server error (logged as job {job.pk}, item {item.pk}); retry the failed files, "
+            "and tell the administrator if it happens again.",
+        )
         return
     updated = BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.PENDING).update(
         state=BatchItem.State.DONE, classification=classification, finished_at=timezone.now()

@@ -87,8 +87,12 @@ def test_no_public_signup(client):
 
 @pytest.mark.django_db
 def test_profile_shows_token_and_regenerate_replaces_it(tech_client, user):
-    response = tech_client.get("/accounts/profile/")
+    page = tech_client.get("/accounts/profile/").content.decode()  # viewing issues nothing
+    assert not Token.objects.filter(user=user).exists() and 'id="no-token"' in page
+    issued = tech_client.post("/accounts/profile/token/", follow=True)
+    assert [str(m) for m in issued.context["messages"]] == ["An API token was issued."]
     token = Token.objects.get(user=user)
+    response = tech_client.get("/accounts/profile/")
     assert f'value="{token.key}"' in response.content.decode()
     assert tech_client.get("/accounts/profile/token/").status_code == 405
     response = tech_client.post("/accounts/profile/token/")

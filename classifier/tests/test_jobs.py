@@ -201,7 +201,7 @@ def test_no_role_user_cannot_create_and_jobs_are_private(no_role_user, user, oth
 
 
 def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
-    user, monkeypatch, django_capture_on_commit_callbacks
+    user, monkeypatch, django_capture_on_commit_callbacks, caplog
 ):
     files = [(f"{i}.png", cell_png("LYMPHOCYTE", i)) for i in range(6)]
     real_create = services.classification_create
@@ -220,8 +220,10 @@ def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
     assert (failed.state, failed.error_code, failed.error_message) == (
         "failed",
         "internal_error",
-        "Unexpected error: RuntimeError: storage hiccup",
+        f"Unexpected server error (logged as job {job.pk}, item {failed.pk}); retry the failed files, "
+        "and tell the administrator if it happens again.",
     )
+    assert "storage hiccup" in caplog.text and "storage hiccup" not in failed.error_message  # the log has it
     assert failed.source  # kept so the file can be retried
     assert Classification.objects.count() == 5
 
