@@ -58,13 +58,14 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     va_ds = make_dataset(np.asarray(crops[va], np.float32), onehot[labels[va]], 64, False, cfg.seed)
     base.trainable = False
     model.compile(keras.optimizers.Adam(cfg.head_lr), loss, metrics=["accuracy"])
-    h1 = model.fit(tr_ds, validation_data=va_ds, epochs=max(3, cfg.head_epochs // 6), verbose=2)
+    fit = {"validation_data": va_ds, "verbose": 2, "shuffle": False}  # tr_ds shuffles itself
+    h1 = model.fit(tr_ds, epochs=max(3, cfg.head_epochs // 6), **fit)
     base.trainable = True
     for layer in base.layers[:-finetune_layers]:
         layer.trainable = False
     freeze_batchnorm(base)
     model.compile(keras.optimizers.Adam(cfg.finetune_lr), loss, metrics=["accuracy"])
-    h2 = model.fit(tr_ds, validation_data=va_ds, epochs=cfg.finetune_epochs, verbose=2)
+    h2 = model.fit(tr_ds, epochs=cfg.finetune_epochs, **fit)
 
     train_feats = pooled_features(model, np.asarray(crops[tr]), "train features")
     extra = {"nucleus_found_fraction": float(found.mean()), "finetune_layers": finetune_layers}

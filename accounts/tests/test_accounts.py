@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group
 from django.core import mail
+from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from accounts.models import User
@@ -65,6 +66,19 @@ def test_password_reset_sends_console_mail(client, user):
     assert len(mail.outbox) == 1
     assert mail.outbox[0].to == [user.email]
     assert "/accounts/reset/" in mail.outbox[0].body
+
+
+@pytest.mark.django_db
+def test_password_reset_is_throttled_without_telling(client, user, settings):
+    """At most N reset mails an hour per address and per client; over it the page answers as if
+    sent (so it tells nobody whether the address exists) and nothing is sent."""
+    settings.HEMATOVISION_PASSWORD_RESETS_PER_HOUR = 2
+    answers = [client.post("/accounts/password_reset/", {"email": user.email}) for _ in range(4)]
+    assert [(r.status_code, r["Location"]) for r in answers] == [(302, "/accounts/password_reset/done/")] * 4
+    assert len(mail.outbox) == 2
+    other = Client(REMOTE_ADDR="192.0.2.55")  # another client: the address's own limit still holds
+    assert other.post("/accounts/password_reset/", {"email": user.email.upper()}).status_code == 302
+    assert len(mail.outbox) == 2
 
 
 @pytest.mark.django_db
