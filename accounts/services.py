@@ -7,10 +7,11 @@ from .models import User
 
 
 @transaction.atomic
-def token_regenerate(*, user: User) -> Token:
-    """Replace the user's API token; the old one stops working at once."""
-    Token.objects.filter(user=user).delete()
-    return Token.objects.create(user=user)
+def token_regenerate(*, user: User) -> tuple[Token, bool]:
+    """Replace (or issue) the user's API token; an old one stops working at once.
+    Returns the new token and whether it replaced one."""
+    replaced, _ = Token.objects.filter(user=user).delete()
+    return Token.objects.create(user=user), bool(replaced)
 
 
 def token_get(*, user: User) -> Token | None:

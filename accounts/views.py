@@ -25,12 +25,11 @@ class ProfileView(TemplateView):
 
 @require_POST
 def token_regenerate_view(request):
-    had_one = services.token_get(user=request.user) is not None
-    services.token_regenerate(user=request.user)
-    messages.success(
-        request,
-        "A new API token was issued; the old one no longer works." if had_one else "An API token was issued.",
-    )
+    _, replaced = services.token_regenerate(user=request.user)
+    if replaced:
+        messages.success(request, "A new API token was issued; the old one no longer works.")
+    else:
+        messages.success(request, "An API token was issued.")
     return redirect("profile")
 
 

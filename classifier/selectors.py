@@ -17,9 +17,14 @@ REFERENCE_RANGES = {
 }
 
 
+def _cells() -> QuerySet[Classification]:
+    """Cells with what every page and answer shows of them (specimen, submitter, reviewer, signer)."""
+    return Classification.objects.select_related("specimen", "owner", "reviewed_by", "signed_by")
+
+
 def classification_list(*, user) -> QuerySet[Classification]:
     """Reviewers see every result; technologists their own; others nothing."""
-    qs = Classification.objects.select_related("specimen", "owner", "reviewed_by", "signed_by")
+    qs = _cells()
     if can_review(user):
         return qs
     if can_submit(user):
@@ -33,9 +38,8 @@ def classification_get(*, user, pk) -> Classification:
     Besides ``classification_list``'s results, a technologist may open every cell of a specimen
     they opened (a reviewer may have added some): its differential and report count them.
     """
-    qs = Classification.objects.select_related("specimen", "owner", "reviewed_by", "signed_by")
     if not can_review(user) and can_submit(user):
-        return qs.filter(Q(owner=user) | Q(specimen__created_by=user)).get(pk=pk)
+        return _cells().filter(Q(owner=user) | Q(specimen__created_by=user)).get(pk=pk)
     return classification_list(user=user).get(pk=pk)
 
 
@@ -74,9 +78,7 @@ def specimen_get(*, user, accession: str) -> Specimen:
 def specimen_cells(*, specimen: Specimen) -> QuerySet[Classification]:
     """Every cell of a specimen the user may see (``specimen_get``): what its differential counts.
     ``classification_get`` lets the same users open each of them."""
-    return specimen.cells.select_related("specimen", "owner", "reviewed_by", "signed_by").order_by(
-        "created_at", "id"
-    )
+    return _cells().filter(specimen=specimen).order_by("created_at", "id")
 
 
 def specimen_differential(*, specimen: Specimen) -> dict:

@@ -303,6 +303,14 @@ def classification_classify_all_pending() -> int:
     return count
 
 
+def classification_finish_stored() -> dict:
+    """Classify what was kept while the database (spooled uploads) or the model (pending images)
+    was unavailable: ``{"spooled": n, "pending": n}``. Run at start-up (``manage.py resume_jobs``)
+    and when a Celery worker starts (``tasks.finish_stored_uploads``)."""
+    spooled = len(classification_ingest_spool())
+    return {"spooled": spooled, "pending": classification_classify_all_pending()}
+
+
 def _require_unsigned(classification: Classification) -> None:
     if classification.is_signed:
         raise ValidationError("This result is signed and final; it cannot be changed.", code="signed")

@@ -63,9 +63,7 @@ def finish_stored_uploads() -> dict:
     """Classify uploads kept while the database (spool) or the model (pending) was unavailable."""
     from . import services
 
-    spooled = len(services.classification_ingest_spool())
-    pending = services.classification_classify_all_pending()
-    return {"spooled": spooled, "pending": pending}
+    return services.classification_finish_stored()
 
 
 @worker_ready.connect

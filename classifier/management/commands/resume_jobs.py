@@ -18,10 +18,9 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
-        spooled = services.classification_ingest_spool()
-        self.stdout.write(f"classified {len(spooled)} spooled upload(s)")
-        pending = services.classification_classify_all_pending()
-        self.stdout.write(f"classified {pending} pending image(s)")
+        stored = services.classification_finish_stored()
+        self.stdout.write(f"classified {stored['spooled']} spooled upload(s)")
+        self.stdout.write(f"classified {stored['pending']} pending image(s)")
         if settings.CELERY_BROKER_URL:
             ids = jobs.job_resume_unfinished()
             self.stdout.write(f"queued {len(ids)} unfinished job(s): {ids}")
