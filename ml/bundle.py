@@ -73,6 +73,10 @@ def check_serving_settings(card: dict) -> None:
     crop = card.get("crop")
     if not isinstance(crop, dict):
         raise ValueError(f"crop must be an object with crop_side_ref_px, got {crop!r}")
+    if crop.get("method", "ref_field") not in ("ref_field", "rbc_scale"):
+        raise ValueError(f"crop.method must be ref_field or rbc_scale, got {crop.get('method')!r}")
+    if crop.get("method") == "rbc_scale":
+        _number(crop.get("field_rbc"), "crop.field_rbc", above=0)
     _number(crop.get("crop_side_ref_px"), "crop.crop_side_ref_px", above=0)
     if crop.get("mask_radius_ref_px") is not None:
         _number(crop["mask_radius_ref_px"], "crop.mask_radius_ref_px", above=0)

@@ -214,6 +214,10 @@ class Predictor:
         self.input_size = int(card["input"]["input_size"])
         self.crop_side = float(card["crop"]["crop_side_ref_px"])
         self.mask_radius = card["crop"].get("mask_radius_ref_px")  # None: unmasked crops (older models)
+        # "rbc_scale" (ml.normalize: scale measured on the image's red cells) or the first model's
+        # "ref_field" (ml.locate: scale assumed from the image's pixel size).
+        self.crop_method = card["crop"].get("method", "ref_field")
+        self.field_rbc = float(card["crop"].get("field_rbc") or 0.0)
         self.tta_views = int(card.get("tta_views", 1))
         self.n_views = len(dihedral_views(self.tta_views))
         self.temperature = float(card.get("temperature", 1.0))
@@ -291,6 +295,14 @@ class Predictor:
 
         rgb = to_rgb(image)
         small, f = _downscale(rgb)
+        if self.crop_method == "rbc_scale":
+            from ml import normalize
+
+            frame = normalize.analyse(small)
+            crop = normalize.canonical_crop(small, frame, out_size=self.input_size, field_rbc=self.field_rbc)
+            b = frame.boxes[0].as_tuple() if frame.boxes else None
+            cell_box = tuple(int(round(v * f)) for v in b) if b else None
+            return crop, cell_box, frame.smear_reason, None
         boxes = locate_cells(small, max_cells=1)
         box = boxes[0] if boxes else None
         crop, b = crop_cell(

@@ -1,0 +1,181 @@
+"""Lab-independent preprocessing: find the white cell, measure the image's own scale, crop canonically.
+
+Labs differ in stain, camera and framing: BCCD's camera fields show a lymphocyte nucleus ~52 px
+across, PBC's analyzer crops ~96 px, other cameras anything from 40 to 110 px. The fault of the
+first model was to take the scale from the image's pixel size (``ml.locate.image_scale``), which
+is right for one camera only. Here the scale comes from the image's content:
+
+* **Red cells are the ruler.** A normal red cell is ~7.5 um across in every lab. Pixels that
+  differ from the background colour (not assumed: the brightest 15 % of the image) and are not
+  nucleus are red-cell candidates; holes (central pallor) are filled and the largest inscribed
+  radius of each candidate region measured. The 90th percentile of those radii gives the red-cell
+  diameter in pixels, robust to cut and ring-shaped cells;
+  an implausible measure (fragments of very pale cells) falls back to the typical framing.
+* **The nucleus without one stain.** Nuclei absorb green light more than blue (purple, blue
+  stains) and are the darkest parts of the smear (red-brown stains). The index
+  ``(blue - green) + 0.5 x darkness`` is thresholded per image (Otsu over the foreground, never a
+  fixed value), closed at a tenth of a red cell so the lobes of one nucleus merge, and every
+  component larger than a small platelet is a candidate, largest stained mass first.
+* **One canonical crop.** A square of ``FIELD_RBC`` red-cell diameters centred on the nucleus,
+  padded by edge replication at image borders, resampled to the network's input. A cell fills
+  the same share of the crop whatever the camera.
+
+``analyse`` and ``canonical_crop`` are used identically by training (``ml.multilab``) and
+serving (``ml.predictor`` for cards whose crop method is ``"rbc_scale"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ml.locate import Box
+
+WORK_SIDE = 400  # images are analysed on a copy at most this many pixels on the longer side
+FIELD_RBC = 3.5  # canonical crop side, in red-cell diameters (a large monocyte spans ~2.7)
+CLOSE_RBC = 0.1  # nucleus lobes closer than this (red-cell diameters) merge
+MIN_NUCLEUS_RBC2 = 0.02  # smallest candidate nucleus area, in red-cell areas (a small platelet)
+MIN_REL_SCORE = 0.2  # further cells of a field: stained mass at least this share of the best one
+FALLBACK_FIELD_RBC = 5.5  # no red cell measurable: assume the short side spans this many
+MIN_FIELD_RBC, MAX_FIELD_RBC = 2.0, 9.0  # a measured red cell is trusted within these (short sides)
+# Not a smear: nucleus-coloured pixels over this share of the image, or a "nucleus" wider than this
+# many red cells (the largest normal nucleus, a monocyte's, spans about two).
+MAX_NUCLEUS_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What ``analyse`` found: the red-cell diameter (input pixels), how, and the nucleus boxes."""
+
+    rbc_diameter: float
+    scale_source: str  # "red_cells" or "fallback"
+    boxes: tuple[Box, ...]  # best (largest stained mass) first; input-image coordinates
+    smear_reason: str | None  # None, or why this does not look like a stained smear
+
+
+def _otsu(values: np.ndarray, bins: int = 128) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centres)
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
+    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
+
+
+def _small_copy(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    step = max(1, int(np.ceil(max(rgb.shape[:2]) / WORK_SIDE)))
+    return np.asarray(rgb[::step, ::step, :3], dtype=np.float32), step
+
+
+def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
+    """Red-cell scale and white-cell nuclei of an HxWx3 uint8 image (see the module docstring)."""
+    from scipy import ndimage as ndi
+
+    small, step = _small_copy(np.asarray(rgb))
+    h, w = small.shape[:2]
+    # Rotated or padded images carry black corners: not part of the smear.
+    valid = small.max(2) > 30
+    if valid.sum() < 0.2 * h * w or min(h, w) < 16:
+        return Frame(min(h, w) * step / FALLBACK_FIELD_RBC, "fallback", (), "no_cell_found")
+    valid = ndi.binary_erosion(valid, iterations=2)
+    grey = small.mean(2)
+    bright = valid & (grey >= np.percentile(grey[valid], 85))
+    background = np.median(small[bright], axis=0)
+    dist_bg = np.sqrt(((small - background) ** 2).sum(2))
+    foreground = valid & (dist_bg > 0.8 * _otsu(dist_bg[valid]))
+    index = (small[..., 2] - small[..., 1]) + 0.5 * (background.mean() - grey)
+    if foreground.sum() < 0.01 * h * w:
+        return Frame(min(h, w) * step / FALLBACK_FIELD_RBC, "fallback", (), "no_cell_found")
+    thr = max(_otsu(index[foreground]), float(np.percentile(index[valid], 50)) + 20.0)
+    nucleus = ndi.binary_opening(index > thr) & valid
+
+    # Red cells: foreground away from nuclei, pallor filled, largest inscribed radius per region.
+    rbc = foreground & ~ndi.binary_dilation(nucleus, iterations=max(2, int(0.02 * min(h, w))))
+    rbc = ndi.binary_fill_holes(ndi.binary_opening(rbc, iterations=2))
+    labels, n = ndi.label(rbc)
+    radii = np.asarray(ndi.maximum(ndi.distance_transform_edt(rbc), labels, np.arange(1, n + 1))) if n else []
+    radii = np.asarray(radii, dtype=np.float64)
+    radii = radii[radii >= 4]
+    d = float(2 * np.percentile(radii, 90)) if len(radii) else 0.0
+    if min(h, w) / MAX_FIELD_RBC <= d <= min(h, w) / MIN_FIELD_RBC:
+        source = "red_cells"
+    else:  # none measured, or an implausible size (fragments of pale cells): assume the framing
+        d, source = min(h, w) / FALLBACK_FIELD_RBC, "fallback"
+
+    # Nuclei: lobes merged at a tenth of a red cell; candidates above a small platelet's area.
+    r = max(1, int(round(CLOSE_RBC * d)))
+    closed = ndi.binary_closing(nucleus, structure=_disk(r)) & valid
+    lab, m = ndi.label(closed)
+    boxes: list[Box] = []
+    reason = None
+    if m:
+        ids = np.arange(1, m + 1)
+        areas = np.asarray(ndi.sum(closed, lab, ids))
+        mass = np.asarray(ndi.sum(np.clip(index - thr, 0, None) + thr, lab, ids))
+        slices = ndi.find_objects(lab)
+        min_area = MIN_NUCLEUS_RBC2 * np.pi / 4 * d * d
+        best = None
+        for k in np.argsort(-mass):
+            if areas[k] < min_area:
+                continue
+            if best is not None and mass[k] < MIN_REL_SCORE * best:
+                break
+            best = best or mass[k]
+            sl = slices[k]
+            boxes.append(
+                Box(
+                    int(sl[1].start * step),
+                    int(sl[0].start * step),
+                    int(sl[1].stop * step),
+                    int(sl[0].stop * step),
+                    float(mass[k] / (d * d)),
+                )
+            )
+            if len(boxes) >= max_cells:
+                break
+    if not boxes:
+        reason = "no_cell_found"
+    elif float(closed[valid].mean()) > MAX_NUCLEUS_FRACTION:
+        reason = "not_blood_smear"
+    return Frame(d * step, source, tuple(boxes), reason)
+
+
+def _disk(r: int) -> np.ndarray:
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
+    return x * x + y * y <= r * r
+
+
+def crop_window(frame: Frame, box: Box | None, shape, field_rbc: float = FIELD_RBC) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the square of ``field_rbc`` red-cell diameters centred on ``box``."""
+    h, w = shape[:2]
+    side = max(8, int(round(field_rbc * frame.rbc_diameter)))
+    cx, cy = box.center if box is not None else (w / 2.0, h / 2.0)
+    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    return x0, y0, x0 + side, y0 + side
+
+
+def canonical_crop(
+    rgb: np.ndarray,
+    frame: Frame,
+    box: Box | None = None,
+    out_size: int = 112,
+    field_rbc: float = FIELD_RBC,
+) -> np.ndarray:
+    """The canonical square crop (uint8, out_size x out_size) around ``box`` (default: the best
+    cell; the image centre when none was found), edge-replicated beyond the image."""
+    from PIL import Image
+
+    rgb = np.ascontiguousarray(np.asarray(rgb)[..., :3])
+    if box is None and frame.boxes:
+        box = frame.boxes[0]
+    x0, y0, x1, y1 = crop_window(frame, box, rgb.shape, field_rbc)
+    h, w = rgb.shape[:2]
+    pad = max(0, -x0, -y0, x1 - w, y1 - h)
+    src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
+    crop = src[y0 + pad : y1 + pad, x0 + pad : x1 + pad]
+    if crop.shape[0] != out_size:
+        crop = np.asarray(Image.fromarray(crop).resize((out_size, out_size), Image.BILINEAR))
+    return crop
