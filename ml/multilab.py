@@ -364,13 +364,19 @@ def finish(model, classes, crops, meta, cinfo, train, val, cfg: FitConfig, out: 
     flagged = ood.flagged(dv, cal.max(1), thresholds)
     vsrc = meta["source"][val]
     val_metrics = {
-        s: figures(yv[vsrc == s], cal[vsrc == s], flagged[vsrc == s], classes) for s in np.unique(vsrc).tolist()
+        "calibrated": figures(yv, cal, flagged, classes),
+        "per_source": {
+            s: figures(yv[vsrc == s], cal[vsrc == s], flagged[vsrc == s], classes) for s in np.unique(vsrc).tolist()
+        },
     }
-    log(f"validation: {json.dumps({s: {k: m[k] for k in ('accuracy', 'flagged', 'silent_error')} for s, m in val_metrics.items()})}")
+    short = {s: {k: m[k] for k in ("accuracy", "flagged", "silent_error")} for s, m in val_metrics["per_source"].items()}
+    log(f"validation: {json.dumps(short)}")
     name = "hematovision_wbc"
     model_path = out / f"{name}.keras"
     model.save(model_path)
     ood.save(stats, out / "ood_stats.npz")
+    # Raw validation outputs: ml.oodcal re-chooses the distance threshold from them.
+    np.savez_compressed(out / "val_predictions.npz", probs=pv, labels=yv, ood_distance=dv, source=vsrc)
     card = {
         "name": name,
         "version": None,

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The eight-class, two-lab model and its leave-one-lab-out proof, in order (2 CPUs: ~2-3 hours).
+# Every step writes under var/models/; the held-out test splits are read only by `evaluate`,
+# once per candidate, after the candidate is fixed and has passed the non-blood check.
+#   PBC=/path/to/PBC_dataset_normal_DIB scripts/train_multilab.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+BCCD=${BCCD:-../shared/datasets/bccd-wbc}
+PBC=${PBC:?set PBC to the extracted PBC_dataset_normal_DIB folder (see ../shared/datasets/pbc/README.md)}
+SPLIT=${SPLIT:-../shared/datasets/pbc/split.csv}
+CACHE=${CACHE:-var/mlcache}
+EPOCHS=${EPOCHS:-6}
+OUT=${OUT:-var/models}
+
+[ -f "$CACHE/cache.json" ] || $PY -m ml.multilab cache --bccd "$BCCD" --pbc "$PBC" "$SPLIT" --out "$CACHE"
+run() {  # name sources eval-sources epochs
+  local dir="$OUT/$1"
+  [ -f "$dir/model_card.json" ] || $PY -m ml.multilab fit --cache "$CACHE" --sources "$2" --epochs "$4" --out "$dir"
+  $PY -m ml.oodcal --bundle "$dir"
+  [ -f "$dir/test_eval.json" ] || $PY -m ml.multilab evaluate --model "$dir" --cache "$CACHE" --sources "$3" --json "$dir/test_eval.json"
+}
+run multilab bccd,pbc bccd,pbc "$EPOCHS"       # the shipped recipe on both labs
+run lolo_bccd bccd pbc "$EPOCHS"               # BCCD TRAIN only -> PBC test (its 4 BCCD classes)
+run lolo_pbc pbc bccd "$EPOCHS"                # PBC train only -> BCCD TEST
