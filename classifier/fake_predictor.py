@@ -1,7 +1,15 @@
 """A deterministic stand-in for the Keras model, for fast web tests.
 
 Same attributes as ``ml.predictor.Predictor``. The label follows the image's
-dominant colour channel so tests can choose it; a flat image is "unidentified".
+colour so tests can choose it; a flat image is "unidentified".
+
+It acts as either model: the first shipped one (four classes, the default,
+``HEMATOVISION_PREDICTOR=fake``) or the eight-class one (``classes=MODEL_CODES``,
+``HEMATOVISION_PREDICTOR=fake8``); its card lists the classes it was built with.
+
+Colours: red, green, blue -> EOSINOPHIL, LYMPHOCYTE, MONOCYTE; balanced ->
+NEUTROPHIL or EOSINOPHIL (by a content hash). With eight classes also yellow
+(red + green) -> BASOPHIL, cyan -> IG, magenta -> ERYTHROBLAST, dark grey -> PLATELET.
 """
 
 import hashlib
@@ -11,7 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+from .cells.classes import FIRST_MODEL_CODES, MODEL_CODES
+
+CLASSES = list(FIRST_MODEL_CODES)
+# Which class a colour means, where the predictor has that class (names from the cell-class table).
+_PRIMARY = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")  # red, green, blue dominant
+_SECONDARY = {(0, 1): "BASOPHIL", (1, 2): "IG", (0, 2): "ERYTHROBLAST"}  # two channels dominant
+_BALANCED = ("EOSINOPHIL", "NEUTROPHIL")  # grey-ish, picked by a content hash
+_DARK = "PLATELET"
 
 
 @dataclass(frozen=True)
@@ -27,9 +42,27 @@ class FakePrediction:
 
 
 class FakePredictor:
-    classes = CLASSES
-    version = "fake-0001"
-    card = {"classes": CLASSES, "version": "fake-0001", "name": "fake predictor for tests"}
+    def __init__(self, classes=FIRST_MODEL_CODES):
+        unknown = set(classes) - set(MODEL_CODES)
+        if unknown:
+            raise ValueError(f"not model classes: {sorted(unknown)}")
+        self.classes = list(classes)
+        self.version = "fake-0001" if set(classes) == set(FIRST_MODEL_CODES) else f"fake{len(classes)}-0001"
+        self.card = {"classes": self.classes, "version": self.version, "name": "fake predictor for tests"}
+
+    def _label(self, pixels: np.ndarray) -> str:
+        means = pixels.reshape(-1, 3).mean(axis=0)
+        if means.max() - means.min() > 20:
+            order = [int(i) for i in np.argsort(-means, kind="stable")]
+            top, second, third = order
+            if means[second] - means[third] > 20 and means[top] - means[second] <= 20:
+                secondary = _SECONDARY[tuple(sorted((top, second)))]
+                if secondary in self.classes:
+                    return secondary
+            return _PRIMARY[int(np.argmax(means))]
+        if means.mean() < 80 and _DARK in self.classes:
+            return _DARK
+        return _BALANCED[int(hashlib.sha256(pixels.tobytes()).hexdigest(), 16) % 2]
 
     def _pixels(self, image) -> np.ndarray:
         if isinstance(image, (bytes, bytearray)):
@@ -42,21 +75,18 @@ class FakePredictor:
         pixels = self._pixels(image)
         height, width = pixels.shape[:2]
         if pixels.std() < 2.0:
-            probabilities = {name: 0.25 for name in CLASSES}
+            share = round(1.0 / len(self.classes), 4)
+            probabilities = {name: share for name in self.classes}
             return FakePrediction(
-                "NEUTROPHIL", 0.25, probabilities, "unidentified", "not_blood_smear",
+                "NEUTROPHIL", share, probabilities, "unidentified", "not_blood_smear",
                 "This does not look like a stained blood smear.", self.version, None,
             )
-        means = pixels.reshape(-1, 3).mean(axis=0)
-        # R, G, B dominant -> EOS, LYM, MON; grey-ish/balanced -> NEU, picked by a content hash.
-        if means.max() - means.min() > 20:
-            index = int(np.argmax(means))
-        else:
-            index = 3 if int(hashlib.sha256(pixels.tobytes()).hexdigest(), 16) % 2 else 0
-        probabilities = {name: 0.04 for name in CLASSES}
-        probabilities[CLASSES[index]] = 0.88
+        label = self._label(pixels)
+        rest = round(0.12 / (len(self.classes) - 1), 4)
+        probabilities = {name: rest for name in self.classes}
+        probabilities[label] = 0.88
         return FakePrediction(
-            CLASSES[index], 0.88, probabilities, "classified", None, None, self.version,
+            label, 0.88, probabilities, "classified", None, None, self.version,
             (width // 4, height // 4, 3 * width // 4, 3 * height // 4),
         )
 

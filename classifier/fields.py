@@ -14,16 +14,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from . import services
+from .cells import classes
 from .validation import ImageRejected, check_image
 
-# Box colours per class (and for unidentified / pending cells), RGB.
-COLOURS = {
-    "EOSINOPHIL": (220, 53, 69),
-    "LYMPHOCYTE": (25, 135, 84),
-    "MONOCYTE": (13, 110, 253),
-    "NEUTROPHIL": (255, 153, 0),
-    None: (108, 117, 125),
-}
+# Box colours per class, RGB: the table's badge colours (grey for unidentified / pending cells).
+COLOURS = {**{cell.code: cell.rgb for cell in classes.TABLE}, None: (108, 117, 125)}
 
 
 def _png(pixels: np.ndarray) -> bytes:

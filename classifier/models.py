@@ -8,14 +8,11 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models.functions import Upper
 
+from .cells import classes
 
-class CellClass(models.TextChoices):
-    """The four white-cell classes, in the model's output order."""
-
-    EOSINOPHIL = "EOSINOPHIL", "Eosinophil"
-    LYMPHOCYTE = "LYMPHOCYTE", "Lymphocyte"
-    MONOCYTE = "MONOCYTE", "Monocyte"
-    NEUTROPHIL = "NEUTROPHIL", "Neutrophil"
+# Every class a cell can be given (the model's and the reviewer-only ones), read from the table.
+CellClass = models.TextChoices("CellClass", [(c.code, (c.code, c.name)) for c in classes.TABLE])
+LABEL_LENGTH = classes.MAX_CODE_LENGTH
 
 
 class Status(models.TextChoices):
@@ -107,7 +104,7 @@ class Classification(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    predicted_label = models.CharField(max_length=16, choices=CellClass.choices, blank=True)
+    predicted_label = models.CharField(max_length=LABEL_LENGTH, choices=CellClass.choices, blank=True)
     confidence = models.FloatField(null=True, blank=True)
     probabilities = models.JSONField(default=dict, blank=True)
     flag_reason = models.CharField(max_length=32, blank=True)
@@ -119,7 +116,7 @@ class Classification(models.Model):
     review_state = models.CharField(
         max_length=16, choices=ReviewState.choices, default=ReviewState.UNREVIEWED, db_index=True
     )
-    final_label = models.CharField(max_length=16, choices=CellClass.choices, blank=True)
+    final_label = models.CharField(max_length=LABEL_LENGTH, choices=CellClass.choices, blank=True)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
         related_name="reviewed_classifications",
@@ -182,8 +179,8 @@ class ReviewEvent(models.Model):
     )
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
     action = models.CharField(max_length=16, choices=Action.choices)
-    from_label = models.CharField(max_length=16, blank=True)
-    to_label = models.CharField(max_length=16, blank=True)
+    from_label = models.CharField(max_length=LABEL_LENGTH, blank=True)
+    to_label = models.CharField(max_length=LABEL_LENGTH, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -30,7 +30,8 @@ from reportlab.platypus import (
 )
 
 from . import selectors
-from .models import CellClass, Classification, ReviewState, Specimen, Status
+from .cells import classes
+from .models import Classification, ReviewState, Specimen, Status
 
 GALLERY_COLUMNS = 8
 GALLERY_LIMIT_PER_CLASS = 64
@@ -99,6 +100,28 @@ def _page_decorations(signed: bool, lab: str, accession: str):
     return draw
 
 
+def _number(value) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _pdf_row(row, unit: str) -> list[str]:
+    reference = (
+        f"{_number(row.reference_low)} – {_number(row.reference_high)} {unit}"
+        if row.reference_low is not None else ""
+    )
+    return [
+        row.name,
+        str(row.count),
+        "" if row.value is None else f"{row.value:.1f}",
+        reference,
+        {"H": "HIGH", "L": "LOW"}.get(row.flag, ""),
+    ]
+
+
+def _total(differential) -> str:
+    return "100.0" if differential.counted_cells else ""
+
+
 def specimen_report_pdf(*, specimen: Specimen) -> bytes:
     """The specimen's report as PDF bytes (the caller has checked the user may see it)."""
     differential = selectors.specimen_differential(specimen=specimen)
@@ -114,7 +137,7 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
         Table(
             [
                 ["Accession", specimen.accession, "Received", _when(specimen.created_at)],
-                ["Cells imaged", str(differential["total_cells"]), "Printed", _when(timezone.now())],
+                ["Cells imaged", str(differential.total_cells), "Printed", _when(timezone.now())],
             ],
             colWidths=[28 * mm, 60 * mm, 25 * mm, 67 * mm],
             style=TableStyle(
@@ -141,29 +164,32 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
     )
     story.append(Spacer(1, 4 * mm))
 
-    rows = [["Cell class", "Count", "%", "Adult reference %", "Flag"]]
-    for row in differential["classes"]:
-        rows.append(
-            [
-                row["name"],
-                str(row["count"]),
-                "" if row["percent"] is None else f"{row['percent']:.1f}",
-                f"{row['reference_low']:.0f} – {row['reference_high']:.0f}",
-                {"H": "HIGH", "L": "LOW"}.get(row["flag"], ""),
-            ]
-        )
-    rows.append(["Counted cells", str(differential["counted_cells"]), "", "", ""])
-    rows.append(["Unidentified (not reviewed)", str(differential["unidentified"]), "", "", ""])
-    if differential["pending"]:
-        rows.append(["Pending (model unavailable)", str(differential["pending"]), "", "", ""])
+    rows = [["Cell class", "Count", "%", "Adult reference", "Flag"]]
+    flagged = []
+    for row in differential.classes:
+        rows.append(_pdf_row(row, "%"))
+        flagged.append(row.flag)
+    rows.append(["White cells counted", str(differential.counted_cells), _total(differential), "", ""])
+    flagged.append(None)
+    for row in differential.per_100_white_cells:
+        rows.append(_pdf_row(row, "/100 WBC"))
+        flagged.append(row.flag)
+    for row in differential.not_counted:
+        rows.append([f"{row.name} (not counted)", str(row.count), "", "", ""])
+        flagged.append(None)
+    rows.append(["Unidentified (not reviewed)", str(differential.unidentified), "", "", ""])
+    flagged.append(None)
+    if differential.pending:
+        rows.append(["Pending (model unavailable)", str(differential.pending), "", "", ""])
+        flagged.append(None)
     table_style = [
         ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
         ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e9ecef")),
         ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
         ("ALIGN", (1, 1), (2, -1), "RIGHT"),
     ]
-    for i, row in enumerate(differential["classes"], start=1):
-        if row["flag"]:
+    for i, flag in enumerate(flagged, start=1):
+        if flag:
             table_style += [
                 ("TEXTCOLOR", (4, i), (4, i), colors.red),
                 ("FONTNAME", (4, i), (4, i), "Helvetica-Bold"),
@@ -176,7 +202,7 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
 
     versions = sorted({c.model_version for c in cells if c.model_version}) or ["(none)"]
     reviewers = sorted({c.reviewed_by.get_username() for c in cells if c.reviewed_by})
-    unreviewed = differential["unreviewed"]
+    unreviewed = differential.unreviewed
     story += [
         Paragraph(f"<b>Model version:</b> {', '.join(versions)}", small),
         Paragraph(
@@ -194,15 +220,17 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
             small,
         ),
         Paragraph(
-            "Reference ranges: typical adult values, % of leukocytes. Basophils are not classified.", small
+            "Reference ranges: typical adult values, % of white cells (nucleated red cells: per 100 white "
+            "cells). Platelets, smudge cells and artefacts are listed, not counted.",
+            small,
         ),
     ]
 
     groups: dict[str, list[Classification]] = defaultdict(list)
     for cell in cells:
         groups[_group(cell)].append(cell)
-    order = [*CellClass.values, UNIDENTIFIED, PENDING]
-    names = {**dict(CellClass.choices), UNIDENTIFIED: "Unidentified", PENDING: "Pending"}
+    order = [*classes.CODES, *sorted(set(groups) - {*classes.CODES, UNIDENTIFIED, PENDING}), UNIDENTIFIED, PENDING]
+    names = {UNIDENTIFIED: "Unidentified", PENDING: "Pending"}
     if cells:
         story += [Spacer(1, 4 * mm), Paragraph("Cell gallery", styles["Heading2"])]
     for key in order:
@@ -220,7 +248,8 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
         if line:
             grid.append(line + [""] * (GALLERY_COLUMNS - len(line)))
         more = f" (first {len(shown)} shown)" if len(members) > len(shown) else ""
-        heading = Paragraph(f"{names[key]} — {len(members)} cell(s){more}", styles["Heading4"])
+        name = names.get(key) or classes.display_name(key)
+        heading = Paragraph(f"{name} — {len(members)} cell(s){more}", styles["Heading4"])
         gallery = Table(
             grid,
             colWidths=[22.5 * mm] * GALLERY_COLUMNS,
@@ -314,25 +343,39 @@ def specimens_in_range(*, user, start: date | None, end: date | None) -> QuerySe
 
 
 def specimens_csv(*, specimens) -> str:
-    """One row per specimen: its differential, unidentified count and sign-off."""
+    """One row per specimen: its differential (a fixed column set for every class of the table, empty
+    where a class is not reported), unidentified count and sign-off."""
     out = io.StringIO()
     writer = csv.writer(out)
     header = ["accession", "received_at", "total_cells", "counted_cells"]
-    for cls in CellClass.values:
-        header += [f"{cls.lower()}_count", f"{cls.lower()}_percent", f"{cls.lower()}_flag"]
+    for cell in classes.TABLE:
+        code = cell.code.lower()
+        if cell.counting is classes.Counting.WHITE:
+            header += [f"{code}_count", f"{code}_percent", f"{code}_flag"]
+        elif cell.counting is classes.Counting.PER_100_WHITE:
+            header += [f"{code}_count", f"{code}_per_100_white_cells", f"{code}_flag"]
+        else:
+            header += [f"{code}_count"]
     header += ["unidentified", "pending", "unreviewed", "signed_by", "signed_at"]
     writer.writerow(header)
     for specimen in specimens.prefetch_related("cells"):
         d = selectors.specimen_differential(specimen=specimen)
-        row = [specimen.accession, local_iso(specimen.created_at), d["total_cells"], d["counted_cells"]]
-        for cls in d["classes"]:
-            row += [cls["count"], "" if cls["percent"] is None else cls["percent"], cls["flag"] or ""]
-        row += [
-            d["unidentified"],
-            d["pending"],
-            d["unreviewed"],
-            d["signed_by"] or "",
-            local_iso(d["signed_at"]),
+        rows = {row.label: row for row in (*d.classes, *d.per_100_white_cells, *d.not_counted)}
+        line = [specimen.accession, local_iso(specimen.created_at), d.total_cells, d.counted_cells]
+        for cell in classes.TABLE:
+            row = rows.get(cell.code)
+            if cell.counting is classes.Counting.NOT_COUNTED:
+                line += [row.count if row else ""]
+            elif row is None:
+                line += ["", "", ""]
+            else:
+                line += [row.count, "" if row.value is None else row.value, row.flag or ""]
+        line += [
+            d.unidentified,
+            d.pending,
+            d.unreviewed,
+            d.signed_by or "",
+            local_iso(d.signed_at),
         ]
-        writer.writerow([_safe(v) for v in row])
+        writer.writerow([_safe(v) for v in line])
     return out.getvalue()

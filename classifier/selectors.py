@@ -1,21 +1,11 @@
 """Every read, given the requesting user: what you may see is decided here."""
 
-from collections import Counter
-
 from django.db.models import Count, Q, QuerySet
 
-from .models import CellClass, Classification, ReviewState, Specimen, Status
+from .cells import differential as differentials
+from .cells.classes import CODES
+from .models import Classification, ReviewState, Specimen, Status
 from .permissions import can_review, can_submit
-
-# Adult reference ranges for the white-cell differential, % of leukocytes
-# (typical textbook values; basophils are not classified by this model).
-REFERENCE_RANGES = {
-    CellClass.NEUTROPHIL: (40.0, 75.0),
-    CellClass.LYMPHOCYTE: (20.0, 45.0),
-    CellClass.MONOCYTE: (2.0, 10.0),
-    CellClass.EOSINOPHIL: (1.0, 6.0),
-}
-
 
 def _cells() -> QuerySet[Classification]:
     """Cells with what every page and answer shows of them (specimen, submitter, reviewer, signer)."""
@@ -81,56 +71,35 @@ def specimen_cells(*, specimen: Specimen) -> QuerySet[Classification]:
     return _cells().filter(specimen=specimen).order_by("created_at", "id")
 
 
-def specimen_differential(*, specimen: Specimen) -> dict:
-    """Count and percentage per class, unidentified count, reference flags, review state.
+def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
+    """The specimen's differential (``cells.differential``): white cells to 100 %, nucleated red
+    cells per 100 white cells, platelets, smudge cells and artefacts apart.
 
-    A cell counts under its final label when reviewed; unreviewed unidentified
-    cells are counted apart and left out of the percentages.
+    A cell counts under its final label when reviewed; unreviewed unidentified cells are counted
+    apart. The classes its models knew are the keys of each cell's probabilities (the card's).
     """
     cells = list(specimen.cells.all())
-    unidentified = sum(
-        1 for c in cells if c.status == Status.UNIDENTIFIED and c.review_state == ReviewState.UNREVIEWED
-    )
-    pending = sum(1 for c in cells if c.status == Status.PENDING)
     counted = [
         c for c in cells
         if c.status == Status.CLASSIFIED or (c.status == Status.UNIDENTIFIED and c.final_label)
     ]
-    counts = Counter(c.label for c in counted)
-    total = len(counted)
-    rows = []
-    for cls in CellClass:
-        count = counts.get(cls.value, 0)
-        percent = round(100.0 * count / total, 1) if total else None
-        low, high = REFERENCE_RANGES[cls]
-        flag = None
-        if percent is not None:
-            flag = "L" if percent < low else "H" if percent > high else None
-        rows.append(
-            {
-                "label": cls.value,
-                "name": cls.label,
-                "count": count,
-                "percent": percent,
-                "reference_low": low,
-                "reference_high": high,
-                "flag": flag,
-            }
-        )
     unreviewed = sum(1 for c in cells if c.review_state == ReviewState.UNREVIEWED)
-    return {
-        "accession": specimen.accession,
-        "total_cells": len(cells),
-        "counted_cells": total,
-        "unidentified": unidentified,
-        "pending": pending,
-        "unreviewed": unreviewed,
-        "classes": rows,
-        "signed": specimen.is_signed,
-        "signed_by": specimen.signed_by.get_username() if specimen.signed_by else None,
-        "signed_at": specimen.signed_at,
-        "ready_to_sign": bool(cells) and unreviewed == 0 and pending == 0 and not specimen.is_signed,
-    }
+    pending = sum(1 for c in cells if c.status == Status.PENDING)
+    return differentials.build(
+        labels=[c.label for c in counted],
+        model_classes={name for c in cells for name in (c.probabilities or {})},
+        accession=specimen.accession,
+        total_cells=len(cells),
+        unidentified=sum(
+            1 for c in cells if c.status == Status.UNIDENTIFIED and c.review_state == ReviewState.UNREVIEWED
+        ),
+        pending=pending,
+        unreviewed=unreviewed,
+        signed=specimen.is_signed,
+        signed_by=specimen.signed_by.get_username() if specimen.signed_by else None,
+        signed_at=specimen.signed_at,
+        ready_to_sign=bool(cells) and unreviewed == 0 and pending == 0 and not specimen.is_signed,
+    )
 
 
 def dashboard_stats(*, user) -> dict:
@@ -145,7 +114,7 @@ def dashboard_stats(*, user) -> dict:
     by_status = dict(qs.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
     return {
         "total": qs.count(),
-        "by_label": {cls.value: by_label.get(cls.value, 0) for cls in CellClass},
+        "by_label": {code: by_label.get(code, 0) for code in CODES},
         "by_state": {state.value: by_state.get(state.value, 0) for state in ReviewState},
         "by_status": {status.value: by_status.get(status.value, 0) for status in Status},
         "latest": list(qs[:8]),

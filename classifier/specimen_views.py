@@ -18,8 +18,9 @@ from django.views.decorators.http import require_POST
 from django.views.generic import FormView, ListView, TemplateView
 
 from . import fields, jobs, reports, selectors, services
+from .cells import classes
 from .lookups import job_or_404, specimen_or_404
-from .models import BatchItem, BatchJob, CellClass, Classification, ReviewState, Status
+from .models import BatchItem, BatchJob, Classification, ReviewState, Status
 from .permissions import can_review, can_submit
 from .responses import private_attachment
 from .specimen_forms import BatchUploadForm, DateRangeForm
@@ -70,12 +71,14 @@ class SpecimenDetailView(TemplateView):
                 groups["UNIDENTIFIED"].append(cell)
             else:
                 groups[cell.label].append(cell)
-        names = {**dict(CellClass.choices), "UNIDENTIFIED": "Unidentified", "PENDING": "Pending"}
-        order = ["UNIDENTIFIED", *CellClass.values, "PENDING"]
+        names = {"UNIDENTIFIED": "Unidentified", "PENDING": "Pending"}
+        order = ["UNIDENTIFIED", *classes.CODES, *sorted(set(groups) - {*classes.CODES, *names}), "PENDING"]
         context.update(
             specimen=specimen,
             differential=differential,
-            gallery=[(key, names[key], groups[key]) for key in order if groups.get(key)],
+            gallery=[
+                (key, names.get(key) or classes.display_name(key), groups[key]) for key in order if groups.get(key)
+            ],
             jobs=jobs.job_list(user=self.request.user).filter(specimen=specimen)[:20],
             can_review=can_review(self.request.user),
             can_submit=can_submit(self.request.user),

@@ -30,7 +30,8 @@ from django.views.generic import TemplateView
 from . import inference, selectors, services
 from .filters import ClassificationFilter
 from .forms import ReviewForm, UploadForm
-from .models import CellClass, Classification
+from .cells import classes
+from .models import Classification
 from .permissions import can_review, can_submit
 from .reports import local_iso
 from .validation import ImageRejected, check_size
@@ -80,9 +81,13 @@ class DashboardView(TemplateView):
         context["stats"] = stats
         context["has_role"] = can_submit(self.request.user)
         context["no_role_message"] = NO_ROLE_MESSAGE
+        # Classes the model has called at least once (a four-class model's results show four bars).
+        shown = [c for c in classes.TABLE if stats["by_label"].get(c.code)]
+        context["class_rows"] = [(c.name, stats["by_label"][c.code]) for c in shown]
         context["chart_data"] = {
-            "labels": [cls.label for cls in CellClass],
-            "counts": [stats["by_label"][cls.value] for cls in CellClass],
+            "labels": [c.name for c in shown],
+            "counts": [stats["by_label"][c.code] for c in shown],
+            "colours": [c.colour for c in shown],
         }
         return context
 
@@ -100,6 +105,7 @@ class ModelInfoView(TemplateView):
             info = None
         context["info"] = info
         if info:
+            context["other_classes"] = [c.name for c in classes.TABLE if c.code not in info["classes"]]
             fractions = info["calibration"]["training_class_fractions"] or {}
             bias = info["calibration"]["class_bias"] or {}
             validation, test = info["validation"] or {}, info["test"] or {}
@@ -243,7 +249,7 @@ class ClassificationDetailView(View):
                 "cell": cell,
                 "probabilities": [
                     {
-                        "label": CellClass(k).label if k in CellClass.values else k,
+                        "label": classes.display_name(k),
                         "value": k,
                         "percent": round(100 * v, 1),
                     }
@@ -252,7 +258,7 @@ class ClassificationDetailView(View):
                 "events": cell.events.select_related("actor"),
                 "can_review": reviewer and not cell.is_signed,
                 "can_delete": cell.owner_id == request.user.pk and cell.needs_review,
-                "classes": CellClass.choices,
+                "classes": classes.TABLE,
             },
         )
 
@@ -418,7 +424,7 @@ def classification_review_view(request, pk):
     form = ReviewForm(request.POST)
     fallback = reverse("classification-detail", args=[pk])
     if not form.is_valid():
-        messages.error(request, "Choose one of the four cell classes.")
+        messages.error(request, "Choose one of the cell classes.")
         return redirect(_safe_next(request, fallback))
     try:
         cell = services.classification_review(
@@ -461,5 +467,5 @@ class ReviewQueueView(View):
         return render(
             request,
             "classifier/review_queue.html",
-            {"page_obj": page, "classes": CellClass.choices, "here": request.get_full_path()},
+            {"page_obj": page, "classes": classes.TABLE, "here": request.get_full_path()},
         )

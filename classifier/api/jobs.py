@@ -21,6 +21,7 @@ from classifier.lookups import job_or_404, specimen_or_404
 from classifier.models import BatchJob
 from classifier.responses import private_attachment
 
+from .serializers import SignedDifferentialSerializer
 from .views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
 
 CONFLICT_CODES = {"unreviewed", "signed", "empty", "running", "nothing_to_retry"}
@@ -189,7 +190,7 @@ class SpecimenSignView(JSONErrorsMixin, APIView):
     @extend_schema(
         request=None,
         responses={
-            200: OpenApiResponse(OpenApiTypes.OBJECT, description="The signed specimen's differential."),
+            200: OpenApiResponse(SignedDifferentialSerializer, description="The signed specimen's differential."),
             **json_errors(
                 {
                     403: _error(
@@ -218,7 +219,7 @@ class SpecimenSignView(JSONErrorsMixin, APIView):
         except ValidationError as exc:
             return _conflict_or_raise(exc)
         differential = selectors.specimen_differential(specimen=specimen)
-        return Response(differential)
+        return Response(SignedDifferentialSerializer(differential).data)
 
 
 class _FileRenderer(BaseRenderer):

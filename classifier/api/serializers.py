@@ -6,6 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 
+from classifier.cells import classes
 from classifier.models import CellClass, Classification, ReviewState, Specimen, Status, accession_validator
 from classifier.validation import check_size
 
@@ -22,13 +23,20 @@ class OptionalChoiceField(serializers.ChoiceField):
         return None if value in ("", None) else super().to_representation(value)
 
 
-class ProbabilitiesSerializer(serializers.Serializer):
-    """Softmax probability per class (all four once the model has run; empty while pending)."""
-
-    EOSINOPHIL = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    LYMPHOCYTE = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    MONOCYTE = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    NEUTROPHIL = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+ProbabilitiesSerializer = type(
+    "ProbabilitiesSerializer",
+    (serializers.Serializer,),
+    {
+        "__doc__": (
+            "Softmax probability per class of the model that read the cell (the classes of its card: "
+            "four for the first model, up to eight; empty while pending)."
+        ),
+        **{
+            code: serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+            for code in classes.MODEL_CODES
+        },
+    },
+)
 
 
 class ClassificationSerializer(serializers.ModelSerializer):
@@ -142,30 +150,62 @@ class ClassificationPendingSerializer(serializers.Serializer):
     url = serializers.URLField(help_text="Where to fetch the result once classified.")
 
 
-class ClassRowSerializer(serializers.Serializer):
+class NotCountedRowSerializer(serializers.Serializer):
     label = serializers.ChoiceField(choices=CellClass.choices)
     name = serializers.CharField()
     count = serializers.IntegerField(min_value=0)
+
+
+class ClassRowSerializer(NotCountedRowSerializer):
     percent = serializers.FloatField(
-        allow_null=True, help_text="Percent of counted cells; null when no cell is counted yet."
+        allow_null=True,
+        help_text="Percent of the white cells counted (the rows add up to 100.0); null when none is counted yet.",
     )
-    reference_low = serializers.FloatField(help_text="Adult reference range, % of leukocytes.")
-    reference_high = serializers.FloatField()
+    reference_low = serializers.FloatField(
+        allow_null=True, help_text="Adult reference range, % of white cells; null where none is agreed."
+    )
+    reference_high = serializers.FloatField(allow_null=True)
     flag = serializers.ChoiceField(
         choices=[("H", "High"), ("L", "Low")], allow_null=True,
         help_text="H above, L below the reference range, null within it (or no count).",
     )
 
 
+class Per100RowSerializer(NotCountedRowSerializer):
+    per_100_white_cells = serializers.FloatField(
+        allow_null=True, help_text="Cells per 100 white cells counted; null when none is counted yet."
+    )
+    reference_low = serializers.FloatField(allow_null=True, help_text="Adult reference range, per 100 white cells.")
+    reference_high = serializers.FloatField(allow_null=True)
+    flag = serializers.ChoiceField(choices=[("H", "High"), ("L", "Low")], allow_null=True)
+
+
 class DifferentialSerializer(serializers.Serializer):
-    """The white-cell differential: reviewed labels count; unreviewed unidentified cells are apart."""
+    """The white-cell differential: reviewed labels count; unreviewed unidentified cells are apart.
+
+    ``classes``: the white-cell classes (in the total, percentages add up to 100);
+    ``per_100_white_cells``: nucleated red cells per 100 white cells (not in the total);
+    ``not_counted``: platelets, smudge cells and artefacts seen (never counted).
+    """
 
     total_cells = serializers.IntegerField(min_value=0)
-    counted_cells = serializers.IntegerField(min_value=0)
+    counted_cells = serializers.IntegerField(min_value=0, help_text="White cells in the total.")
     unidentified = serializers.IntegerField(min_value=0, help_text="Unidentified cells awaiting review.")
     pending = serializers.IntegerField(min_value=0, help_text="Cells the model has not classified yet.")
     unreviewed = serializers.IntegerField(min_value=0)
     classes = ClassRowSerializer(many=True)
+    per_100_white_cells = Per100RowSerializer(many=True)
+    not_counted = NotCountedRowSerializer(many=True)
+
+
+class SignedDifferentialSerializer(DifferentialSerializer):
+    """The differential a sign-off answers with: what was signed, by whom, when."""
+
+    accession = serializers.CharField()
+    signed = serializers.BooleanField()
+    signed_by = serializers.CharField(allow_null=True)
+    signed_at = serializers.DateTimeField(allow_null=True)
+    ready_to_sign = serializers.BooleanField()
 
 
 class SpecimenListSerializer(serializers.ModelSerializer):
@@ -211,12 +251,12 @@ class SpecimenSerializer(SpecimenListSerializer):
     @extend_schema_field(serializers.ChoiceField(choices=["in_review", "ready_to_sign", "signed"]))
     def get_review_state(self, obj) -> str:
         differential = self._differential()
-        if differential["signed"]:
+        if differential.signed:
             return "signed"
-        return "ready_to_sign" if differential["ready_to_sign"] else "in_review"
+        return "ready_to_sign" if differential.ready_to_sign else "in_review"
 
     def get_ready_to_sign(self, obj) -> bool:
-        return self._differential()["ready_to_sign"]
+        return self._differential().ready_to_sign
 
     @extend_schema_field(DifferentialSerializer)
     def get_differential(self, obj):

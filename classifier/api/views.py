@@ -28,6 +28,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from classifier import inference, selectors, services
+from classifier.cells import classes
 from classifier.filters import ClassificationFilter
 from classifier.interop import fhir, hl7
 from classifier.models import Classification, Specimen, Status
@@ -154,13 +155,21 @@ class LockedOut(APIException):
     default_code = "locked_out"
 
 
+# The examples show the shipped (first) model's card: its classes, from the table, in its output order.
+_SHIPPED_CLASSES = classes.FIRST_MODEL_CODES
+
+
+def _per_class(*values) -> dict:
+    return dict(zip(_SHIPPED_CLASSES, values, strict=True))
+
+
 CLASSIFICATION_EXAMPLE = {
     "id": 42,
     "label": "NEUTROPHIL",
     "predicted_label": "NEUTROPHIL",
     "final_label": None,
     "confidence": 0.93,
-    "probabilities": {"EOSINOPHIL": 0.03, "LYMPHOCYTE": 0.02, "MONOCYTE": 0.02, "NEUTROPHIL": 0.93},
+    "probabilities": _per_class(0.03, 0.02, 0.02, 0.93),
     "status": "classified",
     "review_state": "unreviewed",
     "flag_reason": "",
@@ -448,9 +457,12 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         summary="FHIR R4 result bundle",
         description="A FHIR R4 `collection` Bundle: a DiagnosticReport (LOINC 57023-4; `preliminary` "
         "until a reviewer signs the specimen, then `final`), the Specimen (accession number) and one "
-        "Observation per class with its LOINC code (770-8 neutrophils, 736-9 lymphocytes, 5905-5 "
-        "monocytes, 713-8 eosinophils per 100 leukocytes), value in UCUM `%`, reference range and "
-        "H/L/N interpretation. Served as `application/fhir+json`.",
+        "Observation per reported white-cell class with its LOINC code ("
+        + ", ".join(f"{c.loinc.code} {c.name.lower()}s" for c in classes.TABLE if c.loinc and c.model)
+        + " per 100 leukocytes; reviewer-only classes such as bands and blasts with their codes), value "
+        "in UCUM `%` (the white-cell values add up to 100), nucleated red cells per 100 white cells "
+        "(`/100{WBCs}`), reference range and H/L/N interpretation; platelets, smudge cells and "
+        "artefacts are listed in the conclusion, not counted. Served as `application/fhir+json`.",
         responses={
             (200, fhir.FHIR_MEDIA_TYPE): FHIR_BUNDLE,
             (200, "application/json"): FHIR_BUNDLE,
@@ -478,7 +490,7 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
 MODEL_EXAMPLE = {
     "name": "hematovision_wbc",
     "version": "c4b786827a603412",
-    "classes": ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"],
+    "classes": list(_SHIPPED_CLASSES),
     "backbone": "efficientnet_lite0",
     "input_size": 192,
     "tta_views": 4,
@@ -486,20 +498,15 @@ MODEL_EXAMPLE = {
     "calibration": {
         "method": "softmax(log p / temperature + class_bias)",
         "temperature": 0.886,
-        "class_bias": {"EOSINOPHIL": 0.103, "LYMPHOCYTE": -0.362, "MONOCYTE": 1.133, "NEUTROPHIL": -0.873},
-        "training_class_fractions": {
-            "EOSINOPHIL": 0.251,
-            "LYMPHOCYTE": 0.249,
-            "MONOCYTE": 0.249,
-            "NEUTROPHIL": 0.251,
-        },
+        "class_bias": _per_class(0.103, -0.362, 1.133, -0.873),
+        "training_class_fractions": _per_class(0.251, 0.249, 0.249, 0.251),
     },
     "thresholds": {"ood_distance": 4.94, "min_confidence": 0.477},
     "validation": {
         "n_images": 9957,
         "accuracy": 0.905,
         "macro_f1": 0.905,
-        "recall": {"EOSINOPHIL": 0.887, "LYMPHOCYTE": 0.959, "MONOCYTE": 0.856, "NEUTROPHIL": 0.92},
+        "recall": _per_class(0.887, 0.959, 0.856, 0.92),
         "estimate": "calibrated_nested",
         "flagged_rate": 0.03,
     },
@@ -507,7 +514,7 @@ MODEL_EXAMPLE = {
         "n_images": 2487,
         "accuracy": 0.891,
         "macro_f1": 0.893,
-        "recall": {"EOSINOPHIL": 0.873, "LYMPHOCYTE": 1.0, "MONOCYTE": 0.75, "NEUTROPHIL": 0.939},
+        "recall": _per_class(0.873, 1.0, 0.75, 0.939),
         "unidentified_rate": 0.025,
     },
 }

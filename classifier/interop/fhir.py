@@ -18,10 +18,16 @@ Deliberate choices:
 * No Patient: HematoVision holds no demographics. The Specimen resource carries
   the accession number (``accessionIdentifier``) that the LIS uses to match
   the result to its order and patient; ``subject`` is optional in R4.
-* LOINC: the panel is 57023-4 "Auto Differential panel - Blood" and each class
-  has its "/100 leukocytes in Blood by Automated count" code, because the
-  counts come from machine pre-classification of digital cell images (a human
-  verifies and signs; the status tells the LIS whether that happened).
+* LOINC: the panel is 57023-4 "Auto Differential panel - Blood"; each class's
+  code and long name come from the cell-class table (``classifier.cells.classes``,
+  where every code is cited): the model's classes have their "/100 leukocytes in
+  Blood by Automated count" code, because the counts come from machine
+  pre-classification of digital cell images (a human verifies and signs; the
+  status tells the LIS whether that happened); reviewer-only classes (bands,
+  blasts, ...) their method-less code. One Observation per white-cell class of the
+  differential (values add up to 100 %), one for nucleated red cells per 100
+  white cells (UCUM ``/100{WBCs}``) when reported. Platelets, smudge cells and
+  artefacts are not results: the conclusion lists them.
 * ``status`` is ``preliminary`` until a reviewer signs the specimen, then
   ``final``.
 * The DiagnosticReport's ``performer`` is the lab's name
@@ -34,6 +40,7 @@ import uuid
 from django.utils import timezone
 from fhir.resources.R4B.bundle import Bundle
 
+from ..cells.differential import Differential, Row
 from . import lab_name
 
 LOINC = "http://loinc.org"
@@ -46,14 +53,9 @@ DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 ACCESSION_SYSTEM = "urn:hematovision:accession"
 FHIR_MEDIA_TYPE = "application/fhir+json"
 
+# LOINC 57023-4 "Auto Differential panel - Blood".
 PANEL = ("57023-4", "Auto Differential panel - Blood")
-# LOINC per class: "<cell>/100 leukocytes in Blood by Automated count", unit %.
-CLASS_LOINC = {
-    "NEUTROPHIL": ("770-8", "Neutrophils/100 leukocytes in Blood by Automated count"),
-    "LYMPHOCYTE": ("736-9", "Lymphocytes/100 leukocytes in Blood by Automated count"),
-    "MONOCYTE": ("5905-5", "Monocytes/100 leukocytes in Blood by Automated count"),
-    "EOSINOPHIL": ("713-8", "Eosinophils/100 leukocytes in Blood by Automated count"),
-}
+PER_100_WHITE_UNIT = ("/100{WBCs}", "per 100 white cells")  # UCUM code, words
 FLAG_DISPLAY = {"H": "High", "L": "Low", "N": "Normal"}
 
 _NAMESPACE = uuid.UUID("5b0f3c1e-7d0a-4d51-9a8e-2f6f3f1b9e21")
@@ -67,59 +69,85 @@ def _percent(value: float) -> dict:
     return {"value": value, "unit": "%", "system": UCUM, "code": "%"}
 
 
+def _per_100_white(value: float) -> dict:
+    return {"value": value, "unit": PER_100_WHITE_UNIT[0], "system": UCUM, "code": PER_100_WHITE_UNIT[0]}
+
+
 def _instant(value) -> str:
     return timezone.localtime(value).isoformat(timespec="seconds")
 
 
-def report_status(differential: dict) -> str:
-    return "final" if differential["signed"] else "preliminary"
+def report_status(differential: Differential) -> str:
+    return "final" if differential.signed else "preliminary"
 
 
-def _conclusion(differential: dict) -> str:
-    parts = [f"{differential['counted_cells']} of {differential['total_cells']} cells counted"]
-    if differential["unidentified"]:
-        parts.append(f"{differential['unidentified']} unidentified awaiting review")
-    if differential["pending"]:
-        parts.append(f"{differential['pending']} pending analysis")
-    if differential["signed"]:
-        parts.append(f"verified and signed by {differential['signed_by']}")
+def _plural(count: int, name: str) -> str:
+    return f"{count} {name.lower()}{'' if count == 1 else 's'}"
+
+
+def _conclusion(differential: Differential) -> str:
+    parts = [f"{differential.counted_cells} of {differential.total_cells} cells counted"]
+    if differential.not_counted:
+        parts.append(
+            "not counted: " + ", ".join(_plural(row.count, row.name) for row in differential.not_counted)
+        )
+    if differential.unidentified:
+        parts.append(f"{differential.unidentified} unidentified awaiting review")
+    if differential.pending:
+        parts.append(f"{differential.pending} pending analysis")
+    if differential.signed:
+        parts.append(f"verified and signed by {differential.signed_by}")
     else:
         parts.append("machine pre-classification, not yet verified by a reviewer")
     return "; ".join(parts) + "."
 
 
-def _observation(row: dict, *, accession, status, effective, issued, specimen_ref, counted) -> dict:
-    code, display = CLASS_LOINC[row["label"]]
+def _text(row: Row, per_100: bool) -> str:
+    return row.name + (" per 100 white cells" if per_100 else " %")
+
+
+def _observation(row: Row, *, per_100: bool, accession, status, effective, issued, specimen_ref, counted) -> dict:
+    quantity = _per_100_white if per_100 else _percent
     observation = {
         "resourceType": "Observation",
-        "id": _urn(accession, "observation", row["label"]).removeprefix("urn:uuid:"),
+        "id": _urn(accession, "observation", row.label).removeprefix("urn:uuid:"),
         "status": status,
         "category": [
             {"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}
         ],
-        "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": row["name"] + " %"},
+        "code": {"text": _text(row, per_100)},
         "effectiveDateTime": effective,
         "issued": issued,
         "specimen": specimen_ref,
-        "referenceRange": [{"low": _percent(row["reference_low"]), "high": _percent(row["reference_high"])}],
     }
-    if row["percent"] is None:
+    if row.loinc:  # every reported class has one today; a future class without one is sent as text
+        observation["code"]["coding"] = [{"system": LOINC, "code": row.loinc.code, "display": row.loinc.name}]
+    if row.reference_low is not None:
+        observation["referenceRange"] = [
+            {"low": quantity(row.reference_low), "high": quantity(row.reference_high)}
+        ]
+    if row.value is None:
         observation["dataAbsentReason"] = {
             "coding": [{"system": DATA_ABSENT, "code": "temp-unknown", "display": "Temporarily Unknown"}],
-            "text": "No cell of this specimen has been counted yet.",
+            "text": "No white cell of this specimen has been counted yet.",
         }
     else:
-        observation["valueQuantity"] = _percent(row["percent"])
-        flag = row["flag"] or "N"
-        observation["interpretation"] = [
-            {"coding": [{"system": INTERPRETATION, "code": flag, "display": FLAG_DISPLAY[flag]}]}
+        observation["valueQuantity"] = quantity(row.value)
+        if row.reference_low is not None:
+            flag = row.flag or "N"
+            observation["interpretation"] = [
+                {"coding": [{"system": INTERPRETATION, "code": flag, "display": FLAG_DISPLAY[flag]}]}
+            ]
+        observation["note"] = [
+            {"text": f"{row.count} per {counted} white cells counted." if per_100
+             else f"{row.count} of {counted} counted cells."}
         ]
-        observation["note"] = [{"text": f"{row['count']} of {counted} counted cells."}]
     return observation
 
 
-def specimen_bundle(specimen, differential: dict, *, now=None) -> dict:
-    """A validated FHIR R4 ``collection`` Bundle: DiagnosticReport, Specimen, one Observation per class."""
+def specimen_bundle(specimen, differential: Differential, *, now=None) -> dict:
+    """A validated FHIR R4 ``collection`` Bundle: DiagnosticReport, Specimen, one Observation per
+    reported class."""
     now = now or timezone.now()
     accession = specimen.accession
     status = report_status(differential)
@@ -129,17 +157,19 @@ def specimen_bundle(specimen, differential: dict, *, now=None) -> dict:
     report_url = _urn(accession, "report")
     specimen_ref = {"reference": specimen_url, "display": f"Specimen {accession}"}
 
+    per_100 = {row.label for row in differential.per_100_white_cells}
     observations = [
         _observation(
             row,
+            per_100=row.label in per_100,
             accession=accession,
             status=status,
             effective=effective,
             issued=issued,
             specimen_ref=specimen_ref,
-            counted=differential["counted_cells"],
+            counted=differential.counted_cells,
         )
-        for row in differential["classes"]
+        for row in differential.reported
     ]
     specimen_resource = {
         "resourceType": "Specimen",
@@ -164,13 +194,13 @@ def specimen_bundle(specimen, differential: dict, *, now=None) -> dict:
         "performer": [{"display": lab_name()}],
         "specimen": [specimen_ref],
         "result": [
-            {"reference": _urn(accession, "observation", obs_row["label"]), "display": obs_row["name"] + " %"}
-            for obs_row in differential["classes"]
+            {"reference": _urn(accession, "observation", row.label), "display": _text(row, row.label in per_100)}
+            for row in differential.reported
         ],
         "conclusion": _conclusion(differential),
     }
-    if differential["signed"]:
-        report["resultsInterpreter"] = [{"display": differential["signed_by"]}]
+    if differential.signed:
+        report["resultsInterpreter"] = [{"display": differential.signed_by}]
 
     entries = [
         {"fullUrl": report_url, "resource": report},

@@ -11,12 +11,14 @@ HL7 table 0203) and PID-5 only the name type ``U`` (unspecified, table 0200):
 no name is invented. The LIS matches the result to its own order and patient
 by the accession in OBR-2/OBR-3 and SPM-2, as it does for analyser results.
 
-Per class one OBX: value type NM, the LOINC "/100 leukocytes in Blood by
-Automated count" code (same as the FHIR Observations), units ``%`` (UCUM),
-reference range ``low-high``, abnormal flag H/L/N, and result status ``P``
-(preliminary) until a reviewer signs the specimen, ``F`` (final) after. A
-class with no counted cell yet is sent without a value and status ``X``
-(results cannot be obtained for this observation... yet).
+Per reported class one OBX (the rows of the FHIR Observations): value type NM,
+the class's LOINC code from the cell-class table, units ``%`` (UCUM) for the
+white-cell classes and ``/100{WBCs}`` for nucleated red cells, reference range
+``low-high``, abnormal flag H/L/N, and result status ``P`` (preliminary) until
+a reviewer signs the specimen, ``F`` (final) after. A class with no counted
+cell yet is sent without a value and status ``X`` (results cannot be obtained
+for this observation... yet). Platelets, smudge cells and artefacts are not
+results and are not sent.
 
 MSH-4 is the lab's name (``HEMATOVISION_LAB_NAME``), escaped and cut to HD.1's
 20 characters. MSH-18 is always ``UNICODE UTF-8`` (HL7 table 0211): the text is
@@ -34,7 +36,8 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
 from . import APPLICATION, lab_name
-from .fhir import CLASS_LOINC, PANEL
+from ..cells.differential import Differential
+from .fhir import PANEL, PER_100_WHITE_UNIT
 
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
 VERSION = "2.5.1"
@@ -80,11 +83,11 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def oru_r01(specimen, differential: dict, *, now=None, control_id: str | None = None) -> str:
+def oru_r01(specimen, differential: Differential, *, now=None, control_id: str | None = None) -> str:
     """The ER7 text of an ORU^R01 v2.5.1 message (each segment ends with a carriage return)."""
     now = now or timezone.now()
     accession = specimen.accession  # [A-Za-z0-9._-] only: no escaping needed
-    final = differential["signed"]
+    final = differential.signed
     result_status = "F" if final else "P"
     facility = _facility(lab_name())
 
@@ -114,27 +117,32 @@ def oru_r01(specimen, differential: dict, *, now=None, control_id: str | None = 
     order.obr.obr_24 = "HM"
     order.obr.obr_25 = result_status
 
-    counted = differential["counted_cells"]
-    for index, row in enumerate(differential["classes"], start=1):
-        code, display = CLASS_LOINC[row["label"]]
+    counted = differential.counted_cells
+    per_100 = {row.label for row in differential.per_100_white_cells}
+    for index, row in enumerate(differential.reported, start=1):
         observation = order.add_group("ORU_R01_OBSERVATION")
         obx = observation.obx
         obx.obx_1 = str(index)
         obx.obx_2 = "NM"
-        obx.obx_3 = f"{code}^{display}^LN"
-        obx.obx_6 = "%^percent^UCUM"
-        obx.obx_7 = f"{_number(row['reference_low'])}-{_number(row['reference_high'])}"
-        if row["percent"] is None:
+        obx.obx_3 = f"{row.loinc.code}^{row.loinc.name}^LN" if row.loinc else f"^{_escape(row.name)}"
+        obx.obx_6 = f"{PER_100_WHITE_UNIT[0]}^{PER_100_WHITE_UNIT[1]}^UCUM" if row.label in per_100 else "%^percent^UCUM"
+        if row.reference_low is not None:
+            obx.obx_7 = f"{_number(row.reference_low)}-{_number(row.reference_high)}"
+        if row.value is None:
             obx.obx_11 = "X"
         else:
-            obx.obx_5 = _number(row["percent"])
-            obx.obx_8 = row["flag"] or "N"
+            obx.obx_5 = _number(row.value)
+            if row.reference_low is not None:
+                obx.obx_8 = row.flag or "N"
             obx.obx_11 = "F" if final else "P"
         obx.obx_14 = _ts(specimen.created_at)
-        if row["percent"] is not None:
+        if row.value is not None:
             note = observation.add_segment("NTE")
             note.nte_1 = "1"
-            note.nte_3 = f"{row['count']} of {counted} counted cells"
+            note.nte_3 = (
+                f"{row.count} per {counted} white cells counted" if row.label in per_100
+                else f"{row.count} of {counted} counted cells"
+            )
 
     specimen_group = order.add_group("ORU_R01_SPECIMEN")
     specimen_group.spm.spm_1 = "1"

@@ -14,6 +14,7 @@ from PIL import Image
 
 from accounts.roles import REVIEWER, TECHNOLOGIST
 from accounts.tests.factories import UserFactory
+from classifier.cells.classes import FIRST_MODEL_CODES
 from classifier.models import CellClass, Classification, ReviewEvent, ReviewState, Specimen, Status
 
 COLOURS = {
@@ -37,9 +38,11 @@ def image_bytes(colour=(200, 60, 60), size=(64, 48), fmt="JPEG", noise=True) -> 
     return buffer.getvalue()
 
 
-def probabilities_for(label: str, confidence: float = 0.88) -> dict:
-    rest = round((1.0 - confidence) / 3, 4)
-    return {cls.value: (confidence if cls.value == label else rest) for cls in CellClass}
+def probabilities_for(label: str, confidence: float = 0.88, classes=FIRST_MODEL_CODES) -> dict:
+    """A probability per class of the model that read the cell: by default the first, four-class
+    model (``model_version`` fake-0001); ``classes=MODEL_CODES`` for the eight-class one."""
+    rest = round((1.0 - confidence) / (len(classes) - 1), 4)
+    return {name: (confidence if name == label else rest) for name in classes}
 
 
 def _add_roles(user, names) -> None:

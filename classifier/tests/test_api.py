@@ -570,16 +570,18 @@ def test_specimen_detail_has_cells_differential_and_state(tech_api, user, review
         "ready_to_sign": False,
         "differential": {
             "total_cells": 6, "counted_cells": 5, "unidentified": 1, "pending": 0, "unreviewed": 6,
-            "classes": [
+            "classes": [  # the four-class model's classes, in the cell-class table's order
+                {"label": "NEUTROPHIL", "name": "Neutrophil", "count": 3, "percent": 60.0,
+                 "reference_low": 40.0, "reference_high": 75.0, "flag": None},
                 {"label": "EOSINOPHIL", "name": "Eosinophil", "count": 1, "percent": 20.0,
                  "reference_low": 1.0, "reference_high": 6.0, "flag": "H"},
                 {"label": "LYMPHOCYTE", "name": "Lymphocyte", "count": 1, "percent": 20.0,
                  "reference_low": 20.0, "reference_high": 45.0, "flag": None},
                 {"label": "MONOCYTE", "name": "Monocyte", "count": 0, "percent": 0.0,
                  "reference_low": 2.0, "reference_high": 10.0, "flag": "L"},
-                {"label": "NEUTROPHIL", "name": "Neutrophil", "count": 3, "percent": 60.0,
-                 "reference_low": 40.0, "reference_high": 75.0, "flag": None},
             ],
+            "per_100_white_cells": [],
+            "not_counted": [],
         },
     }
 

@@ -136,7 +136,11 @@ def test_report_is_final_once_signed(api_client, user, reviewer, specimen):
     assert report.issued.isoformat().startswith(signed.signed_at.replace(microsecond=0).isoformat()[:19])
     assert {obs.status for obs in resources(bundle, Observation)} == {"final"}
     eosinophils = next(o for o in resources(bundle, Observation) if o.code.coding[0].code == "713-8")
-    assert float(eosinophils.valueQuantity.value) == 44.4  # the reviewed unidentified cell now counts: 4 of 9
+    # The reviewed unidentified cell now counts: 4 of 9 (44.44 %); largest-remainder rounding gives the
+    # tenth the four rows' roundings leave over to it (44.5 + 22.2 + 22.2 + 11.1 = 100.0).
+    assert float(eosinophils.valueQuantity.value) == 44.5
+    values = [float(o.valueQuantity.value) for o in resources(bundle, Observation)]
+    assert round(sum(values), 1) == 100.0
 
 
 def test_specimen_without_counted_cells_reports_absent_values(api_client, user):

@@ -87,6 +87,16 @@ def test_oru_r01_parses_in_strict_mode(api_client, user, specimen):
 def test_one_obx_per_class_numeric_percent_with_range_flag_and_status(api_client, user, specimen):
     api_client.force_authenticate(user)
     assert obx_rows(parse(fetch(api_client))) == [
+        # the cell-class table's order: neutrophils first
+        (
+            "NM",
+            "770-8^Neutrophils/100 leukocytes in Blood by Automated count^LN",
+            "50",
+            "%^percent^UCUM",
+            "40-75",
+            "N",
+            "P",
+        ),
         (
             "NM",
             "713-8^Eosinophils/100 leukocytes in Blood by Automated count^LN",
@@ -112,15 +122,6 @@ def test_one_obx_per_class_numeric_percent_with_range_flag_and_status(api_client
             "%^percent^UCUM",
             "2-10",
             "H",
-            "P",
-        ),
-        (
-            "NM",
-            "770-8^Neutrophils/100 leukocytes in Blood by Automated count^LN",
-            "50",
-            "%^percent^UCUM",
-            "40-75",
-            "N",
             "P",
         ),
     ]

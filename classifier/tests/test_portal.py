@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from classifier import services
-from classifier.models import Classification, ReviewEvent, ReviewState, Specimen, Status
+from classifier.models import CellClass, Classification, ReviewEvent, ReviewState, Specimen, Status
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory, image_bytes, png_declaring
 
 pytestmark = pytest.mark.django_db
@@ -389,7 +389,7 @@ def test_a_second_reviewer_on_an_old_page_cannot_overwrite_or_sign_unseen(client
     client.force_login(other)
     html = client.get(page).content.decode()
     seen = cell.review_version
-    assert html.count(f'<input type="hidden" name="seen" value="{seen}">') == 4  # one per class
+    assert html.count(f'<input type="hidden" name="seen" value="{seen}">') == len(CellClass)  # one per class
     services.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")  # A
     response = client.post(
         reverse("classification-review", args=[cell.pk]), {"label": "NEUTROPHIL", "seen": seen}, follow=True
@@ -434,7 +434,7 @@ def test_signing_unreviewed_cell_shows_message(reviewer_client, user):
 def test_bad_label_and_offsite_next_are_ignored(reviewer_client, user):
     cell = ClassificationFactory(owner=user)
     response = reviewer_client.post(reverse("classification-review", args=[cell.pk]),
-                                    {"label": "BASOPHIL", "next": "https://evil.example/"})
+                                    {"label": "MEGAKARYOCYTE", "next": "https://evil.example/"})
     assert response["Location"] == reverse("classification-detail", args=[cell.pk])
     cell.refresh_from_db()
     assert cell.review_state == "unreviewed"
@@ -465,10 +465,12 @@ def test_dashboard_counts_latest_queue_and_chart_data(reviewer_client, user):
     assert '<div class="display-6" id="stat-total">2</div>' in html
     assert 'id="stat-queue"><a href="/review/" class="text-decoration-none">2</a>' in html
     assert 'id="stat-unidentified">1</div>' in html
-    assert (  # the unidentified cell has no class: the chart counts classified cells only
+    assert (  # the unidentified cell has no class: the chart counts classified cells only, in the
+        # table's colours, and shows the classes that have results
         '<script id="class-chart-data" type="application/json">{"labels": '
-        '["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"], "counts": [1, 0, 0, 0]}</script>'
+        '["Eosinophil"], "counts": [1], "colours": ["#c0392b"]}</script>'
     ) in html
+    assert '<tbody><tr><td>Eosinophil</td><td class="text-end">1</td></tr></tbody>' in html
     assert "vendor/chartjs/chart.umd.min.js" in html and "js/dashboard.js" in html
     assert html.count("cell-thumb") == 2
 

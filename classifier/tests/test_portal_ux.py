@@ -233,8 +233,13 @@ def test_contrast_helper_matches_wcag_reference_values():
     assert _contrast("#777777", "#ffffff") == pytest.approx(4.48, abs=0.01)
 
 
-def test_class_badges_reach_wcag_aa_contrast_and_stay_distinct():
-    rules = _css_rules((ROOT / "static" / "css" / "hematovision.css").read_text())
+def test_class_badges_reach_wcag_aa_contrast_and_stay_distinct(tech_client):
+    """Every class of the table has a badge colour on every page, legible (AA) and its own."""
+    from classifier.templatetags.cell_classes import class_styles_css
+
+    css = (ROOT / "static" / "css" / "hematovision.css").read_text()
+    assert ".cell-eosinophil" not in css  # the colours live in the cell-class table only
+    rules = _css_rules(css + class_styles_css())
     default_text = rules[".cell-badge"]["color"]
     backgrounds = {}
     for cls in CellClass:
@@ -246,6 +251,8 @@ def test_class_badges_reach_wcag_aa_contrast_and_stay_distinct():
         assert ratio >= 4.5, f"{name}: {text} on {background} is {ratio:.2f}:1"
         backgrounds[name] = background.lower()
     assert len(set(backgrounds.values())) == len(CellClass)
+    html = tech_client.get(reverse("dashboard")).content.decode()
+    assert f"<style>\n{class_styles_css()}\n</style>" in html
 
 
 # ---------------------------------------------------------------- 5. the result page has an <h1>

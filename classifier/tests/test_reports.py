@@ -85,14 +85,16 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     predicted = Counter(c.predicted_label for c in cells if c.status == Status.CLASSIFIED)
     differential = selectors.specimen_differential(specimen=specimen)
     counted = sum(predicted.values())
-    assert differential["counted_cells"] == counted
-    assert differential["unidentified"] == sum(1 for c in cells if c.status == Status.UNIDENTIFIED)
-    assert {row["label"]: row["count"] for row in differential["classes"]} == {
+    assert differential.counted_cells == counted
+    assert differential.unidentified == sum(1 for c in cells if c.status == Status.UNIDENTIFIED)
+    assert {row.label: row.count for row in differential.classes} == {
         cls: predicted.get(cls, 0) for cls in CLASSES
     }
-    for row in differential["classes"]:
-        assert row["percent"] == round(100.0 * predicted.get(row["label"], 0) / counted, 1)
-    assert differential["unreviewed"] == 12 and differential["ready_to_sign"] is False
+    for row in differential.classes:  # largest-remainder rounding: within a tenth, and 100.0 in all
+        assert abs(row.percent - 100.0 * predicted.get(row.label, 0) / counted) <= 0.1
+    assert sum(round(row.percent * 10) for row in differential.classes) == 1000
+    assert differential.per_100_white_cells == () and differential.not_counted == ()  # a four-class model's
+    assert differential.unreviewed == 12 and differential.ready_to_sign is False
 
     with pytest.raises(ValidationError) as info:
         services.specimen_sign(specimen=specimen, reviewer=reviewer)
@@ -117,9 +119,12 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
         )
     specimen = services.specimen_sign(specimen=specimen, reviewer=reviewer)
     differential = selectors.specimen_differential(specimen=specimen)
-    assert {row["label"]: row["count"] for row in differential["classes"]} == {cls: 3 for cls in CLASSES}
-    assert [row["flag"] for row in differential["classes"]] == ["H", None, "H", "L"]
-    assert differential["signed"] is True and differential["signed_by"] == "reviewer"
+    assert {row.label: row.count for row in differential.classes} == {cls: 3 for cls in CLASSES}
+    # Table order (neutrophils first): 25 % each.
+    assert [(row.label, row.percent, row.flag) for row in differential.classes] == [
+        ("NEUTROPHIL", 25.0, "L"), ("EOSINOPHIL", 25.0, "H"), ("LYMPHOCYTE", 25.0, None), ("MONOCYTE", 25.0, "H"),
+    ]
+    assert differential.signed is True and differential.signed_by == "reviewer"
 
     signed_pdf = reports.specimen_report_pdf(specimen=specimen)
     signed_dir = tmp_path / "signed"
@@ -192,7 +197,7 @@ def test_real_model_differential_matches_its_predictions(user, settings, tmp_pat
     cells = list(specimen.cells.all())
     classified = Counter(c.predicted_label for c in cells if c.status == Status.CLASSIFIED)
     differential = selectors.specimen_differential(specimen=specimen)
-    assert {row["label"]: row["count"] for row in differential["classes"]} == {
+    assert {row.label: row.count for row in differential.classes} == {
         cls: classified.get(cls, 0) for cls in CLASSES
     }
     truth = {name: cls for cls, name, _ in images}

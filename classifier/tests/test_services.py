@@ -175,7 +175,7 @@ def test_review_confirm_reclassify_sign_and_audit(user, reviewer):
 def test_unknown_label_rejected(user, reviewer):
     c = services.classification_create(user=user, data=png())
     with pytest.raises(ValidationError, match="Unknown cell class"):
-        services.classification_review(classification=c, reviewer=reviewer, label="BASOPHIL")
+        services.classification_review(classification=c, reviewer=reviewer, label="MEGAKARYOCYTE")
     assert ReviewEvent.objects.count() == 0
 
 

@@ -162,8 +162,10 @@ def test_specimen_list_detail_and_sign(reviewer_client, user, reviewer):
 
     detail = reviewer_client.get(reverse("specimen-detail", args=["S-1"]))
     html = detail.content.decode()
-    assert detail.context["differential"]["counted_cells"] == 3
-    assert [r["count"] for r in detail.context["differential"]["classes"]] == [1, 1, 1, 0]
+    assert detail.context["differential"].counted_cells == 3
+    assert [(r.label, r.count) for r in detail.context["differential"].classes] == [
+        ("NEUTROPHIL", 0), ("EOSINOPHIL", 1), ("LYMPHOCYTE", 1), ("MONOCYTE", 1),
+    ]
     assert 'id="sign-button"' in html and "disabled" in html.split('id="sign-button"')[1].split(">")[0]
     cell = specimen.cells.first()
     image = reviewer_client.get(reverse("specimen-cell-image", args=["S-1", cell.pk]))

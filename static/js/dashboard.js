@@ -12,7 +12,7 @@
       datasets: [{
         label: "Results",
         data: data.counts,
-        backgroundColor: ["#c0392b", "#2f62d0", "#6f4bb5", "#e0a030"],
+        backgroundColor: data.colours,  // the cell-class table's colours
       }],
     },
     options: {

@@ -1,5 +1,6 @@
-// Review keyboard shortcuts: arrows or j/k pick a cell, 1-4 set its class, Enter confirms
-// the model's class, S signs, O opens. Every key just clicks a normal form button.
+// Review keyboard shortcuts: arrows or j/k pick a cell, a class's key (data-key, from the cell-class
+// table: 1-8, 9, 0 and a few letters) sets its class, Enter confirms the model's class, S signs,
+// O opens. Every key just clicks a normal form button.
 // The keys act on the selected card (aria-current="true"); clicking a card or moving the
 // focus into it (Tab) selects it, so a key never acts on a cell other than the one in focus.
 (function () {
@@ -61,10 +62,10 @@
     let handled = false;
     if (key === "ArrowDown" || key === "j") { move(1); handled = true; }
     else if (key === "ArrowUp" || key === "k") { move(-1); handled = true; }
-    else if (/^[1-4]$/.test(key)) handled = press('[data-key="' + key + '"]');
     else if (key === "Enter" && !(target && ["BUTTON", "A"].includes(target.tagName))) handled = press("[data-confirm]");
     else if (key === "s" || key === "S") handled = press("[data-sign]");
     else if (key === "o" || key === "O") handled = press("[data-open]");
+    else if (/^[0-9a-z]$/i.test(key)) handled = press('[data-key="' + key.toLowerCase() + '"]');
     if (handled) event.preventDefault();
   });
 })();

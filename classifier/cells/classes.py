@@ -1,0 +1,235 @@
+"""The cell-class table: the one place the web app lists cell classes.
+
+Every page, form, filter, serializer, FHIR/HL7 builder, report and colour reads this table; nothing
+else spells out a class. Two kinds of class:
+
+* the model's eight (``model=True``), named exactly as ``ml.taxonomy.CLASSES`` (a test checks it).
+  Which of them a given result could have had comes from its predictor's card at run time: the keys
+  of ``Classification.probabilities``. Results of the first, four-class model keep their model
+  version and render as they always did.
+* reviewer-only classes a lab records on a smear but the model does not predict (band, blast,
+  variant lymphocyte, plasma cell, smudge cell, artefact). Reviewers can give every class.
+
+How a class counts in the differential (``counting``):
+
+* ``WHITE``: a white cell, in the white-cell total whose percentages add up to 100.
+* ``PER_100_WHITE``: nucleated red cells, reported per 100 white cells, outside the total.
+* ``NOT_COUNTED``: platelets, smudge cells and artefacts, listed apart and never counted.
+
+LOINC: each code below was checked against published LOINC tables (FHIR implementation guides'
+value sets and examples, LIS mapping tables) and is cited with its LOINC long name. The model's
+classes carry the "by Automated count" code (the count is a machine pre-classification that a human
+verifies), the same family as panel 57023-4 "Auto Differential panel - Blood". Reviewer-only classes
+are identified by a person, not by an analyser, so they carry the method-less code of the
+"Differential panel, method unspecified - Blood" (69738-3) family. Newer LOINC releases print
+"/100 leukocytes" as "/Leukocytes"; the codes are the same. Where no code fits, the field is None.
+
+Reference ranges: typical adult values from textbook tables (% of leukocytes; nucleated red cells
+per 100 leukocytes). A lab validates its own; the table is where it would change them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Counting(enum.Enum):
+    WHITE = "white"
+    PER_100_WHITE = "per_100_white"
+    NOT_COUNTED = "not_counted"
+
+
+@dataclass(frozen=True)
+class Loinc:
+    code: str
+    name: str  # the LOINC long common name
+
+
+@dataclass(frozen=True)
+class CellType:
+    code: str  # stored in the database and sent over the API
+    name: str  # shown to people
+    colour: str  # badge / box background, #rrggbb
+    key: str  # the review shortcut: one character, never j, k, s or o (the review page's own keys)
+    loinc: Loinc | None  # the differential's code: /100 leukocytes
+    loinc_absolute: Loinc | None  # the absolute count [#/volume], where LOINC has one (needs a WBC count)
+    reference: tuple[float, float] | None  # adult reference range; None where none is agreed
+    counting: Counting
+    model: bool  # one of the model's eight classes (else reviewer-only)
+    first_model: bool = False  # one of the four classes of the first shipped model (BCCD's)
+
+    @property
+    def counts_in_white_total(self) -> bool:
+        return self.counting is Counting.WHITE
+
+    @property
+    def reviewer_only(self) -> bool:
+        return not self.model
+
+    @property
+    def text_colour(self) -> str:
+        """White or near-black text, whichever is more legible on ``colour`` (WCAG contrast)."""
+        return "#ffffff" if contrast("#ffffff", self.colour) >= contrast(DARK_TEXT, self.colour) else DARK_TEXT
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        value = self.colour.lstrip("#")
+        return (int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16))
+
+
+DARK_TEXT = "#212529"  # Bootstrap's body colour
+
+
+def _luminance(hex_colour: str) -> float:
+    value = hex_colour.lstrip("#")
+    channels = [int(value[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG 2 contrast ratio of two #rrggbb colours (1 to 21)."""
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+# The table, in display order: the model's eight in ml.taxonomy's order (keys 1-8), then the
+# reviewer-only classes.
+TABLE: tuple[CellType, ...] = (
+    CellType(
+        "NEUTROPHIL", "Neutrophil", "#e0a030", "1",
+        # LOINC 770-8 "Neutrophils/100 leukocytes in Blood by Automated count"
+        # (US Core Observation-neutrophils example); 751-8 "Neutrophils [#/volume] in Blood by
+        # Automated count" (CTC adverse-events IG example r201-9).
+        Loinc("770-8", "Neutrophils/100 leukocytes in Blood by Automated count"),
+        Loinc("751-8", "Neutrophils [#/volume] in Blood by Automated count"),
+        (40.0, 75.0), Counting.WHITE, model=True, first_model=True,
+    ),
+    CellType(
+        "EOSINOPHIL", "Eosinophil", "#c0392b", "2",
+        # LOINC 713-8 "Eosinophils/100 leukocytes in Blood by Automated count" (LOINC long-name
+        # tables); 711-2 "Eosinophils [#/volume] in Blood by Automated count" (CTC IG example r201-15).
+        Loinc("713-8", "Eosinophils/100 leukocytes in Blood by Automated count"),
+        Loinc("711-2", "Eosinophils [#/volume] in Blood by Automated count"),
+        (1.0, 6.0), Counting.WHITE, model=True, first_model=True,
+    ),
+    CellType(
+        "BASOPHIL", "Basophil", "#5b2c6f", "3",
+        # LOINC 706-2 "Basophils/100 leukocytes in Blood by Automated count" (CTC IG; LOINC
+        # long-name tables); 704-7 "Basophils [#/volume] in Blood by Automated count" (CTC IG r201-17).
+        Loinc("706-2", "Basophils/100 leukocytes in Blood by Automated count"),
+        Loinc("704-7", "Basophils [#/volume] in Blood by Automated count"),
+        (0.0, 2.0), Counting.WHITE, model=True,
+    ),
+    CellType(
+        "LYMPHOCYTE", "Lymphocyte", "#2f62d0", "4",
+        # LOINC 736-9 "Lymphocytes/100 leukocytes in Blood by Automated count" (LOINC long-name
+        # tables); 731-0 "Lymphocytes [#/volume] in Blood by Automated count" (eCR IG example).
+        Loinc("736-9", "Lymphocytes/100 leukocytes in Blood by Automated count"),
+        Loinc("731-0", "Lymphocytes [#/volume] in Blood by Automated count"),
+        (20.0, 45.0), Counting.WHITE, model=True, first_model=True,
+    ),
+    CellType(
+        "MONOCYTE", "Monocyte", "#6f4bb5", "5",
+        # LOINC 5905-5 "Monocytes/100 leukocytes in Blood by Automated count" (CTC IG; LOINC
+        # long-name tables); 742-7 "Monocytes [#/volume] in Blood by Automated count" (CTC IG r202-13).
+        Loinc("5905-5", "Monocytes/100 leukocytes in Blood by Automated count"),
+        Loinc("742-7", "Monocytes [#/volume] in Blood by Automated count"),
+        (2.0, 10.0), Counting.WHITE, model=True, first_model=True,
+    ),
+    CellType(
+        "IG", "Immature granulocyte", "#0e7c7b", "6",
+        # LOINC 71695-1 "Immature granulocytes/100 leukocytes in Blood by Automated count" and
+        # 53115-2 "Immature granulocytes [#/volume] in Blood by Automated count" (LOINC long-name
+        # tables). 38518-7 is the method-less "/100 leukocytes in Blood", not used.
+        Loinc("71695-1", "Immature granulocytes/100 leukocytes in Blood by Automated count"),
+        Loinc("53115-2", "Immature granulocytes [#/volume] in Blood by Automated count"),
+        (0.0, 0.5), Counting.WHITE, model=True,
+    ),
+    CellType(
+        "ERYTHROBLAST", "Nucleated red cell", "#a8326e", "7",
+        # LOINC 58413-6 "Nucleated erythrocytes/100 leukocytes [Ratio] in Blood by Automated count"
+        # (LOINC long-name tables; UCUM unit /100{WBCs}); 771-6 "Nucleated erythrocytes [#/volume]
+        # in Blood by Automated count". 19048-8 (the older ratio code) is listed as deprecated.
+        Loinc("58413-6", "Nucleated erythrocytes/100 leukocytes [Ratio] in Blood by Automated count"),
+        Loinc("771-6", "Nucleated erythrocytes [#/volume] in Blood by Automated count"),
+        (0.0, 0.0), Counting.PER_100_WHITE, model=True,
+    ),
+    CellType(
+        "PLATELET", "Platelet", "#95a5a6", "8",
+        # No LOINC: LOINC has platelet concentrations (777-3 "Platelets [#/volume] in Blood by
+        # Automated count"), which images of single cells cannot measure, and no per-leukocyte code.
+        None, None, None, Counting.NOT_COUNTED, model=True,
+    ),
+    CellType(
+        "BAND", "Band neutrophil", "#f5c26b", "9",
+        # LOINC 26508-2 "Band form neutrophils/100 leukocytes in Blood" and 26507-4 "Band form
+        # neutrophils [#/volume] in Blood" (the 69738-3 method-unspecified differential value set).
+        # 764-1 is the "... by Manual count" code, for counts at the microscope.
+        Loinc("26508-2", "Band form neutrophils/100 leukocytes in Blood"),
+        Loinc("26507-4", "Band form neutrophils [#/volume] in Blood"),
+        (0.0, 5.0), Counting.WHITE, model=False,
+    ),
+    CellType(
+        "BLAST", "Blast", "#343a40", "0",
+        # LOINC 26446-5 "Blasts/100 leukocytes in Blood" and 30376-8 "Blasts [#/volume] in Blood"
+        # (69738-3 value set). 709-6 is "Blasts/100 leukocytes in Blood by Manual count".
+        Loinc("26446-5", "Blasts/100 leukocytes in Blood"),
+        Loinc("30376-8", "Blasts [#/volume] in Blood"),
+        (0.0, 0.0), Counting.WHITE, model=False,
+    ),
+    CellType(
+        "VARIANT_LYMPHOCYTE", "Variant lymphocyte", "#7fb3f5", "v",
+        # LOINC 13046-8 "Variant lymphocytes/100 leukocytes in Blood" and 26477-0 "Variant
+        # lymphocytes [#/volume] in Blood" (69738-3 value set). 42250-1 is the analysers'
+        # "... by Automated count" code. No reference range: adult values are not agreed.
+        Loinc("13046-8", "Variant lymphocytes/100 leukocytes in Blood"),
+        Loinc("26477-0", "Variant lymphocytes [#/volume] in Blood"),
+        None, Counting.WHITE, model=False,
+    ),
+    CellType(
+        "PLASMA_CELL", "Plasma cell", "#2e7d32", "p",
+        # LOINC 13047-6 "Plasma cells/100 leukocytes in Blood" and 30458-4 "Plasma cells [#/volume]
+        # in Blood" (69738-3 value set).
+        Loinc("13047-6", "Plasma cells/100 leukocytes in Blood"),
+        Loinc("30458-4", "Plasma cells [#/volume] in Blood"),
+        (0.0, 0.0), Counting.WHITE, model=False,
+    ),
+    CellType(
+        "SMUDGE", "Smudge cell", "#b0a18f", "x",
+        # LOINC 34992-8 "Smudge cells/100 leukocytes in Blood" and 34993-6 "Smudge cells [#/volume]
+        # in Blood" exist (69738-3 value set); smudge cells are listed apart, not sent as results.
+        Loinc("34992-8", "Smudge cells/100 leukocytes in Blood"),
+        Loinc("34993-6", "Smudge cells [#/volume] in Blood"),
+        None, Counting.NOT_COUNTED, model=False,
+    ),
+    CellType(
+        "ARTEFACT", "Artefact / not a white cell", "#d0d4d8", "a",
+        # No LOINC: not a cell finding.
+        None, None, None, Counting.NOT_COUNTED, model=False,
+    ),
+)
+
+BY_CODE: dict[str, CellType] = {cell.code: cell for cell in TABLE}
+CODES: tuple[str, ...] = tuple(BY_CODE)
+MODEL_CODES: tuple[str, ...] = tuple(c.code for c in TABLE if c.model)
+# The first shipped model's classes in its output order (BCCD's folders, alphabetical).
+FIRST_MODEL_CODES: tuple[str, ...] = tuple(sorted(c.code for c in TABLE if c.first_model))
+CHOICES: list[tuple[str, str]] = [(c.code, c.name) for c in TABLE]
+MAX_CODE_LENGTH = 32  # the database columns' width; a test checks every code fits
+
+
+def get(code: str) -> CellType | None:
+    return BY_CODE.get(code)
+
+
+def display_name(code: str) -> str:
+    """A class's name for people; an unknown code (a future model's class) as itself."""
+    cell = BY_CODE.get(code)
+    return cell.name if cell else code
+
+
+def by_key() -> dict[str, str]:
+    """Review key -> class code."""
+    return {c.key: c.code for c in TABLE}

@@ -1,0 +1,166 @@
+"""The differential of one specimen as one record, read by the API, FHIR, HL7, PDF, CSV and pages.
+
+* White cells make the total: their percentages add up to exactly 100.0 as shown (largest-remainder
+  rounding to one decimal), so a report never shows 99.9 % or 100.1 %.
+* Nucleated red cells are reported per 100 white cells, outside the total.
+* Platelets, smudge cells and artefacts are listed with their count and never counted.
+* Unidentified cells (awaiting a reviewer's class) and pending cells are counted apart.
+
+Which rows are reported: every class the specimen's models could have called (the keys of each
+cell's ``probabilities``, i.e. the predictor card's classes at the time), and every class some cell
+was given. A specimen read by the four-class model reports those four (no "basophils 0 %" that the
+model could never have seen); one read by the eight-class model its white-cell classes and nucleated
+red cells. With no model result yet, the table's model classes are listed without values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from . import classes
+from .classes import Counting
+
+ONE_DECIMAL = 10  # percentages are shown to one decimal: 1000 tenths make 100 %
+
+
+@dataclass(frozen=True)
+class Row:
+    """One class of the differential."""
+
+    label: str
+    name: str
+    count: int
+    # WHITE rows: % of the white cells counted. PER_100_WHITE rows: cells per 100 white cells.
+    # NOT_COUNTED rows: None. None too while no white cell is counted.
+    value: float | None
+    reference_low: float | None
+    reference_high: float | None
+    flag: str | None  # "H" above, "L" below the reference range
+
+    @property
+    def cell_type(self) -> classes.CellType | None:
+        return classes.get(self.label)
+
+    @property
+    def loinc(self) -> classes.Loinc | None:
+        cell = self.cell_type
+        return cell.loinc if cell else None
+
+    @property
+    def percent(self) -> float | None:
+        """The value of a white-cell row (% of white cells); the API's name for it."""
+        return self.value
+
+    @property
+    def per_100_white_cells(self) -> float | None:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Differential:
+    accession: str
+    total_cells: int  # every cell image of the specimen
+    counted_cells: int  # white cells in the total (the denominator of every percentage)
+    unidentified: int  # unidentified cells awaiting a reviewer's class
+    pending: int  # cells the model has not read yet
+    unreviewed: int
+    classes: tuple[Row, ...]  # white-cell classes; values add up to 100.0 once a cell is counted
+    per_100_white_cells: tuple[Row, ...]  # nucleated red cells
+    not_counted: tuple[Row, ...]  # platelets, smudge cells, artefacts (count > 0 only)
+    signed: bool = False
+    signed_by: str | None = None
+    signed_at: datetime | None = None
+    ready_to_sign: bool = False
+    model_classes: tuple[str, ...] = field(default=())
+
+    @property
+    def reported(self) -> tuple[Row, ...]:
+        """The rows sent to an LIS as results: white-cell classes, then nucleated red cells."""
+        return self.classes + self.per_100_white_cells
+
+
+def largest_remainder(counts: list[int], *, total: int, scale: int = 100, decimals: int = 1) -> list[float]:
+    """Shares of ``total`` as percentages rounded to ``decimals`` that add up to exactly ``scale``.
+
+    Each share is rounded down, then the units left go to the largest remainders (ties: first row).
+    """
+    if total <= 0:
+        raise ValueError("total must be positive")
+    unit = 10**decimals
+    quotas = [count * scale * unit / total for count in counts]
+    floors = [math.floor(q) for q in quotas]
+    left = scale * unit - sum(floors)
+    order = sorted(range(len(counts)), key=lambda i: (-(quotas[i] - floors[i]), i))
+    for i in order[:left]:
+        floors[i] += 1
+    return [f / unit for f in floors]
+
+
+def _flag(value: float | None, reference: tuple[float, float] | None) -> str | None:
+    if value is None or reference is None:
+        return None
+    low, high = reference
+    return "L" if value < low else "H" if value > high else None
+
+
+def _row(cell: classes.CellType | None, label: str, count: int, value: float | None) -> Row:
+    reference = cell.reference if cell else None
+    return Row(
+        label=label,
+        name=cell.name if cell else label,
+        count=count,
+        value=value,
+        reference_low=reference[0] if reference else None,
+        reference_high=reference[1] if reference else None,
+        flag=_flag(value, reference),
+    )
+
+
+def build(*, labels: Iterable[str], model_classes: Iterable[str], **facts) -> Differential:
+    """The differential from the counted cells' labels and the classes their models knew.
+
+    ``facts`` are the record's other fields (accession, total_cells, unidentified, ...).
+    """
+    counts = Counter(labels)
+    known = set(model_classes) or set(classes.MODEL_CODES)
+    shown = [c for c in classes.TABLE if c.code in known or counts.get(c.code)]
+    white = [c for c in shown if c.counting is Counting.WHITE]
+    white_total = sum(counts.get(c.code, 0) for c in white)
+    # A label outside the table (a future model's class): counted as a white cell, shown by its code.
+    unknown = sorted(code for code in counts if code not in classes.BY_CODE)
+    white_total += sum(counts[code] for code in unknown)
+    white_counts = [counts.get(c.code, 0) for c in white] + [counts[code] for code in unknown]
+    percents = (
+        largest_remainder(white_counts, total=white_total) if white_total else [None] * len(white_counts)
+    )
+    types = [*white, *[None] * len(unknown)]
+    labels_ = [*(c.code for c in white), *unknown]
+    white_rows = tuple(
+        _row(cell, label, count, value)
+        for cell, label, count, value in zip(types, labels_, white_counts, percents, strict=True)
+    )
+    per_100 = tuple(
+        _row(
+            c, c.code, counts.get(c.code, 0),
+            round(100.0 * counts.get(c.code, 0) / white_total, 1) if white_total else None,
+        )
+        for c in shown
+        if c.counting is Counting.PER_100_WHITE
+    )
+    apart = tuple(
+        _row(c, c.code, counts[c.code], None)
+        for c in shown
+        if c.counting is Counting.NOT_COUNTED and counts.get(c.code)
+    )
+    return Differential(
+        counted_cells=white_total,
+        classes=white_rows,
+        per_100_white_cells=per_100,
+        not_counted=apart,
+        model_classes=tuple(c for c in classes.CODES if c in known) + tuple(sorted(known - set(classes.CODES))),
+        **facts,
+    )
