@@ -15,6 +15,7 @@ def _isolated_settings(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.HEMATOVISION_PREDICTOR = "fake"
     settings.AXES_ENABLED = False
+    settings.HEMATOVISION_SPOOL_RETRY_SECONDS = 0  # no background retry thread unless a test asks for one
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -36,22 +36,66 @@ def token_regenerate_view(request):
 logger = logging.getLogger(__name__)
 
 
-class ThrottledPasswordResetView(auth_views.PasswordResetView):
-    """Django's reset form, sending at most HEMATOVISION_PASSWORD_RESETS_PER_HOUR mails per client
-    address and per e-mail address: nobody can flood a colleague's mailbox. Over the limit the page
-    answers exactly as after a sent mail (it never tells whether an address exists)."""
+DEVICE_COOKIE = "hv_device"
+DEVICE_SALT = "hematovision.accounts.device"
+DEVICE_MAX_AGE = 400 * 24 * 3600  # browsers keep a cookie at most 400 days
+
+
+def known_user_ids(request) -> list[int]:
+    """Accounts that have signed in from this browser (a signed cookie set at sign-in)."""
+    raw = request.get_signed_cookie(DEVICE_COOKIE, default="", salt=DEVICE_SALT, max_age=DEVICE_MAX_AGE)
+    return [int(part) for part in raw.split(",") if part.isdigit()]
+
+
+class LoginView(auth_views.LoginView):
+    """Django's sign-in, which also marks this browser as one the account's owner uses: a later
+    password reset for that account from here is the owner's own, which others cannot use up."""
 
     def form_valid(self, form):
+        response = super().form_valid(form)
+        ids = [self.request.user.pk, *(i for i in known_user_ids(self.request) if i != self.request.user.pk)]
+        response.set_signed_cookie(
+            DEVICE_COOKIE, ",".join(str(i) for i in ids[:5]), salt=DEVICE_SALT, max_age=DEVICE_MAX_AGE,
+            secure=settings.SESSION_COOKIE_SECURE, httponly=True, samesite="Lax",
+        )
+        return response
+
+
+class ThrottledPasswordResetView(auth_views.PasswordResetView):
+    """Django's reset form with mail limits that nobody can use to silence the account's owner.
+
+    Each client address gets HEMATOVISION_PASSWORD_RESETS_PER_HOUR mails an hour, for all addresses
+    together (no client floods anyone's mailbox), and one address gets at most
+    HEMATOVISION_PASSWORD_RESETS_PER_ADDRESS_PER_HOUR from all clients together. A browser that
+    has signed in to the account before is its owner's: its requests count apart, against their
+    own HEMATOVISION_PASSWORD_RESETS_PER_HOUR, so five requests from someone else (even from the
+    same address) no longer block the owner's reset. Over a limit the page answers exactly as after
+    a sent mail (it never tells whether an address exists).
+    """
+
+    def form_valid(self, form):
+        from django.contrib.auth import get_user_model
+
         from hematovision_site.middleware import client_ip
 
-        limit = settings.HEMATOVISION_PASSWORD_RESETS_PER_HOUR
         email = form.cleaned_data["email"].lower()
-        keys = [f"pwreset:ip:{client_ip(self.request)}", f"pwreset:email:{email}"]
-        counts = []
-        for key in keys:
-            cache.add(key, 0, timeout=3600)
-            counts.append(cache.incr(key))
-        if max(counts) > limit:
-            logger.warning("password reset throttled (%s per hour): %s", limit, keys)
+        owners = set(
+            get_user_model().objects.filter(email__iexact=email, pk__in=known_user_ids(self.request))
+            .values_list("pk", flat=True)
+        )
+        per_client = settings.HEMATOVISION_PASSWORD_RESETS_PER_HOUR
+        if owners:
+            limits = {f"pwreset:owner:{min(owners)}": per_client}
+        else:
+            limits = {
+                f"pwreset:ip:{client_ip(self.request)}": per_client,
+                f"pwreset:email:{email}": settings.HEMATOVISION_PASSWORD_RESETS_PER_ADDRESS_PER_HOUR,
+            }
+        over = [key for key, limit in limits.items() if cache.get(key, 0) >= limit]
+        if over:  # a refused request uses up nothing (else one client's refusals would fill the address's)
+            logger.warning("password reset throttled: %s", over)
             return HttpResponseRedirect(self.get_success_url())
+        for key in limits:
+            cache.add(key, 0, timeout=3600)
+            cache.incr(key)
         return super().form_valid(form)

@@ -22,19 +22,19 @@ from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import services
+from . import limits, services, staging
 from .models import BatchItem, BatchJob, Classification
 from .permissions import can_review, can_submit
-from .validation import ImageRejected, human_size, too_large_message
+from .validation import ImageRejected, human_size, probe_image, too_large_message
 
 logger = logging.getLogger(__name__)
 
+ALREADY_IN_SPECIMEN = "already_in_specimen"  # a done item whose cell this job did not create
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 
@@ -216,9 +216,14 @@ def job_create(
     With ``enqueue=False`` the caller runs it (``job_run``), as ``classify_folder`` does.
 
     ``files`` are UploadedFile objects or ``(name, bytes)`` pairs; ``archive`` a
-    ZIP file object. Files refused up front (not an image, too large, unsafe ZIP
-    path) are recorded as failed items; the same image twice is skipped. A ZIP
-    over the archive limit raises ImageRejected (413) and leaves nothing.
+    ZIP file object. Files refused up front (not an image by name or header, too
+    large to send or to decode, unsafe ZIP path) are recorded as failed items; the
+    same image twice is skipped. An upload with no usable image is refused whole
+    (``no_usable_files``): it opens no specimen and leaves nothing. So is a ZIP
+    over the archive limit (ImageRejected, 413), and a job over the user's limit
+    of unfinished jobs (``too_many_jobs``). Staged files are written in a
+    ``staging.StagingArea``, so a crash before the commit leaves nothing that
+    ``resume_jobs`` or ``cleanup_orphans`` cannot find.
     """
     if not can_submit(user):
         raise PermissionDenied("Only technologists and reviewers may submit images.")
@@ -234,8 +239,11 @@ def job_create(
     if archive is not None:
         check_archive_size(archive)
     staged: list[str] = []
+    area = staging.StagingArea()
     try:
         with transaction.atomic():
+            if enqueue:
+                _check_queued_jobs(user)
             specimen = services.specimen_get_or_create(user=user, accession=accession or "")
             job = BatchJob.objects.create(specimen=specimen, created_by=user, kind=kind)
             uploads = uploaded_files(files)
@@ -251,6 +259,11 @@ def job_create(
                         code="too_many_files",
                     )
                 item = BatchItem(job=job, position=position, filename=upload.name)
+                if upload.data is not None:
+                    try:  # the header only: what is not an image, or too big to decode, is not kept
+                        probe_image(upload.data, filename=upload.name)
+                    except ImageRejected as exc:
+                        upload = Upload(upload.name, None, exc.code, exc.message)
                 if upload.data is None:
                     item.state = BatchItem.State.FAILED
                     item.error_code, item.error_message = upload.error_code, upload.error_message
@@ -265,18 +278,46 @@ def job_create(
                         item.finished_at = timezone.now()
                     else:
                         suffix = PurePosixPath(upload.name.lower()).suffix
-                        item.source.save(f"x{suffix}", ContentFile(upload.data), save=False)
+                        item.source = area.save(suffix, upload.data)
                         staged.append(item.source.name)
                         seen[item.sha256] = item
                 item.save()
             if position == 0:
                 raise ValidationError("The upload holds no files.", code="no_files")
+            if not staged:
+                first = job.items.order_by("position").first()
+                raise ValidationError(
+                    f"No file in the upload is an image that can be classified ({first.filename}: "
+                    f"{first.error_message}); nothing was stored.",
+                    code="no_usable_files",
+                )
+            transaction.on_commit(area.release)
             if enqueue:
                 transaction.on_commit(lambda: _enqueue(job.pk))
     except BaseException:
-        services._delete_files(*staged)
+        area.discard(staged)
         raise
     return job
+
+
+def _check_queued_jobs(user) -> None:
+    """Refuse a job over the user's limit of unfinished ones (HEMATOVISION_MAX_QUEUED_JOBS_PER_USER).
+
+    The user's row is locked first, so two uploads at once cannot both pass the count.
+    """
+    from django.contrib.auth import get_user_model
+
+    limit = settings.HEMATOVISION_MAX_QUEUED_JOBS_PER_USER
+    get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    waiting = BatchJob.objects.filter(
+        created_by=user, state__in=[BatchJob.State.QUEUED, BatchJob.State.RUNNING]
+    ).count()
+    if waiting >= limit:
+        raise ValidationError(
+            f"You have {waiting} batch jobs waiting or running; the limit is {limit}. Send this one "
+            "when one of them has finished.",
+            code="too_many_jobs",
+        )
 
 
 def _chain(*iterables):
@@ -308,13 +349,14 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
         if job.kind == BatchJob.Kind.FIELDS:
             from . import fields
 
-            cells = fields.field_classify(
-                user=job.created_by,
-                data=data,
-                filename=item.filename,
-                accession=accession,
-                external_id=lambda n: external_id_for(accession=accession, sha256=item.sha256, cell=n),
-            )
+            with limits.image_work():  # the field's decode and locator; its cells re-enter the slot
+                cells = fields.field_classify(
+                    user=job.created_by,
+                    data=data,
+                    filename=item.filename,
+                    accession=accession,
+                    external_id=lambda n: external_id_for(accession=accession, sha256=item.sha256, cell=n),
+                )
             BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.PENDING).update(
                 state=BatchItem.State.DONE,
                 cells=cells,
@@ -322,7 +364,7 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
                 classification_id=cells[0]["classification_id"] if cells else None,
             )
             return
-        classification = services.classification_create(
+        classification, created = services.classification_get_or_create(
             user=job.created_by,
             data=data,
             filename=item.filename,
@@ -359,7 +401,11 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
         )
         return
     updated = BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.PENDING).update(
-        state=BatchItem.State.DONE, classification=classification, finished_at=timezone.now()
+        state=BatchItem.State.DONE,
+        classification=classification,
+        finished_at=timezone.now(),
+        # Another job (the same batch sent twice at once) or an earlier upload stored it: not a failure.
+        error_code="" if created else ALREADY_IN_SPECIMEN,
     )
     if updated:  # the classification keeps its own copy; the staged one is no longer needed
         services._delete_files(item.source.name)
@@ -375,8 +421,9 @@ def job_run(*, job_id: int) -> BatchJob:
     BatchJob.objects.filter(pk=job.pk).update(
         state=BatchJob.State.RUNNING, started_at=Coalesce(F("started_at"), now), runs=F("runs") + 1
     )
-    for item in job.items.filter(state=BatchItem.State.PENDING).order_by("position"):
-        _run_item(job, item)
+    with limits.patient():  # a job waits its turn for an image slot; no client is waiting on it
+        for item in job.items.filter(state=BatchItem.State.PENDING).order_by("position"):
+            _run_item(job, item)
     return _job_finish(job)
 
 
@@ -455,12 +502,14 @@ def job_progress(*, job: BatchJob) -> dict:
             "position": item.position,
             "filename": item.filename,
             "state": item.state,
-            "error_code": item.error_code or None,
-            "error": item.error_message or None,
+            "error_code": (item.error_code or None) if item.state != BatchItem.State.DONE else None,
+            "error": (item.error_message or None) if item.state != BatchItem.State.DONE else None,
             "classification_id": cell.pk if cell else None,
             "status": cell.status if cell else None,
             "label": (cell.label or None) if cell else None,
-            "already_in_specimen": bool(cell and cell.created_at < job.created_at),
+            "already_in_specimen": bool(
+                cell and (item.error_code == ALREADY_IN_SPECIMEN or cell.created_at < job.created_at)
+            ),
         }
         if job.kind == BatchJob.Kind.FIELDS:
             row["cells"] = [

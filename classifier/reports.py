@@ -6,10 +6,10 @@ reviewers and the sign-off; every page says PRELIMINARY until the specimen is
 signed.
 """
 
-import csv
 import io
 from collections import defaultdict
 from datetime import date
+from xml.sax.saxutils import escape
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -29,7 +29,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from . import selectors
+from . import csvsafe, selectors
 from .cells import classes
 from .models import Classification, ReviewState, Specimen, Status
 
@@ -132,7 +132,7 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
     banner = ParagraphStyle("banner", parent=styles["Heading2"], textColor=colors.white, alignment=1)
 
     story = [
-        Paragraph(lab, styles["Title"]),
+        Paragraph(escape(lab), styles["Title"]),  # the lab name is text, not ReportLab markup
         Paragraph("White blood cell differential (automated pre-classification)", styles["Heading3"]),
         Table(
             [
@@ -277,9 +277,8 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
 
 
 def _safe(value) -> str:
-    """Text for a CSV cell that a spreadsheet will not run as a formula."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    """Text for a CSV cell that a spreadsheet will not run as a formula (``csvsafe.cell``)."""
+    return csvsafe.cell(value)
 
 
 CELL_COLUMNS = [
@@ -304,7 +303,7 @@ CELL_COLUMNS = [
 def specimen_report_csv(*, specimen: Specimen) -> str:
     """One row per cell of the specimen."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csvsafe.writer(out)  # every field quoted
     writer.writerow(CELL_COLUMNS)
     for cell in _cells(specimen):
         writer.writerow(
@@ -346,7 +345,7 @@ def specimens_csv(*, specimens) -> str:
     """One row per specimen: its differential (a fixed column set for every class of the table, empty
     where a class is not reported), unidentified count and sign-off."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csvsafe.writer(out)  # every field quoted
     header = ["accession", "received_at", "total_cells", "counted_cells"]
     for cell in classes.TABLE:
         code = cell.code.lower()

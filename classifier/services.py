@@ -4,18 +4,23 @@ Views, API viewsets, tasks and management commands call these; they hold the
 business rules (who may do what, which state follows which).
 """
 
+import hashlib
 import json
 import logging
+import threading
+import time
 import uuid
+from datetime import timedelta
 from pathlib import PurePath
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from . import inference
+from . import inference, limits, staging
 from .models import (
     CellClass,
     Classification,
@@ -48,9 +53,12 @@ def _delete_files(*names: str) -> None:
 
 
 def specimen_get_or_create(*, user, accession: str) -> Specimen:
-    """The specimen for ``accession``, created for ``user`` if new.
+    """The specimen for ``accession``, created for ``user`` if new (inside the caller's transaction).
 
-    A technologist may only add to specimens they opened; reviewers may add to any.
+    A technologist may only add to specimens they opened, or to one that holds nothing yet (no cell,
+    no job running: opened by an upload that stored nothing), which then becomes theirs; reviewers may
+    add to any. Callers commit the specimen only with the cell or staged job that uses it, so a
+    failed upload never opens one.
     """
     accession = accession.strip()
     accession_validator(accession)
@@ -58,33 +66,81 @@ def specimen_get_or_create(*, user, accession: str) -> Specimen:
     specimen, _ = Specimen.objects.get_or_create(
         accession__iexact=accession, defaults={"accession": accession, "created_by": user}
     )
-    _check_may_add(specimen, user)
+    _check_may_add(specimen, user, typed=accession)
     return specimen
 
 
-def _check_may_add(specimen: Specimen, user) -> None:
-    """Raise unless ``user`` may add cells to ``specimen`` now."""
-    accession = specimen.accession
-    if specimen.created_by_id != user.pk and not can_review(user):
+def _is_unclaimed(specimen: Specimen) -> bool:
+    """No cell and no unfinished job: nothing in it binds the accession to whoever opened it."""
+    from .models import BatchJob
+
+    return not specimen.cells.exists() and not specimen.batch_jobs.filter(
+        state__in=[BatchJob.State.QUEUED, BatchJob.State.RUNNING]
+    ).exists()
+
+
+def _check_may_add(specimen: Specimen, user, *, typed: str | None = None) -> None:
+    """Raise unless ``user`` may add cells to ``specimen`` now; claim it if it holds nothing yet.
+
+    The refusal names the accession as typed and says nothing else about the stored specimen (its
+    spelling, who opened it, whether it is signed): accession numbers are predictable.
+    """
+    mine = specimen.created_by_id == user.pk or can_review(user)
+    if not mine and not specimen.is_signed and _is_unclaimed(specimen):
+        specimen.created_by = user  # the first upload that stores something binds the accession
+        specimen.save(update_fields=["created_by"])
+        mine = True
+    if not mine:
         raise ValidationError(
-            f"Accession {accession} was opened by another user; ask a reviewer to add images to it.",
+            f"Images cannot be added to accession {typed or specimen.accession} from your account; "
+            "ask a reviewer to add them, or to assign the specimen to you.",
             code="accession_taken",
         )
     if specimen.is_signed:
         raise ValidationError(
-            f"Specimen {accession} is signed; no images can be added.", code="specimen_signed"
+            f"Specimen {specimen.accession} is signed; no images can be added.", code="specimen_signed"
         )
 
 
-def _lock_specimen_for_new_cell(*, user, accession: str, sha256: str) -> Specimen:
-    """The specimen, locked until the new cell is committed (inside the caller's transaction).
+def specimen_reassign(*, specimen: Specimen, reviewer, owner) -> Specimen:
+    """Give a specimen (the accession, its report and every cell in it) to another submitter."""
+    if not can_review(reviewer):
+        raise PermissionDenied("Only reviewers may assign a specimen to another user.")
+    if not can_submit(owner):
+        raise ValidationError(
+            f"{owner.get_username()} has no role that may submit images.", code="invalid_owner"
+        )
+    with transaction.atomic():
+        locked = Specimen.objects.select_for_update().get(pk=specimen.pk)
+        previous = locked.created_by
+        locked.created_by = owner
+        locked.save(update_fields=["created_by"])
+        from django.contrib.admin.models import CHANGE, LogEntry
+
+        LogEntry.objects.log_actions(
+            reviewer.pk, [locked], CHANGE, single_object=True,
+            change_message=f"Assigned specimen {locked.accession} from {previous.get_username()} to "
+            f"{owner.get_username()}",
+        )
+    return locked
+
+
+def _lock_specimen_for_new_cell(
+    *, user, accession: str, sha256: str, external_id: str | None = None
+) -> tuple[Specimen, Classification | None]:
+    """The specimen, locked until the new cell is committed (inside the caller's transaction), and the
+    cell this upload already stored, if it is a retry (same owner and ``external_id``).
 
     Signing locks the specimen too, so a cell can never join a specimen that is being signed;
     and one image is counted once per specimen, whoever sends it again.
     """
     specimen = specimen_get_or_create(user=user, accession=accession)
     specimen = Specimen.objects.select_for_update().get(pk=specimen.pk)
-    _check_may_add(specimen, user)  # again: it may have been signed since it was read
+    if external_id:  # under the lock a concurrent retry's committed row is visible: it is the answer
+        retry = Classification.objects.filter(owner=user, external_id=external_id).first()
+        if retry is not None:
+            return specimen, retry
+    _check_may_add(specimen, user, typed=accession)  # again: it may have been signed since it was read
     twin = specimen.cells.filter(image_sha256=sha256).order_by("id").first()
     if twin is not None:
         raise ValidationError(
@@ -92,7 +148,7 @@ def _lock_specimen_for_new_cell(*, user, accession: str, sha256: str) -> Specime
             "a cell is counted once.",
             code="duplicate_image",
         )
-    return specimen
+    return specimen, None
 
 
 def _apply_prediction(classification: Classification, prediction) -> None:
@@ -130,60 +186,119 @@ def classification_create(
 ) -> Classification:
     """Check, store and classify one image; return the new (or retried) classification.
 
-    A repeated ``external_id`` returns the existing result. Bad input raises
-    ImageRejected or ValidationError and leaves no row and no file. When the model
+    ``classification_get_or_create`` without the flag that says which.
+    """
+    classification, _ = classification_get_or_create(
+        user=user, data=data, filename=filename, accession=accession, external_id=external_id
+    )
+    return classification
+
+
+def classification_get_or_create(
+    *,
+    user,
+    data: bytes,
+    filename: str = "",
+    accession: str | None = None,
+    external_id: str | None = None,
+) -> tuple[Classification, bool]:
+    """Check, store and classify one image: ``(classification, created)``.
+
+    A repeated ``external_id`` (with the same image and accession) returns the existing result with
+    ``created`` False, also when the repeats arrive at the same moment; with another image or accession
+    it is refused (``external_id_conflict``). A resend of an upload kept while the database was
+    unavailable finds that upload (by owner, image hash and accession) instead of storing it again.
+    Bad input raises ImageRejected or ValidationError and leaves no row and no file. When the model
     cannot load, the image is kept with status ``pending`` for later.
     """
     if not can_submit(user):
         raise PermissionDenied("Only technologists and reviewers may submit images.")
     external_id = (external_id or "").strip() or None
+    sha256 = hashlib.sha256(data).hexdigest()
+    kept = _find_kept_upload(user=user, sha256=sha256, accession=accession, external_id=external_id)
+    if kept is not None:
+        return _file_kept_upload(*kept), False
     if external_id:
         existing = Classification.objects.filter(owner=user, external_id=external_id).first()
         if existing is not None:
-            _refuse_reused_external_id(existing, data, accession)
-            if existing.status == Status.PENDING:  # a retry: classify it now if the model is back
-                try:
-                    return classification_classify_pending(classification=existing)
-                except inference.PredictorUnavailable:
-                    pass
-            return existing
-    checked = check_image(data, filename=filename)
+            return _retry(existing, data, accession), False
+    else:
+        filed = _filed_kept_upload(user=user, sha256=sha256, accession=accession)
+        if filed is not None:
+            return filed, False
+    return _create(
+        user=user, data=data, filename=filename, accession=accession, external_id=external_id
+    )
+
+
+def _retry(existing: Classification, data: bytes, accession: str | None) -> Classification:
+    _refuse_reused_external_id(existing, data, accession)
+    if existing.status == Status.PENDING:  # a retry: classify it now if the model is back
+        try:
+            return classification_classify_pending(classification=existing)
+        except inference.PredictorUnavailable:
+            pass
+    return existing
+
+
+def _create(
+    *, user, data: bytes, filename: str, accession, external_id, spool: bool = True
+) -> tuple[Classification, bool]:
+    """The check, the model and the transaction of ``classification_get_or_create``.
+
+    ``spool``: keep the upload when the database fails (else the error propagates: the spool's own
+    retries must not keep a second copy).
+    """
     if accession:
         # Validate before the slow model call; the row is created in the transaction below.
         accession_validator(accession.strip())
-    prediction, heatmap_png = _predict(checked)
+    with limits.image_work():  # a few decoded images per process at a time, however many arrive
+        checked = check_image(data, filename=filename)
+        prediction, heatmap_png = _predict(checked)
+        content, extension, width, height = checked.content, checked.extension, checked.width, checked.height
+        del checked  # the decoded pixels go now, before the slot is released
 
     stored: list[str] = []
     try:
         with transaction.atomic():
-            specimen = (
-                _lock_specimen_for_new_cell(user=user, accession=accession, sha256=checked.sha256)
-                if accession
-                else None
-            )
+            retry = None
+            specimen = None
+            if accession:
+                specimen, retry = _lock_specimen_for_new_cell(
+                    user=user, accession=accession, sha256=sha256_of(data), external_id=external_id
+                )
+            elif external_id:
+                retry = Classification.objects.filter(owner=user, external_id=external_id).first()
+            if retry is not None:  # a concurrent retry committed first: its result is the answer
+                raise _ConcurrentRetry(retry)
             classification = Classification(
                 owner=user,
                 specimen=specimen,
                 external_id=external_id,
                 original_filename=_clean_filename(filename),
-                image_sha256=checked.sha256,
-                width=checked.width,
-                height=checked.height,
+                image_sha256=sha256_of(data),
+                width=width,
+                height=height,
             )
-            classification.image.save(f"x{checked.extension}", ContentFile(checked.content), save=False)
+            classification.image.save(f"x{extension}", ContentFile(content), save=False)
             stored.append(classification.image.name)
             if prediction is not None:
                 _apply_prediction(classification, prediction)
                 classification.heatmap.save("x.png", ContentFile(heatmap_png), save=False)
                 stored.append(classification.heatmap.name)
             classification.save()
+    except _ConcurrentRetry as race:
+        return _retry(race.existing, data, accession), False
     except IntegrityError:
         _delete_files(*stored)
         if external_id:  # a concurrent retry with the same external_id won the race
-            return Classification.objects.get(owner=user, external_id=external_id)
+            existing = Classification.objects.get(owner=user, external_id=external_id)
+            return _retry(existing, data, accession), False
         raise
     except (OperationalError, InterfaceError) as exc:
         _delete_files(*stored)
+        if not spool:
+            raise
         reference = _spool_upload(
             user=user, data=data, filename=filename, accession=accession, external_id=external_id
         )
@@ -191,19 +306,25 @@ def classification_create(
     except BaseException:
         _delete_files(*stored)
         raise
-    return classification
+    return classification, True
+
+
+class _ConcurrentRetry(Exception):
+    def __init__(self, existing: Classification):
+        super().__init__(existing.pk)
+        self.existing = existing
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _refuse_reused_external_id(existing: Classification, data: bytes, accession: str | None) -> None:
     """A retry sends the same image for the same accession. Anything else under a used id is a
     client's mistake (an id reused for another cell): answering with the stored result would file
     one cell's class under another's order, so it is refused."""
-    import hashlib
-
     stored_accession = existing.specimen.accession.upper() if existing.specimen_id else ""
-    if existing.image_sha256 != hashlib.sha256(data).hexdigest() or stored_accession != (
-        (accession or "").strip().upper()
-    ):
+    if existing.image_sha256 != sha256_of(data) or stored_accession != _norm_accession(accession):
         raise ValidationError(
             f"external_id {existing.external_id!r} was already used for another image or accession "
             f"(result #{existing.pk}); a retry must send the same image and accession, a new image "
@@ -212,7 +333,12 @@ def _refuse_reused_external_id(existing: Classification, data: bytes, accession:
         )
 
 
+def _norm_accession(accession: str | None) -> str:
+    return (accession or "").strip().upper()
+
+
 SPOOL_DIR = "spool"
+SPOOL_PREFIX = "spool-"
 
 
 class UploadSpooled(OperationalError):
@@ -224,49 +350,170 @@ class UploadSpooled(OperationalError):
 
 
 def _spool_upload(*, user, data: bytes, filename: str, accession, external_id) -> str:
-    """Keep an upload the database could not take, for ``classification_ingest_spool``."""
+    """Keep an upload the database could not take, and make sure something retries it soon."""
     reference = uuid.uuid4().hex
     meta = {
         "user_id": user.pk,
         "filename": filename,
         "accession": accession,
         # Re-ingesting twice (or a client retry after recovery) must not duplicate the result.
-        "external_id": external_id or f"spool-{reference}",
+        "external_id": external_id or f"{SPOOL_PREFIX}{reference}",
+        "client_external_id": external_id,
+        "sha256": sha256_of(data),
         "received_at": timezone.now().isoformat(),
     }
     default_storage.save(f"{SPOOL_DIR}/{reference}.bin", ContentFile(data))
     default_storage.save(f"{SPOOL_DIR}/{reference}.json", ContentFile(json.dumps(meta).encode()))
     logger.error("database unavailable: upload spooled as %s", reference)
+    spool_retry_start()
     return reference
 
 
-def classification_ingest_spool() -> list[Classification]:
-    """Classify every upload spooled while the database was unavailable; oldest first."""
-    from django.contrib.auth import get_user_model
-
+def _spool_entries() -> list[tuple[str, dict]]:
+    """``(reference, meta)`` of every kept upload, oldest first (the folder and the files may vanish
+    while another thread files them)."""
     if not default_storage.exists(SPOOL_DIR):
         return []
-    done = []
+    entries = []
     for name in sorted(default_storage.listdir(SPOOL_DIR)[1]):
         if not name.endswith(".json"):
             continue
-        reference = name.removesuffix(".json")
-        with default_storage.open(f"{SPOOL_DIR}/{name}") as handle:
-            meta = json.load(handle)
-        with default_storage.open(f"{SPOOL_DIR}/{reference}.bin") as handle:
-            data = handle.read()
-        user = get_user_model().objects.get(pk=meta["user_id"])
         try:
-            done.append(
-                classification_create(
-                    user=user, data=data, filename=meta["filename"],
-                    accession=meta["accession"], external_id=meta["external_id"],
+            with default_storage.open(f"{SPOOL_DIR}/{name}") as handle:
+                meta = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        entries.append((name.removesuffix(".json"), meta))
+    entries.sort(key=lambda entry: entry[1].get("received_at", ""))
+    return entries
+
+
+def _find_kept_upload(*, user, sha256: str, accession, external_id) -> tuple[str, dict] | None:
+    """``(reference, meta)`` of this user's kept upload of the same image for the same accession (and, with an
+    ``external_id``, under the same one): a resend of an upload answered 503 "kept"."""
+    for reference, meta in _spool_entries():
+        if (
+            meta.get("user_id") == user.pk
+            and meta.get("sha256") == sha256
+            and _norm_accession(meta.get("accession")) == _norm_accession(accession)
+            and (meta.get("client_external_id") or None) == external_id
+        ):
+            return reference, meta
+    return None
+
+
+RESEND_WINDOW = timedelta(days=1)
+
+
+def _filed_kept_upload(*, user, sha256: str, accession) -> Classification | None:
+    """A kept upload of the same image and accession, filed in the last day: what a user who was told
+    "kept, do not send it again" finds when they send it again anyway."""
+    kept = Classification.objects.filter(
+        owner=user,
+        image_sha256=sha256,
+        external_id__startswith=SPOOL_PREFIX,
+        created_at__gte=timezone.now() - RESEND_WINDOW,
+    )
+    if accession:
+        kept = kept.filter(specimen__accession__iexact=accession.strip())
+    else:
+        kept = kept.filter(specimen__isnull=True)
+    return kept.order_by("id").first()
+
+
+_spool_thread_lock = threading.Lock()
+
+
+def _file_kept_upload(reference: str, meta: dict) -> Classification:
+    """File one kept upload now; raise UploadSpooled(reference) while the database is still away.
+
+    Refused uploads (the image or accession is not accepted after all) are logged and dropped.
+    One at a time per process, and between processes (a lock file), so two never file one upload.
+    """
+    from django.contrib.auth import get_user_model
+
+    with _spool_thread_lock, staging.exclusive(f"{staging.LOCK_DIR}/spool.mutex"):
+        try:
+            with default_storage.open(f"{SPOOL_DIR}/{reference}.bin") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            data = None
+        try:
+            if data is None:  # filed meanwhile, by another thread or process
+                return Classification.objects.get(owner_id=meta["user_id"], external_id=meta["external_id"])
+            user = get_user_model().objects.get(pk=meta["user_id"])
+            existing = Classification.objects.filter(owner=user, external_id=meta["external_id"]).first()
+            if existing is not None:
+                classification = existing
+            else:
+                classification, _ = _create(
+                    user=user, data=data, filename=meta["filename"], accession=meta["accession"],
+                    external_id=meta["external_id"], spool=False,
                 )
-            )
+        except (OperationalError, InterfaceError) as exc:
+            raise UploadSpooled(reference) from exc
         except (ValidationError, ImageRejected, PermissionDenied) as exc:
             logger.error("spooled upload %s refused: %s", reference, exc)
-        _delete_files(f"{SPOOL_DIR}/{reference}.bin", f"{SPOOL_DIR}/{name}")
+            _delete_files(f"{SPOOL_DIR}/{reference}.bin", f"{SPOOL_DIR}/{reference}.json")
+            raise
+        _delete_files(f"{SPOOL_DIR}/{reference}.bin", f"{SPOOL_DIR}/{reference}.json")
+        return classification
+
+
+def classification_ingest_spool() -> list[Classification]:
+    """File every upload kept while the database was unavailable, oldest first; stops (raising
+    UploadSpooled) at the first one the database still cannot take."""
+    done = []
+    for reference, meta in _spool_entries():
+        try:
+            done.append(_file_kept_upload(reference, meta))
+        except (ValidationError, ImageRejected, PermissionDenied, Classification.DoesNotExist):
+            continue
     return done
+
+
+_retrier: threading.Thread | None = None
+_retrier_lock = threading.Lock()
+
+
+def spool_retry_start() -> None:
+    """Start this process's retry loop for kept uploads, unless it runs already (or is turned off:
+    HEMATOVISION_SPOOL_RETRY_SECONDS = 0). It files them as soon as the database takes writes again
+    and stops when the spool is empty."""
+    global _retrier
+    interval = float(settings.HEMATOVISION_SPOOL_RETRY_SECONDS)
+    if interval <= 0:
+        return
+    with _retrier_lock:
+        if _retrier is not None and _retrier.is_alive():
+            return
+        _retrier = threading.Thread(
+            target=_spool_retry_loop, args=(interval,), name="spool-retry", daemon=True
+        )
+        _retrier.start()
+
+
+def _spool_retry_loop(interval: float) -> None:
+    global _retrier
+    from django.db import close_old_connections, connection
+
+    while True:
+        time.sleep(interval)
+        close_old_connections()
+        try:
+            filed = classification_ingest_spool()
+            if filed:
+                logger.info("filed %d kept upload(s)", len(filed))
+            with _retrier_lock:  # a spool after this check starts a new loop (spool_retry_start)
+                if not _spool_entries():
+                    _retrier = None
+                    return
+        except UploadSpooled:
+            continue  # the database is still away: try again after the interval
+        except Exception:  # noqa: BLE001 - a retry loop has no caller; it logs and tries again
+            logger.exception("filing kept uploads failed; retrying")
+        finally:
+            connection.close()
 
 
 def classification_classify_pending(*, classification: Classification) -> Classification:
@@ -274,8 +521,11 @@ def classification_classify_pending(*, classification: Classification) -> Classi
     if classification.status != Status.PENDING:
         return classification
     with classification.image.open("rb") as handle:
-        checked = check_image(handle.read(), filename=classification.original_filename)
-    prediction, heatmap_png = _predict(checked)
+        data = handle.read()
+    with limits.image_work():
+        checked = check_image(data, filename=classification.original_filename)
+        prediction, heatmap_png = _predict(checked)
+        del checked
     if prediction is None:
         raise inference.PredictorUnavailable("The model is still unavailable.")
     old_heatmap = classification.heatmap.name
@@ -307,7 +557,11 @@ def classification_finish_stored() -> dict:
     """Classify what was kept while the database (spooled uploads) or the model (pending images)
     was unavailable: ``{"spooled": n, "pending": n}``. Run at start-up (``manage.py resume_jobs``)
     and when a Celery worker starts (``tasks.finish_stored_uploads``)."""
-    spooled = len(classification_ingest_spool())
+    try:
+        spooled = len(classification_ingest_spool())
+    except UploadSpooled:  # the database takes no writes yet: the retry loop files them later
+        spool_retry_start()
+        spooled = 0
     return {"spooled": spooled, "pending": classification_classify_all_pending()}
 
 

@@ -3,9 +3,12 @@
 ``enqueue_job`` is called from ``transaction.on_commit`` (see ``jobs.job_create``),
 so a worker never looks for a job that is not committed yet. With
 ``CELERY_BROKER_URL`` set the job goes to the queue (acks late: a worker
-killed mid-job leaves the message to be redelivered); without it the job runs
-in a background thread of this process (``HEMATOVISION_JOBS_IN_THREAD``, on
-by default) or, when that is off, right away in the caller.
+killed mid-job leaves the message to be redelivered; Celery's concurrency
+bounds how many run); without it the job waits for this process's bounded pool
+of HEMATOVISION_JOB_WORKERS threads (one by default; ``HEMATOVISION_JOBS_IN_THREAD``,
+on by default) or, when that is off, runs right away in the caller. However
+many jobs are sent, a process runs only that many at once; each user may have
+at most HEMATOVISION_MAX_QUEUED_JOBS_PER_USER unfinished (``jobs.job_create``).
 
 Restarts: a Celery worker re-queues every unfinished job when it starts
 (``worker_ready``), and queues ``finish_stored_uploads`` for images kept as
@@ -15,6 +18,7 @@ both. Running a job twice is safe (see ``jobs``).
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -44,14 +48,27 @@ def _run_in_thread(job_id: int) -> None:
         connection.close()
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def job_pool() -> ThreadPoolExecutor:
+    """This process's pool for batch jobs (HEMATOVISION_JOB_WORKERS threads), made on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=max(1, settings.HEMATOVISION_JOB_WORKERS), thread_name_prefix="batch-job"
+            )
+        return _pool
+
+
 def enqueue_job(job_id: int) -> None:
-    """Run the job in the background: on the Celery queue if configured, else in-process."""
+    """Run the job in the background: on the Celery queue if configured, else on the in-process pool."""
     if settings.CELERY_BROKER_URL:
         run_batch_job.delay(job_id)
     elif settings.HEMATOVISION_JOBS_IN_THREAD:
-        threading.Thread(
-            target=_run_in_thread, args=(job_id,), name=f"batch-job-{job_id}", daemon=True
-        ).start()
+        job_pool().submit(_run_in_thread, job_id)
     else:
         from . import jobs
 

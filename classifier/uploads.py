@@ -13,7 +13,8 @@ and the batch jobs with ``jobs.check_archive_size`` before reading anything.
 
 A body with more files than DATA_UPLOAD_MAX_NUMBER_FILES is refused by Django
 while it is parsed; ``TooManyFilesMiddleware`` turns that into a message on the
-portal page, and ``api.exceptions`` into the API's JSON 400.
+portal page (for signed-in users only), and ``api.exceptions`` into the API's JSON 400.
+Files sent by nobody signed in are never kept (``UploadLimitHandler``).
 """
 
 import io
@@ -22,7 +23,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent
 from django.core.files.uploadedfile import UploadedFile
-from django.core.files.uploadhandler import FileUploadHandler
+from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
 from django.http import UnreadablePostError
 from django.shortcuts import redirect
 
@@ -73,6 +74,9 @@ def request_too_big_message() -> str:
 class UploadLimitHandler(FileUploadHandler):
     """Passes chunks on until a file passes its limit, then drops the rest of that file.
 
+    A request from nobody signed in keeps no file at all: each is counted and handed on empty, so an
+    anonymous POST (to the sign-in page, say) writes nothing to memory or disk.
+
     The files kept by one request add up to at most ``request_limit()`` (a full ZIP plus one image):
     1,001 files of 20 MB each would otherwise put 20 GB of temporary files on disk before any view runs.
     """
@@ -81,11 +85,22 @@ class UploadLimitHandler(FileUploadHandler):
         super().__init__(request)
         self.request_total = 0
 
+    def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
+        # Nobody signed in (no session, or an API token that failed): files are counted, never kept.
+        # The portal's forms and the API parse a body only after the sign-in check (DRF sets the
+        # token's user on the request before it parses), so this refuses only anonymous senders.
+        user = getattr(self.request, "user", None)
+        self.anonymous = not (user is not None and user.is_authenticated)
+        return None
+
     def new_file(self, field_name, *args, **kwargs):
         super().new_file(field_name, *args, **kwargs)
         self.limit = limit_for(field_name)
         self.received = 0
         self.over_limit = False
+        if getattr(self, "anonymous", False):
+            self.limit, self.over_limit = 0, True
+            raise StopFutureHandlers()  # no other handler opens a buffer or a temporary file for it
 
     def receive_data_chunk(self, raw_data, start):
         self.received += len(raw_data)
@@ -128,6 +143,7 @@ class TooManyFilesMiddleware:
             request.method == "POST"
             and request.content_type == "multipart/form-data"
             and not request.path_info.startswith("/api/")
+            and request.user.is_authenticated  # an anonymous body is left to the CSRF and login checks
         ):
             try:
                 request.FILES  # noqa: B018 - parse now, where the refusal can still be answered

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "TIFF", "BMP", "WEBP"}
 MIN_SIDE = 32
@@ -64,8 +64,37 @@ def check_size(size: int) -> None:
         raise ImageRejected("file_too_large", too_large_message(size), 413)
 
 
-def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
-    """Decode ``data`` fully or raise ImageRejected with a message a user can act on."""
+def decoded_bytes(mode: str, width: int, height: int) -> int:
+    """What decoding costs, from the header alone: width x height x bands x bytes per sample.
+
+    Pillow keeps a 3-band image (RGB, YCbCr, LAB) in 4 bytes a pixel, so it counts 4 bands.
+    """
+    try:
+        descriptor = ImageMode.getmode(mode)
+        bands, sample = len(descriptor.bands), int(descriptor.typestr[-1])
+    except (KeyError, ValueError):  # a mode Pillow cannot describe: assume the widest
+        bands, sample = 4, 4
+    return width * height * (4 if bands == 3 else bands) * sample
+
+
+def max_decoded_bytes() -> int:
+    return int(settings.HEMATOVISION_MAX_DECODED_MB * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What an image's header says, before any pixel is decoded."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+    decoded_bytes: int
+
+
+def probe_image(data: bytes, *, filename: str = "") -> Probe:
+    """Read only the header: refuse what is not an accepted single image, or what would cost too
+    much memory to decode (pixels, or width x height x bands x bytes per sample), before decoding."""
     max_pixels = settings.HEMATOVISION_MAX_PIXELS
     if not data:
         raise ImageRejected("empty_file", "The file is empty.")
@@ -76,6 +105,7 @@ def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
             probe = Image.open(io.BytesIO(data))
             fmt = probe.format
             width, height = probe.size
+            mode = probe.mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses to even open images declaring far more pixels than ours allows.
         raise ImageRejected(
@@ -105,15 +135,34 @@ def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
             "image_too_small",
             f"The image is {width}x{height} pixels; a cell image needs at least {MIN_SIDE} pixels a side.",
         )
+    cost, budget = decoded_bytes(mode, width, height), max_decoded_bytes()
+    if cost > budget:
+        raise ImageRejected(
+            "image_too_large",
+            f"The image is {width}x{height} pixels in {mode} mode and would take {human_size(cost)} of "
+            f"memory to decode; the limit is {human_size(budget)}. Send a smaller or 8-bit image.",
+            413,
+        )
     try:  # after the format check: only formats we accept are walked frame by frame
         frames = getattr(probe, "n_frames", 1)
     except Exception:  # noqa: BLE001 - a broken frame chain is a damaged file
-        frames = 1  # the full decode below reports it
+        frames = 1  # the full decode reports it
     if frames > 1:
         raise ImageRejected(
             "multi_frame_image",
             "The file holds several frames (an animation or stack); upload one image per file.",
         )
+    return Probe(fmt, mode, width, height, cost)
+
+
+def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
+    """Decode ``data`` fully or raise ImageRejected with a message a user can act on.
+
+    The header is checked first (``probe_image``): nothing is decoded that would cost more than
+    HEMATOVISION_MAX_DECODED_MB. Callers hold a ``limits.image_work()`` slot around this and the
+    model call, so a process decodes only a few images at a time.
+    """
+    fmt = probe_image(data, filename=filename).format
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -159,12 +208,17 @@ def _normalise(image: Image.Image) -> Image.Image:
     if mode == "1":
         image = image.convert("L")
     elif mode.startswith("I") or mode == "F":  # 16/32-bit integer or float greyscale
-        pixels = np.asarray(image, dtype=np.float64)
-        if mode == "F" and pixels.size and 0.0 <= pixels.min() and pixels.max() <= 1.0:
-            pixels = pixels * 255.0
-        elif pixels.size and pixels.max() > 255:
-            pixels = pixels / (65535.0 if pixels.max() <= 65535 else pixels.max()) * 255.0
-        image = Image.fromarray(np.clip(np.nan_to_num(pixels), 0, 255).astype(np.uint8), "L")
+        # One float32 working copy, scaled in place (float64 and temporaries cost 3-4x more).
+        pixels = np.array(image, dtype=np.float32)
+        np.nan_to_num(pixels, copy=False)
+        low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+        if mode == "F" and 0.0 <= low and high <= 1.0:
+            pixels *= 255.0
+        elif high > 255:
+            pixels *= 255.0 / (65535.0 if high <= 65535 else high)
+        np.clip(pixels, 0, 255, out=pixels)
+        image = Image.fromarray(pixels.astype(np.uint8), "L")
+        del pixels
     elif image.has_transparency_data:
         # Composite onto white: transparent pixels show the slide background, and whatever
         # colour (or hidden data) they held underneath is not kept.

@@ -6,7 +6,6 @@ Business rules (who may do what, which state follows which) live in
 ``ImageRejected`` -> a message the user can act on.
 """
 
-import csv
 import mimetypes
 from pathlib import PurePosixPath
 
@@ -27,7 +26,7 @@ from django.views import View
 from django.views.decorators.http import require_POST
 from django.views.generic import TemplateView
 
-from . import inference, selectors, services
+from . import csvsafe, inference, selectors, services
 from .filters import ClassificationFilter
 from .forms import ReviewForm, UploadForm
 from .cells import classes
@@ -373,10 +372,8 @@ def _csv_row(cell: Classification) -> list:
 
 
 def _csv_safe(value):
-    """Neutralise spreadsheet formulas in user-supplied text (CSV injection)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
+    """Neutralise spreadsheet formulas in user-supplied text (CSV injection; ``csvsafe.cell``)."""
+    return csvsafe.cell(value)
 
 
 def classification_export_view(request):
@@ -386,7 +383,7 @@ def classification_export_view(request):
     if invalid:
         text = "\n".join(["The filter is not valid; nothing was exported.", *invalid]) + "\n"
         return HttpResponseBadRequest(text, content_type="text/plain; charset=utf-8")
-    writer = csv.writer(_Echo())
+    writer = csvsafe.writer(_Echo())  # every field quoted
 
     def rows():
         yield writer.writerow(CSV_HEADER)

@@ -116,7 +116,8 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'd
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
-            "timeout": 20,
+            # Seconds a write waits for SQLite's lock before the database counts as unavailable.
+            "timeout": env.float("HEMATOVISION_SQLITE_TIMEOUT", default=20),
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
@@ -261,12 +262,32 @@ HEMATOVISION_MODEL_PATH = env.str("HEMATOVISION_MODEL_PATH", default="") or None
 HEMATOVISION_INFERENCE_BACKEND = env.str("HEMATOVISION_INFERENCE_BACKEND", default="auto")
 HEMATOVISION_MAX_UPLOAD_BYTES = env.int("HEMATOVISION_MAX_UPLOAD_MB", default=20) * 1024 * 1024
 HEMATOVISION_MAX_PIXELS = env.int("HEMATOVISION_MAX_PIXELS", default=40_000_000)
+# Memory, bounded by design (classifier.validation, classifier.limits): an image whose header says it
+# would take more than this to decode (width x height x bands x bytes per sample) is refused before
+# decoding; at most HEMATOVISION_IMAGE_WORKERS images are decoded and classified at once per process
+# (others wait up to HEMATOVISION_IMAGE_WORK_WAIT_SECONDS, then get 503 server_busy).
+HEMATOVISION_MAX_DECODED_MB = env.float("HEMATOVISION_MAX_DECODED_MB", default=64)
+HEMATOVISION_IMAGE_WORKERS = env.int("HEMATOVISION_IMAGE_WORKERS", default=2)
+HEMATOVISION_IMAGE_WORK_WAIT_SECONDS = env.float("HEMATOVISION_IMAGE_WORK_WAIT_SECONDS", default=60)
 # Batch jobs: limits per job, and whether the embedded profile runs them in a thread of the web process.
 HEMATOVISION_BATCH_MAX_FILES = env.int("HEMATOVISION_BATCH_MAX_FILES", default=1000)
 HEMATOVISION_BATCH_MAX_ARCHIVE_MB = env.int("HEMATOVISION_BATCH_MAX_ARCHIVE_MB", default=2048)
 HEMATOVISION_JOBS_IN_THREAD = env.bool("HEMATOVISION_JOBS_IN_THREAD", default=True)
+# Without a broker, jobs run on a pool of this many threads per process (with Celery: its concurrency).
+HEMATOVISION_JOB_WORKERS = env.int("HEMATOVISION_JOB_WORKERS", default=1)
+# Unfinished (queued or running) jobs one user may have; another is refused with 429 too_many_jobs.
+HEMATOVISION_MAX_QUEUED_JOBS_PER_USER = env.int("HEMATOVISION_MAX_QUEUED_JOBS_PER_USER", default=4)
+# Uploads kept while the database was unavailable are retried this often until they are filed.
+HEMATOVISION_SPOOL_RETRY_SECONDS = env.float("HEMATOVISION_SPOOL_RETRY_SECONDS", default=5)
+# manage.py cleanup_orphans / resume_jobs: a stored file no row refers to is an orphan once this old.
+HEMATOVISION_ORPHAN_MIN_AGE_SECONDS = env.int("HEMATOVISION_ORPHAN_MIN_AGE_SECONDS", default=3600)
 HEMATOVISION_LAB_NAME = env.str("HEMATOVISION_LAB_NAME", default="Hematology Laboratory")
 HEMATOVISION_PASSWORD_RESETS_PER_HOUR = env.int("HEMATOVISION_PASSWORD_RESETS_PER_HOUR", default=5)
+# Mails an hour one address gets from all clients together (a mailbox-flood bound); a browser that has
+# signed in to the account before always gets its own HEMATOVISION_PASSWORD_RESETS_PER_HOUR on top.
+HEMATOVISION_PASSWORD_RESETS_PER_ADDRESS_PER_HOUR = env.int(
+    "HEMATOVISION_PASSWORD_RESETS_PER_ADDRESS_PER_HOUR", default=10
+)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Files per request: a batch job's images plus its ZIP (Django's default of 100 refused a 101-image batch).
 DATA_UPLOAD_MAX_NUMBER_FILES = HEMATOVISION_BATCH_MAX_FILES + 1

@@ -10,6 +10,8 @@ from drf_spectacular.views import (
 
 from .views import healthz
 
+handler404 = "hematovision_site.views.page_not_found"  # JSON under /api/, the site's page elsewhere
+
 admin.site.site_header = "HematoVision administration"
 admin.site.site_title = "HematoVision admin"
 

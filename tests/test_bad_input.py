@@ -445,13 +445,15 @@ def test_100_mb_file_in_a_batch_is_refused_up_front(
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert response.status_code == 202
+    assert response.status_code == 400  # no usable file: no job, and no specimen opened
+    assert response.json() == {
+        "detail": "No file in the upload is an image that can be classified (huge.jpg: The file is "
+        "100.0 MB; the limit is 20.0 MB.); nothing was stored.",
+        "code": "no_usable_files",
+    }
     assert peak < 16 * MB
     assert_bounded_spool(body, settings)
-    item = BatchItem.objects.get()
-    assert (item.state, item.error_code, item.error_message) == (
-        BatchItem.State.FAILED, "file_too_large", "The file is 100.0 MB; the limit is 20.0 MB."
-    )
+    assert not BatchItem.objects.exists() and not Specimen.objects.exists()
     assert Classification.objects.count() == 0
     assert files_under(settings.MEDIA_ROOT) == [] and files_under(tmp_path) == []
 
@@ -864,7 +866,7 @@ def test_formula_in_a_file_name_is_kept_but_defused_in_csv_exports(clients, sett
     assert Classification.objects.get().original_filename == "=1+2*cmd|A0.jpg"
     export = clients.portal.get("/classifications/export.csv")
     text = b"".join(export.streaming_content).decode()
-    assert ",'=1+2*cmd|A0.jpg," in text and ",=1+2*cmd" not in text
+    assert "\"'=1+2*cmd|A0.jpg\"" in text and ",=1+2*cmd" not in text and '"=1+2*cmd' not in text
 
 
 @pytest.mark.parametrize(

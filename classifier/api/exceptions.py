@@ -3,7 +3,8 @@
 DRF's own exceptions keep their status; the domain's exceptions get theirs here,
 so services stay free of HTTP: ImageRejected carries its own status (400, 413,
 415), Django's ValidationError is 400, PermissionDenied 403, a missing or hidden
-object 404, an axes login lock-out 429. Field errors keep the per-field map
+object 404, an axes login lock-out 429, too many waiting jobs 429, every image
+slot busy 503 (with Retry-After). Field errors keep the per-field map
 under ``errors`` so a client can point at the bad field.
 """
 
@@ -21,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from classifier.limits import ServerBusy
 from classifier.uploads import UploadTooBig, too_many_files_message
 from classifier.validation import ImageRejected
 
@@ -43,6 +45,8 @@ def _first_message(detail, path: tuple = ()) -> tuple[str, str]:
 
 # Service refusals that are conflicts with what is stored rather than bad input.
 CONFLICT_CODES = frozenset({"external_id_conflict"})
+# Service refusals that say "not now, later": too many of the user's jobs are waiting.
+LATER_CODES = frozenset({"too_many_jobs"})
 
 
 def _body(detail: str, code: str, **extra) -> dict:
@@ -53,7 +57,8 @@ def api_exception_handler(exc, context):
     """REST_FRAMEWORK["EXCEPTION_HANDLER"]: map every expected failure to a JSON error."""
     if isinstance(exc, ImageRejected):
         set_rollback()
-        return Response(_body(exc.message, exc.code), status=exc.http_status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServerBusy) else None
+        return Response(_body(exc.message, exc.code), status=exc.http_status, headers=headers)
     if isinstance(exc, AxesBackendPermissionDenied):
         set_rollback()
         return Response(
@@ -66,9 +71,16 @@ def api_exception_handler(exc, context):
             (e.code for e in getattr(exc, "error_list", []) if getattr(e, "code", None)), "invalid"
         )
         set_rollback()
+        if code in LATER_CODES:
+            return Response(
+                _body(" ".join(messages), code),
+                status=status.HTTP_429_TOO_MANY_REQUESTS,
+                headers={"Retry-After": "60"},
+            )
         conflict = code in CONFLICT_CODES
         answer = status.HTTP_409_CONFLICT if conflict else status.HTTP_400_BAD_REQUEST
         return Response(_body(" ".join(messages), code), status=answer)
+
     if isinstance(exc, UploadTooBig):  # the files of one request add up to more than the archive limit
         return Response(_body(str(exc), "request_too_large"), status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, RequestDataTooBig):

@@ -22,6 +22,7 @@ from classifier.models import BatchJob
 from classifier.responses import private_attachment
 
 from .serializers import SignedDifferentialSerializer
+from .throttling import UploadRateThrottle
 from .views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
 
 CONFLICT_CODES = {"unreviewed", "signed", "empty", "running", "nothing_to_retry"}
@@ -77,6 +78,10 @@ COMMON_ERRORS = {401: UNAUTHORIZED, 406: NOT_ACCEPTABLE, 429: THROTTLED}
 class SpecimenBatchView(JSONErrorsMixin, APIView):
     parser_classes = [MultiPartParser, FormParser]
 
+    def get_throttles(self):
+        """A batch counts against the same per-user ``uploads`` rate as single uploads."""
+        return [*super().get_throttles(), UploadRateThrottle()]
+
     @extend_schema(
         request={"multipart/form-data": BatchUploadSerializer},
         responses={
@@ -87,7 +92,14 @@ class SpecimenBatchView(JSONErrorsMixin, APIView):
                         "No files, a bad accession number or ZIP, too many files or form fields, or a "
                         "specimen another technologist opened or that is signed.",
                         "accession_taken",
-                        "Accession ACC-7 was opened by another user; ask a reviewer to add images to it.",
+                        "Images cannot be added to accession ACC-7 from your account; ask a reviewer to "
+                        "add them, or to assign the specimen to you.",
+                        (
+                            "no_usable_files",
+                            "No file in the upload is an image that can be classified (notes.txt: Not an "
+                            "image file; upload JPEG, PNG, TIFF, BMP or WebP (by extension).); nothing was "
+                            "stored.",
+                        ),
                         ("too_many_files", "1001 files were sent; the limit is 1000 per job."),
                         (
                             "too_many_fields",
@@ -109,12 +121,20 @@ class SpecimenBatchView(JSONErrorsMixin, APIView):
                         "permission_denied",
                         "Only technologists and reviewers may submit images.",
                     ),
+                    429: _error(
+                        "Too many uploads a minute (the `uploads` rate, shared with single uploads), or "
+                        "too many of your jobs are still waiting or running.",
+                        "too_many_jobs",
+                        "You have 4 batch jobs waiting or running; the limit is 4. Send this one when one "
+                        "of them has finished.",
+                        ("throttled", "Request was throttled. Expected available in 42 seconds."),
+                    ),
                     415: _error(
                         "Not multipart/form-data.",
                         "unsupported_media_type",
                         'Unsupported media type "application/json" in request.',
                     ),
-                    **COMMON_ERRORS,
+                    **{k: v for k, v in COMMON_ERRORS.items() if k != 429},
                 }
             ),
         },
@@ -276,3 +296,46 @@ class SpecimenReportCsvView(JSONErrorsMixin, APIView):
             "text/csv; charset=utf-8",
             f"{specimen.accession}-cells.csv",
         )
+
+
+class SpecimenOwnerSerializer(serializers.Serializer):
+    username = serializers.CharField(help_text="The technologist (or reviewer) the specimen now belongs to.")
+
+
+class SpecimenOwnerView(JSONErrorsMixin, APIView):
+    @extend_schema(
+        request=SpecimenOwnerSerializer,
+        responses={
+            200: inline_serializer(
+                "SpecimenOwner", {"accession": serializers.CharField(), "owner": serializers.CharField()}
+            ),
+            **json_errors(
+                {
+                    400: _error(
+                        "No such user, or one with no role that may submit images.",
+                        "invalid_owner",
+                        "tech9 has no role that may submit images.",
+                    ),
+                    403: _error(
+                        "Only reviewers may assign specimens.",
+                        "permission_denied",
+                        "Only reviewers may assign a specimen to another user.",
+                    ),
+                    404: SPECIMEN_NOT_FOUND,
+                    **COMMON_ERRORS,
+                }
+            ),
+        },
+        summary="Assign a specimen to another user (reviewers only): its accession, cells and reports",
+    )
+    def post(self, request, accession):
+        from django.contrib.auth import get_user_model
+
+        specimen = specimen_or_404(request, accession)
+        body = SpecimenOwnerSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        owner = get_user_model().objects.filter(username=body.validated_data["username"]).first()
+        if owner is None:
+            raise ValidationError(f"No user {body.validated_data['username']!r}.", code="invalid_owner")
+        specimen = services.specimen_reassign(specimen=specimen, reviewer=request.user, owner=owner)
+        return Response({"accession": specimen.accession, "owner": owner.get_username()})

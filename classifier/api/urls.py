@@ -21,6 +21,7 @@ from . import jobs as _jobs  # noqa: E402
 urlpatterns += [
     _path("specimens/<str:accession>/batch/", _jobs.SpecimenBatchView.as_view(), name="api-specimen-batch"),
     _path("specimens/<str:accession>/sign/", _jobs.SpecimenSignView.as_view(), name="api-specimen-sign"),
+    _path("specimens/<str:accession>/owner/", _jobs.SpecimenOwnerView.as_view(), name="api-specimen-owner"),
     _path(
         "specimens/<str:accession>/report.pdf", _jobs.SpecimenReportPdfView.as_view(),
         name="api-specimen-report-pdf",

@@ -9,7 +9,6 @@ import mimetypes
 
 from django.http import FileResponse, Http404
 from django.urls import reverse
-from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -329,8 +328,7 @@ class ClassificationViewSet(
         upload.is_valid(raise_exception=True)
         image = upload.validated_data["image"]
         external_id = upload.validated_data.get("external_id") or None
-        started = timezone.now()
-        classification = services.classification_create(
+        classification, created = services.classification_get_or_create(
             user=request.user,
             data=image.read(),
             filename=image.name or "",
@@ -348,8 +346,7 @@ class ClassificationViewSet(
                 "url": url,
             }
             return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "60"})
-        # A retry gets the result stored before this request began.
-        created = external_id is None or classification.created_at >= started
+        # 201 for the request that stored it; 200 for every retry, even one sent at the same moment.
         data = self.get_serializer(classification).data
         if created:
             return Response(data, status=status.HTTP_201_CREATED, headers={"Location": url})

@@ -365,14 +365,17 @@ def test_bad_accession_is_400(tech_api, settings):
 
 
 def test_accession_of_another_technologist_is_refused(tech_api, other_user, settings):
-    SpecimenFactory(accession="ACC-2", created_by=other_user)
-    response = post_image(tech_api, accession="ACC-2")
+    theirs = SpecimenFactory(accession="ACC-2", created_by=other_user)
+    ClassificationFactory(owner=other_user, specimen=theirs)
+    before = stored_files(settings)
+    response = post_image(tech_api, accession="acc-2")
     assert response.status_code == 400
-    assert response.json() == {
-        "detail": "Accession ACC-2 was opened by another user; ask a reviewer to add images to it.",
+    assert response.json() == {  # names the accession as sent; not its stored spelling, owner or state
+        "detail": "Images cannot be added to accession acc-2 from your account; ask a reviewer to add "
+        "them, or to assign the specimen to you.",
         "code": "accession_taken",
     }
-    assert not Classification.objects.exists() and stored_files(settings) == []
+    assert Classification.objects.count() == 1 and stored_files(settings) == before
 
 
 def test_the_same_image_twice_in_a_specimen_is_400_and_stores_nothing(tech_api, settings):

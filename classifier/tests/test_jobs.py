@@ -178,15 +178,16 @@ def test_too_many_files_refused(user, settings):
 
 def test_signed_specimen_and_other_users_accession_refused(user, other_user, reviewer, settings):
     specimen = Specimen.objects.create(accession="SIGNED", created_by=user)
-    services.specimen_get_or_create(user=other_user, accession="THEIRS")
+    services.classification_create(user=other_user, data=cell_png("MONOCYTE", 7), accession="THEIRS")
     from django.utils import timezone
 
     Specimen.objects.filter(pk=specimen.pk).update(signed_by=reviewer, signed_at=timezone.now())
     with pytest.raises(ValidationError, match="Specimen SIGNED is signed; no images can be added."):
         jobs.job_create(user=user, accession="SIGNED", files=[("a.png", cell_png())])
-    with pytest.raises(ValidationError, match="opened by another user"):
+    with pytest.raises(ValidationError, match="cannot be added to accession THEIRS from your account"):
         jobs.job_create(user=user, accession="THEIRS", files=[("a.png", cell_png())])
     assert not BatchJob.objects.exists() and media_files(settings, "batches") == []
+    assert not any((settings.MEDIA_ROOT / "staging").iterdir())  # no staging lock is left behind
 
 
 def test_no_role_user_cannot_create_and_jobs_are_private(no_role_user, user, other_user, reviewer):
@@ -204,14 +205,14 @@ def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
     user, monkeypatch, django_capture_on_commit_callbacks, caplog
 ):
     files = [(f"{i}.png", cell_png("LYMPHOCYTE", i)) for i in range(6)]
-    real_create = services.classification_create
+    real_create = services.classification_get_or_create
 
     def flaky(**kwargs):
         if kwargs["filename"] == "3.png":
             raise RuntimeError("storage hiccup")
         return real_create(**kwargs)
 
-    monkeypatch.setattr(services, "classification_create", flaky)
+    monkeypatch.setattr(services, "classification_get_or_create", flaky)
     with django_capture_on_commit_callbacks(execute=True):
         job = jobs.job_create(user=user, accession="PART", files=files)
     job.refresh_from_db()
@@ -227,7 +228,7 @@ def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
     assert failed.source  # kept so the file can be retried
     assert Classification.objects.count() == 5
 
-    monkeypatch.setattr(services, "classification_create", real_create)
+    monkeypatch.setattr(services, "classification_get_or_create", real_create)
     with django_capture_on_commit_callbacks(execute=True):
         jobs.job_rerun(job=job, user=user)
     job.refresh_from_db()
@@ -247,7 +248,7 @@ class Killed(BaseException):
 def test_killed_mid_job_resumes_without_duplicates(user, monkeypatch):
     files = [(f"{i}.png", cell_png("MONOCYTE", i)) for i in range(8)]
     job = jobs.job_create(user=user, accession="KILL", files=files, enqueue=False)
-    real_create = services.classification_create
+    real_create = services.classification_get_or_create
     calls = Counter()
 
     def dies_on_fourth(**kwargs):
@@ -257,7 +258,7 @@ def test_killed_mid_job_resumes_without_duplicates(user, monkeypatch):
             raise Killed  # the classification is stored, but the item is not marked done
         return result
 
-    monkeypatch.setattr(services, "classification_create", dies_on_fourth)
+    monkeypatch.setattr(services, "classification_get_or_create", dies_on_fourth)
     with pytest.raises(Killed):
         jobs.job_run(job_id=job.pk)
     job.refresh_from_db()
@@ -265,7 +266,7 @@ def test_killed_mid_job_resumes_without_duplicates(user, monkeypatch):
     assert job.items.filter(state=BatchItem.State.DONE).count() == 3
     assert Classification.objects.count() == 4
 
-    monkeypatch.setattr(services, "classification_create", real_create)
+    monkeypatch.setattr(services, "classification_get_or_create", real_create)
     assert jobs.job_resume_unfinished() == [job.pk]  # sync mode: runs right away
     job.refresh_from_db()
     assert job.state == BatchJob.State.DONE and job.runs == 2

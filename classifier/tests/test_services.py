@@ -101,7 +101,7 @@ def test_bad_accession_rejected_before_storing(user, settings):
 def test_accession_of_another_technologist_is_refused_and_nothing_stored(user, other_user, settings):
     services.classification_create(user=other_user, data=png(), accession="ACC-1")
     before = stored_files(settings)
-    with pytest.raises(ValidationError, match="opened by another user"):
+    with pytest.raises(ValidationError, match="cannot be added to accession ACC-1 from your account"):
         services.classification_create(user=user, data=png(), accession="ACC-1")
     assert Classification.objects.count() == 1
     assert stored_files(settings) == before
@@ -243,7 +243,8 @@ def test_unknown_inference_backend_keeps_upload_pending(user, settings):
 def test_accession_is_case_insensitive(user, other_user, reviewer, settings):
     first = services.classification_create(user=user, data=png(), accession="ACC-77")
     before = stored_files(settings)
-    with pytest.raises(ValidationError, match="^\\['Accession ACC-77 was opened by another user"):
+    # The refusal names the accession as typed, not as stored (nor who opened it).
+    with pytest.raises(ValidationError, match="^\\['Images cannot be added to accession acc-77 from your"):
         services.classification_create(user=other_user, data=png((20, 200, 30)), accession="acc-77")
     assert stored_files(settings) == before
     added = services.classification_create(user=reviewer, data=png((20, 30, 200)), accession=" acc-77 ")

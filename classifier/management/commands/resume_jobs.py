@@ -1,6 +1,7 @@
 """Pick up work a restart or an outage cut short (run at start-up on the embedded profile).
 
-Uploads spooled while the database was unavailable are classified first, then
+Files that a crashed batch staging left (no row refers to them) are removed first;
+then uploads spooled while the database was unavailable are classified, then
 images stored as pending while the model was unavailable, then unfinished batch
 jobs resume.
 """
@@ -8,7 +9,7 @@ jobs resume.
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from classifier import jobs, services
+from classifier import jobs, services, staging
 
 
 class Command(BaseCommand):
@@ -18,6 +19,9 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
+        swept = staging.sweep_crashed_stagings()
+        if swept:
+            self.stdout.write(f"removed {len(swept)} file(s) left by a crashed batch staging")
         stored = services.classification_finish_stored()
         self.stdout.write(f"classified {stored['spooled']} spooled upload(s)")
         self.stdout.write(f"classified {stored['pending']} pending image(s)")
