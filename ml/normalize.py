@@ -179,3 +179,23 @@ def canonical_crop(
     if crop.shape[0] != out_size:
         crop = np.asarray(Image.fromarray(crop).resize((out_size, out_size), Image.BILINEAR))
     return crop
+
+
+def cell_windows(rgb: np.ndarray, max_cells: int = 10, field_rbc: float = FALLBACK_FIELD_RBC):
+    """Every located white cell of a whole field as ``(box, window)``: a native-resolution square of
+    ``field_rbc`` red-cell diameters around it (edge-replicated beyond the field).
+
+    The default side is the framing ``analyse`` assumes when it cannot measure red cells, so a
+    window classified on its own is read at the field's scale either way: by its red cells or by
+    its framing (the first field path cropped 288 px and let the scale be guessed from that size).
+    """
+    rgb = np.ascontiguousarray(np.asarray(rgb)[..., :3])
+    frame = analyse(rgb, max_cells=max_cells)
+    out = []
+    h, w = rgb.shape[:2]
+    for box in frame.boxes:
+        x0, y0, x1, y1 = crop_window(frame, box, rgb.shape, field_rbc)
+        pad = max(0, -x0, -y0, x1 - w, y1 - h)
+        src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
+        out.append((box, np.ascontiguousarray(src[y0 + pad : y1 + pad, x0 + pad : x1 + pad])))
+    return out

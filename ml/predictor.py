@@ -358,6 +358,19 @@ class Predictor:
             )
         return out
 
+    def field_cells(self, image, max_cells: int = 10) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+        """Every white cell of a whole field as ``(nucleus box, cell image)``, each cell image framed
+        so that ``predict`` reads it at the field's scale (``ml.normalize.cell_windows``; the first
+        model's cards: ``ml.locate``'s reference-field crop)."""
+        rgb = to_rgb(image)
+        if self.crop_method == "rbc_scale":
+            from ml import normalize
+
+            return [(b.as_tuple(), crop) for b, crop in normalize.cell_windows(rgb, max_cells=max_cells)]
+        from ml.locate import crop_cell, locate_cells
+
+        return [(b.as_tuple(), crop_cell(rgb, box=b)[0]) for b in locate_cells(rgb, max_cells=max_cells)]
+
     def predict_one(self, image) -> Prediction:
         return self.predict([image])[0]
 
