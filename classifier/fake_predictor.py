@@ -7,9 +7,12 @@ It acts as either model: the first shipped one (four classes, the default,
 ``HEMATOVISION_PREDICTOR=fake``) or the eight-class one (``classes=MODEL_CODES``,
 ``HEMATOVISION_PREDICTOR=fake8``); its card lists the classes it was built with.
 
-Colours: red, green, blue -> EOSINOPHIL, LYMPHOCYTE, MONOCYTE; balanced ->
-NEUTROPHIL or EOSINOPHIL (by a content hash). With eight classes also yellow
-(red + green) -> BASOPHIL, cyan -> IG, magenta -> ERYTHROBLAST, dark grey -> PLATELET.
+Colours (class names from the cell-class table): red, green, blue -> the first
+model's first three classes (eosinophil, lymphocyte, monocyte); balanced -> its
+last or first (neutrophil or eosinophil, by a content hash). With eight classes
+the four the first model lacks, in the table's order: yellow (red + green) ->
+basophil, cyan -> immature granulocyte, magenta -> nucleated red cell, dark grey
+-> platelet.
 """
 
 import hashlib
@@ -22,11 +25,11 @@ from PIL import Image
 from .cells.classes import FIRST_MODEL_CODES, MODEL_CODES
 
 CLASSES = list(FIRST_MODEL_CODES)
-# Which class a colour means, where the predictor has that class (names from the cell-class table).
-_PRIMARY = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")  # red, green, blue dominant
-_SECONDARY = {(0, 1): "BASOPHIL", (1, 2): "IG", (0, 2): "ERYTHROBLAST"}  # two channels dominant
-_BALANCED = ("EOSINOPHIL", "NEUTROPHIL")  # grey-ish, picked by a content hash
-_DARK = "PLATELET"
+# Which class a colour means, where the predictor has that class.
+_PRIMARY = FIRST_MODEL_CODES[:3]  # red, green, blue dominant
+_BALANCED = (FIRST_MODEL_CODES[0], FIRST_MODEL_CODES[3])  # grey-ish, picked by a content hash
+_YELLOW, _CYAN, _MAGENTA, _DARK = (c for c in MODEL_CODES if c not in FIRST_MODEL_CODES)
+_SECONDARY = {(0, 1): _YELLOW, (1, 2): _CYAN, (0, 2): _MAGENTA}  # two channels dominant
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,7 @@ def test_reclassify_with_number_key_on_result_page(live_server, reviewer, passwo
     rev.login(reviewer.username, password)
     rev.page.goto(f"/classifications/{cell.pk}/")
     with rev.page.expect_navigation():
-        rev.page.keyboard.press("3")  # MONOCYTE
+        rev.page.keyboard.press("5")  # MONOCYTE (its key in the cell-class table)
     cell.refresh_from_db()
     assert (cell.review_state, cell.final_label) == ("reclassified", "MONOCYTE")
     assert rev.page.locator("#final-label").inner_text() == "Monocyte"
@@ -241,7 +241,7 @@ def test_review_keys_act_on_the_card_tabbed_into(live_server, user, reviewer, pa
     assert cards.nth(0).get_attribute("data-id") == str(first.pk)
     assert cards.nth(1).get_attribute("data-id") == str(second.pk)
     expect(cards.nth(0)).to_have_attribute("aria-current", "true")
-    cards.nth(0).locator('[data-key="4"]').focus()  # the first card's last enabled button
+    cards.nth(0).locator('[data-key="a"]').focus()  # the first card's last class button (artefact)
     page.keyboard.press("Tab")  # on into the second card (its thumbnail link)
     focused_card = page.evaluate("document.activeElement.closest('[data-review-item]').dataset.id")
     assert focused_card == str(second.pk)
@@ -250,7 +250,7 @@ def test_review_keys_act_on_the_card_tabbed_into(live_server, user, reviewer, pa
     assert cards.nth(0).get_attribute("aria-current") is None
     rev.shot("13-review-tabbed-into-second-card")
     with page.expect_navigation():
-        page.keyboard.press("2")  # LYMPHOCYTE, for the card that has the focus
+        page.keyboard.press("4")  # LYMPHOCYTE, for the card that has the focus
     first.refresh_from_db()
     second.refresh_from_db()
     assert (second.review_state, second.final_label) == ("reclassified", "LYMPHOCYTE")
