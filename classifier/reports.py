@@ -229,7 +229,8 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
     groups: dict[str, list[Classification]] = defaultdict(list)
     for cell in cells:
         groups[_group(cell)].append(cell)
-    order = [*classes.CODES, *sorted(set(groups) - {*classes.CODES, UNIDENTIFIED, PENDING}), UNIDENTIFIED, PENDING]
+    others = sorted(set(groups) - {*classes.CODES, UNIDENTIFIED, PENDING})  # a future model's classes
+    order = [*classes.CODES, *others, UNIDENTIFIED, PENDING]
     names = {UNIDENTIFIED: "Unidentified", PENDING: "Pending"}
     if cells:
         story += [Spacer(1, 4 * mm), Paragraph("Cell gallery", styles["Heading2"])]

@@ -7,6 +7,7 @@ from .cells.classes import CODES
 from .models import Classification, ReviewState, Specimen, Status
 from .permissions import can_review, can_submit
 
+
 def _cells() -> QuerySet[Classification]:
     """Cells with what every page and answer shows of them (specimen, submitter, reviewer, signer)."""
     return Classification.objects.select_related("specimen", "owner", "reviewed_by", "signed_by")

@@ -77,7 +77,9 @@ class SpecimenDetailView(TemplateView):
             specimen=specimen,
             differential=differential,
             gallery=[
-                (key, names.get(key) or classes.display_name(key), groups[key]) for key in order if groups.get(key)
+                (key, names.get(key) or classes.display_name(key), groups[key])
+                for key in order
+                if groups.get(key)
             ],
             jobs=jobs.job_list(user=self.request.user).filter(specimen=specimen)[:20],
             can_review=can_review(self.request.user),

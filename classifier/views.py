@@ -27,9 +27,9 @@ from django.views.decorators.http import require_POST
 from django.views.generic import TemplateView
 
 from . import csvsafe, inference, selectors, services
+from .cells import classes
 from .filters import ClassificationFilter
 from .forms import ReviewForm, UploadForm
-from .cells import classes
 from .models import Classification
 from .permissions import can_review, can_submit
 from .reports import local_iso

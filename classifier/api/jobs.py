@@ -210,7 +210,9 @@ class SpecimenSignView(JSONErrorsMixin, APIView):
     @extend_schema(
         request=None,
         responses={
-            200: OpenApiResponse(SignedDifferentialSerializer, description="The signed specimen's differential."),
+            200: OpenApiResponse(
+                SignedDifferentialSerializer, description="The signed specimen's differential."
+            ),
             **json_errors(
                 {
                     403: _error(

@@ -159,7 +159,9 @@ class NotCountedRowSerializer(serializers.Serializer):
 class ClassRowSerializer(NotCountedRowSerializer):
     percent = serializers.FloatField(
         allow_null=True,
-        help_text="Percent of the white cells counted (the rows add up to 100.0); null when none is counted yet.",
+        help_text=(
+            "Percent of the white cells counted (the rows add up to 100.0); null when none is counted yet."
+        ),
     )
     reference_low = serializers.FloatField(
         allow_null=True, help_text="Adult reference range, % of white cells; null where none is agreed."
@@ -175,7 +177,9 @@ class Per100RowSerializer(NotCountedRowSerializer):
     per_100_white_cells = serializers.FloatField(
         allow_null=True, help_text="Cells per 100 white cells counted; null when none is counted yet."
     )
-    reference_low = serializers.FloatField(allow_null=True, help_text="Adult reference range, per 100 white cells.")
+    reference_low = serializers.FloatField(
+        allow_null=True, help_text="Adult reference range, per 100 white cells."
+    )
     reference_high = serializers.FloatField(allow_null=True)
     flag = serializers.ChoiceField(choices=[("H", "High"), ("L", "Low")], allow_null=True)
 

@@ -70,7 +70,8 @@ class CellType:
     @property
     def text_colour(self) -> str:
         """White or near-black text, whichever is more legible on ``colour`` (WCAG contrast)."""
-        return "#ffffff" if contrast("#ffffff", self.colour) >= contrast(DARK_TEXT, self.colour) else DARK_TEXT
+        white = contrast("#ffffff", self.colour)
+        return "#ffffff" if white >= contrast(DARK_TEXT, self.colour) else DARK_TEXT
 
     @property
     def rgb(self) -> tuple[int, int, int]:

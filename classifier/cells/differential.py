@@ -145,7 +145,9 @@ def build(*, labels: Iterable[str], model_classes: Iterable[str], **facts) -> Di
     )
     per_100 = tuple(
         _row(
-            c, c.code, counts.get(c.code, 0),
+            c,
+            c.code,
+            counts.get(c.code, 0),
             round(100.0 * counts.get(c.code, 0) / white_total, 1) if white_total else None,
         )
         for c in shown
@@ -161,6 +163,7 @@ def build(*, labels: Iterable[str], model_classes: Iterable[str], **facts) -> Di
         classes=white_rows,
         per_100_white_cells=per_100,
         not_counted=apart,
-        model_classes=tuple(c for c in classes.CODES if c in known) + tuple(sorted(known - set(classes.CODES))),
+        model_classes=tuple(c for c in classes.CODES if c in known)
+        + tuple(sorted(known - set(classes.CODES))),
         **facts,
     )

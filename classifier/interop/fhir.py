@@ -106,7 +106,9 @@ def _text(row: Row, per_100: bool) -> str:
     return row.name + (" per 100 white cells" if per_100 else " %")
 
 
-def _observation(row: Row, *, per_100: bool, accession, status, effective, issued, specimen_ref, counted) -> dict:
+def _observation(
+    row: Row, *, per_100: bool, accession, status, effective, issued, specimen_ref, counted
+) -> dict:
     quantity = _per_100_white if per_100 else _percent
     observation = {
         "resourceType": "Observation",
@@ -194,7 +196,10 @@ def specimen_bundle(specimen, differential: Differential, *, now=None) -> dict:
         "performer": [{"display": lab_name()}],
         "specimen": [specimen_ref],
         "result": [
-            {"reference": _urn(accession, "observation", row.label), "display": _text(row, row.label in per_100)}
+            {
+                "reference": _urn(accession, "observation", row.label),
+                "display": _text(row, row.label in per_100),
+            }
             for row in differential.reported
         ],
         "conclusion": _conclusion(differential),

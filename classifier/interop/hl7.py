@@ -35,8 +35,8 @@ from django.utils import timezone
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
-from . import APPLICATION, lab_name
 from ..cells.differential import Differential
+from . import APPLICATION, lab_name
 from .fhir import PANEL, PER_100_WHITE_UNIT
 
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
@@ -125,7 +125,8 @@ def oru_r01(specimen, differential: Differential, *, now=None, control_id: str |
         obx.obx_1 = str(index)
         obx.obx_2 = "NM"
         obx.obx_3 = f"{row.loinc.code}^{row.loinc.name}^LN" if row.loinc else f"^{_escape(row.name)}"
-        obx.obx_6 = f"{PER_100_WHITE_UNIT[0]}^{PER_100_WHITE_UNIT[1]}^UCUM" if row.label in per_100 else "%^percent^UCUM"
+        unit = f"{PER_100_WHITE_UNIT[0]}^{PER_100_WHITE_UNIT[1]}" if row.label in per_100 else "%^percent"
+        obx.obx_6 = f"{unit}^UCUM"
         if row.reference_low is not None:
             obx.obx_7 = f"{_number(row.reference_low)}-{_number(row.reference_high)}"
         if row.value is None:

@@ -24,7 +24,14 @@ from classifier.cells.differential import build, largest_remainder
 from classifier.models import Classification, ReviewState, Specimen, Status
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory, probabilities_for
 
-YELLOW, CYAN, MAGENTA, RED, GREY, DARK = (200, 200, 60), (60, 200, 200), (200, 60, 200), (200, 60, 60), (128, 124, 126), (40, 40, 40)
+YELLOW, CYAN, MAGENTA, RED, GREY, DARK = (
+    (200, 200, 60),
+    (60, 200, 200),
+    (200, 60, 200),
+    (200, 60, 60),
+    (128, 124, 126),
+    (40, 40, 40),
+)
 
 
 def _png(colour, seed=0) -> bytes:
@@ -77,7 +84,12 @@ def test_model_classes_are_ml_taxonomy_s_names_in_its_order():
     assert classes.MODEL_CODES == taxonomy.CLASSES
     assert classes.FIRST_MODEL_CODES == taxonomy.LEGACY_CLASSES
     assert [c.code for c in classes.TABLE if c.reviewer_only] == [
-        "BAND", "BLAST", "VARIANT_LYMPHOCYTE", "PLASMA_CELL", "SMUDGE", "ARTEFACT",
+        "BAND",
+        "BLAST",
+        "VARIANT_LYMPHOCYTE",
+        "PLASMA_CELL",
+        "SMUDGE",
+        "ARTEFACT",
     ]
 
 
@@ -85,13 +97,19 @@ def test_every_class_has_a_usable_code_key_colour_and_counting_rule():
     keys = [c.key for c in classes.TABLE]
     assert len(set(keys)) == len(keys)
     assert all(len(k) == 1 and k == k.lower() and k not in "jkso" for k in keys)  # the page's own keys
-    assert all(re.fullmatch(r"[A-Z_]+", c.code) and len(c.code) <= classes.MAX_CODE_LENGTH for c in classes.TABLE)
+    assert all(
+        re.fullmatch(r"[A-Z_]+", c.code) and len(c.code) <= classes.MAX_CODE_LENGTH for c in classes.TABLE
+    )
     assert all(re.fullmatch(r"#[0-9a-f]{6}", c.colour) for c in classes.TABLE)
     assert len({c.colour for c in classes.TABLE}) == len(classes.TABLE)
     assert all(classes.contrast(c.text_colour, c.colour) >= 4.5 for c in classes.TABLE)
     counting = {c.code: c.counting for c in classes.TABLE}
     assert counting["ERYTHROBLAST"] is classes.Counting.PER_100_WHITE
-    assert {k for k, v in counting.items() if v is classes.Counting.NOT_COUNTED} == {"PLATELET", "SMUDGE", "ARTEFACT"}
+    assert {k for k, v in counting.items() if v is classes.Counting.NOT_COUNTED} == {
+        "PLATELET",
+        "SMUDGE",
+        "ARTEFACT",
+    }
     assert not any(classes.get(code).counts_in_white_total for code in ("ERYTHROBLAST", "PLATELET", "SMUDGE"))
 
 
@@ -103,7 +121,10 @@ def test_loinc_codes_have_valid_check_digits_and_every_reported_class_has_one():
                 assert "Blood" in loinc.name
         if cell.counting is not classes.Counting.NOT_COUNTED:
             assert cell.loinc is not None, cell.code
-    assert (classes.get("BASOPHIL").loinc.code, classes.get("ERYTHROBLAST").loinc.code) == ("706-2", "58413-6")
+    assert (classes.get("BASOPHIL").loinc.code, classes.get("ERYTHROBLAST").loinc.code) == (
+        "706-2",
+        "58413-6",
+    )
     assert classes.get("PLATELET").loinc is None and classes.get("ARTEFACT").loinc is None
 
 
@@ -120,46 +141,88 @@ def test_largest_remainder_shows_percentages_that_add_up_to_100():
         if sum(counts):
             shares = largest_remainder(counts, total=sum(counts))
             assert sum(round(s * 10) for s in shares) == 1000
-            assert all(abs(s - 100 * c / sum(counts)) < 0.1 + 1e-9 for s, c in zip(shares, counts, strict=True))
+            assert all(
+                abs(s - 100 * c / sum(counts)) < 0.1 + 1e-9 for s, c in zip(shares, counts, strict=True)
+            )
 
 
 def test_white_cells_add_to_100_nucleated_red_cells_per_100_and_others_apart():
-    labels = ["NEUTROPHIL"] * 5 + ["LYMPHOCYTE"] * 3 + ["BAND"] + ["ERYTHROBLAST"] * 2 + ["PLATELET", "SMUDGE"]
-    d = build(labels=labels, model_classes=classes.MODEL_CODES, accession="X", total_cells=14,
-              unidentified=1, pending=0, unreviewed=14)
+    labels = (
+        ["NEUTROPHIL"] * 5 + ["LYMPHOCYTE"] * 3 + ["BAND"] + ["ERYTHROBLAST"] * 2 + ["PLATELET", "SMUDGE"]
+    )
+    d = build(
+        labels=labels,
+        model_classes=classes.MODEL_CODES,
+        accession="X",
+        total_cells=14,
+        unidentified=1,
+        pending=0,
+        unreviewed=14,
+    )
     assert d.counted_cells == 9
     assert [(r.label, r.count, r.percent, r.flag) for r in d.classes] == [
-        ("NEUTROPHIL", 5, 55.6, None), ("EOSINOPHIL", 0, 0.0, "L"), ("BASOPHIL", 0, 0.0, None),
-        ("LYMPHOCYTE", 3, 33.3, None), ("MONOCYTE", 0, 0.0, "L"), ("IG", 0, 0.0, None),
+        ("NEUTROPHIL", 5, 55.6, None),
+        ("EOSINOPHIL", 0, 0.0, "L"),
+        ("BASOPHIL", 0, 0.0, None),
+        ("LYMPHOCYTE", 3, 33.3, None),
+        ("MONOCYTE", 0, 0.0, "L"),
+        ("IG", 0, 0.0, None),
         ("BAND", 1, 11.1, "H"),
     ]
     assert sum(round(r.percent * 10) for r in d.classes) == 1000
     assert [(r.label, r.count, r.per_100_white_cells, r.flag) for r in d.per_100_white_cells] == [
         ("ERYTHROBLAST", 2, 22.2, "H")
     ]
-    assert [(r.label, r.count, r.value) for r in d.not_counted] == [("PLATELET", 1, None), ("SMUDGE", 1, None)]
+    assert [(r.label, r.count, r.value) for r in d.not_counted] == [
+        ("PLATELET", 1, None),
+        ("SMUDGE", 1, None),
+    ]
     assert [r.label for r in d.reported] == [*(r.label for r in d.classes), "ERYTHROBLAST"]
 
 
 def test_four_class_results_report_their_four_classes_only():
-    d = build(labels=["MONOCYTE"], model_classes=classes.FIRST_MODEL_CODES, accession="X", total_cells=1,
-              unidentified=0, pending=0, unreviewed=1)
+    d = build(
+        labels=["MONOCYTE"],
+        model_classes=classes.FIRST_MODEL_CODES,
+        accession="X",
+        total_cells=1,
+        unidentified=0,
+        pending=0,
+        unreviewed=1,
+    )
     assert [r.label for r in d.classes] == ["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE"]
     assert d.per_100_white_cells == () and d.not_counted == ()
 
 
 def test_no_counted_cell_lists_the_model_classes_without_values():
-    d = build(labels=[], model_classes=[], accession="X", total_cells=0, unidentified=0, pending=0, unreviewed=0)
-    assert [r.label for r in d.classes] == ["NEUTROPHIL", "EOSINOPHIL", "BASOPHIL", "LYMPHOCYTE", "MONOCYTE", "IG"]
+    d = build(
+        labels=[], model_classes=[], accession="X", total_cells=0, unidentified=0, pending=0, unreviewed=0
+    )
+    assert [r.label for r in d.classes] == [
+        "NEUTROPHIL",
+        "EOSINOPHIL",
+        "BASOPHIL",
+        "LYMPHOCYTE",
+        "MONOCYTE",
+        "IG",
+    ]
     assert all(r.percent is None and r.flag is None for r in d.classes)
     assert [(r.label, r.per_100_white_cells) for r in d.per_100_white_cells] == [("ERYTHROBLAST", None)]
 
 
 def test_a_class_outside_the_table_still_counts_and_renders_by_its_code():
-    d = build(labels=["NEUTROPHIL", "MEGAKARYOCYTE"], model_classes=["NEUTROPHIL", "MEGAKARYOCYTE"],
-              accession="X", total_cells=2, unidentified=0, pending=0, unreviewed=2)
+    d = build(
+        labels=["NEUTROPHIL", "MEGAKARYOCYTE"],
+        model_classes=["NEUTROPHIL", "MEGAKARYOCYTE"],
+        accession="X",
+        total_cells=2,
+        unidentified=0,
+        pending=0,
+        unreviewed=2,
+    )
     assert [(r.label, r.name, r.percent) for r in d.classes] == [
-        ("NEUTROPHIL", "Neutrophil", 50.0), ("MEGAKARYOCYTE", "MEGAKARYOCYTE", 50.0)
+        ("NEUTROPHIL", "Neutrophil", 50.0),
+        ("MEGAKARYOCYTE", "MEGAKARYOCYTE", 50.0),
     ]
 
 
@@ -187,15 +250,24 @@ def test_eight_class_model_basophil_through_api_fhir_hl7_reports_and_history(
     eight_class, tech_api, tech_client, reviewer_client, tmp_path
 ):
     basophil = _upload(tech_api, YELLOW, 1)
-    assert (basophil["label"], basophil["predicted_label"], basophil["status"]) == ("BASOPHIL", "BASOPHIL", "classified")
+    assert (basophil["label"], basophil["predicted_label"], basophil["status"]) == (
+        "BASOPHIL",
+        "BASOPHIL",
+        "classified",
+    )
     assert basophil["model_version"] == "fake8-0001"
     assert set(basophil["probabilities"]) == set(classes.MODEL_CODES)
     assert basophil["probabilities"]["BASOPHIL"] == 0.88
-    assert [_upload(tech_api, colour, seed)["label"] for colour, seed in (
-        (RED, 2), (GREY, 5), (CYAN, 4), (MAGENTA, 3), (DARK, 6)
-    )] == ["EOSINOPHIL", "NEUTROPHIL", "IG", "ERYTHROBLAST", "PLATELET"]
+    assert [
+        _upload(tech_api, colour, seed)["label"]
+        for colour, seed in ((RED, 2), (GREY, 5), (CYAN, 4), (MAGENTA, 3), (DARK, 6))
+    ] == ["EOSINOPHIL", "NEUTROPHIL", "IG", "ERYTHROBLAST", "PLATELET"]
     cell = Classification.objects.get(pk=basophil["id"])
-    assert (cell.predicted_label, cell.specimen.accession, cell.model_version) == ("BASOPHIL", "ACC-8", "fake8-0001")
+    assert (cell.predicted_label, cell.specimen.accession, cell.model_version) == (
+        "BASOPHIL",
+        "ACC-8",
+        "fake8-0001",
+    )
 
     # The result page names it and its probabilities.
     html = tech_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
@@ -206,22 +278,37 @@ def test_eight_class_model_basophil_through_api_fhir_hl7_reports_and_history(
     body = tech_api.get("/api/v1/specimens/ACC-8/").json()["differential"]
     assert body["counted_cells"] == 4 and body["total_cells"] == 6
     assert {row["label"]: (row["count"], row["percent"]) for row in body["classes"]} == {
-        "NEUTROPHIL": (1, 25.0), "EOSINOPHIL": (1, 25.0), "BASOPHIL": (1, 25.0),
-        "LYMPHOCYTE": (0, 0.0), "MONOCYTE": (0, 0.0), "IG": (1, 25.0),
+        "NEUTROPHIL": (1, 25.0),
+        "EOSINOPHIL": (1, 25.0),
+        "BASOPHIL": (1, 25.0),
+        "LYMPHOCYTE": (0, 0.0),
+        "MONOCYTE": (0, 0.0),
+        "IG": (1, 25.0),
     }
     assert body["per_100_white_cells"] == [
-        {"label": "ERYTHROBLAST", "name": "Nucleated red cell", "count": 1, "per_100_white_cells": 25.0,
-         "reference_low": 0.0, "reference_high": 0.0, "flag": "H"}
+        {
+            "label": "ERYTHROBLAST",
+            "name": "Nucleated red cell",
+            "count": 1,
+            "per_100_white_cells": 25.0,
+            "reference_low": 0.0,
+            "reference_high": 0.0,
+            "flag": "H",
+        }
     ]
     assert body["not_counted"] == [{"label": "PLATELET", "name": "Platelet", "count": 1}]
 
     # FHIR: basophils under LOINC 706-2, nucleated red cells per 100 white cells, platelets in the conclusion.
     bundle = Bundle.model_validate_json(tech_api.get("/api/v1/specimens/ACC-8/fhir/").content)
     observations = {
-        e.resource.code.coding[0].code: e.resource for e in bundle.entry if isinstance(e.resource, Observation)
+        e.resource.code.coding[0].code: e.resource
+        for e in bundle.entry
+        if isinstance(e.resource, Observation)
     }
     assert set(observations) == {"770-8", "713-8", "706-2", "736-9", "5905-5", "71695-1", "58413-6"}
-    assert observations["706-2"].code.coding[0].display == "Basophils/100 leukocytes in Blood by Automated count"
+    assert (
+        observations["706-2"].code.coding[0].display == "Basophils/100 leukocytes in Blood by Automated count"
+    )
     assert float(observations["706-2"].valueQuantity.value) == 25.0
     assert observations["706-2"].valueQuantity.code == "%"
     nrbc = observations["58413-6"]
@@ -232,7 +319,8 @@ def test_eight_class_model_basophil_through_api_fhir_hl7_reports_and_history(
 
     # HL7: an OBX for basophils and one for nucleated red cells, parsed strictly.
     message = parse_message(
-        tech_api.get("/api/v1/specimens/ACC-8/hl7/").content.decode(), validation_level=VALIDATION_LEVEL.STRICT
+        tech_api.get("/api/v1/specimens/ACC-8/hl7/").content.decode(),
+        validation_level=VALIDATION_LEVEL.STRICT,
     )
     obx = {
         o.obx.obx_3.to_er7().split("^")[0]: o.obx
@@ -240,7 +328,9 @@ def test_eight_class_model_basophil_through_api_fhir_hl7_reports_and_history(
     }
     assert list(obx) == ["770-8", "713-8", "706-2", "736-9", "5905-5", "71695-1", "58413-6"]
     assert (obx["706-2"].obx_5.to_er7(), obx["706-2"].obx_6.to_er7(), obx["706-2"].obx_7.to_er7()) == (
-        "25", "%^percent^UCUM", "0-2",
+        "25",
+        "%^percent^UCUM",
+        "0-2",
     )
     assert obx["58413-6"].obx_6.to_er7() == "/100{WBCs}^per 100 white cells^UCUM"
 
@@ -264,8 +354,9 @@ def test_eight_class_model_basophil_through_api_fhir_hl7_reports_and_history(
 
 @pytest.mark.django_db
 def test_four_class_results_keep_their_version_beside_eight_class_ones(settings, user, reviewer, tech_api):
-    old = ClassificationFactory(owner=user, specimen=SpecimenFactory(accession="MIX-1", created_by=user),
-                                predicted_label="LYMPHOCYTE")
+    old = ClassificationFactory(
+        owner=user, specimen=SpecimenFactory(accession="MIX-1", created_by=user), predicted_label="LYMPHOCYTE"
+    )
     settings.HEMATOVISION_PREDICTOR = "fake8"
     new = _upload(tech_api, YELLOW, 9, accession="MIX-1")
     old.refresh_from_db()
@@ -273,7 +364,12 @@ def test_four_class_results_keep_their_version_beside_eight_class_ones(settings,
     assert new["model_version"] == "fake8-0001"
     d = selectors.specimen_differential(specimen=old.specimen)
     assert [(r.label, r.count) for r in d.classes] == [
-        ("NEUTROPHIL", 0), ("EOSINOPHIL", 0), ("BASOPHIL", 1), ("LYMPHOCYTE", 1), ("MONOCYTE", 0), ("IG", 0),
+        ("NEUTROPHIL", 0),
+        ("EOSINOPHIL", 0),
+        ("BASOPHIL", 1),
+        ("LYMPHOCYTE", 1),
+        ("MONOCYTE", 0),
+        ("IG", 0),
     ]
     assert set(d.model_classes) == set(classes.MODEL_CODES)
 
@@ -281,12 +377,14 @@ def test_four_class_results_keep_their_version_beside_eight_class_ones(settings,
 @pytest.mark.django_db
 def test_reviewer_gives_reviewer_only_classes_with_their_keys(reviewer_client, reviewer, user):
     specimen = SpecimenFactory(accession="REV-1", created_by=user)
-    cells = [ClassificationFactory(owner=user, specimen=specimen, predicted_label="NEUTROPHIL") for _ in range(4)]
+    cells = [
+        ClassificationFactory(owner=user, specimen=specimen, predicted_label="NEUTROPHIL") for _ in range(4)
+    ]
     html = reviewer_client.get(reverse("classification-detail", args=[cells[0].pk])).content.decode()
     for cell_type in classes.TABLE:  # one button per class of the table, with its key
         assert f'<input type="hidden" name="label" value="{cell_type.code}">' in html
         assert f'data-key="{cell_type.key}"' in html
-    assert '<kbd>V</kbd> Variant lymphocyte' in html
+    assert "<kbd>V</kbd> Variant lymphocyte" in html
     queue = reviewer_client.get(reverse("review-queue")).content.decode()
     assert queue.count('data-key="x"') == 4  # smudge cell, on every card
 
@@ -296,8 +394,10 @@ def test_reviewer_gives_reviewer_only_classes_with_their_keys(reviewer_client, r
         )
         assert response.status_code == 302
     assert sorted(Classification.objects.values_list("final_label", "review_state")) == [
-        ("ARTEFACT", ReviewState.RECLASSIFIED), ("BAND", ReviewState.RECLASSIFIED),
-        ("NEUTROPHIL", ReviewState.CONFIRMED), ("SMUDGE", ReviewState.RECLASSIFIED),
+        ("ARTEFACT", ReviewState.RECLASSIFIED),
+        ("BAND", ReviewState.RECLASSIFIED),
+        ("NEUTROPHIL", ReviewState.CONFIRMED),
+        ("SMUDGE", ReviewState.RECLASSIFIED),
     ]
     d = selectors.specimen_differential(specimen=specimen)
     assert d.counted_cells == 2  # the smudge cell and the artefact are not white cells of the count
