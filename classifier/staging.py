@@ -161,7 +161,7 @@ def orphans(*, min_age: float | None = None) -> list[Orphan]:
     crashed = _crashed_stagings()
     try:
         crashed_dirs = {f"batches/{token}/" for token, _, _ in crashed}
-        live_dirs = _live_staging_dirs()
+        live_dirs = _live_staging_dirs(skip={token for token, _, _ in crashed})
         referenced = _referenced()
         now = time.time()
         found = []
@@ -199,12 +199,16 @@ def orphans(*, min_age: float | None = None) -> list[Orphan]:
             os.close(fd)
 
 
-def _live_staging_dirs() -> set[str]:
+def _live_staging_dirs(skip=frozenset()) -> set[str]:
+    """Folders of stagings running now (their lock is held). ``skip``: tokens whose lock this process
+    holds itself (a second ``flock`` here would fail on them as if they were running)."""
     root = _local_path(LOCK_DIR)
     if root is None or not root.is_dir():
         return set()
     live = set()
     for lock in root.glob("*.lock"):
+        if lock.stem in skip:
+            continue
         try:
             fd = os.open(lock, os.O_WRONLY)
         except OSError:
