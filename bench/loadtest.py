@@ -6,9 +6,16 @@ the API with a unique external_id, then read the result back. Prints JSON with
 throughput, p50/p95/p99 latency per operation and errors, and checks that every
 accepted upload has exactly one result row. Exit status 1 if any request
 errored or a result is missing or doubled.
+
+``--hostile``: each client also sends, about one request in three, a hostile upload from the
+second hardening round (issue 18): a 6300x6300 solid PNG, a 16-bit PNG and a float TIFF of the same
+size (all small on the wire, huge decoded), a 3000x3000 PNG that is allowed and decoded, a text
+file and a truncated PNG named .png, or a batch post of a big image. Any 5xx is an error; the
+gunicorn workers' peak RSS (VmHWM) is reported. ``make loadtest-hostile`` runs it.
 """
 
 import argparse
+import io
 import json
 import os
 import random
@@ -61,6 +68,7 @@ def main() -> int:
         "(auto, keras, litert, naive = model.predict per image), e.g. auto,naive",
     )
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--hostile", action="store_true", help="mix hostile uploads in (issue 18)")
     args = parser.parse_args()
     reports = [run_once(args, backend.strip()) for backend in args.backends.split(",")]
     text = json.dumps(reports if len(reports) > 1 else reports[0], indent=2)
@@ -81,6 +89,7 @@ def run_once(args, backend: str) -> dict:
         "HEMATOVISION_INFERENCE_BACKEND": backend,
         "HEMATOVISION_API_USER_RATE": "100000/min",  # capacity, not throttling, is measured
         "HEMATOVISION_API_UPLOAD_RATE": "100000/min",
+        "HEMATOVISION_MAX_QUEUED_JOBS_PER_USER": "1000",
         "DJANGO_DEBUG": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
@@ -121,13 +130,41 @@ def run_once(args, backend: str) -> dict:
         lat = {"upload": [], "read": []}
         errors: list[str] = []
         accepted: list[str] = []
+        hostile_answers: dict[str, dict[int, int]] = {}
+        hostile = _hostile_files() if args.hostile else {}
         deadline = time.monotonic() + args.seconds
+
+        def send_hostile(session, rng):
+            kind = rng.choice(sorted(hostile))
+            name, data = hostile[kind]
+            ext = uuid.uuid4().hex
+            if kind == "batch_of_big":
+                r = session.post(f"{base}/api/v1/specimens/H-{ext[:20]}/batch/", timeout=600,
+                                 files={"images": (name, data, "image/png")})
+            else:
+                r = session.post(f"{base}/api/v1/classifications/", timeout=600,
+                                 files={"image": (name, data, "application/octet-stream")},
+                                 data={"external_id": ext})
+            with lock:
+                counts = hostile_answers.setdefault(kind, {})
+                counts[r.status_code] = counts.get(r.status_code, 0) + 1
+                if r.status_code >= 500:
+                    errors.append(f"hostile {kind} {r.status_code}: {r.text[:200]}")
+                elif r.status_code == 201:
+                    accepted.append(ext)
 
         def client(n: int):
             session = requests.Session()
             session.headers.update(headers)
             rng = random.Random(n)
             while time.monotonic() < deadline:
+                if hostile and rng.random() < 0.33:
+                    try:
+                        send_hostile(session, rng)
+                    except Exception as exc:  # noqa: BLE001 - counted and reported
+                        with lock:
+                            errors.append(f"hostile: {exc}")
+                    continue
                 ext = uuid.uuid4().hex
                 t0 = time.perf_counter()
                 try:
@@ -155,6 +192,7 @@ def run_once(args, backend: str) -> dict:
         with ThreadPoolExecutor(args.users) as pool:
             list(pool.map(client, range(args.users)))
         elapsed = time.monotonic() - started
+        peak_rss = _workers_peak_rss(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -168,7 +206,8 @@ def run_once(args, backend: str) -> dict:
     )
     out = _manage(env, "shell", "-c", check, capture_output=True, text=True).stdout
     stored = json.loads(out.strip().splitlines()[-1])
-    rows = [r for r in stored["rows"] if r not in warm_ids]
+    # Batch jobs' cells (hostile batch posts) carry their own ids; every single upload is counted.
+    rows = [r for r in stored["rows"] if r not in warm_ids and not (r or "").startswith(("bat-", "fld-"))]
     missing = sorted(set(accepted) - set(rows))
     report = {
         "users": args.users,
@@ -185,6 +224,8 @@ def run_once(args, backend: str) -> dict:
                  "mean": round(1000 * statistics.fmean(v), 1) if v else None}
             for op, v in lat.items()
         },
+        "peak_rss_mb": peak_rss,
+        "hostile_answers": {k: {str(c): n for c, n in sorted(v.items())} for k, v in hostile_answers.items()},
         "errors": len(errors),
         "error_examples": errors[:5],
         "result_rows": len(rows),
@@ -194,6 +235,46 @@ def run_once(args, backend: str) -> dict:
     shutil.rmtree(var, ignore_errors=True)
     report["ok"] = not errors and not missing and stored["dups"] == 0 and len(rows) == len(accepted)
     return report
+
+
+def _png(mode, size, value) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size, value).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _hostile_files() -> dict[str, tuple[str, bytes]]:
+    """The attack's files (issue 18): small on the wire, costly decoded."""
+    from PIL import Image
+
+    tiff = io.BytesIO()
+    Image.new("F", (6300, 6300), 0.5).save(tiff, format="TIFF", compression="tiff_deflate")
+    big = _png("RGB", (3000, 3000), (180, 40, 90))
+    return {
+        "solid_rgb_6300": ("solid.png", _png("RGB", (6300, 6300), (200, 30, 40))),
+        "png_16_bit_6300": ("deep.png", _png("I;16", (6300, 6300), 1000)),
+        "float_tiff_6300": ("float.tif", tiff.getvalue()),
+        "allowed_big_3000": ("big.png", big),
+        "text_named_png": ("notes.png", b"not an image at all\n" * 100),
+        "truncated_png": ("cut.png", big[: len(big) // 2]),
+        "batch_of_big": ("big.png", big),
+    }
+
+
+def _workers_peak_rss(pid: int) -> dict | None:
+    """Peak RSS (VmHWM, MB) of the gunicorn arbiter's worker processes (Linux /proc)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        peaks = []
+        for child in children:
+            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(round(int(line.split()[1]) / 1024))
+        return {"max_worker": max(peaks), "workers": peaks}
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":
