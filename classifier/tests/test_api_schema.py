@@ -174,7 +174,8 @@ def test_job_sign_and_report_endpoints_document_what_they_answer(
     settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
     settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 5
     batch = "/api/v1/specimens/{}/batch/"
-    SpecimenFactory(accession="TAKEN", created_by=other_user)
+    taken = SpecimenFactory(accession="TAKEN", created_by=other_user)
+    ClassificationFactory(owner=other_user, specimen=taken)  # not empty: bound to other_user
     signed = SpecimenFactory(accession="SIGNED", created_by=user)
     services.classification_review(
         classification=ClassificationFactory(owner=user, specimen=signed),
@@ -184,6 +185,14 @@ def test_job_sign_and_report_endpoints_document_what_they_answer(
     services.specimen_sign(specimen=signed, reviewer=reviewer)
     accepted = tech.post(batch.format("B-1"), {"images": [png()]}, format="multipart")
     job = BatchJob.objects.get(specimen__accession="B-1")
+
+    def over_job_cap():
+        settings.HEMATOVISION_MAX_QUEUED_JOBS_PER_USER = 1  # B-1 is still queued
+        try:
+            return tech.post(batch.format("B-4"), {"images": [png("d.png", 9)]}, format="multipart")
+        finally:
+            settings.HEMATOVISION_MAX_QUEUED_JOBS_PER_USER = 4
+
     check_against_schema(
         schema,
         "/api/v1/specimens/{accession}/batch/",
@@ -212,6 +221,10 @@ def test_job_sign_and_report_endpoints_document_what_they_answer(
             tech.post(batch.format("B-2"), {"images": "x"}, format="json"),
             tech.post(batch.format("B-2"), {"images": [png()]}, format="multipart", HTTP_ACCEPT="text/csv"),
             throttled(user, "post", batch.format("B-2")),
+            tech.post(
+                batch.format("B-2"), {"images": [SimpleUploadedFile("n.txt", b"hi")]}, format="multipart"
+            ),
+            over_job_cap(),
         ],
     )
 

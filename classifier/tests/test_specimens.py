@@ -81,14 +81,14 @@ def test_batch_upload_page_runs_a_job_and_shows_progress(
 
 
 def test_batch_upload_errors_are_shown_and_store_nothing(tech_client, other_user, settings):
-    services.specimen_get_or_create(user=other_user, accession="THEIRS")
+    services.classification_create(user=other_user, data=cell_png("MONOCYTE", 5), accession="THEIRS")
     response = tech_client.post(reverse("batch-upload"), {"accession": "WEB-2", "kind": "cells"})
     assert response.status_code == 200 and "Choose some images or a ZIP archive." in response.content.decode()
     response = tech_client.post(
         reverse("batch-upload"),
         {"accession": "THEIRS", "kind": "cells", "images": [upload("a.png", cell_png())]},
     )
-    assert response.status_code == 200 and "opened by another user" in response.content.decode()
+    assert response.status_code == 200 and "cannot be added to accession THEIRS" in response.content.decode()
     assert not BatchJob.objects.exists() and media_files(settings, "batches") == []
 
 
@@ -201,7 +201,7 @@ def test_reports_and_date_range_export(tech_client, user):
     assert csv_response["Content-Disposition"] == 'attachment; filename="S-1-cells.csv"'
     assert len(csv_response.content.decode().strip().splitlines()) == 4
     export = tech_client.get(reverse("specimen-export"), {"start": "2000-01-01", "end": "2999-12-31"})
-    assert export.status_code == 200 and export.content.decode().splitlines()[1].startswith("S-1,")
+    assert export.status_code == 200 and export.content.decode().splitlines()[1].startswith('"S-1",')
     bad = tech_client.get(
         reverse("specimen-export"), {"start": "2020-02-01", "end": "2020-01-01"}, follow=True
     )
@@ -384,7 +384,8 @@ def test_api_reports(api_client, user, other_user):
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     csv_response = client.get("/api/v1/specimens/REP-1/report.csv", HTTP_ACCEPT="text/csv")
     assert csv_response.status_code == 200
-    assert csv_response.content.decode().splitlines()[0].startswith("accession,cell_id,original_filename")
+    header = csv_response.content.decode().splitlines()[0]
+    assert header.startswith('"accession","cell_id","original_filename"')
     other = token_client(type(api_client)(), other_user)
     missing = other.get("/api/v1/specimens/REP-1/report.pdf", HTTP_ACCEPT="application/pdf")
     assert missing.status_code == 404 and json.loads(missing.content)["code"] == "not_found"
