@@ -96,6 +96,12 @@ class FakePredictor:
     def predict(self, images) -> list[FakePrediction]:
         return [self.predict_one(image) for image in images]
 
+    def field_cells(self, rgb, max_cells: int = 10):
+        """The real lab-independent locator: the field path is tested on real pixels."""
+        from .inference import locate_cell_windows
+
+        return locate_cell_windows(rgb, max_cells=max_cells)
+
     def gradcam_png(self, image, class_name=None) -> bytes:
         pixels = self._pixels(image).astype(np.uint8)
         overlay = pixels.copy()

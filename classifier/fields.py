@@ -1,9 +1,9 @@
 """Whole fields of view: locate each white cell, classify a crop of it, draw the result.
 
-A microscope camera delivers a 640x480 field with many red cells and one or
-more white cells. ``ml.locate`` finds the stained nuclei (a classical colour
-segmentation, deterministic) and crops each cell at the scale the model was
-trained on; each crop is then an ordinary classification of the specimen.
+A microscope camera delivers a field with many red cells and one or more
+white cells. The serving model locates the stained nuclei and frames each cell
+so that it is read at the field's own scale (``inference.field_cells``); each
+framed cell is then an ordinary classification of the specimen.
 """
 
 import io
@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import services
+from . import inference, services
 from .cells import classes
 from .validation import ImageRejected, check_image
 
@@ -36,17 +36,14 @@ def field_classify(
     returns the same classifications. Raises ImageRejected when the file is
     not an image or no white cell is found.
     """
-    from ml import locate
-
     checked = check_image(data, filename=filename)
     rgb = np.asarray(checked.image.convert("RGB"))
-    boxes = locate.locate_cells(rgb)
-    if not boxes:
+    located = inference.field_cells(rgb)
+    if not located:
         raise ImageRejected("no_cells_found", "No white cell was found in this field of view.", 422)
     stem = PurePosixPath(filename).stem or "field"
     cells = []
-    for n, box in enumerate(boxes, start=1):
-        crop, _ = locate.crop_cell(rgb, box=box)
+    for n, (box, crop) in enumerate(located, start=1):
         classification = services.classification_create(
             user=user,
             data=_png(np.ascontiguousarray(crop)),
@@ -54,7 +51,7 @@ def field_classify(
             accession=accession,
             external_id=external_id(n),
         )
-        cells.append({"n": n, "box": list(box.as_tuple()), "classification_id": classification.pk})
+        cells.append({"n": n, "box": list(box), "classification_id": classification.pk})
     return cells
 
 

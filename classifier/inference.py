@@ -48,6 +48,19 @@ def get_predictor():
         )
 
 
+def field_cells(rgb, max_cells: int = 10) -> list[tuple[tuple[int, int, int, int], object]]:
+    """Every white cell of a whole field as ``(nucleus box, cell image)``, each cell image framed so
+    that the serving model reads it at the field's scale; raises PredictorUnavailable."""
+    return get_predictor().field_cells(rgb, max_cells=max_cells)
+
+
+def locate_cell_windows(rgb, max_cells: int = 10) -> list[tuple[tuple[int, int, int, int], object]]:
+    """The lab-independent locator on its own (``ml.normalize.cell_windows``), for stand-in models."""
+    from ml import normalize
+
+    return [(box.as_tuple(), window) for box, window in normalize.cell_windows(rgb, max_cells=max_cells)]
+
+
 def model_summary() -> dict:
     """The serving model's identity, calibration, flag thresholds and figures, from its card
     (``ml.predictor.model_summary``); raises PredictorUnavailable if the model cannot load."""

@@ -87,9 +87,12 @@ def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
     dist_bg = np.sqrt(((small - background) ** 2).sum(2))
     foreground = valid & (dist_bg > 0.8 * _otsu(dist_bg[valid]))
     index = (small[..., 2] - small[..., 1]) + 0.5 * (background.mean() - grey)
-    if foreground.sum() < 0.01 * h * w:
+    if foreground.sum() < 0.002 * h * w:
         return Frame(min(h, w) * step / FALLBACK_FIELD_RBC, "fallback", (), "no_cell_found")
-    thr = max(_otsu(index[foreground]), float(np.percentile(index[valid], 50)) + 20.0)
+    # Otsu over the foreground splits red cells from nuclei; with no red cells (a bare nucleus on
+    # plain background) it would split the nuclei themselves: capped two thirds of the way to their core.
+    median, core = float(np.percentile(index[valid], 50)), float(np.percentile(index[valid], 99.5))
+    thr = max(min(_otsu(index[foreground]), (median + 2 * core) / 3), median + 20.0)
     nucleus = ndi.binary_opening(index > thr) & valid
 
     # Red cells: foreground away from nuclei, pallor filled, largest inscribed radius per region.
