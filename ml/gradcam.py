@@ -65,6 +65,7 @@ def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
+    from ml import normalize
     from ml.locate import crop_box, crop_cell, locate_cells
     from ml.predictor import _downscale, to_rgb
 
@@ -73,12 +74,18 @@ def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
     if class_name is None:
         class_name = predictor.predict_one(image).label
     rgb, _ = _downscale(to_rgb(image))
-    boxes = locate_cells(rgb, max_cells=1)
-    box = boxes[0] if boxes else None
-    masked = predictor.mask_radius
-    win = crop_box(rgb, box, side=predictor.crop_side, centred=bool(masked))
-    native, _ = crop_cell(rgb, box=box, side=predictor.crop_side, mask_radius=masked)
-    crop = np.asarray(Image.fromarray(native).resize((predictor.input_size,) * 2, Image.BILINEAR))
+    if predictor.crop_method == "rbc_scale":  # the cell framed on the image's own red-cell scale
+        frame = normalize.analyse(rgb)
+        box = frame.boxes[0] if frame.boxes else None
+        win = normalize.crop_window(frame, box, rgb.shape, predictor.field_rbc)
+        crop = normalize.canonical_crop(rgb, frame, box, out_size=predictor.input_size, field_rbc=predictor.field_rbc)
+    else:  # the first model's reference-field crop
+        boxes = locate_cells(rgb, max_cells=1)
+        box = boxes[0] if boxes else None
+        masked = predictor.mask_radius
+        win = crop_box(rgb, box, side=predictor.crop_side, centred=bool(masked))
+        native, _ = crop_cell(rgb, box=box, side=predictor.crop_side, mask_radius=masked)
+        crop = np.asarray(Image.fromarray(native).resize((predictor.input_size,) * 2, Image.BILINEAR))
     k = predictor.classes.index(class_name) if class_name else None
     cam, _ = gradcam_map(predictor, crop, k)
     side = win[2] - win[0]
