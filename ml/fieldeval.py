@@ -81,7 +81,12 @@ def evaluate(bccd: Path, model_path=None, log=print) -> dict:
                 "single_cell": single.label if single.status == "classified" else None,
                 "single_cell_top": single.label,
                 "cells": [
-                    {"box": list(b), "label": p.label, "status": p.status, "confidence": round(p.confidence, 3)}
+                    {
+                        "box": list(b),
+                        "label": p.label,
+                        "status": p.status,
+                        "confidence": round(p.confidence, 3),
+                    }
                     for (b, _), p in zip(cells, preds, strict=True)
                 ],
             }
@@ -110,7 +115,8 @@ def evaluate(bccd: Path, model_path=None, log=print) -> dict:
     log(
         f"{n} TEST_SIMPLE cells matched to ORIGINAL fields; located {res['located']:.1%}; listed class among "
         f"classified cells {res['listed_class_among_classified_cells']:.1%} (any cell's top class "
-        f"{res['listed_class_among_cells_top_class']:.1%}); single-cell path correct {res['single_cell_correct']:.1%}, "
+        f"{res['listed_class_among_cells_top_class']:.1%}); "
+        f"single-cell path correct {res['single_cell_correct']:.1%}, "
         f"flagged {res['single_cell_flagged']:.1%}"
     )
     return res

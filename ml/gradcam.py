@@ -78,7 +78,9 @@ def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
         frame = normalize.analyse(rgb)
         box = frame.boxes[0] if frame.boxes else None
         win = normalize.crop_window(frame, box, rgb.shape, predictor.field_rbc)
-        crop = normalize.canonical_crop(rgb, frame, box, out_size=predictor.input_size, field_rbc=predictor.field_rbc)
+        crop = normalize.canonical_crop(
+            rgb, frame, box, out_size=predictor.input_size, field_rbc=predictor.field_rbc
+        )
     else:  # the first model's reference-field crop
         boxes = locate_cells(rgb, max_cells=1)
         box = boxes[0] if boxes else None

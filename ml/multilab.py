@@ -78,7 +78,9 @@ def _crop_one(path: str):
     except OSError:
         return None
     frame = normalize.analyse(rgb)
-    crop = normalize.canonical_crop(rgb, frame, out_size=CACHE_SIZE, field_rbc=normalize.FIELD_RBC * CACHE_MARGIN)
+    crop = normalize.canonical_crop(
+        rgb, frame, out_size=CACHE_SIZE, field_rbc=normalize.FIELD_RBC * CACHE_MARGIN
+    )
     return crop, frame.rbc_diameter, frame.scale_source == "red_cells", bool(frame.boxes)
 
 
@@ -103,8 +105,15 @@ def cache(spec: dict, out: Path, workers: int = 2, limit: int | None = None, log
     many images per source, split and class (tests, quick looks)."""
     items = sources.load(spec)
     if limit:
-        seen: dict = {}
-        items = [it for it in items if seen.setdefault((it.source, it.split, it.label), []).append(it) or len(seen[(it.source, it.split, it.label)]) <= limit]
+        from collections import Counter
+
+        seen: Counter = Counter()
+        kept = []
+        for it in items:
+            seen[it.source, it.split, it.label] += 1
+            if seen[it.source, it.split, it.label] <= limit:
+                kept.append(it)
+        items = kept
     t0 = time.time()
     with Pool(workers) as pool:
         res = pool.map(_crop_one, [it.path for it in items], chunksize=64)
@@ -187,7 +196,14 @@ def centre_field(crops: np.ndarray, size: int) -> np.ndarray:
     side = int(round(n / CACHE_MARGIN))
     o = (n - side) // 2
     return np.stack(
-        [np.asarray(Image.fromarray(np.asarray(c[o : o + side, o : o + side])).resize((size, size), Image.BILINEAR)) for c in crops]
+        [
+            np.asarray(
+                Image.fromarray(np.asarray(c[o : o + side, o : o + side])).resize(
+                    (size, size), Image.BILINEAR
+                )
+            )
+            for c in crops
+        ]
     )
 
 
@@ -219,7 +235,9 @@ def augment(crop: np.ndarray, rng: np.random.Generator, size: int, cfg: FitConfi
     jit = int(0.06 * side)
     cx = int(np.clip((n - side) // 2 + rng.integers(-jit, jit + 1), 0, n - side))
     cy = int(np.clip((n - side) // 2 + rng.integers(-jit, jit + 1), 0, n - side))
-    im = Image.fromarray(np.asarray(crop[cy : cy + side, cx : cx + side])).resize((size, size), Image.BILINEAR)
+    im = Image.fromarray(np.asarray(crop[cy : cy + side, cx : cx + side])).resize(
+        (size, size), Image.BILINEAR
+    )
     if rng.random() < 0.3:
         im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
     a = np.asarray(im, np.float32)
@@ -296,7 +314,9 @@ def _dataset(crops, meta, train, class_index, weights, cfg: FitConfig):
     return Epochs()
 
 
-def features_and_probs(model, crops: np.ndarray, views: int, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def features_and_probs(
+    model, crops: np.ndarray, views: int, batch: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """TTA-averaged pooled features and probabilities of uint8 crops (as ``ml.predictor``)."""
     import keras
 
@@ -325,7 +345,10 @@ def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
     class_index[present] = np.arange(len(present))
     counts = np.bincount(class_index[meta["labels"][train]], minlength=len(classes)).astype(float)
     weights = (counts.mean() / counts) ** cfg.class_weight_power
-    log(f"classes {classes}; train {int(train.sum())}, val {int(val.sum())}; class weights {np.round(weights, 2)}")
+    log(
+        f"classes {classes}; train {int(train.sum())}, val {int(val.sum())}; "
+        f"class weights {np.round(weights, 2)}"
+    )
     keras.utils.set_random_seed(cfg.seed)
     model = build_classifier("efficientnet_lite0", cfg.input_size, len(classes), cfg.dropout)
     data = _dataset(crops, meta, train, class_index, weights, cfg)
@@ -341,7 +364,9 @@ def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
     sched = keras.optimizers.schedules.CosineDecay(
         cfg.lr / 10, max(1, steps - len(data)), warmup_target=cfg.lr, warmup_steps=len(data)
     )
-    model.compile(keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay), loss, weighted_metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay), loss, weighted_metrics=["accuracy"]
+    )
     out.mkdir(parents=True, exist_ok=True)
     ckpt = keras.callbacks.ModelCheckpoint(str(out / "checkpoint.weights.h5"), save_weights_only=True)
     h2 = model.fit(data, epochs=cfg.epochs, verbose=2, callbacks=[ckpt])
@@ -355,7 +380,20 @@ def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
     return finish(served, classes, crops, meta, cinfo, train, val, cfg, out, history, train_seconds, log)
 
 
-def finish(model, classes, crops, meta, cinfo, train, val, cfg: FitConfig, out: Path, history, train_seconds, log=print) -> dict:
+def finish(
+    model,
+    classes,
+    crops,
+    meta,
+    cinfo,
+    train,
+    val,
+    cfg: FitConfig,
+    out: Path,
+    history,
+    train_seconds,
+    log=print,
+) -> dict:
     """Calibration and flags on validation (every training source), OOD statistics, the bundle."""
     idx = {c: i for i, c in enumerate(classes)}
     yv = np.array([idx[CLASSES[i]] for i in meta["labels"][val]])
@@ -380,10 +418,14 @@ def finish(model, classes, crops, meta, cinfo, train, val, cfg: FitConfig, out: 
     val_metrics = {
         "calibrated": figures(yv, cal, flagged, classes),
         "per_source": {
-            s: figures(yv[vsrc == s], cal[vsrc == s], flagged[vsrc == s], classes) for s in np.unique(vsrc).tolist()
+            s: figures(yv[vsrc == s], cal[vsrc == s], flagged[vsrc == s], classes)
+            for s in np.unique(vsrc).tolist()
         },
     }
-    short = {s: {k: m[k] for k in ("accuracy", "flagged", "silent_error")} for s, m in val_metrics["per_source"].items()}
+    short = {
+        s: {k: m[k] for k in ("accuracy", "flagged", "silent_error")}
+        for s, m in val_metrics["per_source"].items()
+    }
     log(f"validation: {json.dumps(short)}")
     name = "hematovision_wbc"
     model_path = out / f"{name}.keras"
@@ -397,7 +439,10 @@ def finish(model, classes, crops, meta, cinfo, train, val, cfg: FitConfig, out: 
         "model_file": model_path.name,
         "classes": classes,
         "backbone": "efficientnet_lite0",
-        "input": {"type": "RGB crop, 0..255 floats, any size (resized inside the model)", "input_size": cfg.input_size},
+        "input": {
+            "type": "RGB crop, 0..255 floats, any size (resized inside the model)",
+            "input_size": cfg.input_size,
+        },
         "crop": {
             "method": "rbc_scale",
             "locator": "ml.normalize.analyse (stain-adaptive nucleus index, red-cell ruler)",
@@ -419,7 +464,10 @@ def finish(model, classes, crops, meta, cinfo, train, val, cfg: FitConfig, out: 
             "n_val": int(val.sum()),
             "per_class": {c: int((meta["labels"][train] == CLASSES.index(c)).sum()) for c in classes},
             "per_source": {
-                s: {"train": int((train & (meta["source"] == s)).sum()), "val": int((val & (meta["source"] == s)).sum())}
+                s: {
+                    "train": int((train & (meta["source"] == s)).sum()),
+                    "val": int((val & (meta["source"] == s)).sum()),
+                }
                 for s in cfg.sources
             },
             "split": (
@@ -478,12 +526,49 @@ def evaluate(model_dir: Path, cache_dir: Path, which: list[str], log=print) -> d
         flagged = np.array([r.status == "unidentified" for r in results])
         out["sources"][s] = figures(y, probs, flagged, pred.classes) | {
             "seconds": round(time.time() - t0, 1),
-            "flag_reasons": {k: int(sum(r.flag_reason == k for r in results)) for k in {r.flag_reason for r in results} if k},
+            "flag_reasons": {
+                k: int(sum(r.flag_reason == k for r in results))
+                for k in {r.flag_reason for r in results}
+                if k
+            },
         }
         f = out["sources"][s]
-        log(f"{s}: n={len(rows)} accuracy {f['accuracy']:.4f} macro F1 {f['macro_f1']:.4f} flagged {f['flagged']:.2%} silent errors {f['silent_error']:.2%}")
-        log("  recall " + ", ".join(f"{c} {v['recall']:.3f}" for c, v in f["per_class"].items() if v["support"]))
+        log(
+            f"{s}: n={len(rows)} accuracy {f['accuracy']:.4f} macro F1 {f['macro_f1']:.4f} "
+            f"flagged {f['flagged']:.2%} silent errors {f['silent_error']:.2%}"
+        )
+        log(
+            "  recall "
+            + ", ".join(f"{c} {v['recall']:.3f}" for c, v in f["per_class"].items() if v["support"])
+        )
     return out
+
+
+def record_test(model_dir: Path, res: dict) -> None:
+    """Write held-out figures into the bundle's card as ``test_metrics`` (figures are not part of the
+    version, so the bundle keeps its name); refuses figures of another version."""
+    path = model_dir / "model_card.json"
+    card = json.loads(path.read_text())
+    if res["model_version"] != card["version"]:
+        raise ValueError(f"figures of {res['model_version']}, bundle is {card['version']}")
+    keep = (
+        "n_images",
+        "accuracy",
+        "macro_f1",
+        "per_class",
+        "confusion_matrix",
+        "flagged",
+        "silent_error",
+        "accuracy_unflagged",
+        "flag_reasons",
+    )
+    card["test_metrics"] = {
+        "model_version": card["version"],
+        "per_source": {s: {k: m.get(k) for k in keep} for s, m in res["sources"].items()},
+        "splits": {"bccd": "BCCD TEST (official, 2,487 images)", "pbc": "PBC split.csv test (3,405 images)"},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path.write_text(json.dumps(card, indent=2))
 
 
 def _read(path) -> np.ndarray:
@@ -514,6 +599,11 @@ def main(argv=None) -> int:
     e.add_argument("--cache", required=True)
     e.add_argument("--sources", default="bccd,pbc")
     e.add_argument("--json", default=None)
+    e.add_argument(
+        "--update-card",
+        action="store_true",
+        help="record the figures as the bundle's test_metrics (not part of its version)",
+    )
     a = ap.parse_args(argv)
     if a.cmd == "cache":
         if not (a.bccd or a.pbc):
@@ -532,6 +622,8 @@ def main(argv=None) -> int:
         res = evaluate(Path(a.model), Path(a.cache), a.sources.split(","))
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=2))
+        if a.update_card:
+            record_test(Path(a.model), res)
     return 0
 
 

@@ -167,7 +167,9 @@ def _erode(mask: np.ndarray, k: int) -> np.ndarray:
     return ndi.distance_transform_cdt(padded, metric="taxicab")[1:-1, 1:-1] > k
 
 
-def crop_window(frame: Frame, box: Box | None, shape, field_rbc: float = FIELD_RBC) -> tuple[int, int, int, int]:
+def crop_window(
+    frame: Frame, box: Box | None, shape, field_rbc: float = FIELD_RBC
+) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of the square of ``field_rbc`` red-cell diameters centred on ``box``."""
     h, w = shape[:2]
     side = max(8, int(round(field_rbc * frame.rbc_diameter)))

@@ -523,5 +523,19 @@ def model_summary(card: dict) -> dict:
         },
         "thresholds": card.get("thresholds"),
         "validation": validation,
-        "test": (_figures(test) | {"unidentified_rate": test.get("unidentified_rate")}) if test else None,
+        "test": _test_figures(test),
+    }
+
+
+def _test_figures(test: dict) -> dict | None:
+    """Held-out test figures: one lab's (the first model), or per source with the silent error rate."""
+    if not test:
+        return None
+    if "per_source" not in test:
+        return _figures(test) | {"unidentified_rate": test.get("unidentified_rate")}
+    return {
+        "per_source": {
+            s: _figures(m) | {"flagged_rate": m.get("flagged"), "silent_error_rate": m.get("silent_error")}
+            for s, m in test["per_source"].items()
+        }
     }

@@ -87,5 +87,7 @@ def fingerprint(items: list[Item]) -> str:
     """A short hash of the file list (source, split, label, name, size): names the data a model saw."""
     h = hashlib.sha256()
     for it in items:
-        h.update(f"{it.source}|{it.split}|{it.label}|{Path(it.path).name}|{Path(it.path).stat().st_size}\n".encode())
+        h.update(
+            f"{it.source}|{it.split}|{it.label}|{Path(it.path).name}|{Path(it.path).stat().st_size}\n".encode()
+        )
     return h.hexdigest()[:16]

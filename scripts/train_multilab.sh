@@ -25,7 +25,7 @@ run() {  # name sources eval-sources epochs
     $PY -m ml.oodcal --bundle "$dir.tmp"
     mv "$dir.tmp" "$dir"
   else
-    [ -f "$dir/test_eval.json" ] || $PY -m ml.multilab evaluate --model "$dir" --cache "$CACHE" --sources "$3" --json "$dir/test_eval.json"
+    [ -f "$dir/test_eval.json" ] || $PY -m ml.multilab evaluate --model "$dir" --cache "$CACHE" --sources "$3" --json "$dir/test_eval.json" --update-card
   fi
 }
 run multilab bccd,pbc bccd,pbc "$EPOCHS"       # the shipped recipe on both labs
