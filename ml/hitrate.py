@@ -1,15 +1,28 @@
-"""Measure how often the white-cell locator finds the cells ``ORIGINAL/labels.csv`` lists."""
+"""How often the field path's white-cell locator finds the cells ``ORIGINAL/labels.csv`` lists.
 
+The locator is the one whole fields go through (``ml.normalize.analyse``, as
+``Predictor.field_cells`` calls it): hit rate (a field with listed white cells where at least one is
+found), exact count rate, cell recall, extra boxes.
+
+    python -m ml.hitrate [--originals ../shared/datasets/bccd-wbc/ORIGINAL] [--limit N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
 import csv
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
-from django.core.management.base import BaseCommand, CommandError
 from PIL import Image
 
-DEFAULT_DIR = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "bccd-wbc" / "ORIGINAL"
+from ml import normalize
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd-wbc" / "ORIGINAL"
+MAX_CELLS = 10  # as classifier.fields asks for
 
 
 def read_labels(path: Path) -> dict[int, list[str]]:
@@ -27,7 +40,6 @@ def read_labels(path: Path) -> dict[int, list[str]]:
 
 def measure(directory: Path, limit: int | None = None) -> dict:
     """Per-image hit (at least one cell found where cells are listed), exact count, cell recall."""
-    from ml import locate
 
     labels = read_labels(directory / "labels.csv")
     images = with_cells = hits = exact = expected_total = found_matched = 0
@@ -41,8 +53,9 @@ def measure(directory: Path, limit: int | None = None) -> dict:
         if limit and images >= limit:
             break
         images += 1
-        rgb = np.asarray(Image.open(path).convert("RGB"))
-        found = len(locate.locate_cells(rgb))
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        found = len(normalize.analyse(rgb, max_cells=MAX_CELLS).boxes)
         expected = len(labels[number])
         if expected == 0:
             no_cell_images += 1
@@ -74,36 +87,32 @@ def measure(directory: Path, limit: int | None = None) -> dict:
     }
 
 
-class Command(BaseCommand):
-    help = (
-        "Run ml.locate on the whole fields of ORIGINAL/ and compare with labels.csv: hit rate (an image "
-        "with listed white cells where at least one is found), exact count rate and cell recall."
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--originals", type=Path, default=DEFAULT_DIR, help="the ORIGINAL/ folder")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N images")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    a = ap.parse_args(argv)
+    if not (a.originals / "labels.csv").exists():
+        print(f"error: {a.originals} has no labels.csv; pass --originals path/to/ORIGINAL", file=sys.stderr)
+        return 2
+    r = measure(a.originals, a.limit)
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(
+        f"{r['images']} fields, {r['images_with_listed_cells']} with listed white cells "
+        f"({r['listed_cells']} cells)\n"
+        f"hit rate (>= 1 cell found): {r['hit_rate_percent']}%\n"
+        f"exact count: {r['exact_count_percent']}%\n"
+        f"cell recall (min(found, listed) / listed): {r['cell_recall_percent']}%\n"
+        f"extra boxes beyond the listed count: {r['extra_boxes']}\n"
+        f"fields with no listed cell: {r['images_without_listed_cells']}, "
+        f"of which none found: {r['none_found_where_none_listed']}\n"
+        f"missed: {', '.join(r['missed_images']) or 'none'}"
     )
-
-    def add_arguments(self, parser):
-        parser.add_argument("--dataset", type=Path, default=DEFAULT_DIR, help="the ORIGINAL/ folder")
-        parser.add_argument("--limit", type=int, default=None, help="only the first N images")
-        parser.add_argument("--json", action="store_true", help="print the result as JSON")
-
-    def handle(self, *args, dataset: Path, limit, json: bool, **options):
-        if not (dataset / "labels.csv").exists():
-            raise CommandError(f"{dataset} has no labels.csv; pass --dataset path/to/ORIGINAL.")
-        result = measure(dataset, limit)
-        if json:
-            self.stdout.write(_json(result))
-            return
-        self.stdout.write(
-            f"{result['images']} fields, {result['images_with_listed_cells']} with listed white cells "
-            f"({result['listed_cells']} cells)\n"
-            f"hit rate (>= 1 cell found): {result['hit_rate_percent']}%\n"
-            f"exact count: {result['exact_count_percent']}%\n"
-            f"cell recall (min(found, listed) / listed): {result['cell_recall_percent']}%\n"
-            f"extra boxes beyond the listed count: {result['extra_boxes']}\n"
-            f"fields with no listed cell: {result['images_without_listed_cells']}, "
-            f"of which none found: {result['none_found_where_none_listed']}\n"
-            f"missed: {', '.join(result['missed_images']) or 'none'}"
-        )
+    return 0
 
 
-def _json(result: dict) -> str:
-    return json.dumps(result, indent=2)
+if __name__ == "__main__":
+    sys.exit(main())
