@@ -12,7 +12,8 @@ from scipy import ndimage
 
 from ml.fastmorph import binary_closing_disk, binary_opening_disk
 
-TEST_DIR = Path("/work/shared/datasets/bccd-wbc/TEST")
+# The dataset beside the checkout (../shared), as CI lays it out.
+TEST_DIR = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "bccd-wbc" / "TEST"
 TOL = 1e-3
 
 
@@ -35,7 +36,7 @@ def test_fast_morphology_equals_scipy():
 def test_images(tmp_path_factory) -> dict[str, bytes]:
     """Two TEST images per class, copied at test time (the dataset is read-only and outside the repo)."""
     if not TEST_DIR.is_dir():
-        pytest.skip(f"dataset not present: {TEST_DIR}")
+        pytest.fail(f"dataset missing: {TEST_DIR} (the BCCD folder lies beside the checkout)")
     dst = tmp_path_factory.mktemp("test_images")
     out = {}
     for cls in sorted(p for p in TEST_DIR.iterdir() if p.is_dir()):
