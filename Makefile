@@ -42,7 +42,7 @@ run: migrate
 	$(BIN)/python -m ml.export
 	$(MANAGE) resume_jobs
 	@echo "HematoVision on http://$(HOST):$(PORT)/  (first time: $(MANAGE) createsuperuser)"
-	$(MANAGE) runserver $(HOST):$(PORT)
+	$(MANAGE) serve $(HOST):$(PORT)
 
 test: setup-dev
 	$(BIN)/python scripts/test_prereqs.py

@@ -60,7 +60,7 @@ class ClassificationAdmin(admin.ModelAdmin):
     search_fields = ("original_filename", "specimen__accession", "external_id", "owner__username")
     date_hierarchy = "created_at"
     list_select_related = ("owner", "specimen")
-    actions = ("confirm_selected", "sign_selected")
+    actions = ("confirm_selected",)  # cells are signed with their specimen, never one by one
     inlines = (ReviewEventInline,)
     readonly_fields = (
         "preview", "owner", "specimen", "external_id", "original_filename", "image_sha256", "width",
@@ -94,14 +94,6 @@ class ClassificationAdmin(admin.ModelAdmin):
             self, request, queryset,
             lambda cell: services.classification_confirm(classification=cell, reviewer=request.user),
             "result(s) confirmed",
-        )
-
-    @admin.action(description="Sign the selected (reviewed) results")
-    def sign_selected(self, request, queryset):
-        _run_bulk(
-            self, request, queryset,
-            lambda cell: services.classification_sign(classification=cell, reviewer=request.user),
-            "result(s) signed",
         )
 
 
@@ -169,3 +161,59 @@ class ReviewEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# ---- LIS interface (issue 19): orders, released report versions, the HL7 message log ----
+
+from .models import Order, OutboundMessage, ReportVersion  # noqa: E402
+
+
+class _ReadOnly(admin.ModelAdmin):
+    """Records of what was received, released or sent: readable, never edited by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Order)
+class OrderAdmin(_ReadOnly):
+    list_display = ("placer_order_number", "specimen", "patient_id", "patient_id_authority", "source", "created_at")
+    list_filter = ("source", "created_at")
+    search_fields = ("placer_order_number", "specimen__accession", "patient_id", "patient_family_name")
+    list_select_related = ("specimen",)
+
+
+@admin.register(ReportVersion)
+class ReportVersionAdmin(_ReadOnly):
+    list_display = ("specimen", "number", "kind", "released_at", "released_by_name", "reason")
+    list_filter = ("kind", "released_at")
+    search_fields = ("specimen__accession", "reason")
+    list_select_related = ("specimen",)
+
+
+@admin.register(OutboundMessage)
+class OutboundMessageAdmin(_ReadOnly):
+    """The HL7 message log: control id, version, state, ACK, attempts and times of every result sent."""
+
+    list_display = (
+        "control_id", "report", "destination", "state", "ack_code", "attempts", "created_at",
+        "last_attempt_at", "accepted_at", "next_attempt_at",
+    )
+    list_filter = ("state", "ack_code", "destination")
+    search_fields = ("control_id", "report__specimen__accession")
+    list_select_related = ("report__specimen",)
+    readonly_fields = [f.name for f in OutboundMessage._meta.fields]
+    actions = ["resend"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None or request.method == "GET"  # the log opens; nothing in it is edited
+
+    @admin.action(description="Send the selected messages again now")
+    def resend(self, request, queryset):
+        _run_bulk(self, request, queryset, lambda m: services.message_resend(message=m, user=request.user), "queued")

@@ -3,7 +3,9 @@
 ``get_predictor()`` builds the predictor named by ``HEMATOVISION_PREDICTOR`` once
 per process (the way ``django.contrib.auth.hashers`` caches hashers) and is
 cleared when a test changes the setting. Nothing is loaded at import time or
-in ``AppConfig.ready()``: the first prediction pays the model load.
+in ``AppConfig.ready()``; the servers warm it up at start in a background thread
+(``warm_up_in_background``: runserver, gunicorn's post_worker_init) and the
+portal shows ``readiness()``.
 """
 
 import functools
@@ -38,14 +40,58 @@ def _build(kind: str, model_path: str | None, backend: str):
         raise PredictorUnavailable(str(exc)) from exc
 
 
+# What the portal shows of the model (``readiness()``): "idle" (not asked for yet), "loading",
+# "ready" or "unavailable" (with the reason).
+_readiness = {"state": "idle", "detail": ""}
+
+
 def get_predictor():
     """The process-wide predictor; raises PredictorUnavailable if the model cannot load."""
+    if _readiness["state"] != "ready":
+        _readiness.update(state="loading", detail="")
     with _lock:
-        return _build(
-            settings.HEMATOVISION_PREDICTOR,
-            settings.HEMATOVISION_MODEL_PATH,
-            settings.HEMATOVISION_INFERENCE_BACKEND,
-        )
+        try:
+            predictor = _build(
+                settings.HEMATOVISION_PREDICTOR,
+                settings.HEMATOVISION_MODEL_PATH,
+                settings.HEMATOVISION_INFERENCE_BACKEND,
+            )
+        except PredictorUnavailable as exc:
+            _readiness.update(state="unavailable", detail=str(exc))
+            raise
+    _readiness.update(state="ready", detail="")
+    return predictor
+
+
+def readiness() -> dict:
+    """``{"state": "idle" | "loading" | "ready" | "unavailable", "detail": str}``; loads nothing."""
+    return dict(_readiness)
+
+
+_warmer: threading.Thread | None = None
+
+
+def warm_up_in_background() -> threading.Thread:
+    """Load the model in a background thread, so that the first upload does not wait for it.
+
+    Called by the server start-up hooks (``manage.py runserver``, gunicorn's ``post_worker_init``),
+    never at import or in ``AppConfig.ready()`` (management commands and tests load nothing).
+    """
+    global _warmer
+    if _warmer is None or not _warmer.is_alive():
+        _readiness.update(state="loading", detail="")
+        _warmer = threading.Thread(target=_warm_up, name="model-warm-up", daemon=True)
+        _warmer.start()
+    return _warmer
+
+
+def _warm_up() -> None:
+    import logging
+
+    try:
+        get_predictor()
+    except PredictorUnavailable as exc:  # uploads are kept as pending; the page says why
+        logging.getLogger(__name__).error("model warm-up failed: %s", exc)
 
 
 def field_cells(rgb, max_cells: int = 10) -> list[tuple[tuple[int, int, int, int], object]]:
@@ -82,3 +128,4 @@ def image_decode_errors() -> tuple[type[Exception], ...]:
 def _reset_predictor(*, setting, **kwargs):
     if setting in {"HEMATOVISION_PREDICTOR", "HEMATOVISION_MODEL_PATH", "HEMATOVISION_INFERENCE_BACKEND"}:
         _build.cache_clear()
+        _readiness.update(state="idle", detail="")

@@ -66,6 +66,13 @@ class Specimen(models.Model):
         related_name="signed_specimens",
     )
     signed_at = models.DateTimeField(null=True, blank=True)
+    # What the report prints of the sign-off, as it was when signed (a later rename or role change
+    # does not rewrite a signed report).
+    signed_by_name = models.CharField(max_length=200, blank=True)
+    signed_by_role = models.CharField(max_length=100, blank=True)
+    review_comment = models.TextField(
+        blank=True, max_length=2000, help_text="The reviewer's comment, printed on the report."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

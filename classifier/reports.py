@@ -19,6 +19,7 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     Image,
     KeepTogether,
@@ -31,13 +32,11 @@ from reportlab.platypus import (
 
 from . import csvsafe, selectors
 from .cells import classes
-from .models import Classification, ReviewState, Specimen, Status
+from .models import Classification, ReviewState, Specimen
 
 GALLERY_COLUMNS = 8
 GALLERY_LIMIT_PER_CLASS = 64
 THUMB_MM = 20
-UNIDENTIFIED = "UNIDENTIFIED"
-PENDING = "PENDING"
 
 
 def local_iso(value) -> str:
@@ -48,17 +47,6 @@ def local_iso(value) -> str:
 
 def _when(value) -> str:
     return timezone.localtime(value).strftime("%Y-%m-%d %H:%M %Z") if value else ""
-
-
-def _group(cell: Classification) -> str:
-    """Which gallery section a cell is shown in."""
-    if cell.status == Status.PENDING:
-        return PENDING
-    if cell.final_label:
-        return cell.final_label
-    if cell.status == Status.UNIDENTIFIED:
-        return UNIDENTIFIED
-    return cell.predicted_label
 
 
 def _cells(specimen: Specimen) -> list[Classification]:
@@ -81,6 +69,36 @@ def _thumbnail(cell: Classification, side_px: int = 160):
     return Image(buffer, width=THUMB_MM * mm, height=THUMB_MM * mm * ratio)
 
 
+class _NumberedCanvas(Canvas):
+    """Writes "Page n of N" on every page once N is known (pages are kept until the document ends)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pages = []
+
+    def showPage(self):  # noqa: N802 - ReportLab's name
+        self._pages.append(dict(self.__dict__))
+        self._startPage()
+
+    def save(self):
+        total = len(self._pages)
+        for state in self._pages:
+            self.__dict__.update(state)
+            self.saveState()
+            self.setFont("Helvetica", 8)
+            self.setFillColor(colors.grey)
+            self.drawRightString(A4[0] - 15 * mm, 10 * mm, f"Page {self._pageNumber} of {total}")
+            self.restoreState()
+            super().showPage()
+        super().save()
+
+
+def lab_address_lines() -> list[str]:
+    """HEMATOVISION_LAB_ADDRESS as lines ("|" or a newline separates them)."""
+    raw = settings.HEMATOVISION_LAB_ADDRESS or ""
+    return [line.strip() for line in raw.replace("|", "\n").splitlines() if line.strip()]
+
+
 def _page_decorations(signed: bool, lab: str, accession: str):
     def draw(canvas, doc):
         canvas.saveState()
@@ -88,7 +106,6 @@ def _page_decorations(signed: bool, lab: str, accession: str):
         canvas.setFont("Helvetica", 8)
         canvas.setFillColor(colors.grey)
         canvas.drawString(15 * mm, 10 * mm, f"{lab} · {accession} · HematoVision")
-        canvas.drawRightString(width - 15 * mm, 10 * mm, f"Page {doc.page}")
         if not signed:
             canvas.setFillColor(colors.Color(0.85, 0.1, 0.1, alpha=0.18))
             canvas.setFont("Helvetica-Bold", 72)
@@ -98,6 +115,18 @@ def _page_decorations(signed: bool, lab: str, accession: str):
         canvas.restoreState()
 
     return draw
+
+
+def _person(user) -> str:
+    return user.get_full_name() or user.get_username()
+
+
+def _signer(specimen: Specimen) -> str:
+    """The signer as the report prints them: full name and role, as recorded at sign-off."""
+    if not specimen.is_signed:
+        return ""
+    name = specimen.signed_by_name or _person(specimen.signed_by)
+    return f"{name} ({specimen.signed_by_role})" if specimen.signed_by_role else name
 
 
 def _number(value) -> str:
@@ -130,9 +159,17 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
     styles = getSampleStyleSheet()
     small = ParagraphStyle("small", parent=styles["BodyText"], fontSize=8, leading=10)
     banner = ParagraphStyle("banner", parent=styles["Heading2"], textColor=colors.white, alignment=1)
+    address_style = ParagraphStyle("address", parent=styles["BodyText"], alignment=1, fontSize=9, leading=11)
+    address = lab_address_lines()
+    signer = _signer(specimen)
 
     story = [
         Paragraph(escape(lab), styles["Title"]),  # the lab name is text, not ReportLab markup
+        Paragraph(
+            "<br/>".join(escape(line) for line in address)
+            or "<i>Lab address not configured (HEMATOVISION_LAB_ADDRESS)</i>",
+            address_style,
+        ),
         Paragraph("White blood cell differential (automated pre-classification)", styles["Heading3"]),
         Table(
             [
@@ -150,7 +187,7 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
         Spacer(1, 4 * mm),
     ]
     if specimen.is_signed:
-        status_text = f"FINAL — signed by {specimen.signed_by.get_username()} on {_when(specimen.signed_at)}"
+        status_text = f"FINAL — signed by {escape(signer)} on {_when(specimen.signed_at)}"
         status_colour = colors.HexColor("#198754")
     else:
         status_text = "PRELIMINARY — not signed; not for clinical use until a reviewer signs it"
@@ -201,7 +238,7 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
     ]
 
     versions = sorted({c.model_version for c in cells if c.model_version}) or ["(none)"]
-    reviewers = sorted({c.reviewed_by.get_username() for c in cells if c.reviewed_by})
+    reviewers = sorted({escape(_person(c.reviewed_by)) for c in cells if c.reviewed_by})
     unreviewed = differential.unreviewed
     story += [
         Paragraph(f"<b>Model version:</b> {', '.join(versions)}", small),
@@ -213,10 +250,15 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
         Paragraph(
             "<b>Signed:</b> "
             + (
-                f"{specimen.signed_by.get_username()}, {_when(specimen.signed_at)}"
+                f"{escape(signer)}, {_when(specimen.signed_at)}"
                 if specimen.is_signed
                 else "not signed (PRELIMINARY)"
             ),
+            small,
+        ),
+        Paragraph(
+            "<b>Reviewer's comment:</b> "
+            + (escape(specimen.review_comment).replace("\n", "<br/>") if specimen.review_comment else "none"),
             small,
         ),
         Paragraph(
@@ -228,10 +270,9 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
 
     groups: dict[str, list[Classification]] = defaultdict(list)
     for cell in cells:
-        groups[_group(cell)].append(cell)
-    others = sorted(set(groups) - {*classes.CODES, UNIDENTIFIED, PENDING})  # a future model's classes
-    order = [*classes.CODES, *others, UNIDENTIFIED, PENDING]
-    names = {UNIDENTIFIED: "Unidentified", PENDING: "Pending"}
+        groups[selectors.cell_group(cell)].append(cell)
+    order = selectors.gallery_order(groups)  # as the portal's gallery: unidentified first
+    names = selectors.GROUP_NAMES
     if cells:
         story += [Spacer(1, 4 * mm), Paragraph("Cell gallery", styles["Heading2"])]
     for key in order:
@@ -273,7 +314,7 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
         subject="HematoVision report",
     )
     decorate = _page_decorations(specimen.is_signed, lab, specimen.accession)
-    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    doc.build(story, onFirstPage=decorate, onLaterPages=decorate, canvasmaker=_NumberedCanvas)
     return buffer.getvalue()
 
 

@@ -1,5 +1,7 @@
 """Every read, given the requesting user: what you may see is decided here."""
 
+import hashlib
+
 from django.db.models import Count, Q, QuerySet
 
 from .cells import differential as differentials
@@ -34,13 +36,18 @@ def classification_get(*, user, pk) -> Classification:
     return classification_list(user=user).get(pk=pk)
 
 
-def review_queue(*, user) -> QuerySet[Classification]:
-    """Unsigned results for reviewers: unreviewed unidentified first, then unreviewed, oldest first."""
+def review_queue(*, user, accession: str | None = None) -> QuerySet[Classification]:
+    """Results awaiting review (reviewers): unidentified first, then the others, oldest first.
+
+    ``accession``: that specimen's cells only ("" or None: every specimen's).
+    """
     if not can_review(user):
         return Classification.objects.none()
+    qs = classification_list(user=user)
+    if accession:
+        qs = qs.filter(specimen__accession__iexact=accession.strip())
     return (
-        classification_list(user=user)
-        .exclude(review_state=ReviewState.SIGNED)
+        qs.filter(review_state=ReviewState.UNREVIEWED)  # reviewed cells wait for their specimen's sign-off
         .exclude(status=Status.PENDING)
         .annotate(
             unidentified_first=Count(
@@ -50,6 +57,46 @@ def review_queue(*, user) -> QuerySet[Classification]:
         )
         .order_by("-unidentified_first", "-unreviewed_first", "created_at", "id")
     )
+
+
+def specimen_worklist(*, user) -> QuerySet[Specimen]:
+    """Specimens awaiting a reviewer's sign-off (unsigned, holding at least one cell), oldest first,
+    with their cell counts: total, reviewed, unreviewed, unidentified (unreviewed), flagged by the
+    model, pending."""
+    if not can_review(user):
+        return Specimen.objects.none()
+    unreviewed = Q(cells__review_state=ReviewState.UNREVIEWED)
+    return (
+        specimen_list(user=user)
+        .filter(signed_at__isnull=True)
+        .annotate(
+            n_cells=Count("cells"),
+            n_unreviewed=Count("cells", filter=unreviewed),
+            n_unidentified=Count("cells", filter=unreviewed & Q(cells__status=Status.UNIDENTIFIED)),
+            n_flagged=Count("cells", filter=~Q(cells__flag_reason="")),
+            n_pending=Count("cells", filter=Q(cells__status=Status.PENDING)),
+        )
+        .filter(n_cells__gt=0)
+        .order_by("created_at", "id")
+    )
+
+
+def specimen_neighbours(*, user, specimen: Specimen) -> tuple[Specimen | None, Specimen | None]:
+    """The specimens before and after ``specimen`` in the reviewer's worklist (oldest first)."""
+    worklist = specimen_worklist(user=user).exclude(pk=specimen.pk)
+    earlier = Q(created_at__lt=specimen.created_at) | Q(created_at=specimen.created_at, id__lt=specimen.pk)
+    previous = worklist.filter(earlier).order_by("-created_at", "-id").first()
+    following = worklist.exclude(earlier).first()
+    return previous, following
+
+
+def specimen_review_version(cells) -> str:
+    """Changes whenever a cell of the specimen is added, reviewed or signed: the sign-off
+    confirmation sends back the one its differential was drawn from."""
+    digest = hashlib.sha256()
+    for cell in sorted(cells, key=lambda c: c.pk):
+        digest.update(f"{cell.pk}:{cell.review_version}:{cell.final_label};".encode())
+    return digest.hexdigest()[:32]
 
 
 def specimen_list(*, user) -> QuerySet[Specimen]:
@@ -124,3 +171,44 @@ def dashboard_stats(*, user) -> dict:
         if can_review(user)
         else qs.filter(review_state=ReviewState.UNREVIEWED).exclude(status=Status.PENDING).count(),
     }
+
+
+UNIDENTIFIED_GROUP = "UNIDENTIFIED"
+PENDING_GROUP = "PENDING"
+GROUP_NAMES = {UNIDENTIFIED_GROUP: "Unidentified", PENDING_GROUP: "Pending (model unavailable)"}
+
+
+def cell_group(cell: Classification) -> str:
+    """Which gallery section (portal and PDF) a cell is shown in: its class, or unidentified / pending."""
+    if cell.status == Status.PENDING:
+        return PENDING_GROUP
+    if cell.status == Status.UNIDENTIFIED and not cell.final_label:
+        return UNIDENTIFIED_GROUP
+    return cell.label
+
+
+def gallery_order(keys) -> list[str]:
+    """Sections in gallery order: unidentified first (a human must clear them), then the table's
+    classes, a future model's classes, pending last."""
+    keys = set(keys)
+    return [
+        UNIDENTIFIED_GROUP,
+        *CODES,
+        *sorted(keys - {*CODES, UNIDENTIFIED_GROUP, PENDING_GROUP}),
+        PENDING_GROUP,
+    ]
+
+
+def specimen_gallery(*, specimen: Specimen, all_sections: bool = False) -> list[tuple[str, str, list]]:
+    """``[(group, name, cells)]`` in gallery order; empty sections only with ``all_sections`` (the
+    review page keeps one for every class, so a cell can be moved into it)."""
+    from .cells.classes import display_name
+
+    groups: dict[str, list[Classification]] = {}
+    for cell in specimen_cells(specimen=specimen):
+        groups.setdefault(cell_group(cell), []).append(cell)
+    return [
+        (key, GROUP_NAMES.get(key) or display_name(key), groups.get(key, []))
+        for key in gallery_order(groups)
+        if groups.get(key) or all_sections
+    ]

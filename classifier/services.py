@@ -647,33 +647,87 @@ def _sign(locked: Classification, reviewer, now) -> None:
     )
 
 
-def classification_sign(
-    *, classification: Classification, reviewer, seen: str | None = None
-) -> Classification:
-    """Sign a reviewed result: it becomes final and read-only (``seen`` as in ``classification_review``)."""
+def specimen_review(
+    *, specimen: Specimen, reviewer, seen: dict[int, str], label: str | None = None
+) -> list[Classification]:
+    """Review many cells of one specimen at once (the gallery): give them ``label``, or with no label
+    confirm each one's model class ("accept"). All or nothing, one audit row per cell.
+
+    ``seen``: cell id -> the ``review_version`` the reviewer's page showed; a cell changed since then
+    (another reviewer) refuses the whole change (``changed``), as does a cell of another specimen.
+    """
     if not can_review(reviewer):
-        raise PermissionDenied("Only reviewers may sign results.")
+        raise PermissionDenied("Only reviewers may review results.")
+    if not seen:
+        raise ValidationError("Select at least one cell.", code="no_cells")
     with transaction.atomic():
-        locked = Classification.objects.select_for_update().get(pk=classification.pk)
-        _require_unsigned(locked)
-        _require_seen(locked, seen)
-        if locked.review_state == ReviewState.UNREVIEWED:
-            raise ValidationError("Confirm or reclassify the cell before signing.", code="unreviewed")
-        _sign(locked, reviewer, timezone.now())
-    return locked
+        locked = Specimen.objects.select_for_update().get(pk=specimen.pk)
+        if locked.is_signed:
+            raise ValidationError(
+                f"Specimen {locked.accession} is signed; it cannot be changed.", code="signed"
+            )
+        cells = {c.pk: c for c in locked.cells.filter(pk__in=list(seen))}
+        missing = sorted(set(seen) - set(cells))
+        if missing:
+            raise ValidationError(
+                f"Cell(s) {', '.join(f'#{pk}' for pk in missing)} are not in specimen {locked.accession}.",
+                code="not_in_specimen",
+            )
+        done = []
+        for pk in sorted(seen):
+            cell = cells[pk]
+            try:
+                if label is None:
+                    done.append(_confirm(cell, reviewer, seen[pk]))
+                else:
+                    done.append(classification_review(
+                        classification=cell, reviewer=reviewer, label=label, seen=seen[pk]
+                    ))
+            except ValidationError as exc:
+                raise ValidationError(f"#{pk}: {' '.join(exc.messages)}", code=exc.code) from exc
+    return done
 
 
-def specimen_sign(*, specimen: Specimen, reviewer) -> Specimen:
-    """Sign a specimen and all its cells; refused while any cell is unreviewed."""
+def _confirm(cell: Classification, reviewer, seen: str | None) -> Classification:
+    if cell.status == Status.UNIDENTIFIED:
+        raise ValidationError(
+            "The model did not classify this cell (unidentified); choose its class.", code="unidentified"
+        )
+    return classification_review(
+        classification=cell, reviewer=reviewer, label=cell.predicted_label, seen=seen
+    )
+
+
+def specimen_sign(
+    *, specimen: Specimen, reviewer, comment: str = "", seen: str | None = None
+) -> Specimen:
+    """Sign a specimen as a whole (its differential and every cell); refused while any cell is
+    unreviewed or pending. Cells are never signed one by one.
+
+    ``seen``: the specimen's ``review_version`` (``selectors.specimen_review_version``) on the
+    confirmation the reviewer saw; a cell reviewed since then refuses the sign-off (``changed``), so
+    the differential signed is the one shown.
+    """
+    from .selectors import specimen_review_version
+
     if not can_review(reviewer):
         raise PermissionDenied("Only reviewers may sign specimens.")
+    comment = (comment or "").strip()
+    if len(comment) > 2000:
+        raise ValidationError("The comment is longer than 2000 characters.", code="comment_too_long")
     with transaction.atomic():
         locked = Specimen.objects.select_for_update().get(pk=specimen.pk)
         if locked.is_signed:
             raise ValidationError(f"Specimen {locked.accession} is already signed.", code="signed")
-        cells = list(locked.cells.select_for_update())
+        cells = list(locked.cells.select_for_update().order_by("id"))
         if not cells:
             raise ValidationError(f"Specimen {locked.accession} has no cells to sign.", code="empty")
+        if seen is not None and seen != specimen_review_version(cells):
+            raise ValidationError(
+                f"Specimen {locked.accession} changed after the confirmation was shown (a cell was "
+                "reviewed or added); look at the differential again before signing.",
+                code="changed",
+            )
         unreviewed = [c for c in cells if c.review_state == ReviewState.UNREVIEWED]
         if unreviewed:
             unidentified = sum(1 for c in unreviewed if c.status != Status.CLASSIFIED)
@@ -688,8 +742,23 @@ def specimen_sign(*, specimen: Specimen, reviewer) -> Specimen:
                 _sign(cell, reviewer, now)
         locked.signed_by = reviewer
         locked.signed_at = now
-        locked.save(update_fields=["signed_by", "signed_at"])
+        locked.signed_by_name = reviewer.get_full_name() or reviewer.get_username()
+        locked.signed_by_role = _role(reviewer)
+        locked.review_comment = comment
+        locked.save(
+            update_fields=["signed_by", "signed_at", "signed_by_name", "signed_by_role", "review_comment"]
+        )
     return locked
+
+
+def _role(user) -> str:
+    """The signer's role as the report prints it."""
+    from accounts.roles import REVIEWER
+
+    groups = set(user.groups.values_list("name", flat=True))
+    if REVIEWER in groups:
+        return REVIEWER
+    return "Administrator" if user.is_superuser else ", ".join(sorted(groups))
 
 
 def classification_delete(*, classification: Classification, user) -> None:

@@ -2,13 +2,30 @@
 
 from django.urls import path
 
+from . import review_views
 from . import specimen_views as views
 
 urlpatterns = [
     path("specimens/", views.SpecimenListView.as_view(), name="specimen-list"),
     path("specimens/export.csv", views.specimens_export_csv_view, name="specimen-export"),
     path("specimens/<str:accession>/", views.SpecimenDetailView.as_view(), name="specimen-detail"),
-    path("specimens/<str:accession>/sign/", views.specimen_sign_view, name="specimen-sign"),
+    path("specimens/<str:accession>/sign/", review_views.specimen_sign_view, name="specimen-sign"),
+    path("specimens/<str:accession>/review/", review_views.specimen_review_view, name="specimen-review"),
+    path(
+        "specimens/<str:accession>/review/state.json",
+        review_views.specimen_review_state_view,
+        name="specimen-review-state",
+    ),
+    path(
+        "specimens/<str:accession>/review/cells.json",
+        review_views.specimen_review_cells_view,
+        name="specimen-review-cells",
+    ),
+    path(
+        "specimens/<str:accession>/cells/<int:pk>/thumb.jpg",
+        review_views.specimen_cell_thumb_view,
+        name="specimen-cell-thumb",
+    ),
     path("specimens/<str:accession>/report.pdf", views.specimen_report_pdf_view, name="specimen-report-pdf"),
     path("specimens/<str:accession>/report.csv", views.specimen_report_csv_view, name="specimen-report-csv"),
     path(

@@ -4,7 +4,6 @@ Each view parses input, calls one service or selector, and renders; ``DoesNotExi
 becomes 404, ``PermissionDenied`` 403 and ``ValidationError`` a message.
 """
 
-from collections import defaultdict
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -17,10 +16,9 @@ from django.views import View
 from django.views.decorators.http import require_POST
 from django.views.generic import FormView, ListView, TemplateView
 
-from . import fields, jobs, reports, selectors, services
-from .cells import classes
+from . import fields, jobs, reports, selectors
 from .lookups import job_or_404, specimen_or_404
-from .models import BatchItem, BatchJob, Classification, ReviewState, Status
+from .models import BatchItem, BatchJob, Classification, ReviewState
 from .permissions import can_review, can_submit
 from .responses import private_attachment
 from .specimen_forms import BatchUploadForm, DateRangeForm
@@ -62,42 +60,15 @@ class SpecimenDetailView(TemplateView):
         context = super().get_context_data(**kwargs)
         specimen = specimen_or_404(self.request, kwargs["accession"])
         differential = selectors.specimen_differential(specimen=specimen)
-        cells = specimen.cells.select_related("reviewed_by").order_by("created_at", "id")
-        groups = defaultdict(list)
-        for cell in cells:
-            if cell.status == Status.PENDING:
-                groups["PENDING"].append(cell)
-            elif cell.status == Status.UNIDENTIFIED and not cell.final_label:
-                groups["UNIDENTIFIED"].append(cell)
-            else:
-                groups[cell.label].append(cell)
-        names = {"UNIDENTIFIED": "Unidentified", "PENDING": "Pending"}
-        order = ["UNIDENTIFIED", *classes.CODES, *sorted(set(groups) - {*classes.CODES, *names}), "PENDING"]
         context.update(
             specimen=specimen,
             differential=differential,
-            gallery=[
-                (key, names.get(key) or classes.display_name(key), groups[key])
-                for key in order
-                if groups.get(key)
-            ],
+            gallery=selectors.specimen_gallery(specimen=specimen),
             jobs=jobs.job_list(user=self.request.user).filter(specimen=specimen)[:20],
             can_review=can_review(self.request.user),
             can_submit=can_submit(self.request.user),
         )
         return context
-
-
-@require_POST
-def specimen_sign_view(request, accession):
-    specimen = specimen_or_404(request, accession)
-    try:
-        services.specimen_sign(specimen=specimen, reviewer=request.user)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Specimen {specimen.accession} is signed; the report is final.")
-    return redirect("specimen-detail", accession=specimen.accession)
 
 
 def specimen_cell_image_view(request, accession, pk):

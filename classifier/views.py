@@ -125,6 +125,11 @@ class ModelInfoView(TemplateView):
         return context
 
 
+def model_ready_view(request):
+    """The model's readiness (``inference.readiness``) for the header badge's script; loads nothing."""
+    return JsonResponse(inference.readiness())
+
+
 class UploadView(View):
     """One or many images. The page's script posts them one by one (JSON answers, a
     progress bar); without JavaScript the form posts them all at once."""
@@ -229,7 +234,9 @@ class UploadView(View):
                 "id": cell.pk,
                 "url": reverse("classification-detail", args=[cell.pk]),
                 "status": cell.status,
-                "label": cell.get_predicted_label_display() if cell.predicted_label else "",
+                # An unidentified cell has no class yet: its top guess is named as such, not as its label.
+                "label": cell.get_predicted_label_display() if cell.status == "classified" else "",
+                "top_guess": cell.get_predicted_label_display() if cell.status == "unidentified" else "",
                 "confidence": cell.confidence,
                 "errors": [{"filename": n, "error": m} for n, m, _ in failures],
             },
@@ -257,9 +264,19 @@ class ClassificationDetailView(View):
                 "events": cell.events.select_related("actor"),
                 "can_review": reviewer and not cell.is_signed,
                 "can_delete": cell.owner_id == request.user.pk and cell.needs_review,
+                "neighbours": _specimen_neighbours(cell),
                 "classes": classes.TABLE,
             },
         )
+
+
+def _specimen_neighbours(cell: Classification) -> tuple[int | None, int | None]:
+    """The previous and next cell of the same specimen (in the order received), for the cell page's links."""
+    if not cell.specimen_id:
+        return None, None
+    ids = list(selectors.specimen_cells(specimen=cell.specimen).values_list("pk", flat=True))
+    at = ids.index(cell.pk)
+    return (ids[at - 1] if at > 0 else None), (ids[at + 1] if at + 1 < len(ids) else None)
 
 
 def _private_file(field, download_name: str) -> FileResponse:
@@ -438,31 +455,30 @@ def classification_review_view(request, pk):
     return redirect(_safe_next(request, fallback))
 
 
-@require_POST
-def classification_sign_view(request, pk):
-    """Sign a reviewed cell (reviewers): it becomes final and read-only."""
-    cell = _get_classification(request, pk)
-    try:
-        seen = request.POST.get("seen") or None  # the review_version the page showed
-        services.classification_sign(classification=cell, reviewer=request.user, seen=seen)
-    except ValidationError as exc:
-        messages.error(request, f"#{pk}: {_error_text(exc)}")
-    else:
-        messages.success(request, f"#{pk} signed; the result is final.")
-    return redirect(_safe_next(request, reverse("classification-detail", args=[pk])))
-
-
 class ReviewQueueView(View):
-    """Unidentified and unreviewed cells first; keyboard shortcuts in static/js/review.js."""
+    """Cells awaiting review (``?accession=``: one specimen's), unidentified first; keyboard
+    shortcuts in static/js/review.js. Specimens are reviewed in their gallery (review_views)."""
 
     def get(self, request):
         if not can_review(request.user):
             raise PermissionDenied("Only reviewers see the review queue.")
-        page = Paginator(selectors.review_queue(user=request.user), QUEUE_PAGE_SIZE).get_page(
-            request.GET.get("page")
-        )
+        accession = request.GET.get("accession", "").strip()
+        page = Paginator(
+            selectors.review_queue(user=request.user, accession=accession), QUEUE_PAGE_SIZE
+        ).get_page(request.GET.get("page"))
+        cells = list(page.object_list)
+        # After an action the page comes back with the cell that followed the one just reviewed
+        # selected (the reviewed one has left the queue), not the first card.
+        for cell, following in zip(cells, [*cells[1:], None], strict=False):
+            cell.next_id = following.pk if following else ""
         return render(
             request,
             "classifier/review_queue.html",
-            {"page_obj": page, "classes": classes.TABLE, "here": request.get_full_path()},
+            {
+                "page_obj": page,
+                "cells": cells,
+                "accession": accession,
+                "classes": classes.TABLE,
+                "here": request.get_full_path(),
+            },
         )

@@ -12,3 +12,11 @@ max_requests_jitter = 200
 accesslog = "-"
 # Load the app in each worker (not the master) so every worker builds its own TensorFlow runtime.
 preload_app = False
+
+
+def post_worker_init(worker):
+    """Load the model as soon as the worker has loaded the app, in a background thread: the first
+    upload does not wait for it, and the portal shows "Model loading" until it is ready."""
+    from classifier import inference
+
+    inference.warm_up_in_background()

@@ -282,6 +282,8 @@ HEMATOVISION_SPOOL_RETRY_SECONDS = env.float("HEMATOVISION_SPOOL_RETRY_SECONDS",
 # manage.py cleanup_orphans / resume_jobs: a stored file no row refers to is an orphan once this old.
 HEMATOVISION_ORPHAN_MIN_AGE_SECONDS = env.int("HEMATOVISION_ORPHAN_MIN_AGE_SECONDS", default=3600)
 HEMATOVISION_LAB_NAME = env.str("HEMATOVISION_LAB_NAME", default="Hematology Laboratory")
+# The lab's postal address under its name on every report page's header; "|" or a newline starts a line.
+HEMATOVISION_LAB_ADDRESS = env.str("HEMATOVISION_LAB_ADDRESS", default="")
 HEMATOVISION_PASSWORD_RESETS_PER_HOUR = env.int("HEMATOVISION_PASSWORD_RESETS_PER_HOUR", default=5)
 # Mails an hour one address gets from all clients together (a mailbox-flood bound); a browser that has
 # signed in to the account before always gets its own HEMATOVISION_PASSWORD_RESETS_PER_HOUR on top.

@@ -62,19 +62,17 @@ def test_bulk_confirm_action_reviews_through_the_service(admin_client, admin_use
     ]
 
 
-def test_bulk_sign_action(admin_client, user):
+def test_cells_cannot_be_signed_one_by_one_in_the_admin(admin_client, user):
+    """Issue 16: a specimen is signed as a whole; the cell list has no sign action any more."""
     reviewed = ClassificationFactory(owner=user, review_state=ReviewState.CONFIRMED, final_label="EOSINOPHIL")
-    fresh = ClassificationFactory(owner=user)
     response = admin_client.post(
         reverse("admin:classifier_classification_changelist"),
-        {"action": "sign_selected", "_selected_action": [reviewed.pk, fresh.pk]},
+        {"action": "sign_selected", "_selected_action": [reviewed.pk]},
         follow=True,
     )
-    html = response.content.decode()
-    assert "1 result(s) signed." in html and "Confirm or reclassify the cell before signing." in html
+    assert response.status_code == 200
     reviewed.refresh_from_db()
-    fresh.refresh_from_db()
-    assert (reviewed.review_state, fresh.review_state) == ("signed", "unreviewed")
+    assert reviewed.review_state == "confirmed" and reviewed.signed_at is None
 
 
 def test_specimen_admin_lists_cells_and_refuses_unreviewed_sign(admin_client, user):
@@ -136,7 +134,7 @@ def test_results_and_specimens_cannot_be_deleted_in_the_admin(admin_client, user
     cell = ClassificationFactory(owner=user, specimen=SpecimenFactory(created_by=user))
     changelist = reverse("admin:classifier_classification_changelist")
     actions = admin_client.get(changelist).context["action_form"].fields["action"].choices
-    assert [name for name, _ in actions] == ["", "confirm_selected", "sign_selected"]
+    assert [name for name, _ in actions] == ["", "confirm_selected"]
     response = admin_client.post(changelist, {"action": "delete_selected", "_selected_action": [cell.pk]})
     assert response.status_code == 302  # "no action selected": nothing happens
     delete_page = reverse("admin:classifier_classification_delete", args=[cell.pk])

@@ -81,7 +81,7 @@ def test_upload_json_answer_for_the_progress_script(tech_client):
     assert response.status_code == 201
     assert response.json() == {
         "id": cell.pk, "url": f"/classifications/{cell.pk}/", "status": "classified", "label": "Monocyte",
-        "confidence": 0.88, "errors": [],
+        "top_guess": "", "confidence": 0.88, "errors": [],
     }
 
 
@@ -343,14 +343,19 @@ def test_review_queue_lists_unidentified_first_with_shortcuts(reviewer_client, u
     assert "js/review.js" in html and 'data-key="1"' in html and "data-confirm" in html
 
 
-def test_review_queue_puts_reviewed_unidentified_cells_after_unreviewed_ones(reviewer_client, user):
-    reviewed_odd = ClassificationFactory(
+def test_review_queue_lists_only_cells_awaiting_review(reviewer_client, user):
+    """Issue 16: a reviewed cell leaves the queue (it is signed with its specimen), so the count goes
+    down with every review instead of counting unsigned results."""
+    ClassificationFactory(
         owner=user, unidentified=True, review_state=ReviewState.RECLASSIFIED, final_label="MONOCYTE"
     )
     plain = ClassificationFactory(owner=user)
     odd = ClassificationFactory(owner=user, unidentified=True)
     response = reviewer_client.get(reverse("review-queue"))
-    assert [c.pk for c in response.context["page_obj"]] == [odd.pk, plain.pk, reviewed_odd.pk]
+    assert [c.pk for c in response.context["page_obj"]] == [odd.pk, plain.pk]
+    assert '<span class="text-muted small" id="queue-count">2 cells awaiting review</span>' in (
+        response.content.decode()
+    )
 
 
 def test_review_queue_is_for_reviewers_only(tech_client):
@@ -359,28 +364,44 @@ def test_review_queue_is_for_reviewers_only(tech_client):
     assert "Only reviewers see the review queue." in response.content.decode()
 
 
-def test_confirm_then_sign_keeps_audit_trail(reviewer_client, reviewer, user):
-    cell = ClassificationFactory(owner=user, predicted_label="EOSINOPHIL")
+def test_confirm_then_sign_the_specimen_keeps_audit_trail(reviewer_client, reviewer, user):
+    specimen = SpecimenFactory(created_by=user, accession="S-AUDIT")
+    cell = ClassificationFactory(owner=user, specimen=specimen, predicted_label="EOSINOPHIL")
     queue = reverse("review-queue")
     response = reviewer_client.post(reverse("classification-review", args=[cell.pk]),
                                     {"label": "EOSINOPHIL", "next": queue})
     assert response.status_code == 302 and response["Location"] == queue
     cell.refresh_from_db()
     assert (cell.review_state, cell.final_label, cell.reviewed_by) == ("confirmed", "EOSINOPHIL", reviewer)
-    response = reviewer_client.post(reverse("classification-sign", args=[cell.pk]))
-    assert response["Location"] == reverse("classification-detail", args=[cell.pk])
+    response = reviewer_client.post(reverse("specimen-sign", args=["S-AUDIT"]))
+    assert response["Location"] == reverse("specimen-detail", args=["S-AUDIT"])
     cell.refresh_from_db()
     assert cell.review_state == "signed" and cell.signed_by == reviewer
     assert list(cell.events.values_list("actor__username", "action", "from_label", "to_label")) == [
         ("reviewer", "confirm", "EOSINOPHIL", "EOSINOPHIL"), ("reviewer", "sign", "EOSINOPHIL", "EOSINOPHIL"),
     ]
     html = reviewer_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
-    assert 'id="audit-trail"' in html and "Signed" in html and "data-sign" not in html  # read-only now
+    assert 'id="audit-trail"' in html and "Signed" in html and 'data-key="' not in html  # read-only now
 
 
-def test_a_second_reviewer_on_an_old_page_cannot_overwrite_or_sign_unseen(client, reviewer, user):
-    """Reviewers A and B open the same cell; A reclassifies it. B's clicks, made on the page drawn
-    before A's change, are refused with what changed, instead of silently undoing or signing it."""
+def test_a_cell_page_has_no_sign_button_and_no_sign_url(reviewer_client, user):
+    """Issue 16: cells are no longer signed one by one (S on a cell signed it at once)."""
+    from django.urls import NoReverseMatch
+
+    cell = ClassificationFactory(owner=user, predicted_label="EOSINOPHIL", review_state="confirmed",
+                                 final_label="EOSINOPHIL")
+    html = reviewer_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
+    assert "data-sign" not in html and "<kbd>S</kbd>" not in html
+    with pytest.raises(NoReverseMatch):
+        reverse("classification-sign", args=[cell.pk])
+    assert reviewer_client.post(f"/classifications/{cell.pk}/sign/").status_code == 404
+    cell.refresh_from_db()
+    assert cell.review_state == "confirmed"
+
+
+def test_a_second_reviewer_on_an_old_page_cannot_overwrite_unseen(client, reviewer, user):
+    """Reviewers A and B open the same cell; A reclassifies it. B's click, made on the page drawn
+    before A's change, is refused with what changed, instead of silently undoing it."""
     from classifier.tests.factories import ReviewerFactory
 
     other = ReviewerFactory(username="reviewer2")
@@ -401,34 +422,25 @@ def test_a_second_reviewer_on_an_old_page_cannot_overwrite_or_sign_unseen(client
         "reviewer); look at it again before you decide."
     )
     assert [str(m) for m in response.context["messages"]] == [refusal]
-    response = client.post(reverse("classification-sign", args=[cell.pk]), {"seen": seen}, follow=True)
-    cell.refresh_from_db()
-    assert cell.review_state == "reclassified" and [str(m) for m in response.context["messages"]] == [refusal]
     # With the page as it is now, B may decide.
-    fresh = cell.review_version
-    client.post(reverse("classification-sign", args=[cell.pk]), {"seen": fresh})
+    client.post(reverse("classification-review", args=[cell.pk]),
+                {"label": "LYMPHOCYTE", "seen": cell.review_version})
     cell.refresh_from_db()
-    assert (cell.review_state, cell.signed_by, cell.final_label) == ("signed", other, "MONOCYTE")
+    assert (cell.final_label, cell.reviewed_by) == ("LYMPHOCYTE", other)
 
 
-def test_reclassify_and_changes_after_signing_are_refused(reviewer_client, user):
-    cell = ClassificationFactory(owner=user, predicted_label="EOSINOPHIL")
+def test_reclassify_and_changes_after_signing_are_refused(reviewer_client, reviewer, user):
+    specimen = SpecimenFactory(created_by=user)
+    cell = ClassificationFactory(owner=user, specimen=specimen, predicted_label="EOSINOPHIL")
     review = reverse("classification-review", args=[cell.pk])
     reviewer_client.post(review, {"label": "MONOCYTE"})
     cell.refresh_from_db()
     assert (cell.review_state, cell.final_label) == ("reclassified", "MONOCYTE")
-    reviewer_client.post(reverse("classification-sign", args=[cell.pk]))
+    services.specimen_sign(specimen=specimen, reviewer=reviewer)
     response = reviewer_client.post(review, {"label": "NEUTROPHIL"}, follow=True)
     assert "This result is signed and final; it cannot be changed." in response.content.decode()
     cell.refresh_from_db()
     assert (cell.review_state, cell.final_label) == ("signed", "MONOCYTE")
-
-
-def test_signing_unreviewed_cell_shows_message(reviewer_client, user):
-    cell = ClassificationFactory(owner=user)
-    response = reviewer_client.post(reverse("classification-sign", args=[cell.pk]), follow=True)
-    assert "Confirm or reclassify the cell before signing." in response.content.decode()
-    assert ReviewEvent.objects.count() == 0
 
 
 def test_bad_label_and_offsite_next_are_ignored(reviewer_client, user):
@@ -441,10 +453,11 @@ def test_bad_label_and_offsite_next_are_ignored(reviewer_client, user):
 
 
 def test_technologist_cannot_review_or_sign_own_result(tech_client, user):
-    cell = ClassificationFactory(owner=user)
+    specimen = SpecimenFactory(created_by=user, accession="S-TECH")
+    cell = ClassificationFactory(owner=user, specimen=specimen)
     review = tech_client.post(reverse("classification-review", args=[cell.pk]), {"label": "EOSINOPHIL"})
     assert review.status_code == 403
-    assert tech_client.post(reverse("classification-sign", args=[cell.pk])).status_code == 403
+    assert tech_client.post(reverse("specimen-sign", args=["S-TECH"])).status_code == 403
     cell.refresh_from_db()
     assert cell.review_state == "unreviewed" and ReviewEvent.objects.count() == 0
 

@@ -44,10 +44,10 @@ def test_dashboard_queue_figure_matches_what_each_role_has_to_wait_for(client, u
     client.force_login(user)  # a technologist: their results still waiting for a reviewer
     html = client.get(reverse("dashboard")).content.decode()
     assert 'Awaiting review</div><div class="display-6" id="stat-queue">3</div>' in html
-    client.force_login(reviewer)  # a reviewer: what /review/ lists (unsigned)
+    client.force_login(reviewer)  # a reviewer: the cells awaiting review (reviewed ones wait for sign-off)
     html = client.get(reverse("dashboard")).content.decode()
-    assert 'id="stat-queue"><a href="/review/" class="text-decoration-none">4</a>' in html
-    assert "4 unsigned results" in client.get(reverse("review-queue")).content.decode()
+    assert 'id="stat-queue"><a href="/review/" class="text-decoration-none">3</a>' in html
+    assert "3 cells awaiting review" in client.get(reverse("review-queue")).content.decode()
 
 
 def test_specimen_export_date_error_shows_the_list_with_the_dates_kept(tech_client, user):

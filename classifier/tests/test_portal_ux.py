@@ -34,10 +34,11 @@ def test_review_queue_marks_the_selected_card_aria_current(reviewer_client, user
     html = reviewer_client.get(reverse("review-queue")).content.decode()
     assert (
         f'<div class="card shadow-sm mb-2 review-item selected" aria-current="true" data-review-item '
-        f'data-id="{first.pk}" tabindex="-1">'
+        f'data-id="{first.pk}" id="cell-{first.pk}" tabindex="-1">'
     ) in html
     assert (
-        f'<div class="card shadow-sm mb-2 review-item" data-review-item data-id="{second.pk}" tabindex="-1">'
+        f'<div class="card shadow-sm mb-2 review-item" data-review-item data-id="{second.pk}" '
+        f'id="cell-{second.pk}" tabindex="-1">'
     ) in html
     assert html.count('aria-current="true"') == 1
 
@@ -99,7 +100,7 @@ def test_review_js_keys_act_on_the_card_holding_the_focus(tmp_path):
     assert out["initial"] == ["true", None, None]
     assert out["afterFocus"] == [None, "true", None]
     assert out["selected"] == [False, True, False]
-    assert out["clicked"] == ["1:key2", "1:sign", "2:key3"]
+    assert out["clicked"] == ["1:key2", "2:key3"]  # S signs nothing: cells are signed with their specimen
     assert out["final"] == [None, None, "true"]
 
 
@@ -261,7 +262,7 @@ def test_class_badges_reach_wcag_aa_contrast_and_stay_distinct(tech_client):
 def test_result_page_has_one_h1(tech_client, user):
     cell = ClassificationFactory(owner=user, predicted_label="MONOCYTE")
     html = tech_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
-    assert f'<h1 class="h4 mb-3" id="result-title">Result #{cell.pk}</h1>' in html
+    assert f'<h1 class="h4 mb-0 me-auto" id="result-title">Result #{cell.pk}</h1>' in html
     assert len(re.findall(r"<h1[ >]", html)) == 1
     assert '<div class="h3 mb-1" id="predicted-label">Monocyte</div>' in html
 

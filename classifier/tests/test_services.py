@@ -150,16 +150,18 @@ def test_model_unavailable_keeps_upload_pending_then_classifies_later(user, sett
 
 @pytest.mark.django_db
 def test_review_confirm_reclassify_sign_and_audit(user, reviewer):
-    c = services.classification_create(user=user, data=png())
+    c = services.classification_create(user=user, data=png(), accession="S-AUD")
     with pytest.raises(PermissionDenied):
         services.classification_review(classification=c, reviewer=user, label="NEUTROPHIL")
-    with pytest.raises(ValidationError, match="before signing"):
-        services.classification_sign(classification=c, reviewer=reviewer)
+    with pytest.raises(ValidationError, match="not reviewed yet"):
+        services.specimen_sign(specimen=c.specimen, reviewer=reviewer)
     c = services.classification_review(classification=c, reviewer=reviewer, label="EOSINOPHIL")
     assert c.review_state == ReviewState.CONFIRMED and c.final_label == "EOSINOPHIL"
     c = services.classification_review(classification=c, reviewer=reviewer, label="NEUTROPHIL")
     assert c.review_state == ReviewState.RECLASSIFIED and c.label == "NEUTROPHIL"
-    c = services.classification_sign(classification=c, reviewer=reviewer)
+    assert not hasattr(services, "classification_sign")  # issue 16: no cell is signed on its own
+    services.specimen_sign(specimen=c.specimen, reviewer=reviewer)
+    c.refresh_from_db()
     assert c.is_signed and c.signed_by == reviewer and c.signed_at is not None
     with pytest.raises(ValidationError, match="signed and final"):
         services.classification_review(classification=c, reviewer=reviewer, label="MONOCYTE")

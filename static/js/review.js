@@ -1,13 +1,16 @@
 // Review keyboard shortcuts: arrows or j/k pick a cell, a class's key (data-key, from the cell-class
-// table: 1-8, 9, 0 and a few letters) sets its class, Enter confirms the model's class, S signs,
-// O opens. Every key just clicks a normal form button.
+// table: 1-8, 9, 0 and a few letters) sets its class, Enter confirms the model's class, O opens.
+// Every key just clicks a normal form button. Cells are never signed one by one (the specimen is).
+// After an action the page comes back as #cell-<id> of the card that followed: that one is selected.
 // The keys act on the selected card (aria-current="true"); clicking a card or moving the
 // focus into it (Tab) selects it, so a key never acts on a cell other than the one in focus.
 (function () {
   "use strict";
   const items = Array.from(document.querySelectorAll("[data-review-item]"));
   if (!items.length) return;
-  let current = Math.max(0, items.findIndex((item) => item.classList.contains("selected")));
+  const hash = typeof location === "undefined" ? "" : location.hash;
+  const wanted = hash.startsWith("#cell-") ? items.findIndex((item) => "#" + item.id === hash) : -1;
+  let current = wanted >= 0 ? wanted : Math.max(0, items.findIndex((item) => item.classList.contains("selected")));
 
   function select(index, scroll) {
     current = Math.min(Math.max(index, 0), items.length - 1);
@@ -44,7 +47,7 @@
     return false;
   }
 
-  select(current, false);
+  select(current, wanted >= 0);
   items.forEach((item, index) => {
     item.addEventListener("click", () => select(index));
     // Tabbing into a card's link or buttons makes it the card the keys act on.
@@ -63,7 +66,6 @@
     if (key === "ArrowDown" || key === "j") { move(1); handled = true; }
     else if (key === "ArrowUp" || key === "k") { move(-1); handled = true; }
     else if (key === "Enter" && !(target && ["BUTTON", "A"].includes(target.tagName))) handled = press("[data-confirm]");
-    else if (key === "s" || key === "S") handled = press("[data-sign]");
     else if (key === "o" || key === "O") handled = press("[data-open]");
     else if (/^[0-9a-z]$/i.test(key)) handled = press('[data-key="' + key.toLowerCase() + '"]');
     if (handled) event.preventDefault();

@@ -86,8 +86,9 @@
         const link = document.createElement("a");
         link.href = answer.body.url;
         link.className = "upload-ok";
-        link.textContent = "#" + answer.body.id + " " + (answer.body.label || answer.body.status) +
-          (answer.body.status === "unidentified" ? " (needs review)" : "");
+        link.textContent = "#" + answer.body.id + " " + (answer.body.status === "unidentified"
+          ? "Unidentified (needs review" + (answer.body.top_guess ? "; top guess " + answer.body.top_guess + ", not trusted" : "") + ")"
+          : (answer.body.label || answer.body.status));
         addResult(files[i], true, link);
       } else {
         failed += 1;
