@@ -16,6 +16,7 @@ def _isolated_settings(settings, tmp_path):
     settings.HEMATOVISION_PREDICTOR = "fake"
     settings.AXES_ENABLED = False
     settings.HEMATOVISION_SPOOL_RETRY_SECONDS = 0  # no background retry thread unless a test asks for one
+    settings.HEMATOVISION_MIN_CELLS_FOR_FLAGS = 0  # tests count a few cells; tests of the guard set it
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -2,4 +2,7 @@
 
 TECHNOLOGIST = "Technologist"
 REVIEWER = "Reviewer"
-ALL_ROLES = (TECHNOLOGIST, REVIEWER)
+# A lab information system's account: submits orders and images, reads every result, never reviews
+# or signs (issue 19).
+INTERFACE = "Interface"
+ALL_ROLES = (TECHNOLOGIST, REVIEWER, INTERFACE)

@@ -211,9 +211,6 @@ class OutboundMessageAdmin(_ReadOnly):
     readonly_fields = [f.name for f in OutboundMessage._meta.fields]
     actions = ["resend"]
 
-    def has_change_permission(self, request, obj=None):
-        return obj is None or request.method == "GET"  # the log opens; nothing in it is edited
-
     @admin.action(description="Send the selected messages again now")
     def resend(self, request, queryset):
         _run_bulk(self, request, queryset, lambda m: services.message_resend(message=m, user=request.user), "queued")

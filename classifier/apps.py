@@ -8,3 +8,10 @@ class ClassifierConfig(AppConfig):
 
     def ready(self):
         from . import inference  # noqa: F401  (connects setting_changed; loads no model)
+        from django.db.models.signals import post_save
+
+        from . import services
+        from .models import Specimen
+
+        # A signed specimen releases report version 1 (HL7/FHIR kept, queued to the LIS): issue 19.
+        post_save.connect(services.release_on_sign, sender=Specimen, dispatch_uid="release_on_sign")

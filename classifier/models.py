@@ -270,3 +270,138 @@ class BatchItem(models.Model):
 
     def __str__(self):
         return f"{self.filename} ({self.state})"
+
+
+# ---- LIS interface (issue 19): orders in, released report versions, the outbound HL7 message log ----
+
+
+class Sex(models.TextChoices):
+    """Administrative sex, HL7 v2 table 0001 (FHIR ``AdministrativeGender`` in the bundle)."""
+
+    FEMALE = "F", "Female"
+    MALE = "M", "Male"
+    OTHER = "O", "Other"
+    UNKNOWN = "U", "Unknown"
+
+
+class Order(models.Model):
+    """The LIS order for one specimen: who the patient is, who asked, when it was collected.
+
+    It binds the accession: results of the specimen carry this identity in every format (HL7 PID,
+    ORC, OBR-2; FHIR Patient, ServiceRequest). A specimen without an order is reported without a
+    patient; none is invented.
+    """
+
+    class Source(models.TextChoices):
+        API = "api", "REST API"
+        HL7 = "hl7", "HL7 v2 over MLLP"
+
+    specimen = models.OneToOneField(Specimen, on_delete=models.PROTECT, related_name="order")
+    placer_order_number = models.CharField(max_length=64)
+    placer_namespace = models.CharField(
+        max_length=64, blank=True, help_text="The placer application (EI.2), e.g. the LIS's name."
+    )
+    patient_id = models.CharField(max_length=64, help_text="Medical record number (PID-3.1).")
+    patient_id_authority = models.CharField(
+        max_length=64, help_text="Who assigned the MRN (PID-3.4, HD namespace id)."
+    )
+    patient_family_name = models.CharField(max_length=100, blank=True)
+    patient_given_name = models.CharField(max_length=100, blank=True)
+    patient_birth_date = models.DateField(null=True, blank=True)
+    patient_sex = models.CharField(max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
+    ordering_provider_id = models.CharField(max_length=64, blank=True)
+    ordering_provider_family_name = models.CharField(max_length=100, blank=True)
+    ordering_provider_given_name = models.CharField(max_length=100, blank=True)
+    collected_at = models.DateTimeField(null=True, blank=True)
+    wbc_count = models.FloatField(
+        null=True, blank=True, help_text="White-cell count from the analyser, 10^9/L (optional)."
+    )
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.API)
+    message_control_id = models.CharField(
+        max_length=64, blank=True, help_text="MSH-10 of the HL7 order message that created it."
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["placer_namespace", "placer_order_number"], name="unique_placer_order_number"
+            )
+        ]
+
+    def __str__(self):
+        return f"order {self.placer_order_number} ({self.specimen_id})"
+
+
+class ReportVersion(models.Model):
+    """One released version of a specimen's report: the sign-off (1), then each amendment.
+
+    The HL7 message and the FHIR bundle are kept exactly as released, so an earlier version stays
+    readable and every resend of a version is byte-identical (same MSH-10).
+    """
+
+    class Kind(models.TextChoices):
+        FINAL = "final", "Final"
+        CORRECTED = "corrected", "Corrected (amended)"
+
+    specimen = models.ForeignKey(Specimen, on_delete=models.PROTECT, related_name="report_versions")
+    number = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.FINAL)
+    reason = models.TextField(blank=True, max_length=2000, help_text="Why it was amended.")
+    released_at = models.DateTimeField()
+    released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="released_reports"
+    )
+    released_by_name = models.CharField(max_length=200)
+    hl7 = models.TextField(blank=True, help_text="The ORU^R01 as released (ER7).")
+    fhir = models.JSONField(default=dict, blank=True, help_text="The FHIR transaction bundle as released.")
+
+    class Meta:
+        ordering = ["specimen", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["specimen", "number"], name="unique_report_version")
+        ]
+
+    def __str__(self):
+        return f"{self.specimen_id} v{self.number} ({self.kind})"
+
+    @property
+    def control_id(self) -> str:
+        """MSH-10 of this version's ORU: stable, so the LIS can drop a duplicate delivery."""
+        return f"HV{self.pk:010d}"
+
+
+class OutboundMessage(models.Model):
+    """One HL7 message to one LIS destination, and what became of its delivery (the message log)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RETRY = "retry", "Waiting to retry (no ACK, or a negative one)"
+        ACCEPTED = "accepted", "Accepted (ACK AA/CA)"
+
+    report = models.ForeignKey(ReportVersion, on_delete=models.PROTECT, related_name="messages")
+    destination = models.CharField(max_length=255, help_text="host:port of the LIS's MLLP listener.")
+    control_id = models.CharField(max_length=20)
+    payload = models.TextField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    ack_code = models.CharField(max_length=2, blank=True)
+    ack_text = models.CharField(max_length=500, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    history = models.JSONField(default=list, blank=True, help_text="Every attempt: time and outcome.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    next_attempt_at = models.DateTimeField(db_index=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["report", "destination"], name="unique_message_per_destination")
+        ]
+
+    def __str__(self):
+        return f"{self.control_id} -> {self.destination} ({self.state})"

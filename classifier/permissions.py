@@ -1,6 +1,6 @@
 """Who may do what, in one place (services and selectors ask here)."""
 
-from accounts.roles import REVIEWER, TECHNOLOGIST
+from accounts.roles import INTERFACE, REVIEWER, TECHNOLOGIST
 
 
 def _roles(user) -> set[str]:
@@ -18,6 +18,21 @@ def can_review(user) -> bool:
     return bool(user.is_authenticated and user.is_active and (user.is_superuser or REVIEWER in _roles(user)))
 
 
+def is_interface(user) -> bool:
+    """An LIS's account (the Interface role): orders, images and every result; no review, no sign-off."""
+    return bool(user.is_authenticated and user.is_active and INTERFACE in _roles(user))
+
+
+def can_read_all(user) -> bool:
+    """Reviewers and interface accounts see every specimen and result."""
+    return can_review(user) or is_interface(user)
+
+
+def can_order(user) -> bool:
+    """Who may place an LIS order (bind an accession to a patient): interface accounts, reviewers."""
+    return can_read_all(user)
+
+
 def can_submit(user) -> bool:
-    """Technologists and reviewers submit images; users without a role do nothing."""
-    return can_review(user) or TECHNOLOGIST in _roles(user)
+    """Technologists, reviewers and interface accounts submit images; users without a role do nothing."""
+    return can_review(user) or TECHNOLOGIST in _roles(user) or is_interface(user)

@@ -200,6 +200,15 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
         )
     )
     story.append(Spacer(1, 4 * mm))
+    # Issue 19: a corrected report says so, with why; too few cells for flags says that too.
+    amended = specimen.report_versions.filter(kind="corrected").order_by("-number").first()
+    if amended is not None:
+        story.append(Paragraph(
+            f"<b>AMENDED</b> — report version {amended.number}, {_when(amended.released_at)}, by "
+            f"{escape(amended.released_by_name)}. Reason: {escape(amended.reason)}", styles["BodyText"],
+        ))
+    if differential.flag_comment:
+        story.append(Paragraph(escape(differential.flag_comment), styles["BodyText"]))
 
     rows = [["Cell class", "Count", "%", "Adult reference", "Flag"]]
     flagged = []

@@ -2,12 +2,13 @@
 
 import hashlib
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 
 from .cells import differential as differentials
 from .cells.classes import CODES
 from .models import Classification, ReviewState, Specimen, Status
-from .permissions import can_review, can_submit
+from .permissions import can_read_all, can_review, can_submit
 
 
 def _cells() -> QuerySet[Classification]:
@@ -16,9 +17,9 @@ def _cells() -> QuerySet[Classification]:
 
 
 def classification_list(*, user) -> QuerySet[Classification]:
-    """Reviewers see every result; technologists their own; others nothing."""
+    """Reviewers and interface accounts see every result; technologists their own; others nothing."""
     qs = _cells()
-    if can_review(user):
+    if can_read_all(user):
         return qs
     if can_submit(user):
         return qs.filter(owner=user)
@@ -31,7 +32,7 @@ def classification_get(*, user, pk) -> Classification:
     Besides ``classification_list``'s results, a technologist may open every cell of a specimen
     they opened (a reviewer may have added some): its differential and report count them.
     """
-    if not can_review(user) and can_submit(user):
+    if not can_read_all(user) and can_submit(user):
         return _cells().filter(Q(owner=user) | Q(specimen__created_by=user)).get(pk=pk)
     return classification_list(user=user).get(pk=pk)
 
@@ -100,8 +101,8 @@ def specimen_review_version(cells) -> str:
 
 
 def specimen_list(*, user) -> QuerySet[Specimen]:
-    qs = Specimen.objects.select_related("created_by", "signed_by")
-    if can_review(user):
+    qs = Specimen.objects.select_related("created_by", "signed_by", "order")
+    if can_read_all(user):
         return qs
     if can_submit(user):
         return qs.filter(created_by=user)
@@ -136,6 +137,7 @@ def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
     return differentials.build(
         labels=[c.label for c in counted],
         model_classes={name for c in cells for name in (c.probabilities or {})},
+        min_count_for_flags=settings.HEMATOVISION_MIN_CELLS_FOR_FLAGS,
         accession=specimen.accession,
         total_cells=len(cells),
         unidentified=sum(
@@ -212,3 +214,69 @@ def specimen_gallery(*, specimen: Specimen, all_sections: bool = False) -> list[
         for key in gallery_order(groups)
         if groups.get(key) or all_sections
     ]
+
+
+# ---- LIS interface (issue 19) ----
+
+
+def specimen_last_modified(*, specimen: Specimen):
+    """When anything a result shows last changed: a cell added, reviewed or signed, the order, a
+    released version. Polls compare it (``updated_after``, Last-Modified); a preliminary result's
+    ``issued`` is this, not the time of the fetch."""
+    from django.db.models import Max
+
+    from .models import Order, ReportVersion
+
+    times = [specimen.created_at, specimen.signed_at]
+    times += specimen.cells.aggregate(a=Max("created_at"), b=Max("reviewed_at"), c=Max("signed_at")).values()
+    times.append(Order.objects.filter(specimen=specimen).values_list("updated_at", flat=True).first())
+    times.append(ReportVersion.objects.filter(specimen=specimen).aggregate(m=Max("released_at"))["m"])
+    return max(t for t in times if t is not None)
+
+
+def specimen_filter_changed(qs: QuerySet[Specimen], *, signed_after=None, updated_after=None) -> QuerySet[Specimen]:
+    """``signed_after``: released (signed or amended) after that instant; ``updated_after``: anything
+    changed after it (``specimen_last_modified``'s facts)."""
+    if signed_after is not None:
+        qs = qs.filter(Q(signed_at__gt=signed_after) | Q(report_versions__released_at__gt=signed_after))
+    if updated_after is not None:
+        qs = qs.filter(
+            Q(created_at__gt=updated_after) | Q(signed_at__gt=updated_after)
+            | Q(cells__created_at__gt=updated_after) | Q(cells__reviewed_at__gt=updated_after)
+            | Q(order__updated_at__gt=updated_after) | Q(report_versions__released_at__gt=updated_after)
+        )
+    return qs.distinct() if signed_after is not None or updated_after is not None else qs
+
+
+def specimen_versions(*, specimen: Specimen):
+    """The released report versions, first to latest (each kept as it was sent)."""
+    return specimen.report_versions.select_related("released_by").order_by("number")
+
+
+def specimen_result(*, specimen: Specimen, version: int | None = None) -> dict:
+    """What the HL7 and FHIR answers are drawn from.
+
+    A signed specimen answers its released version (the latest, or ``version``), byte for byte as
+    it was sent; an unsigned one a preliminary result built now, stable while nothing changes.
+    Keys: ``version`` (a ReportVersion or None), ``differential``, ``order``, ``model_versions``,
+    ``last_modified``, ``comment``.
+    """
+    from .interop import model_versions
+    from .models import Order
+
+    versions = specimen.report_versions.all()
+    chosen = None
+    if version is not None:
+        chosen = versions.get(number=version)  # ReportVersion.DoesNotExist: 404
+    elif specimen.is_signed:
+        chosen = versions.order_by("-number").first()
+    cells = list(specimen.cells.all())
+    return {
+        "version": chosen,
+        "differential": specimen_differential(specimen=specimen),
+        "order": Order.objects.filter(specimen=specimen).first(),
+        "model_versions": model_versions(cells),
+        "last_modified": chosen.released_at if chosen else specimen_last_modified(specimen=specimen),
+        "comment": getattr(specimen, "review_comment", "") or "",
+        "versions": list(versions.order_by("number").values_list("number", flat=True)),
+    }

@@ -62,6 +62,7 @@ def specimen_get_or_create(*, user, accession: str) -> Specimen:
     """
     accession = accession.strip()
     accession_validator(accession)
+    _require_order(accession)
     # Case-insensitive: acc-7 is ACC-7 (the first spelling is kept; the database enforces it too).
     specimen, _ = Specimen.objects.get_or_create(
         accession__iexact=accession, defaults={"accession": accession, "created_by": user}
@@ -792,4 +793,237 @@ def _log_deletion(cell: Classification, user) -> None:
             f"image sha256 {cell.image_sha256}; model {cell.status} {cell.predicted_label or '-'})"
         ),
         single_object=True,
+    )
+
+
+# ---- LIS interface (issue 19): orders, report versions and amendments, the outbound message log ----
+
+IDENTIFIER_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def order_create(*, user, data: dict) -> tuple["Order", bool]:  # noqa: F821 - models.Order, imported below
+    """File an LIS order: bind the accession to its patient and placer order number.
+
+    ``data``: accession, placer_order_number, placer_namespace, patient_id, patient_id_authority,
+    patient_family_name, patient_given_name, patient_birth_date, patient_sex, ordering_provider_*,
+    collected_at, wbc_count, source, message_control_id. The specimen is created (or bound when it was
+    opened by an upload and has no order yet). The same order sent again (same accession and placer
+    number) is answered with the stored one, ``created`` False; another accession under a used placer
+    number, or another placer number for an ordered accession, is refused (``order_conflict``).
+    """
+    import re
+
+    from .models import Order
+    from .permissions import can_order
+
+    if not can_order(user):
+        raise PermissionDenied("Only interface accounts and reviewers may place orders.")
+    accession = (data.get("accession") or "").strip()
+    accession_validator(accession)
+    placer = (data.get("placer_order_number") or "").strip()
+    namespace = (data.get("placer_namespace") or "").strip()
+    for name, value in (("placer_order_number", placer), ("patient_id", data.get("patient_id") or ""),
+                        ("patient_id_authority", data.get("patient_id_authority") or "")):
+        if not re.match(IDENTIFIER_RE, value.strip()):
+            raise ValidationError(
+                f"{name} is required: 1-64 letters, digits, '.', '_' or '-'.", code="invalid_order"
+            )
+    fields = {
+        key: data[key] for key in (
+            "patient_family_name", "patient_given_name", "patient_birth_date", "patient_sex",
+            "ordering_provider_id", "ordering_provider_family_name", "ordering_provider_given_name",
+            "collected_at", "wbc_count", "source", "message_control_id",
+        ) if data.get(key) not in (None, "")
+    }
+    fields["patient_id"] = data["patient_id"].strip()
+    fields["patient_id_authority"] = data["patient_id_authority"].strip()
+    with transaction.atomic():
+        same_placer = Order.objects.select_related("specimen").filter(
+            placer_namespace=namespace, placer_order_number=placer
+        ).first()
+        specimen, _ = Specimen.objects.get_or_create(
+            accession__iexact=accession, defaults={"accession": accession, "created_by": user}
+        )
+        specimen = Specimen.objects.select_for_update().get(pk=specimen.pk)
+        existing = Order.objects.filter(specimen=specimen).first()
+        if existing is not None or same_placer is not None:
+            if existing is not None and same_placer is not None and existing.pk == same_placer.pk:
+                return existing, False  # the same order again (a resend): nothing changes
+            raise ValidationError(
+                f"Accession {accession} or placer order number {placer} is already bound to another "
+                "order; an order cannot be moved to another specimen.",
+                code="order_conflict",
+            )
+        order = Order.objects.create(
+            specimen=specimen, placer_order_number=placer, placer_namespace=namespace,
+            created_by=user, **fields,
+        )
+    return order, True
+
+
+def _require_order(accession: str) -> None:
+    """HEMATOVISION_REQUIRE_ORDER: images land only on accessions an LIS ordered."""
+    from .models import Order
+
+    if settings.HEMATOVISION_REQUIRE_ORDER and not Order.objects.filter(
+        specimen__accession__iexact=accession
+    ).exists():
+        raise ValidationError(
+            f"Accession {accession} has no order from the LIS; this lab accepts images only for "
+            "ordered accessions.",
+            code="no_order",
+        )
+
+
+def _signer_release(user, *, number: int, corrected: bool, reason: str, at):
+    from .interop import Release
+
+    return Release(
+        number=number, corrected=corrected, reason=reason, released_at=at,
+        signer_id=user.get_username(), signer_family=user.last_name, signer_given=user.first_name,
+        signer_name=user.get_full_name() or user.get_username(),
+    )
+
+
+def report_release(*, specimen: Specimen, reviewer, reason: str = "", at=None) -> "ReportVersion":  # noqa: F821
+    """Release the specimen's report as it is now: a new version with its HL7 ORU^R01 and FHIR bundle
+    kept as sent (MSH-10 stable per version), queued to every LIS destination. The first version is
+    final, later ones corrected. Runs inside the caller's transaction (the sign-off's, the amendment's).
+    """
+    from .interop import fhir, hl7
+    from .interop import model_versions as versions_of
+    from .models import Order, OutboundMessage, ReportVersion
+    from .selectors import specimen_differential
+
+    at = at or specimen.signed_at or timezone.now()
+    previous = specimen.report_versions.order_by("-number").first()
+    number = previous.number + 1 if previous else 1
+    release = _signer_release(reviewer, number=number, corrected=number > 1, reason=reason, at=at)
+    version = ReportVersion.objects.create(
+        specimen=specimen, number=number,
+        kind=ReportVersion.Kind.CORRECTED if number > 1 else ReportVersion.Kind.FINAL,
+        reason=reason, released_at=at, released_by=reviewer, released_by_name=release.signer_name,
+    )
+    order = Order.objects.filter(specimen=specimen).first()
+    differential = specimen_differential(specimen=specimen)
+    context = {
+        "order": order, "release": release, "model_versions": versions_of(specimen.cells.all()),
+        "comment": getattr(specimen, "review_comment", "") or "",
+    }
+    version.hl7 = hl7.oru_r01(specimen, differential, control_id=version.control_id, now=at, **context)
+    version.fhir = fhir.specimen_bundle(specimen, differential, now=at, **context)
+    version.save(update_fields=["hl7", "fhir"])
+    for destination in settings.HEMATOVISION_LIS_DESTINATIONS:
+        OutboundMessage.objects.create(
+            report=version, destination=destination, control_id=version.control_id,
+            payload=version.hl7, next_attempt_at=timezone.now(),
+        )
+    return version
+
+
+def specimen_amend(
+    *, specimen: Specimen, reviewer, reason: str, labels: dict[int, str] | None = None
+) -> "ReportVersion":  # noqa: F821
+    """Correct a signed specimen: give cells new classes (``labels``: cell id -> class) and release a
+    corrected report version with the reason. The earlier versions are kept as they were sent."""
+    if not can_review(reviewer):
+        raise PermissionDenied("Only reviewers may amend a signed specimen.")
+    reason = " ".join((reason or "").split())
+    if not reason:
+        raise ValidationError("Say why the report is amended (reason).", code="reason_required")
+    if len(reason) > 2000:
+        raise ValidationError("The reason is longer than 2000 characters.", code="reason_too_long")
+    labels = labels or {}
+    with transaction.atomic():
+        locked = Specimen.objects.select_for_update().get(pk=specimen.pk)
+        if not locked.is_signed:
+            raise ValidationError(
+                f"Specimen {locked.accession} is not signed; review and sign it instead.", code="not_signed"
+            )
+        cells = {c.pk: c for c in locked.cells.select_for_update().filter(pk__in=list(labels))}
+        missing = sorted(set(labels) - set(cells))
+        if missing:
+            raise ValidationError(
+                f"Cell(s) {', '.join(f'#{pk}' for pk in missing)} are not in specimen {locked.accession}.",
+                code="not_in_specimen",
+            )
+        now = timezone.now()
+        for pk, label in sorted(labels.items()):
+            if label not in CellClass.values:
+                raise ValidationError(f"Unknown cell class {label!r}.", code="invalid_label")
+            cell = cells[pk]
+            if cell.final_label == label:
+                continue
+            ReviewEvent.objects.create(
+                classification=cell, actor=reviewer, action=ReviewEvent.Action.RECLASSIFY,
+                from_label=cell.label, to_label=label,
+            )
+            cell.final_label = label
+            cell.reviewed_by = reviewer
+            cell.reviewed_at = now
+            cell.signed_by = reviewer
+            cell.signed_at = now
+            cell.save(update_fields=["final_label", "reviewed_by", "reviewed_at", "signed_by", "signed_at"])
+        return report_release(specimen=locked, reviewer=reviewer, reason=reason, at=now)
+
+
+def release_on_sign(sender, instance: Specimen, update_fields=None, **kwargs) -> None:
+    """post_save of Specimen: the sign-off (``specimen_sign`` saves ``signed_at``) releases version 1.
+
+    A receiver rather than a call inside ``specimen_sign`` so every way of signing releases, in the
+    sign-off's own transaction; an amendment releases its version itself.
+    """
+    if not instance.signed_at or not instance.signed_by_id:
+        return
+    if update_fields is not None and "signed_at" not in update_fields:
+        return
+    if instance.report_versions.exists():
+        return
+    report_release(specimen=instance, reviewer=instance.signed_by, at=instance.signed_at)
+
+
+def message_backoff(attempts: int) -> timedelta:
+    """The wait before the next delivery attempt: doubling from the first to the longest."""
+    first = float(settings.HEMATOVISION_HL7_RETRY_SECONDS)
+    return timedelta(seconds=min(first * 2 ** max(attempts - 1, 0), float(settings.HEMATOVISION_HL7_RETRY_MAX_SECONDS)))
+
+
+def message_record_attempt(*, message, ack_code: str = "", ack_text: str = "", error: str = ""):
+    """Log one delivery attempt: accepted (ACK AA/CA), or kept for a retry after a negative ACK
+    (AE/AR/CE/CR) or no ACK at all. A message is never dropped."""
+    from .models import OutboundMessage
+
+    now = timezone.now()
+    with transaction.atomic():
+        locked = OutboundMessage.objects.select_for_update().get(pk=message.pk)
+        locked.attempts += 1
+        locked.last_attempt_at = now
+        locked.ack_code = ack_code
+        locked.ack_text = ack_text[:500]
+        locked.last_error = error[:500]
+        accepted = ack_code in ("AA", "CA")
+        locked.history = [*locked.history, {
+            "at": now.isoformat(), "ack": ack_code, "text": ack_text[:200], "error": error[:200],
+        }]
+        if accepted:
+            locked.state = OutboundMessage.State.ACCEPTED
+            locked.accepted_at = now
+        else:
+            locked.state = OutboundMessage.State.RETRY
+            locked.next_attempt_at = now + message_backoff(locked.attempts)
+        locked.save()
+    if not accepted:
+        logger.warning("HL7 %s to %s not accepted (%s %s %s); retry at %s", locked.control_id,
+                       locked.destination, ack_code or "no ACK", ack_text, error, locked.next_attempt_at)
+    return locked
+
+
+def message_resend(*, message, user):
+    """Send a message again now (the admin's action), whatever its state."""
+    from .models import OutboundMessage
+
+    if not can_review(user):
+        raise PermissionDenied("Only reviewers and administrators may resend results.")
+    OutboundMessage.objects.filter(pk=message.pk).update(
+        state=OutboundMessage.State.QUEUED, next_attempt_at=timezone.now()
     )

@@ -284,6 +284,26 @@ HEMATOVISION_ORPHAN_MIN_AGE_SECONDS = env.int("HEMATOVISION_ORPHAN_MIN_AGE_SECON
 HEMATOVISION_LAB_NAME = env.str("HEMATOVISION_LAB_NAME", default="Hematology Laboratory")
 # The lab's postal address under its name on every report page's header; "|" or a newline starts a line.
 HEMATOVISION_LAB_ADDRESS = env.str("HEMATOVISION_LAB_ADDRESS", default="")
+# ---- LIS interface (issue 19; docs/api.md "Integrating an LIS") ----
+# Fewer white cells counted than this: no H/L flags, and a comment says why (100: a manual differential).
+HEMATOVISION_MIN_CELLS_FOR_FLAGS = env.int("HEMATOVISION_MIN_CELLS_FOR_FLAGS", default=100)
+# True: images land only on accessions an LIS ordered (POST /api/v1/orders/ or OML^O21/ORM^O01).
+HEMATOVISION_REQUIRE_ORDER = env.bool("HEMATOVISION_REQUIRE_ORDER", default=False)
+# MSH-4 (HD): namespace id (default: the lab name cut to 20 characters) and ISO OID universal id.
+HEMATOVISION_HL7_FACILITY = env.str("HEMATOVISION_HL7_FACILITY", default="")
+HEMATOVISION_HL7_FACILITY_OID = env.str("HEMATOVISION_HL7_FACILITY_OID", default="")
+# MSH-5/MSH-6 of the results sent: the LIS application and facility.
+HEMATOVISION_LIS_APPLICATION = env.str("HEMATOVISION_LIS_APPLICATION", default="")
+HEMATOVISION_LIS_FACILITY = env.str("HEMATOVISION_LIS_FACILITY", default="")
+# Where signed and amended results are pushed as ORU^R01 over MLLP (manage.py hl7_sender): host:port,...
+HEMATOVISION_LIS_DESTINATIONS = env.list("HEMATOVISION_LIS_DESTINATIONS", default=[])
+# manage.py hl7_listener: the MLLP address orders arrive on, and the Interface account they are filed as.
+HEMATOVISION_HL7_LISTEN = env.str("HEMATOVISION_HL7_LISTEN", default="127.0.0.1:2575")
+HEMATOVISION_HL7_ORDER_USER = env.str("HEMATOVISION_HL7_ORDER_USER", default="")
+HEMATOVISION_HL7_ACK_TIMEOUT_SECONDS = env.float("HEMATOVISION_HL7_ACK_TIMEOUT_SECONDS", default=30)
+# Delivery retries back off from the first to the longest wait, doubling; a message is never dropped.
+HEMATOVISION_HL7_RETRY_SECONDS = env.float("HEMATOVISION_HL7_RETRY_SECONDS", default=15)
+HEMATOVISION_HL7_RETRY_MAX_SECONDS = env.float("HEMATOVISION_HL7_RETRY_MAX_SECONDS", default=900)
 HEMATOVISION_PASSWORD_RESETS_PER_HOUR = env.int("HEMATOVISION_PASSWORD_RESETS_PER_HOUR", default=5)
 # Mails an hour one address gets from all clients together (a mailbox-flood bound); a browser that has
 # signed in to the account before always gets its own HEMATOVISION_PASSWORD_RESETS_PER_HOUR on top.

@@ -22,6 +22,13 @@ class HL7Renderer(BaseRenderer):
         return data.encode(self.charset) if isinstance(data, str) else data
 
 
+class HL7TextRenderer(HL7Renderer):
+    """The same ER7 text for clients that ask for ``text/plain`` (issue 19: it was a 406)."""
+
+    media_type = "text/plain"
+    format = "txt"
+
+
 class ImageRenderer(BaseRenderer):
     """Lets a client ask for ``image/*``; the views stream the stored file themselves."""
 

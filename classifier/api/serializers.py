@@ -271,6 +271,13 @@ class SpecimenSerializer(SpecimenListSerializer):
         return ClassificationSerializer(self.context["cells"], many=True, context=self.context).data
 
 
+class ChangedSinceSerializer(serializers.Serializer):
+    """Polling filters of the specimen list (issue 19)."""
+
+    signed_after = serializers.DateTimeField(required=False)
+    updated_after = serializers.DateTimeField(required=False)
+
+
 class TokenRequestSerializer(AuthTokenSerializer):
     """DRF's token serializer with the user model's limits, so bad input is a 400 on every database.
 

@@ -33,3 +33,15 @@ urlpatterns += [
     _path("jobs/<int:pk>/", _jobs.JobDetailView.as_view(), name="api-job-detail"),
     _path("jobs/<int:pk>/rerun/", _jobs.JobRerunView.as_view(), name="api-job-rerun"),
 ]
+
+# The LIS interface (issue 19): orders, amendments, report versions, FHIR metadata (classifier/api/lis.py).
+from . import lis as _lis  # noqa: E402
+
+urlpatterns += [
+    _path("orders/", _lis.OrderView.as_view(), name="api-orders"),
+    _path("specimens/<str:accession>/amend/", _lis.SpecimenAmendView.as_view(), name="api-specimen-amend"),
+    _path(
+        "specimens/<str:accession>/versions/", _lis.SpecimenVersionsView.as_view(), name="api-specimen-versions"
+    ),
+    _path("fhir/metadata", _lis.FHIRMetadataView.as_view(), name="api-fhir-metadata"),
+]

@@ -7,11 +7,16 @@ may not see is answered 404, like one that does not exist), who may write by
 
 import mimetypes
 
+import hashlib
+import json
+
 from django.http import FileResponse, Http404
 from django.urls import reverse
+from django.utils.http import http_date, parse_http_date_safe
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
+    OpenApiParameter,
     OpenApiResponse,
     extend_schema,
     extend_schema_view,
@@ -30,11 +35,12 @@ from classifier import inference, selectors, services
 from classifier.cells import classes
 from classifier.filters import ClassificationFilter
 from classifier.interop import fhir, hl7
-from classifier.models import Classification, Specimen, Status
+from classifier.models import Classification, ReportVersion, Specimen, Status
 from classifier.permissions import can_submit
 
-from .renderers import FHIRJSONRenderer, HL7Renderer, ImageRenderer
+from .renderers import FHIRJSONRenderer, HL7Renderer, HL7TextRenderer, ImageRenderer
 from .serializers import (
+    ChangedSinceSerializer,
     ClassificationPendingSerializer,
     ClassificationSerializer,
     ClassificationUploadSerializer,
@@ -106,7 +112,9 @@ class CanSubmit(permissions.BasePermission):
     summary="Get an API token",
     description="Exchange a username and password for the user's API token (created on first use). "
     "Send it as `Authorization: Token <token>`. Repeated failures lock the account for a while.",
-    request=TokenRequestSerializer,
+    # One request body type in the schema (JSON), so generated clients have one model for it; form
+    # posts are still parsed (issue 19: three identical bodies broke openapi-python-client).
+    request={"application/json": TokenRequestSerializer},
     responses={
         200: OpenApiResponse(
             TokenSerializer,
@@ -397,11 +405,12 @@ FHIR_BUNDLE = inline_serializer(
         "resourceType": serializers.CharField(help_text='Always "Bundle".'),
         "id": serializers.CharField(),
         "identifier": serializers.DictField(child=serializers.CharField()),
-        "type": serializers.CharField(help_text='Always "collection": the resources about one specimen.'),
+        "type": serializers.CharField(help_text='Always "transaction": POST it to a FHIR server as it is.'),
         "timestamp": serializers.CharField(),
         "entry": serializers.ListField(
             child=serializers.DictField(child=serializers.JSONField()),
-            help_text="DiagnosticReport, Specimen, then one Observation per class (FHIR R4 resources).",
+            help_text="Patient and ServiceRequest (with an order), Specimen, Device, DiagnosticReport, then one "
+            "Observation per class and one for the cells counted (FHIR R4 resources, each with its request).",
         ),
     },
 )
@@ -410,7 +419,13 @@ FHIR_BUNDLE = inline_serializer(
 @extend_schema_view(
     list=extend_schema(
         summary="List specimens",
-        description="Specimens you may see (technologists: the ones they opened; reviewers: all).",
+        description="Specimens you may see (technologists: the ones they opened; reviewers and "
+        "interface accounts: all). Poll with `signed_after` (released, i.e. signed or amended, after that "
+        "instant) or `updated_after` (anything changed after it).",
+        parameters=[
+            OpenApiParameter("signed_after", OpenApiTypes.DATETIME, description="ISO 8601 instant."),
+            OpenApiParameter("updated_after", OpenApiTypes.DATETIME, description="ISO 8601 instant."),
+        ],
         responses={
             200: SpecimenListSerializer(many=True),
             **{k: v for k, v in READ_ERRORS.items() if k != 404},
@@ -432,7 +447,38 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Specimen.objects.none()
-        return selectors.specimen_list(user=self.request.user)
+        qs = selectors.specimen_list(user=self.request.user)
+        if self.action == "list":
+            changed = ChangedSinceSerializer(data=self.request.query_params)
+            changed.is_valid(raise_exception=True)
+            qs = selectors.specimen_filter_changed(qs, **changed.validated_data)
+        return qs
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        """FHIR errors are OperationOutcomes (FHIR R4 http.html: errors SHOULD be one)."""
+        if (
+            getattr(self, "action", None) == "fhir" and response.status_code >= 400
+            and isinstance(response, Response) and isinstance(response.data, dict) and "detail" in response.data
+        ):
+            response.data = fhir.operation_outcome(
+                str(response.data["detail"]), str(response.data.get("code", "error")), response.status_code
+            )
+            request.accepted_renderer = FHIRJSONRenderer()
+            request.accepted_media_type = fhir.FHIR_MEDIA_TYPE
+            return super(JSONErrorsMixin, self).finalize_response(request, response, *args, **kwargs)
+        return super().finalize_response(request, response, *args, **kwargs)
+
+    def _result(self):
+        specimen = self.get_object()
+        version = self.request.query_params.get("version")
+        if version is not None and not version.isdigit():
+            raise ValidationError({"version": "A report version number."})
+        try:
+            return specimen, selectors.specimen_result(
+                specimen=specimen, version=int(version) if version is not None else None
+            )
+        except ReportVersion.DoesNotExist:
+            raise NotFound(f"Specimen {specimen.accession} has no report version {version}.") from None
 
     def _specimen_and_differential(self):
         specimen = self.get_object()
@@ -448,7 +494,9 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         specimen, differential = self._specimen_and_differential()
         cells = selectors.specimen_cells(specimen=specimen)  # every cell its differential counts
         context = {**self.get_serializer_context(), "differential": differential, "cells": cells}
-        return Response(SpecimenSerializer(specimen, context=context).data)
+        data = SpecimenSerializer(specimen, context=context).data
+        last_modified = selectors.specimen_last_modified(specimen=specimen)
+        return conditional(request, Response(data), json.dumps(data, sort_keys=True, default=str), last_modified)
 
     @extend_schema(
         summary="FHIR R4 result bundle",
@@ -468,8 +516,15 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
     )
     @action(detail=True, methods=["get"], renderer_classes=[FHIRJSONRenderer, JSONRenderer])
     def fhir(self, request, accession=None):
-        specimen, differential = self._specimen_and_differential()
-        return Response(fhir.specimen_bundle(specimen, differential))
+        specimen, result = self._result()
+        if result["version"] is not None:  # a released version, as it was sent
+            body = result["version"].fhir
+        else:
+            body = fhir.specimen_bundle(
+                specimen, result["differential"], order=result["order"], issued=result["last_modified"],
+                model_versions=result["model_versions"], comment=result["comment"], now=result["last_modified"],
+            )
+        return conditional(request, Response(body), json.dumps(body, sort_keys=True), result["last_modified"])
 
     @extend_schema(
         summary="HL7 v2.5.1 ORU^R01 message",
@@ -478,10 +533,34 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         "`P` until signed, `F` after.",
         responses={(200, hl7.HL7_MEDIA_TYPE): OpenApiTypes.STR, **json_errors(READ_ERRORS)},
     )
-    @action(detail=True, methods=["get"], renderer_classes=[HL7Renderer, JSONRenderer])
+    @action(detail=True, methods=["get"], renderer_classes=[HL7Renderer, HL7TextRenderer, JSONRenderer])
     def hl7(self, request, accession=None):
-        specimen, differential = self._specimen_and_differential()
-        return Response(hl7.oru_r01(specimen, differential))
+        specimen, result = self._result()
+        if result["version"] is not None:  # a released version, byte for byte: the same MSH-10
+            text = result["version"].hl7
+        else:
+            differential, last_modified = result["differential"], result["last_modified"]
+            text = hl7.oru_r01(
+                specimen, differential, order=result["order"], issued=last_modified,
+                model_versions=result["model_versions"], comment=result["comment"], now=last_modified,
+                control_id=hl7.preliminary_control_id(specimen, differential, last_modified),
+            )
+        return conditional(request, Response(text), text, result["last_modified"])
+
+
+def conditional(request, response: Response, body: str, last_modified) -> Response:
+    """ETag (a hash of the body) and Last-Modified; 304 when the client's copy is current."""
+    etag = f'"{hashlib.sha256(body.encode()).hexdigest()[:32]}"'
+    headers = {"ETag": etag, "Last-Modified": http_date(last_modified.timestamp())}
+    if_none_match = request.headers.get("If-None-Match")
+    since = parse_http_date_safe(request.headers.get("If-Modified-Since", ""))
+    if (if_none_match and etag in [t.strip() for t in if_none_match.split(",")]) or (
+        not if_none_match and since is not None and int(last_modified.timestamp()) <= since
+    ):
+        return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    for key, value in headers.items():
+        response[key] = value
+    return response
 
 
 MODEL_EXAMPLE = {

@@ -76,6 +76,23 @@ class Differential:
     signed_at: datetime | None = None
     ready_to_sign: bool = False
     model_classes: tuple[str, ...] = field(default=())
+    # Below this many white cells counted no H/L flag is given (HEMATOVISION_MIN_CELLS_FOR_FLAGS):
+    # one cell of four is 25 %, which says nothing about the patient (issue 19).
+    min_count_for_flags: int = 0
+
+    @property
+    def flags_withheld(self) -> bool:
+        return 0 < self.counted_cells < self.min_count_for_flags
+
+    @property
+    def flag_comment(self) -> str:
+        """Why there are no reference flags, for every format's comment ("" when flags are given)."""
+        if not self.flags_withheld:
+            return ""
+        return (
+            f"Only {self.counted_cells} white cell{'' if self.counted_cells == 1 else 's'} counted (fewer "
+            f"than {self.min_count_for_flags}): no high/low flags are given; the percentages are imprecise."
+        )
 
     @property
     def reported(self) -> tuple[Row, ...]:
@@ -107,7 +124,9 @@ def _flag(value: float | None, reference: tuple[float, float] | None) -> str | N
     return "L" if value < low else "H" if value > high else None
 
 
-def _row(cell: classes.CellType | None, label: str, count: int, value: float | None) -> Row:
+def _row(
+    cell: classes.CellType | None, label: str, count: int, value: float | None, *, flags: bool = True
+) -> Row:
     reference = cell.reference if cell else None
     return Row(
         label=label,
@@ -116,14 +135,17 @@ def _row(cell: classes.CellType | None, label: str, count: int, value: float | N
         value=value,
         reference_low=reference[0] if reference else None,
         reference_high=reference[1] if reference else None,
-        flag=_flag(value, reference),
+        flag=_flag(value, reference) if flags else None,
     )
 
 
-def build(*, labels: Iterable[str], model_classes: Iterable[str], **facts) -> Differential:
+def build(
+    *, labels: Iterable[str], model_classes: Iterable[str], min_count_for_flags: int = 0, **facts
+) -> Differential:
     """The differential from the counted cells' labels and the classes their models knew.
 
-    ``facts`` are the record's other fields (accession, total_cells, unidentified, ...).
+    ``facts`` are the record's other fields (accession, total_cells, unidentified, ...). With fewer
+    than ``min_count_for_flags`` white cells counted no row is flagged (``flags_withheld``).
     """
     counts = Counter(labels)
     known = set(model_classes) or set(classes.MODEL_CODES)
@@ -137,10 +159,11 @@ def build(*, labels: Iterable[str], model_classes: Iterable[str], **facts) -> Di
     percents = (
         largest_remainder(white_counts, total=white_total) if white_total else [None] * len(white_counts)
     )
+    flags = not (0 < white_total < min_count_for_flags)
     types = [*white, *[None] * len(unknown)]
     labels_ = [*(c.code for c in white), *unknown]
     white_rows = tuple(
-        _row(cell, label, count, value)
+        _row(cell, label, count, value, flags=flags)
         for cell, label, count, value in zip(types, labels_, white_counts, percents, strict=True)
     )
     per_100 = tuple(
@@ -149,6 +172,7 @@ def build(*, labels: Iterable[str], model_classes: Iterable[str], **facts) -> Di
             c.code,
             counts.get(c.code, 0),
             round(100.0 * counts.get(c.code, 0) / white_total, 1) if white_total else None,
+            flags=flags,
         )
         for c in shown
         if c.counting is Counting.PER_100_WHITE
@@ -165,5 +189,6 @@ def build(*, labels: Iterable[str], model_classes: Iterable[str], **facts) -> Di
         not_counted=apart,
         model_classes=tuple(c for c in classes.CODES if c in known)
         + tuple(sorted(known - set(classes.CODES))),
+        min_count_for_flags=min_count_for_flags,
         **facts,
     )

@@ -5,6 +5,9 @@ read nothing from the database themselves and decide no access rules.
 """
 
 import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.conf import settings
 
@@ -20,3 +23,23 @@ def lab_name() -> str:
     """
     name = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in settings.HEMATOVISION_LAB_NAME)
     return " ".join(name.split()) or APPLICATION
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released report version as the formats print it (``services.report_release``)."""
+
+    number: int
+    corrected: bool  # an amendment: HL7 ``C``, FHIR ``corrected``
+    reason: str  # why it was amended ("" for the first sign-off)
+    released_at: datetime  # FHIR ``issued``, HL7 OBR-22
+    signer_id: str  # the signer's username (XCN.1 / CNN.1)
+    signer_family: str
+    signer_given: str
+    signer_name: str  # full name, else username: FHIR resultsInterpreter.display
+
+
+def model_versions(cells) -> tuple[str, ...]:
+    """The model versions that read a specimen's cells, most cells first (OBX-18, FHIR Device)."""
+    counts = Counter(c.model_version for c in cells if c.model_version)
+    return tuple(v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -3,13 +3,25 @@
 Built with hl7apy at STRICT validation level, so a message that breaks the
 2.5.1 structure fails here rather than in the receiving LIS.
 
-HematoVision holds no patient demographics, only the accession number the
-LIS gave the order. ORU^R01 (and a strict 2.5.1 parser) still expects a PID
-segment with an identifier (PID-3) and a name (PID-5), so PID-3 carries the
-accession as a placeholder identifier with type code ``ACSN`` (accession ID,
-HL7 table 0203) and PID-5 only the name type ``U`` (unspecified, table 0200):
-no name is invented. The LIS matches the result to its own order and patient
-by the accession in OBR-2/OBR-3 and SPM-2, as it does for analyser results.
+Identity (issue 19). The patient comes from the LIS order (``models.Order``):
+PID-3 is the MRN with its assigning authority (``MRN^^^AUTH^MR``), PID-5 the
+name, PID-7 the date of birth, PID-8 the sex; never the accession. A specimen
+without an order is sent without a PID: the PATIENT group of ORU_R01 is optional
+in 2.5.1 (MSH, {PATIENT_RESULT: [PATIENT: PID ...], {ORDER_OBSERVATION: [ORC], OBR,
+...}}), so no patient is invented. ORC-1 ``RE`` (observations to follow), ORC-2 and
+OBR-2 the placer order number, ORC-3 and OBR-3 the filler order number (the
+accession, namespace HEMATOVISION), ORC-12/OBR-16 the ordering provider, OBR-7 the
+collection time, OBR-22 when this report version was released, OBR-32 the
+principal result interpreter (the signer), OBX-16 the responsible observer, and
+OBX-18 the equipment instance identifier (EI): the model version that read the
+cells. Result status (HL7 table 0085): ``P`` preliminary, ``F`` final, ``C``
+"record coming over is a correction and thus replaces a final result" for an
+amended version, in OBR-25 and every OBX-11. Besides one OBX per class, local
+codes (coding system ``99HV``, HL7's ``99zzz`` convention for local codes) carry
+the white cells counted, the unidentified cells awaiting review and each class
+listed but not counted (platelets, smudge cells, artefacts), so no format drops
+them. Comments (NTE after OBR): the amendment reason, the reviewer's comment and,
+below ``HEMATOVISION_MIN_CELLS_FOR_FLAGS`` counted cells, why no H/L flag is given.
 
 Per reported class one OBX (the rows of the FHIR Observations): value type NM,
 the class's LOINC code from the cell-class table, units ``%`` (UCUM) for the
@@ -20,8 +32,9 @@ cell yet is sent without a value and status ``X`` (results cannot be obtained
 for this observation... yet). Platelets, smudge cells and artefacts are not
 results and are not sent.
 
-MSH-4 is the lab's name (``HEMATOVISION_LAB_NAME``), escaped and cut to HD.1's
-20 characters. MSH-18 is always ``UNICODE UTF-8`` (HL7 table 0211): the text is
+MSH-4 is an HD: namespace id (``HEMATOVISION_HL7_FACILITY``, else the lab's name,
+``HEMATOVISION_LAB_NAME``, escaped and cut to HD.1's 20 characters), and with
+``HEMATOVISION_HL7_FACILITY_OID`` the universal id and its type ``ISO``. MSH-18 is always ``UNICODE UTF-8`` (HL7 table 0211): the text is
 always sent UTF-8-encoded, as the HTTP charset says too. Without MSH-18 a
 receiver must assume ASCII, which is wrong as soon as the lab's name (say
 "Labo Hématologie") is not ASCII; for an ASCII-only message the declaration is
@@ -29,14 +42,16 @@ just as true, and a constant header keeps the receiving interface's
 configuration the same whatever the name.
 """
 
+import hashlib
 import uuid
 
+from django.conf import settings
 from django.utils import timezone
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
 from ..cells.differential import Differential
-from . import APPLICATION, lab_name
+from . import APPLICATION, Release, lab_name
 from .fhir import PANEL, PER_100_WHITE_UNIT
 
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
@@ -83,17 +98,73 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def oru_r01(specimen, differential: Differential, *, now=None, control_id: str | None = None) -> str:
-    """The ER7 text of an ORU^R01 v2.5.1 message (each segment ends with a carriage return)."""
+LOCAL_CODES = "99HV"  # HL7's "99zzz" convention: a locally defined coding system
+COUNTED = ("WBC-COUNTED", "White cells counted")
+UNIDENTIFIED = ("UNIDENTIFIED", "Unidentified cells awaiting review")
+
+
+def facility() -> str:
+    """MSH-4 as an HD: namespace id ^ universal id ^ ``ISO`` when an OID is configured."""
+    namespace = _escape(settings.HEMATOVISION_HL7_FACILITY.strip()[:HD1_LENGTH]) or _facility(lab_name())
+    oid = settings.HEMATOVISION_HL7_FACILITY_OID.strip()
+    return f"{namespace}^{_escape(oid)}^ISO" if oid else namespace
+
+
+def _date(value) -> str:
+    return value.strftime("%Y%m%d")
+
+
+def _xcn(identifier: str, family: str, given: str) -> str:
+    """XCN (and CNN, with ``&``) as ID^family^given, escaped."""
+    return "^".join(_escape(part) for part in (identifier, family, given)).rstrip("^")
+
+
+def preliminary_control_id(specimen, differential: Differential, last_modified=None) -> str:
+    """MSH-10 of an unsigned result: the same while nothing changes, so a poll repeats it."""
+    digest = hashlib.sha256(repr((specimen.accession, differential, last_modified)).encode()).hexdigest()
+    return "HVP" + digest[:17]
+
+
+def oru_r01(
+    specimen,
+    differential: Differential,
+    *,
+    order=None,
+    release: Release | None = None,
+    issued=None,
+    model_versions: tuple[str, ...] = (),
+    comment: str = "",
+    now=None,
+    control_id: str | None = None,
+) -> str:
+    """The ER7 text of an ORU^R01 v2.5.1 message (each segment ends with a carriage return).
+
+    ``order``: the LIS order (patient, placer number, provider) or None. ``release``: the report
+    version being released (final or corrected), None for a preliminary result. ``issued``: when
+    this version was released (preliminary: when the specimen last changed).
+    """
     now = now or timezone.now()
+    issued = release.released_at if release else (issued or specimen.signed_at or now)
     accession = specimen.accession  # [A-Za-z0-9._-] only: no escaping needed
     final = differential.signed
-    result_status = "F" if final else "P"
-    facility = _facility(lab_name())
+    result_status = ("C" if release.corrected else "F") if release else ("F" if final else "P")
+    filler = f"{accession}^{SENDING_APPLICATION}"
+    placer = (
+        f"{_escape(order.placer_order_number)}^{_escape(order.placer_namespace)}".rstrip("^") if order else ""
+    )
+    provider = (
+        _xcn(order.ordering_provider_id, order.ordering_provider_family_name, order.ordering_provider_given_name)
+        if order else ""
+    )
+    collected = order.collected_at if order and order.collected_at else specimen.created_at
 
     msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     msg.msh.msh_3 = SENDING_APPLICATION
-    msg.msh.msh_4 = facility
+    msg.msh.msh_4 = facility()
+    if settings.HEMATOVISION_LIS_APPLICATION:
+        msg.msh.msh_5 = _escape(settings.HEMATOVISION_LIS_APPLICATION[:HD1_LENGTH])
+    if settings.HEMATOVISION_LIS_FACILITY:
+        msg.msh.msh_6 = _escape(settings.HEMATOVISION_LIS_FACILITY[:HD1_LENGTH])
     msg.msh.msh_7 = _ts(now)
     msg.msh.msh_9 = "ORU^R01^ORU_R01"
     msg.msh.msh_10 = control_id or uuid.uuid4().hex[:20]
@@ -102,53 +173,112 @@ def oru_r01(specimen, differential: Differential, *, now=None, control_id: str |
     msg.msh.msh_18 = CHARACTER_SET
 
     result = msg.add_group("ORU_R01_PATIENT_RESULT")
-    patient = result.add_group("ORU_R01_PATIENT")
-    patient.pid.pid_1 = "1"
-    patient.pid.pid_3 = f"{accession}^^^{SENDING_APPLICATION}^ACSN"
-    patient.pid.pid_5 = "^^^^^^U"
+    if order is not None:  # no order, no patient: none is invented
+        patient = result.add_group("ORU_R01_PATIENT")
+        patient.pid.pid_1 = "1"
+        patient.pid.pid_3 = f"{_escape(order.patient_id)}^^^{_escape(order.patient_id_authority)}^MR"
+        name = f"{_escape(order.patient_family_name)}^{_escape(order.patient_given_name)}".rstrip("^")
+        patient.pid.pid_5 = name or "^^^^^^U"
+        if order.patient_birth_date:
+            patient.pid.pid_7 = _date(order.patient_birth_date)
+        patient.pid.pid_8 = order.patient_sex or "U"
 
-    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
-    order.obr.obr_1 = "1"
-    order.obr.obr_2 = f"{accession}^{SENDING_APPLICATION}"
-    order.obr.obr_3 = f"{accession}^{SENDING_APPLICATION}"
-    order.obr.obr_4 = f"{PANEL[0]}^{PANEL[1]}^LN"
-    order.obr.obr_7 = _ts(specimen.created_at)
-    order.obr.obr_22 = _ts(specimen.signed_at or now)
-    order.obr.obr_24 = "HM"
-    order.obr.obr_25 = result_status
+    group = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    group.orc.orc_1 = "RE"  # observations to follow (HL7 table 0119)
+    if placer:
+        group.orc.orc_2 = placer
+    group.orc.orc_3 = filler
+    group.orc.orc_5 = "CM" if release or final else "IP"  # order status, HL7 table 0038
+    if provider:
+        group.orc.orc_12 = provider
+    obr = group.obr
+    obr.obr_1 = "1"
+    if placer:
+        obr.obr_2 = placer
+    obr.obr_3 = filler
+    obr.obr_4 = f"{PANEL[0]}^{PANEL[1]}^LN"
+    obr.obr_7 = _ts(collected)
+    if provider:
+        obr.obr_16 = provider
+    obr.obr_22 = _ts(issued)
+    obr.obr_24 = "HM"
+    obr.obr_25 = result_status
+    if release:
+        obr.obr_32 = "&".join(
+            _escape(p) for p in (release.signer_id, release.signer_family, release.signer_given)
+        ).rstrip("&")
+    notes = []
+    if release and release.corrected:
+        notes.append(f"Corrected report (version {release.number}): {release.reason}")
+    if comment:
+        notes.append(f"Reviewer's comment: {comment}")
+    if differential.flag_comment:
+        notes.append(differential.flag_comment)
+    for n, text in enumerate(notes, start=1):
+        note = group.add_segment("NTE")
+        note.nte_1 = str(n)
+        note.nte_3 = _escape(" ".join(text.split()))
 
+    observer = _xcn(release.signer_id, release.signer_family, release.signer_given) if release else ""
+    equipment = f"{_escape(model_versions[0])}^{SENDING_APPLICATION}" if model_versions else ""
+    obx_status = result_status
     counted = differential.counted_cells
     per_100 = {row.label for row in differential.per_100_white_cells}
-    for index, row in enumerate(differential.reported, start=1):
-        observation = order.add_group("ORU_R01_OBSERVATION")
-        obx = observation.obx
-        obx.obx_1 = str(index)
-        obx.obx_2 = "NM"
-        obx.obx_3 = f"{row.loinc.code}^{row.loinc.name}^LN" if row.loinc else f"^{_escape(row.name)}"
-        unit = f"{PER_100_WHITE_UNIT[0]}^{PER_100_WHITE_UNIT[1]}" if row.label in per_100 else "%^percent"
-        obx.obx_6 = f"{unit}^UCUM"
-        if row.reference_low is not None:
-            obx.obx_7 = f"{_number(row.reference_low)}-{_number(row.reference_high)}"
-        if row.value is None:
-            obx.obx_11 = "X"
+    index = 0
+
+    def obx(code: str, unit: str, value: str | None, note: str = ""):
+        nonlocal index
+        index += 1
+        observation = group.add_group("ORU_R01_OBSERVATION")
+        segment = observation.obx
+        segment.obx_1 = str(index)
+        segment.obx_2 = "NM"
+        segment.obx_3 = code
+        if unit:
+            segment.obx_6 = unit
+        if value is None:
+            segment.obx_11 = "X"
         else:
-            obx.obx_5 = _number(row.value)
-            if row.reference_low is not None:
-                obx.obx_8 = row.flag or "N"
-            obx.obx_11 = "F" if final else "P"
-        obx.obx_14 = _ts(specimen.created_at)
+            segment.obx_5 = value
+            segment.obx_11 = obx_status
+        segment.obx_14 = _ts(collected)
+        if observer:
+            segment.obx_16 = observer
+        if equipment:
+            segment.obx_18 = equipment
+        if note:
+            nte = observation.add_segment("NTE")
+            nte.nte_1 = "1"
+            nte.nte_3 = _escape(note)
+        return segment
+
+    for row in differential.reported:
+        code = f"{row.loinc.code}^{row.loinc.name}^LN" if row.loinc else f"^{_escape(row.name)}"
+        unit = f"{PER_100_WHITE_UNIT[0]}^{PER_100_WHITE_UNIT[1]}" if row.label in per_100 else "%^percent"
+        note = ""
         if row.value is not None:
-            note = observation.add_segment("NTE")
-            note.nte_1 = "1"
-            note.nte_3 = (
+            note = (
                 f"{row.count} per {counted} white cells counted" if row.label in per_100
                 else f"{row.count} of {counted} counted cells"
             )
+        segment = obx(code, f"{unit}^UCUM", None if row.value is None else _number(row.value), note)
+        if row.reference_low is not None:
+            segment.obx_7 = f"{_number(row.reference_low)}-{_number(row.reference_high)}"
+            if row.value is not None and not differential.flags_withheld:
+                segment.obx_8 = row.flag or "N"
+    # The counts behind the percentages, as results of their own (local codes).
+    cells_unit = "{cells}^cells^UCUM"
+    obx(f"{COUNTED[0]}^{COUNTED[1]}^{LOCAL_CODES}", cells_unit, str(counted))
+    obx(f"{UNIDENTIFIED[0]}^{UNIDENTIFIED[1]}^{LOCAL_CODES}", cells_unit, str(differential.unidentified))
+    for row in differential.not_counted:
+        name = _escape(f"{row.name} (listed, not counted)")
+        obx(f"{row.label}^{name}^{LOCAL_CODES}", cells_unit, str(row.count))
 
-    specimen_group = order.add_group("ORU_R01_SPECIMEN")
+    specimen_group = group.add_group("ORU_R01_SPECIMEN")
     specimen_group.spm.spm_1 = "1"
     specimen_group.spm.spm_2 = f"^{accession}&{SENDING_APPLICATION}"
     specimen_group.spm.spm_4 = "BLD^Whole blood^HL70487"
+    specimen_group.spm.spm_17 = _ts(collected)
 
     msg.validate()
     return msg.to_er7() + "\r"  # every segment, the last one too, ends with a carriage return
