@@ -1,8 +1,8 @@
 """End to end in headless Chromium (Debian's package, driven by Playwright; never downloaded).
 
 A technologist signs in, uploads a real cell image, sees the predicted class and the
-heat map, finds the result in history; a reviewer confirms it with the keyboard and
-signs it. Each page is saved under test-artifacts/screenshots/.
+heat map, finds the result in history; a reviewer finds its specimen in the worklist and
+confirms the cell with the keyboard (the specimen is signed as a whole: test_browser_review). Each page is saved under test-artifacts/screenshots/.
 """
 
 import os
@@ -135,6 +135,8 @@ def test_upload_result_history_review_and_sign(live_server, user, reviewer, pass
     rev.shot("06-dashboard-reviewer")
     page.click("#nav-review")
     page.wait_for_url("**/review/")
+    expect(page.locator('#worklist tr[data-accession="ACC-E2E-1"]')).to_contain_text("0 of 1 reviewed")
+    page.goto("/review/cells/?accession=ACC-E2E-1")  # the cell queue, this specimen's cells only
     assert page.locator("[data-review-item].selected").get_attribute("data-id") == str(cell.pk)
     rev.shot("07-review-queue")
     with page.expect_navigation():
@@ -142,24 +144,21 @@ def test_upload_result_history_review_and_sign(live_server, user, reviewer, pass
     cell.refresh_from_db()
     assert cell.review_state in ("confirmed", "reclassified") and cell.final_label == cell.predicted_label
     assert "as " + cell.get_final_label_display() in page.locator(".alert-success").inner_text()
+    assert page.locator("#queue-empty").is_visible()  # a reviewed cell leaves the queue
     rev.shot("08-review-confirmed")
-    with page.expect_navigation():
-        page.keyboard.press("s")  # sign
+    page.keyboard.press("s")  # signs nothing: cells are signed with their specimen
     cell.refresh_from_db()
-    assert cell.review_state == "signed" and cell.signed_by == reviewer
-    assert page.locator("#queue-empty").is_visible()
-    rev.shot("09-review-queue-empty")
+    assert cell.review_state != "signed"
 
     page.goto(f"/classifications/{cell.pk}/")
     trail = page.locator("#audit-trail tbody tr")
-    assert trail.count() == 2 and "Signed" in trail.nth(1).inner_text()
-    assert page.locator("[data-sign]").count() == 0  # signed results are read-only
-    rev.shot("10-result-signed")
+    assert trail.count() == 1
+    assert page.locator("[data-sign]").count() == 0
+    rev.shot("10-result-reviewed")
     assert rev.errors == []
     rev.close()
     assert list(ReviewEvent.objects.values_list("action", flat=True)) == [
         "confirm" if cell.status == "classified" else "reclassify",
-        "sign",
     ]
 
 
@@ -236,7 +235,7 @@ def test_review_keys_act_on_the_card_tabbed_into(live_server, user, reviewer, pa
     rev = Session(browser, live_server.url)
     page = rev.page
     rev.login(reviewer.username, password)
-    page.goto("/review/")
+    page.goto("/review/cells/")
     cards = page.locator("[data-review-item]")
     assert cards.nth(0).get_attribute("data-id") == str(first.pk)
     assert cards.nth(1).get_attribute("data-id") == str(second.pk)

@@ -281,7 +281,13 @@
   gallery.addEventListener("dragstart", (event) => {
     const tile = event.target.closest(".cell-tile");
     if (!tile) return;
-    if (!selected.has(tile)) pick(tile, "one");
+    if (!selected.has(tile)) {
+      selected.clear();
+      selected.add(tile);
+      anchor = tile;
+      focused = tile;
+      paint();
+    }
     event.dataTransfer.effectAllowed = "move";
     event.dataTransfer.setData("text/plain", targets().map((t) => t.dataset.id).join(","));
   });
