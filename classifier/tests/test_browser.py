@@ -2,7 +2,8 @@
 
 A technologist signs in, uploads a real cell image, sees the predicted class and the
 heat map, finds the result in history; a reviewer finds its specimen in the worklist and
-confirms the cell with the keyboard (the specimen is signed as a whole: test_browser_review). Each page is saved under test-artifacts/screenshots/.
+confirms the cell with the keyboard (the specimen is signed as a whole: test_browser_review).
+Each page is saved under test-artifacts/screenshots/.
 """
 
 import os

@@ -87,14 +87,20 @@ def specimen_100(user):
             user=user, data=_cell_png(predicted, rng, fake), filename=f"cell-{i:03d}.png", accession=ACCESSION
         )
         assert (cell.status, cell.predicted_label if predicted else None) == (
-            "unidentified" if predicted is None else "classified", predicted
+            "unidentified" if predicted is None else "classified",
+            predicted,
         )
         truth[cell.pk] = (predicted, real)
     return truth
 
 
 def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
-    live_server, reviewer, password, specimen_100, settings, browser  # noqa: F811
+    live_server,
+    reviewer,
+    password,
+    specimen_100,
+    settings,
+    browser,  # noqa: F811
 ):
     truth = specimen_100
     settings.HEMATOVISION_LAB_ADDRESS = "1 Example Street | 12345 Sampletown"
@@ -167,8 +173,12 @@ def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
     # 5. Three lymphocytes the model called monocytes: dragged one by one onto Lymphocyte (the
     # palette stays in view while the gallery scrolls).
     for pk in wrong("MONOCYTE", "LYMPHOCYTE"):
-        act("drag onto Lymphocyte", page.drag_and_drop, f'.cell-tile[data-id="{pk}"]',
-            '#class-palette [data-drop="LYMPHOCYTE"]')
+        act(
+            "drag onto Lymphocyte",
+            page.drag_and_drop,
+            f'.cell-tile[data-id="{pk}"]',
+            '#class-palette [data-drop="LYMPHOCYTE"]',
+        )
         expect(section("LYMPHOCYTE").locator(f'.cell-tile[data-id="{pk}"]')).to_have_count(1)
 
     # 6. Three neutrophils the model called eosinophils: click, ctrl-click, neutrophil's key (1).
@@ -187,8 +197,13 @@ def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
     expect(page.locator("#progress-text")).to_have_text("100 of 100 reviewed")
 
     # The differential on the page, updated in place (no reload): 98 white cells.
-    expected = {"NEUTROPHIL": (49, "50.0"), "BAND": (4, "4.1"), "LYMPHOCYTE": (28, "28.6"),
-                "MONOCYTE": (7, "7.1"), "EOSINOPHIL": (10, "10.2")}
+    expected = {
+        "NEUTROPHIL": (49, "50.0"),
+        "BAND": (4, "4.1"),
+        "LYMPHOCYTE": (28, "28.6"),
+        "MONOCYTE": (7, "7.1"),
+        "EOSINOPHIL": (10, "10.2"),
+    }
     for code, (count, percent) in expected.items():
         cells = page.locator(f'#differential tr[data-label="{code}"] td')
         expect(cells.nth(1)).to_have_text(str(count))
@@ -230,8 +245,9 @@ def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
     pdf.write_bytes(response.body())
     if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
         pytest.fail("poppler-utils is missing: scripts/test_prereqs.py installs it")
-    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
     for code, (count, percent) in expected.items():
         name = {"BAND": "Band neutrophil"}.get(code, code.title())
         assert re.search(rf"{name}\s+{count}\s+{re.escape(percent)}\b", text), (name, text[:2000])
@@ -242,20 +258,41 @@ def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
     assert f"Page {pages} of {pages}" in text
     # The gallery is grouped like the portal's: band neutrophils after the model's classes.
     assert text.index("Neutrophil — 49 cell(s)") < text.index("Band neutrophil — 4 cell(s)")
-    subprocess.run(["pdftoppm", "-png", "-r", "70", "-f", "1", "-l", "1", "-singlefile", str(pdf),
-                    str(SCREENSHOTS / "review-06-report-pdf")], check=True)
+    subprocess.run(
+        [
+            "pdftoppm",
+            "-png",
+            "-r",
+            "70",
+            "-f",
+            "1",
+            "-l",
+            "1",
+            "-singlefile",
+            str(pdf),
+            str(SCREENSHOTS / "review-06-report-pdf"),
+        ],
+        check=True,
+    )
     assert (SCREENSHOTS / "review-06-report-pdf.png").stat().st_size > 10_000
 
     assert rev.errors == []
     rev.close()
 
 
-def test_reviewer_only_class_shows_no_reference_image_and_zoom(live_server, reviewer, password, user,
-                                                              browser):  # noqa: F811
+def test_reviewer_only_class_shows_no_reference_image_and_zoom(
+    live_server,
+    reviewer,
+    password,
+    user,
+    browser,  # noqa: F811
+):
     """A cell given a class with no licensed reference image says so; Z zooms the cell."""
     rng = random.Random(3)
     fake = FakePredictor()
-    cell = services.classification_create(user=user, data=_cell_png("LYMPHOCYTE", rng, fake), accession="ACC-Z")
+    cell = services.classification_create(
+        user=user, data=_cell_png("LYMPHOCYTE", rng, fake), accession="ACC-Z"
+    )
     services.classification_review(classification=cell, reviewer=reviewer, label="BLAST")
     rev = Session(browser, live_server.url)
     page = rev.page
@@ -263,7 +300,9 @@ def test_reviewer_only_class_shows_no_reference_image_and_zoom(live_server, revi
     page.goto("/specimens/ACC-Z/review/")
     expect(page.locator("#judge-id")).to_have_text(f"#{cell.pk}")
     blast = page.locator('#reference-cells .reference-row[data-class="BLAST"]')
-    expect(blast.locator(".reference-none")).to_have_text("No reference image for Blast (none licensed here).")
+    expect(blast.locator(".reference-none")).to_have_text(
+        "No reference image for Blast (none licensed here)."
+    )
     expect(page.locator('#reference-cells .reference-row[data-class="LYMPHOCYTE"] img')).to_have_count(3)
     page.keyboard.press("z")
     expect(page.locator("#zoom-overlay")).to_be_visible()
