@@ -310,3 +310,31 @@ def test_reviewer_only_class_shows_no_reference_image_and_zoom(
     expect(page.locator("#zoom-overlay")).to_be_hidden()
     assert rev.errors == []
     rev.close()
+
+
+def test_a_64_character_accession_keeps_the_state_column_on_screen(
+    live_server,
+    user,
+    password,
+    browser,  # noqa: F811
+):
+    """Issue 16: a 64-character accession pushed the specimen table's State column off screen."""
+    from classifier.tests.factories import SpecimenFactory
+
+    accession = "ACC-" + "7" * 60
+    SpecimenFactory(created_by=user, accession=accession)
+    tech = Session(browser, live_server.url)
+    page = tech.page
+    page.set_viewport_size({"width": 1024, "height": 700})
+    tech.login(user.username, password)
+    page.goto("/specimens/")
+    state = page.locator("#specimen-table tbody tr").first.locator("td").last
+    box = state.bounding_box()
+    assert box["x"] + box["width"] <= 1024
+    wide = page.evaluate("""() => Array.from(document.querySelectorAll('body *'))
+        .filter((el) => el.getBoundingClientRect().right > 1024)
+        .map((el) => el.tagName + '#' + el.id + '.' + el.className).slice(0, 8)""")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1024, wide
+    tech.shot("review-07-long-accession")
+    assert tech.errors == []
+    tech.close()

@@ -418,7 +418,7 @@ def test_warm_up_loads_the_model_in_the_background_and_the_header_shows_readines
     settings.HEMATOVISION_PREDICTOR = "fake"  # a fresh cache: nothing loaded yet
     assert inference.readiness()["state"] == "idle"
     html = tech_client.get(reverse("dashboard")).content.decode()
-    assert 'data-state="idle"' in html and "Model loads with the first image" in html
+    assert 'data-state="idle"' in html and 'title="The model loads with the first image.">' in html
     release = threading.Event()
     real_build = inference._build
 

@@ -5,10 +5,10 @@
   const badge = document.getElementById("model-status");
   if (!badge || badge.dataset.state !== "loading") return;
   const looks = {
-    ready: ["Model ready", "text-bg-success"],
-    unavailable: ["Model unavailable: images are kept as pending", "text-bg-danger"],
-    loading: ["Model loading…", "text-bg-warning"],
-    idle: ["Model loads with the first image", "text-bg-secondary"],
+    ready: ["Model ready", "text-bg-success", "The model is loaded."],
+    unavailable: ["Model unavailable", "text-bg-danger", "The model could not load; images are kept as pending."],
+    loading: ["Model loading…", "text-bg-warning", "The model is loading; the first image waits for it."],
+    idle: ["Model idle", "text-bg-secondary", "The model loads with the first image."],
   };
   const timer = setInterval(async () => {
     try {
@@ -19,6 +19,7 @@
       badge.dataset.state = state;
       badge.className = "badge " + look[1];
       badge.lastChild.textContent = " " + look[0];
+      badge.title = look[2];
       if (state !== "loading") clearInterval(timer);
     } catch (err) { /* the next tick tries again */ }
   }, 2000);
