@@ -183,7 +183,9 @@ class _ReadOnly(admin.ModelAdmin):
 
 @admin.register(Order)
 class OrderAdmin(_ReadOnly):
-    list_display = ("placer_order_number", "specimen", "patient_id", "patient_id_authority", "source", "created_at")
+    list_display = (
+        "placer_order_number", "specimen", "patient_id", "patient_id_authority", "source", "created_at"
+    )
     list_filter = ("source", "created_at")
     search_fields = ("placer_order_number", "specimen__accession", "patient_id", "patient_family_name")
     list_select_related = ("specimen",)
@@ -213,4 +215,6 @@ class OutboundMessageAdmin(_ReadOnly):
 
     @admin.action(description="Send the selected messages again now")
     def resend(self, request, queryset):
-        _run_bulk(self, request, queryset, lambda m: services.message_resend(message=m, user=request.user), "queued")
+        _run_bulk(
+            self, request, queryset, lambda m: services.message_resend(message=m, user=request.user), "queued"
+        )

@@ -7,10 +7,12 @@ class ClassifierConfig(AppConfig):
     verbose_name = "White-cell classification"
 
     def ready(self):
-        from . import inference  # noqa: F401  (connects setting_changed; loads no model)
         from django.db.models.signals import post_save
 
-        from . import services
+        from . import (
+            inference,  # noqa: F401  (connects setting_changed; loads no model)
+            services,
+        )
         from .models import Specimen
 
         # A signed specimen releases report version 1 (HL7/FHIR kept, queued to the LIS): issue 19.

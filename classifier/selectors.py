@@ -234,7 +234,9 @@ def specimen_last_modified(*, specimen: Specimen):
     return max(t for t in times if t is not None)
 
 
-def specimen_filter_changed(qs: QuerySet[Specimen], *, signed_after=None, updated_after=None) -> QuerySet[Specimen]:
+def specimen_filter_changed(
+    qs: QuerySet[Specimen], *, signed_after=None, updated_after=None
+) -> QuerySet[Specimen]:
     """``signed_after``: released (signed or amended) after that instant; ``updated_after``: anything
     changed after it (``specimen_last_modified``'s facts)."""
     if signed_after is not None:

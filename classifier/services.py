@@ -985,7 +985,8 @@ def release_on_sign(sender, instance: Specimen, update_fields=None, **kwargs) ->
 def message_backoff(attempts: int) -> timedelta:
     """The wait before the next delivery attempt: doubling from the first to the longest."""
     first = float(settings.HEMATOVISION_HL7_RETRY_SECONDS)
-    return timedelta(seconds=min(first * 2 ** max(attempts - 1, 0), float(settings.HEMATOVISION_HL7_RETRY_MAX_SECONDS)))
+    longest = float(settings.HEMATOVISION_HL7_RETRY_MAX_SECONDS)
+    return timedelta(seconds=min(first * 2 ** max(attempts - 1, 0), longest))
 
 
 def message_record_attempt(*, message, ack_code: str = "", ack_text: str = "", error: str = ""):

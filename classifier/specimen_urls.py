@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import review_views
+from . import amend_views, review_views
 from . import specimen_views as views
 
 urlpatterns = [
@@ -11,6 +11,7 @@ urlpatterns = [
     path("specimens/<str:accession>/", views.SpecimenDetailView.as_view(), name="specimen-detail"),
     path("specimens/<str:accession>/sign/", review_views.specimen_sign_view, name="specimen-sign"),
     path("specimens/<str:accession>/review/", review_views.specimen_review_view, name="specimen-review"),
+    path("specimens/<str:accession>/amend/", amend_views.specimen_amend_view, name="specimen-amend"),
     path(
         "specimens/<str:accession>/review/state.json",
         review_views.specimen_review_state_view,

@@ -232,6 +232,8 @@ SPECTACULAR_SETTINGS = {
         "CellClassEnum": "classifier.models.CellClass",
         "ClassificationStatusEnum": "classifier.models.Status",
         "ReviewStateEnum": "classifier.models.ReviewState",
+        "ReportVersionKindEnum": "classifier.models.ReportVersion.Kind",
+        "BatchJobKindEnum": "classifier.models.BatchJob.Kind",
     },
 }
 

@@ -14,6 +14,9 @@ PUBLIC = {
     "accounts/reset/done/",
     "admin/login/",
     "healthz",  # liveness probe; answers {"status": "ok"} and nothing else
+    # The FHIR CapabilityStatement: what a FHIR client reads before it authenticates (it names the
+    # token scheme); it holds no result and no patient (issue 19).
+    "api/v1/fhir/metadata",
 }
 SAMPLE_VALUES = {
     "int": "1",

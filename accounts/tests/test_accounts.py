@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.django_db
 def test_role_groups_exist_after_migrate():
-    assert sorted(Group.objects.values_list("name", flat=True)) == ["Reviewer", "Technologist"]
+    assert sorted(Group.objects.values_list("name", flat=True)) == ["Interface", "Reviewer", "Technologist"]
 
 
 def test_custom_user_model_is_in_use(settings):

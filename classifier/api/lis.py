@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from classifier import selectors, services
 from classifier.interop import fhir
 from classifier.lookups import specimen_or_404
-from classifier.models import CellClass, Order, Sex
+from classifier.models import CellClass, Order, ReportVersion, Sex
 
 from .renderers import FHIRJSONRenderer
 from .views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
@@ -87,7 +87,8 @@ class OrderSerializer(serializers.Serializer):
                 "given_name": order.ordering_provider_given_name,
             },
             "collected_at": serializers.DateTimeField().to_representation(order.collected_at)
-            if order.collected_at else None,
+            if order.collected_at
+            else None,
             "wbc_count": order.wbc_count,
             "source": order.source,
             "created_at": serializers.DateTimeField().to_representation(order.created_at),
@@ -123,8 +124,12 @@ ORDER_EXAMPLE = {
     "placer_order_number": "PO-778812",
     "placer_namespace": "LIS",
     "patient": {
-        "mrn": "MRN-004211", "assigning_authority": "HOSP", "family_name": "Doe", "given_name": "Jane",
-        "birth_date": "1980-02-29", "sex": "F",
+        "mrn": "MRN-004211",
+        "assigning_authority": "HOSP",
+        "family_name": "Doe",
+        "given_name": "Jane",
+        "birth_date": "1980-02-29",
+        "sex": "F",
     },
     "ordering_provider": {"id": "D123", "family_name": "House", "given_name": "Greg"},
     "collected_at": "2026-11-25T08:40:00Z",
@@ -151,12 +156,22 @@ class OrderView(JSONErrorsMixin, APIView):
         responses={
             201: OrderSerializer,
             200: OrderSerializer,
-            400: _error("Bad input.", "invalid_order", "patient_id is required: 1-64 letters, digits, '.', '_' or '-'."),
-            403: _error("No role that may order.", "permission_denied",
-                        "Only interface accounts and reviewers may place orders."),
-            409: _error("Bound to another order.", "order_conflict",
-                        "Accession ACC-7 or placer order number PO-1 is already bound to another order; an "
-                        "order cannot be moved to another specimen."),
+            400: _error(
+                "Bad input.",
+                "invalid_order",
+                "patient_id is required: 1-64 letters, digits, '.', '_' or '-'.",
+            ),
+            403: _error(
+                "No role that may order.",
+                "permission_denied",
+                "Only interface accounts and reviewers may place orders.",
+            ),
+            409: _error(
+                "Bound to another order.",
+                "order_conflict",
+                "Accession ACC-7 or placer order number PO-1 is already bound to another order; an "
+                "order cannot be moved to another specimen.",
+            ),
             **COMMON_ERRORS,
         },
     )
@@ -167,16 +182,22 @@ class OrderView(JSONErrorsMixin, APIView):
             order, created = services.order_create(user=request.user, data=order_fields(body.validated_data))
         except ValidationError as exc:
             if exc.code == "order_conflict":
-                return Response({"detail": " ".join(exc.messages), "code": exc.code}, status=status.HTTP_409_CONFLICT)
+                return Response(
+                    {"detail": " ".join(exc.messages), "code": exc.code}, status=status.HTTP_409_CONFLICT
+                )
             raise
         data = OrderSerializer(order, context={"request": request}).data
         return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class AmendSerializer(serializers.Serializer):
-    reason = serializers.CharField(max_length=2000, help_text="Why the signed report is corrected (printed, sent).")
+    reason = serializers.CharField(
+        max_length=2000, help_text="Why the signed report is corrected (printed, sent)."
+    )
     labels = serializers.DictField(
-        child=serializers.ChoiceField(choices=CellClass.choices), required=False, default=dict,
+        child=serializers.ChoiceField(choices=CellClass.choices),
+        required=False,
+        default=dict,
         help_text="Cell id -> its corrected class. May be empty (a correction of the comment only).",
     )
 
@@ -189,7 +210,7 @@ class AmendSerializer(serializers.Serializer):
 
 class ReportVersionSerializer(serializers.Serializer):
     number = serializers.IntegerField()
-    kind = serializers.ChoiceField(choices=["final", "corrected"])
+    kind = serializers.ChoiceField(choices=ReportVersion.Kind.choices)
     reason = serializers.CharField(allow_blank=True)
     released_at = serializers.DateTimeField()
     released_by = serializers.CharField(source="released_by_name")
@@ -223,9 +244,13 @@ class SpecimenAmendView(JSONErrorsMixin, APIView):
         responses={
             200: ReportVersionSerializer,
             400: _error("Bad input.", "reason_required", "Say why the report is amended (reason)."),
-            403: _error("Not a reviewer.", "permission_denied", "Only reviewers may amend a signed specimen."),
+            403: _error(
+                "Not a reviewer.", "permission_denied", "Only reviewers may amend a signed specimen."
+            ),
             404: SPECIMEN_NOT_FOUND,
-            409: _error("Not signed yet.", "not_signed", "Specimen ACC-7 is not signed; review and sign it instead."),
+            409: _error(
+                "Not signed yet.", "not_signed", "Specimen ACC-7 is not signed; review and sign it instead."
+            ),
             **COMMON_ERRORS,
         },
     )
@@ -235,12 +260,16 @@ class SpecimenAmendView(JSONErrorsMixin, APIView):
         body.is_valid(raise_exception=True)
         try:
             version = services.specimen_amend(
-                specimen=specimen, reviewer=request.user, reason=body.validated_data["reason"],
+                specimen=specimen,
+                reviewer=request.user,
+                reason=body.validated_data["reason"],
                 labels=body.validated_data["labels"],
             )
         except ValidationError as exc:
             if exc.code == "not_signed":
-                return Response({"detail": " ".join(exc.messages), "code": exc.code}, status=status.HTTP_409_CONFLICT)
+                return Response(
+                    {"detail": " ".join(exc.messages), "code": exc.code}, status=status.HTTP_409_CONFLICT
+                )
             raise
         return Response(ReportVersionSerializer(version, context={"request": request}).data)
 
@@ -253,7 +282,10 @@ class SpecimenVersionsView(JSONErrorsMixin, APIView):
         summary="Released report versions",
         description="Every released version of the specimen's report, first to latest: the sign-off "
         "(final) and each amendment (corrected), with links to each as it was sent.",
-        responses={200: ReportVersionSerializer(many=True), **json_errors({404: SPECIMEN_NOT_FOUND, **COMMON_ERRORS})},
+        responses={
+            200: ReportVersionSerializer(many=True),
+            **json_errors({404: SPECIMEN_NOT_FOUND, **COMMON_ERRORS}),
+        },
     )
     def get(self, request, accession):
         specimen = specimen_or_404(request, accession)

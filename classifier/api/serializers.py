@@ -200,6 +200,10 @@ class DifferentialSerializer(serializers.Serializer):
     classes = ClassRowSerializer(many=True)
     per_100_white_cells = Per100RowSerializer(many=True)
     not_counted = NotCountedRowSerializer(many=True)
+    flag_comment = serializers.CharField(
+        help_text="Why no row is flagged H/L: fewer white cells counted than the lab's minimum "
+        "(HEMATOVISION_MIN_CELLS_FOR_FLAGS); empty when flags are given."
+    )
 
 
 class SignedDifferentialSerializer(DifferentialSerializer):

@@ -41,7 +41,9 @@ urlpatterns += [
     _path("orders/", _lis.OrderView.as_view(), name="api-orders"),
     _path("specimens/<str:accession>/amend/", _lis.SpecimenAmendView.as_view(), name="api-specimen-amend"),
     _path(
-        "specimens/<str:accession>/versions/", _lis.SpecimenVersionsView.as_view(), name="api-specimen-versions"
+        "specimens/<str:accession>/versions/",
+        _lis.SpecimenVersionsView.as_view(),
+        name="api-specimen-versions",
     ),
     _path("fhir/metadata", _lis.FHIRMetadataView.as_view(), name="api-fhir-metadata"),
 ]

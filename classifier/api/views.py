@@ -5,10 +5,9 @@ may not see is answered 404, like one that does not exist), who may write by
 ``classifier.services``; errors are shaped by ``classifier.api.exceptions``.
 """
 
-import mimetypes
-
 import hashlib
 import json
+import mimetypes
 
 from django.http import FileResponse, Http404
 from django.urls import reverse
@@ -403,14 +402,14 @@ FHIR_BUNDLE = inline_serializer(
     name="FHIRBundle",
     fields={
         "resourceType": serializers.CharField(help_text='Always "Bundle".'),
-        "id": serializers.CharField(),
         "identifier": serializers.DictField(child=serializers.CharField()),
         "type": serializers.CharField(help_text='Always "transaction": POST it to a FHIR server as it is.'),
         "timestamp": serializers.CharField(),
         "entry": serializers.ListField(
             child=serializers.DictField(child=serializers.JSONField()),
-            help_text="Patient and ServiceRequest (with an order), Specimen, Device, DiagnosticReport, then one "
-            "Observation per class and one for the cells counted (FHIR R4 resources, each with its request).",
+            help_text="Patient and ServiceRequest (with an order), Specimen, Device, DiagnosticReport, "
+            "then one Observation per class and one for the cells counted (FHIR R4 resources, each with "
+            "its request).",
         ),
     },
 )
@@ -455,10 +454,14 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         return qs
 
     def finalize_response(self, request, response, *args, **kwargs):
-        """FHIR errors are OperationOutcomes (FHIR R4 http.html: errors SHOULD be one)."""
+        """FHIR errors are OperationOutcomes (FHIR R4 http.html: errors SHOULD be one) for a client that
+        asks for FHIR (``Accept: application/fhir+json``); others get the API's one JSON error shape."""
         if (
-            getattr(self, "action", None) == "fhir" and response.status_code >= 400
-            and isinstance(response, Response) and isinstance(response.data, dict) and "detail" in response.data
+            getattr(self, "action", None) == "fhir"
+            and fhir.FHIR_MEDIA_TYPE in request.headers.get("Accept", "") and response.status_code >= 400
+            and isinstance(response, Response)
+            and isinstance(response.data, dict)
+            and "detail" in response.data
         ):
             response.data = fhir.operation_outcome(
                 str(response.data["detail"]), str(response.data.get("code", "error")), response.status_code
@@ -496,7 +499,8 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         context = {**self.get_serializer_context(), "differential": differential, "cells": cells}
         data = SpecimenSerializer(specimen, context=context).data
         last_modified = selectors.specimen_last_modified(specimen=specimen)
-        return conditional(request, Response(data), json.dumps(data, sort_keys=True, default=str), last_modified)
+        body = json.dumps(data, sort_keys=True, default=str)
+        return conditional(request, Response(data), body, last_modified)
 
     @extend_schema(
         summary="FHIR R4 result bundle",
@@ -522,16 +526,22 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         else:
             body = fhir.specimen_bundle(
                 specimen, result["differential"], order=result["order"], issued=result["last_modified"],
-                model_versions=result["model_versions"], comment=result["comment"], now=result["last_modified"],
+                model_versions=result["model_versions"], comment=result["comment"],
+                now=result["last_modified"],
             )
         return conditional(request, Response(body), json.dumps(body, sort_keys=True), result["last_modified"])
 
     @extend_schema(
         summary="HL7 v2.5.1 ORU^R01 message",
-        description="The differential as an HL7 v2.5.1 `ORU^R01` message in ER7 encoding (MSH, PID with the "
-        "accession as placeholder identifier, OBR, one OBX per class with NTE, SPM). Result status "
-        "`P` until signed, `F` after.",
-        responses={(200, hl7.HL7_MEDIA_TYPE): OpenApiTypes.STR, **json_errors(READ_ERRORS)},
+        description="The differential as an HL7 v2.5.1 `ORU^R01` message in ER7 encoding (MSH, PID from the "
+        "LIS order (none without one), ORC, OBR, one OBX per class with NTE, the counts under local codes, "
+        "SPM). Result status `P` until signed, `F` after, `C` for an amended version; a released version is "
+        "answered as it was sent (`?version=n` for an earlier one). Also served as `text/plain`.",
+        responses={
+            (200, hl7.HL7_MEDIA_TYPE): OpenApiTypes.STR,
+            (200, "text/plain"): OpenApiTypes.STR,  # the same text; generated clients type it as str
+            **json_errors(READ_ERRORS),
+        },
     )
     @action(detail=True, methods=["get"], renderer_classes=[HL7Renderer, HL7TextRenderer, JSONRenderer])
     def hl7(self, request, accession=None):

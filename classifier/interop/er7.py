@@ -43,8 +43,13 @@ class Er7:
 
     def _unescape(self, value: str) -> str:
         e = re.escape(self.escape_char)
-        table = {"F": self.field_sep, "S": self.component_sep, "T": self.subcomponent_sep,
-                 "R": self.repetition_sep, "E": self.escape_char}
+        table = {
+            "F": self.field_sep,
+            "S": self.component_sep,
+            "T": self.subcomponent_sep,
+            "R": self.repetition_sep,
+            "E": self.escape_char,
+        }
         return re.sub(f"{e}([FSTRE]){e}", lambda m: table[m.group(1)], value)
 
     def repetitions(self, segment: str, field: int, occurrence: int = 0) -> list[str]:
@@ -54,8 +59,16 @@ class Er7:
         raw = found[occurrence][field]
         return raw.split(self.repetition_sep) if raw and not (segment == "MSH" and field == 2) else [raw]
 
-    def get(self, segment: str, field: int, component: int | None = None, subcomponent: int | None = None,
-            *, occurrence: int = 0, repetition: int = 0) -> str:
+    def get(
+        self,
+        segment: str,
+        field: int,
+        component: int | None = None,
+        subcomponent: int | None = None,
+        *,
+        occurrence: int = 0,
+        repetition: int = 0,
+    ) -> str:
         reps = self.repetitions(segment, field, occurrence)
         if repetition >= len(reps):
             return ""

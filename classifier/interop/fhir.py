@@ -173,8 +173,11 @@ def _observation(
                 {"coding": [{"system": INTERPRETATION, "code": flag, "display": FLAG_DISPLAY[flag]}]}
             ]
         observation["note"] = [
-            {"text": f"{row.count} per {counted} white cells counted." if per_100
-             else f"{row.count} of {counted} counted cells."}
+            {
+                "text": f"{row.count} per {counted} white cells counted."
+                if per_100
+                else f"{row.count} of {counted} counted cells."
+            }
         ]
     return observation
 
@@ -183,10 +186,17 @@ def _counts_observation(differential: Differential, *, accession, status, effect
     """The cells behind the percentages as a result of their own: white cells counted (the value),
     unidentified cells and each class listed but not counted (components)."""
     cells = {"unit": "cells", "system": UCUM, "code": "{cells}"}
-    components = [{"code": {"text": "Unidentified cells awaiting review"},
-                   "valueQuantity": {"value": differential.unidentified, **cells}}]
+    components = [
+        {
+            "code": {"text": "Unidentified cells awaiting review"},
+            "valueQuantity": {"value": differential.unidentified, **cells},
+        }
+    ]
     components += [
-        {"code": {"text": f"{row.name} (listed, not counted)"}, "valueQuantity": {"value": row.count, **cells}}
+        {
+            "code": {"text": f"{row.name} (listed, not counted)"},
+            "valueQuantity": {"value": row.count, **cells},
+        }
         for row in differential.not_counted
     ]
     return {
@@ -197,8 +207,10 @@ def _counts_observation(differential: Differential, *, accession, status, effect
         "category": [
             {"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}
         ],
-        "code": {"coding": [{"system": LOCAL_CODES, "code": "WBC-COUNTED", "display": "White cells counted"}],
-                 "text": "White cells counted"},
+        "code": {
+            "coding": [{"system": LOCAL_CODES, "code": "WBC-COUNTED", "display": "White cells counted"}],
+            "text": "White cells counted",
+        },
         **({"subject": refs["patient"]} if "patient" in refs else {}),
         "effectiveDateTime": effective,
         "issued": issued,
@@ -212,17 +224,27 @@ def _counts_observation(differential: Differential, *, accession, status, effect
 def _patient(order) -> dict:
     patient = {
         "resourceType": "Patient",
-        "identifier": [{
-            "use": "usual",
-            "type": {"coding": [{"system": IDENTIFIER_TYPE, "code": "MR", "display": "Medical record number"}]},
-            "system": authority_system(order.patient_id_authority),
-            "value": order.patient_id,
-            "assigner": {"display": order.patient_id_authority},
-        }],
+        "identifier": [
+            {
+                "use": "usual",
+                "type": {
+                    "coding": [{"system": IDENTIFIER_TYPE, "code": "MR", "display": "Medical record number"}]
+                },
+                "system": authority_system(order.patient_id_authority),
+                "value": order.patient_id,
+                "assigner": {"display": order.patient_id_authority},
+            }
+        ],
         "gender": GENDER.get(order.patient_sex, "unknown"),
     }
-    name = {k: v for k, v in (("family", order.patient_family_name),
-                              ("given", [order.patient_given_name] if order.patient_given_name else None)) if v}
+    name = {
+        k: v
+        for k, v in (
+            ("family", order.patient_family_name),
+            ("given", [order.patient_given_name] if order.patient_given_name else None),
+        )
+        if v
+    }
     if name:
         patient["name"] = [name]
     if order.patient_birth_date:
@@ -237,11 +259,15 @@ def _placer_system(order) -> str:
 def _service_request(order, *, status, refs) -> dict:
     request = {
         "resourceType": "ServiceRequest",
-        "identifier": [{
-            "type": {"coding": [{"system": IDENTIFIER_TYPE, "code": "PLAC", "display": "Placer Identifier"}]},
-            "system": _placer_system(order),
-            "value": order.placer_order_number,
-        }],
+        "identifier": [
+            {
+                "type": {
+                    "coding": [{"system": IDENTIFIER_TYPE, "code": "PLAC", "display": "Placer Identifier"}]
+                },
+                "system": _placer_system(order),
+                "value": order.placer_order_number,
+            }
+        ],
         "status": "completed" if status in ("final", "corrected") else "active",
         "intent": "order",
         "code": {"coding": [{"system": LOINC, "code": PANEL[0], "display": PANEL[1]}]},
@@ -296,10 +322,21 @@ def specimen_bundle(
         refs["device"] = {"reference": urls["device"], "display": f"HematoVision model {model_versions[0]}"}
 
     per_100 = {row.label for row in differential.per_100_white_cells}
-    common = {"accession": accession, "status": status, "effective": effective, "issued": issued, "refs": refs}
+    common = {
+        "accession": accession,
+        "status": status,
+        "effective": effective,
+        "issued": issued,
+        "refs": refs,
+    }
     observations = [
-        _observation(row, per_100=row.label in per_100, counted=differential.counted_cells,
-                     flags=not differential.flags_withheld, **common)
+        _observation(
+            row,
+            per_100=row.label in per_100,
+            counted=differential.counted_cells,
+            flags=not differential.flags_withheld,
+            **common,
+        )
         for row in differential.reported
     ] + [_counts_observation(differential, **common)]
     obs_urls = [_urn(accession, "observation", o["identifier"][0]["value"]) for o in observations]
@@ -336,12 +373,15 @@ def specimen_bundle(
         "performer": [{"display": lab_name()}],
         "specimen": [refs["specimen"]],
         "result": [
-            {"reference": url, "display": obs["code"]["text"]} for url, obs in zip(obs_urls, observations, strict=True)
+            {"reference": url, "display": obs["code"]["text"]}
+            for url, obs in zip(obs_urls, observations, strict=True)
         ],
         "conclusion": " ".join([_conclusion(differential, release), *notes]),
     }
     if release:
-        report["resultsInterpreter"] = [{"identifier": {"value": release.signer_id}, "display": release.signer_name}]
+        report["resultsInterpreter"] = [
+            {"identifier": {"value": release.signer_id}, "display": release.signer_name}
+        ]
     elif differential.signed:
         report["resultsInterpreter"] = [{"display": differential.signed_by}]
 
@@ -350,10 +390,20 @@ def specimen_bundle(
     add(urls["specimen"], specimen_resource, "POST", "Specimen", f"accession={ACCESSION_SYSTEM}|{accession}")
     if order is not None:
         patient = _patient(order)
-        add(urls["patient"], patient, "POST", "Patient",
-            _search(patient["identifier"][0]["system"], order.patient_id))
-        add(urls["request"], _service_request(order, status=status, refs=refs), "POST", "ServiceRequest",
-            _search(_placer_system(order), order.placer_order_number))
+        add(
+            urls["patient"],
+            patient,
+            "POST",
+            "Patient",
+            _search(patient["identifier"][0]["system"], order.patient_id),
+        )
+        add(
+            urls["request"],
+            _service_request(order, status=status, refs=refs),
+            "POST",
+            "ServiceRequest",
+            _search(_placer_system(order), order.placer_order_number),
+        )
     if model_versions:
         device = {
             "resourceType": "Device",
@@ -379,11 +429,19 @@ def specimen_bundle(
 
 def operation_outcome(detail: str, code: str, status: int) -> dict:
     """An error as FHIR returns it (R4 OperationOutcome; issue type from the HTTP status)."""
-    issue_type = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 406: "not-supported",
-                  429: "throttled"}.get(status, "exception")
+    issue_type = {
+        400: "invalid",
+        401: "login",
+        403: "forbidden",
+        404: "not-found",
+        406: "not-supported",
+        429: "throttled",
+    }.get(status, "exception")
     return {
         "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": issue_type, "details": {"text": code}, "diagnostics": detail}],
+        "issue": [
+            {"severity": "error", "code": issue_type, "details": {"text": code}, "diagnostics": detail}
+        ],
     }
 
 
@@ -400,15 +458,25 @@ def capability_statement(*, base_url: str, now=None) -> dict:
         "implementation": {"description": "HematoVision white-cell differential results", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": [FHIR_MEDIA_TYPE, "json"],
-        "rest": [{
-            "mode": "server",
-            "documentation": "Results per specimen: GET /api/v1/specimens/{accession}/fhir/ answers a "
-            "transaction Bundle (Patient, ServiceRequest, Specimen, Device, DiagnosticReport, Observations) "
-            "that an EHR's FHIR server accepts as it is; token authentication (Authorization: Token ...).",
-            "security": {"description": "Authorization: Token <key> (POST /api/v1/auth/token/)."},
-            "resource": [
-                {"type": t, "interaction": [{"code": "read"}]}
-                for t in ("DiagnosticReport", "Observation", "Specimen", "Patient", "ServiceRequest", "Device")
-            ],
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Results per specimen: GET /api/v1/specimens/{accession}/fhir/ "
+                "answers a transaction Bundle (Patient, ServiceRequest, Specimen, Device, "
+                "DiagnosticReport, Observations) that an EHR's FHIR server accepts as it is; token "
+                "authentication (Authorization: Token ...).",
+                "security": {"description": "Authorization: Token <key> (POST /api/v1/auth/token/)."},
+                "resource": [
+                    {"type": t, "interaction": [{"code": "read"}]}
+                    for t in (
+                        "DiagnosticReport",
+                        "Observation",
+                        "Specimen",
+                        "Patient",
+                        "ServiceRequest",
+                        "Device",
+                    )
+                ],
+            }
+        ],
     }

@@ -34,9 +34,9 @@ results and are not sent.
 
 MSH-4 is an HD: namespace id (``HEMATOVISION_HL7_FACILITY``, else the lab's name,
 ``HEMATOVISION_LAB_NAME``, escaped and cut to HD.1's 20 characters), and with
-``HEMATOVISION_HL7_FACILITY_OID`` the universal id and its type ``ISO``. MSH-18 is always ``UNICODE UTF-8`` (HL7 table 0211): the text is
-always sent UTF-8-encoded, as the HTTP charset says too. Without MSH-18 a
-receiver must assume ASCII, which is wrong as soon as the lab's name (say
+``HEMATOVISION_HL7_FACILITY_OID`` the universal id and its type ``ISO``. MSH-18 is always
+``UNICODE UTF-8`` (HL7 table 0211): the text is always sent UTF-8-encoded, as the HTTP charset
+says too. Without MSH-18 a receiver must assume ASCII, which is wrong as soon as the lab's name (say
 "Labo Hématologie") is not ASCII; for an ASCII-only message the declaration is
 just as true, and a constant header keeps the receiving interface's
 configuration the same whatever the name.
@@ -153,8 +153,13 @@ def oru_r01(
         f"{_escape(order.placer_order_number)}^{_escape(order.placer_namespace)}".rstrip("^") if order else ""
     )
     provider = (
-        _xcn(order.ordering_provider_id, order.ordering_provider_family_name, order.ordering_provider_given_name)
-        if order else ""
+        _xcn(
+            order.ordering_provider_id,
+            order.ordering_provider_family_name,
+            order.ordering_provider_given_name,
+        )
+        if order
+        else ""
     )
     collected = order.collected_at if order and order.collected_at else specimen.created_at
 
@@ -258,7 +263,8 @@ def oru_r01(
         note = ""
         if row.value is not None:
             note = (
-                f"{row.count} per {counted} white cells counted" if row.label in per_100
+                f"{row.count} per {counted} white cells counted"
+                if row.label in per_100
                 else f"{row.count} of {counted} counted cells"
             )
         segment = obx(code, f"{unit}^UCUM", None if row.value is None else _number(row.value), note)

@@ -54,8 +54,8 @@ def read_frame(sock: socket.socket, buffer: bytearray) -> str | None:
             start = buffer.find(START)
             if start == -1 or start > end:
                 raise MLLPError("data outside an MLLP frame")
-            text = bytes(buffer[start + 1:end]).decode("utf-8", errors="replace")
-            del buffer[:end + len(END)]
+            text = bytes(buffer[start + 1 : end]).decode("utf-8", errors="replace")
+            del buffer[: end + len(END)]
             return text
         if len(buffer) > MAX_MESSAGE_BYTES:
             raise MLLPError("message larger than the limit")
@@ -210,7 +210,10 @@ def deliver_due(*, limit: int = 100) -> dict:
             if control_id != message.control_id:
                 code, reason = "", f"ACK for {control_id!r}, not {message.control_id!r}: {reason}"
             recorded = services.message_record_attempt(
-                message=message, ack_code=code, ack_text=reason, error="" if code else "wrong ACK",
+                message=message,
+                ack_code=code,
+                ack_text=reason,
+                error="" if code else "wrong ACK",
             )
         except (OSError, MLLPError, ValueError) as exc:
             recorded = services.message_record_attempt(message=message, error=str(exc) or type(exc).__name__)

@@ -61,22 +61,30 @@ def parse_order(text: str) -> dict:
         raise Refused("AR", f"Order control {control!r} is not supported; only NW (new order).", "201")
 
     identifiers = message.repetitions("PID", 3)
-    chosen = next((r for r in identifiers if message.part(r, 5) == "MR"), identifiers[0] if identifiers else "")
+    chosen = next(
+        (r for r in identifiers if message.part(r, 5) == "MR"), identifiers[0] if identifiers else ""
+    )
     mrn = message.part(chosen, 1)
     authority = message.part(chosen, 4, 1) or message.part(chosen, 4, 2)
     if not mrn or not authority:
-        raise Refused("AE", "PID-3 needs the patient's identifier and its assigning authority (CX.1, CX.4).", "101")
+        raise Refused(
+            "AE", "PID-3 needs the patient's identifier and its assigning authority (CX.1, CX.4).", "101"
+        )
 
     placer = message.get("ORC", 2, 1) or message.get("OBR", 2, 1)
     placer_ns = message.get("ORC", 2, 2) or message.get("OBR", 2, 2)
     if not placer:
         raise Refused("AE", "No placer order number (ORC-2 or OBR-2).", "101")
     accession = (
-        message.get("SPM", 2, 1, 1) or message.get("SPM", 2, 2, 1)
-        or message.get("ORC", 3, 1) or message.get("OBR", 3, 1)
+        message.get("SPM", 2, 1, 1)
+        or message.get("SPM", 2, 2, 1)
+        or message.get("ORC", 3, 1)
+        or message.get("OBR", 3, 1)
     )
     if not accession:
-        raise Refused("AE", "No accession: send the specimen id in SPM-2 or the filler order number in ORC-3.", "101")
+        raise Refused(
+            "AE", "No accession: send the specimen id in SPM-2 or the filler order number in ORC-3.", "101"
+        )
 
     provider = "ORC" if message.get("ORC", 12) else "OBR"
     provider_field = 12 if provider == "ORC" else 16
@@ -121,8 +129,12 @@ def handle_order(text: str, *, user) -> str:
         return ack(text, "AE", reason=reason, error_code="205" if exc.code == "order_conflict" else "207")
     except PermissionDenied as exc:
         return ack(text, "AR", reason=str(exc), error_code="207")
-    logger.info("HL7 order %s for %s %s", order.placer_order_number, order.specimen.accession,
-                "filed" if created else "already filed")
+    logger.info(
+        "HL7 order %s for %s %s",
+        order.placer_order_number,
+        order.specimen.accession,
+        "filed" if created else "already filed",
+    )
     return ack(text, "AA")
 
 

@@ -40,8 +40,8 @@ def read_frame(sock, buffer):
             return None
         buffer.extend(chunk)
     end = buffer.index(END)
-    text = bytes(buffer[buffer.index(START) + 1:end]).decode("utf-8")
-    del buffer[:end + 2]
+    text = bytes(buffer[buffer.index(START) + 1 : end]).decode("utf-8")
+    del buffer[: end + 2]
     return text
 
 

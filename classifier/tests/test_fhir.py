@@ -52,7 +52,7 @@ def parse(response) -> Bundle:
 
 def resources(bundle: Bundle, kind):
     found = [entry.resource for entry in bundle.entry if isinstance(entry.resource, kind)]
-    if kind is Observation:  # the class results (LOINC); the cells-counted Observation is tested in test_lis.py
+    if kind is Observation:  # the class results (LOINC); the cells-counted one is tested in test_lis.py
         return [o for o in found if o.code.coding[0].system == LOINC]
     return found
 
@@ -169,8 +169,12 @@ def test_plain_json_on_request_and_errors_are_json(api_client, user, other_user,
     api_client.force_authenticate(other_user)
     hidden = fetch(api_client)
     assert hidden.status_code == 404
-    assert hidden["Content-Type"] == "application/fhir+json"  # FHIR errors are OperationOutcomes
-    assert json.loads(hidden.content) == {
+    assert hidden["Content-Type"] == "application/json"
+    assert hidden.json() == {"detail": "No Specimen matches the given query.", "code": "not_found"}
+    # A client that asks for FHIR gets a FHIR error: an OperationOutcome (issue 19).
+    outcome = fetch(api_client, HTTP_ACCEPT="application/fhir+json")
+    assert (outcome.status_code, outcome["Content-Type"]) == (404, "application/fhir+json")
+    assert json.loads(outcome.content) == {
         "resourceType": "OperationOutcome",
         "issue": [{
             "severity": "error", "code": "not-found", "details": {"text": "not_found"},

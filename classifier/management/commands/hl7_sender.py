@@ -9,7 +9,9 @@ from classifier.interop import mllp
 
 
 class Command(BaseCommand):
-    help = "Send queued HL7 results to HEMATOVISION_LIS_DESTINATIONS, wait for each ACK, retry until accepted."
+    help = (
+        "Send queued HL7 results to HEMATOVISION_LIS_DESTINATIONS, wait for each ACK, retry until accepted."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--once", action="store_true", help="One pass over the due messages, then exit.")
