@@ -348,6 +348,7 @@ CELL_COLUMNS = [
     "reviewed_at",
     "signed_at",
     "model_version",
+    "external_id",  # the LIS's id for the image (issue 19)
 ]
 
 
@@ -376,6 +377,7 @@ def specimen_report_csv(*, specimen: Specimen) -> str:
                     local_iso(cell.reviewed_at),
                     local_iso(cell.signed_at),
                     cell.model_version,
+                    cell.external_id or "",
                 ]
             ]
         )

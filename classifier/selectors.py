@@ -263,7 +263,7 @@ def specimen_result(*, specimen: Specimen, version: int | None = None) -> dict:
     Keys: ``version`` (a ReportVersion or None), ``differential``, ``order``, ``model_versions``,
     ``last_modified``, ``comment``.
     """
-    from .interop import model_versions
+    from .interop import lis_images, model_versions
     from .models import Order
 
     versions = specimen.report_versions.all()
@@ -272,9 +272,10 @@ def specimen_result(*, specimen: Specimen, version: int | None = None) -> dict:
         chosen = versions.get(number=version)  # ReportVersion.DoesNotExist: 404
     elif specimen.is_signed:
         chosen = versions.order_by("-number").first()
-    cells = list(specimen.cells.all())
+    cells = list(specimen.cells.select_related("owner"))
     return {
         "version": chosen,
+        "images": lis_images(cells),
         "differential": specimen_differential(specimen=specimen),
         "order": Order.objects.filter(specimen=specimen).first(),
         "model_versions": model_versions(cells),

@@ -890,7 +890,7 @@ def report_release(*, specimen: Specimen, reviewer, reason: str = "", at=None) -
     kept as sent (MSH-10 stable per version), queued to every LIS destination. The first version is
     final, later ones corrected. Runs inside the caller's transaction (the sign-off's, the amendment's).
     """
-    from .interop import fhir, hl7
+    from .interop import fhir, hl7, lis_images
     from .interop import model_versions as versions_of
     from .models import Order, OutboundMessage, ReportVersion
     from .selectors import specimen_differential
@@ -908,6 +908,7 @@ def report_release(*, specimen: Specimen, reviewer, reason: str = "", at=None) -
     differential = specimen_differential(specimen=specimen)
     context = {
         "order": order, "release": release, "model_versions": versions_of(specimen.cells.all()),
+        "images": lis_images(specimen.cells.select_related("owner")),
         "comment": getattr(specimen, "review_comment", "") or "",
     }
     version.hl7 = hl7.oru_r01(specimen, differential, control_id=version.control_id, now=at, **context)

@@ -527,7 +527,7 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
             body = fhir.specimen_bundle(
                 specimen, result["differential"], order=result["order"], issued=result["last_modified"],
                 model_versions=result["model_versions"], comment=result["comment"],
-                now=result["last_modified"],
+                images=result["images"], now=result["last_modified"],
             )
         return conditional(request, Response(body), json.dumps(body, sort_keys=True), result["last_modified"])
 
@@ -553,6 +553,7 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
             text = hl7.oru_r01(
                 specimen, differential, order=result["order"], issued=last_modified,
                 model_versions=result["model_versions"], comment=result["comment"], now=last_modified,
+                images=result["images"],
                 control_id=hl7.preliminary_control_id(specimen, differential, last_modified),
             )
         return conditional(request, Response(text), text, result["last_modified"])

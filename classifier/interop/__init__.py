@@ -43,3 +43,13 @@ def model_versions(cells) -> tuple[str, ...]:
     """The model versions that read a specimen's cells, most cells first (OBX-18, FHIR Device)."""
     counts = Counter(c.model_version for c in cells if c.model_version)
     return tuple(v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def lis_images(cells) -> tuple[tuple[int, str, str], ...]:
+    """(cell id, submitter's username, external_id) of each cell the LIS sent with its own id: the
+    results name them, so the LIS can match its images (HL7 NTE, FHIR Media)."""
+    return tuple(
+        (c.pk, c.owner.get_username(), c.external_id)
+        for c in sorted(cells, key=lambda c: c.pk)
+        if c.external_id
+    )

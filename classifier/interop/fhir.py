@@ -65,6 +65,8 @@ DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 ACCESSION_SYSTEM = "urn:hematovision:accession"
 OBSERVATION_SYSTEM = "urn:hematovision:observation"
 LOCAL_CODES = "urn:hematovision:code"  # local codes, as HL7's 99HV
+EXTERNAL_ID_SYSTEM = "urn:hematovision:external-id"  # + ":<submitter>": external_id is unique per user
+CELL_SYSTEM = "urn:hematovision:cell"
 DEVICE_SYSTEM = "urn:hematovision:model-version"
 IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown"}
@@ -294,6 +296,7 @@ def specimen_bundle(
     issued=None,
     model_versions: tuple[str, ...] = (),
     comment: str = "",
+    images: tuple[tuple[int, str, str], ...] = (),
     now=None,
 ) -> dict:
     """A validated FHIR R4 ``transaction`` Bundle: DiagnosticReport, Specimen, one Observation per
@@ -378,6 +381,22 @@ def specimen_bundle(
         ],
         "conclusion": " ".join([_conclusion(differential, release), *notes]),
     }
+    media = []
+    for pk, owner, external_id in images:  # the LIS's own ids of the images it sent
+        url = _urn(accession, "media", str(pk))
+        resource = {
+            "resourceType": "Media",
+            "identifier": [
+                {"system": f"{EXTERNAL_ID_SYSTEM}:{owner}", "value": external_id},
+                {"system": CELL_SYSTEM, "value": str(pk)},
+            ],
+            "status": "completed",
+            **({"subject": refs["patient"]} if order is not None else {}),
+            "content": {"url": f"/api/v1/classifications/{pk}/image/", "title": f"Cell #{pk}"},
+        }
+        media.append((url, resource, _search(CELL_SYSTEM, str(pk))))
+    if media:
+        report["media"] = [{"link": {"reference": url}} for url, _, _ in media]
     if release:
         report["resultsInterpreter"] = [
             {"identifier": {"value": release.signer_id}, "display": release.signer_name}
@@ -413,6 +432,8 @@ def specimen_bundle(
             "owner": {"display": lab_name()},
         }
         add(urls["device"], device, "POST", "Device", _search(DEVICE_SYSTEM, model_versions[0]))
+    for url, resource, search in media:
+        add(url, resource, "POST", "Media", search)
     for url, obs in zip(obs_urls, observations, strict=True):
         add(url, obs, "PUT", "Observation", _search(OBSERVATION_SYSTEM, obs["identifier"][0]["value"]))
 

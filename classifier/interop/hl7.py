@@ -134,6 +134,7 @@ def oru_r01(
     issued=None,
     model_versions: tuple[str, ...] = (),
     comment: str = "",
+    images: tuple[tuple[int, str, str], ...] = (),
     now=None,
     control_id: str | None = None,
 ) -> str:
@@ -219,6 +220,8 @@ def oru_r01(
         notes.append(f"Reviewer's comment: {comment}")
     if differential.flag_comment:
         notes.append(differential.flag_comment)
+    if images:  # the LIS's own ids of the images it sent (external_id)
+        notes.append("Images (external_id = cell): " + ", ".join(f"{ext} = #{pk}" for pk, _, ext in images))
     for n, text in enumerate(notes, start=1):
         note = group.add_segment("NTE")
         note.nte_1 = str(n)

@@ -2,8 +2,10 @@
 format, results pushed with ACKs and retries, corrections, content a lab can release, polling,
 the Interface role. The end-to-end test drives a simulated LIS in its own process (lis_sim.py)."""
 
+import csv
 import gzip
 import hashlib
+import io
 import json
 import socket
 import subprocess
@@ -196,8 +198,11 @@ def ordered(interface, user, signer):
     """An ordered specimen with three cells read by the model, reviewed and signed."""
     client_for(interface).post("/api/v1/orders/", ORDER, format="json")
     specimen = Specimen.objects.get(accession="ACC-LIS-1")
-    for label in ("NEUTROPHIL", "NEUTROPHIL", "LYMPHOCYTE"):
-        ClassificationFactory(owner=user, specimen=specimen, predicted_label=label)
+    for n, label in enumerate(("NEUTROPHIL", "NEUTROPHIL", "LYMPHOCYTE")):
+        # The first image came with the LIS's own id: every format names it (issue 19).
+        ClassificationFactory(
+            owner=user, specimen=specimen, predicted_label=label, external_id="LIS-IMG-7" if n == 0 else None
+        )
     ClassificationFactory(owner=user, specimen=specimen, predicted_label="PLATELET")
     return specimen
 
@@ -239,10 +244,16 @@ def test_signed_result_carries_the_order_identity_in_hl7(ordered, signer, settin
         "F",
     )
     assert obr.obr_32.to_er7() == "drsmith&Smith&Anna"
+    first = ordered.cells.order_by("id").first()
     assert [n.nte_3.to_er7() for n in group.children if n.name == "NTE"] == [
         "Only 3 white cells counted (fewer than 100): no high/low flags are given; "
-        "the percentages are imprecise."
+        "the percentages are imprecise.",
+        f"Images (external_id = cell): LIS-IMG-7 = #{first.pk}",
     ]
+    from classifier import reports
+
+    csv_rows = list(csv.DictReader(io.StringIO(reports.specimen_report_csv(specimen=ordered))))
+    assert [r["external_id"] for r in csv_rows] == ["LIS-IMG-7", "", "", ""]
     rows = [
         (
             o.obx.obx_3.to_er7().split("^")[0],
@@ -330,6 +341,12 @@ def test_fhir_transaction_bundle_validates_against_the_r4_schema(ordered, signer
         assert report["resultsInterpreter"] == [{"identifier": {"value": "drsmith"}, "display": "Anna Smith"}]
         assert by_type["ServiceRequest"][0]["resource"]["identifier"][0]["value"] == "PO-1001"
         assert by_type["Device"][0]["resource"]["version"] == [{"value": "fake-0001"}]
+        (media,) = by_type["Media"]
+        assert media["resource"]["identifier"][0] == {
+            "system": "urn:hematovision:external-id:tech",
+            "value": "LIS-IMG-7",
+        }
+        assert report["media"] == [{"link": {"reference": media["fullUrl"]}}]
         observations = [e["resource"] for e in by_type["Observation"]]
         assert {o["device"]["reference"] for o in observations} == {by_type["Device"][0]["fullUrl"]}
         assert {o["status"] for o in observations} == {report["status"]}
