@@ -247,13 +247,18 @@ def test_thumbnail_is_the_located_cell_at_192_px(reviewer_client, user):
 
 
 def test_thumbnail_crop_keeps_the_cell_large():
+    """The box is the nucleus; a cell 1.6 times its nucleus across spans >= 128 px of the 192."""
+    from PIL import ImageDraw
+
     image = Image.new("RGB", (640, 480), (255, 255, 255))
-    image.paste((90, 40, 140), (300, 200, 340, 240))  # a 40 px cell
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((288, 188, 352, 252), fill=(200, 160, 210))  # the cell, 64 px
+    draw.ellipse((300, 200, 340, 240), fill=(90, 40, 140))  # its nucleus, 40 px: the box
     thumb = Image.open(io.BytesIO(review_thumbnail(image, [300, 200, 340, 240])))
-    # 40 px of cell + 25 % margin each side -> 60 px scaled to 192: the cell spans 128 px.
+    assert thumb.size == (192, 192)
     row = [thumb.getpixel((x, 96)) for x in range(192)]
-    dark = [x for x, px in enumerate(row) if px[0] < 150]
-    assert dark[-1] - dark[0] + 1 >= 126
+    cell = [x for x, px in enumerate(row) if px[1] < 200]
+    assert cell[-1] - cell[0] + 1 >= 128 and cell[0] > 0 and cell[-1] < 191  # whole, with context
 
 
 def review_thumbnail(image, box):
