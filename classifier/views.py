@@ -107,22 +107,48 @@ class ModelInfoView(TemplateView):
             context["other_classes"] = [c.name for c in classes.TABLE if c.code not in info["classes"]]
             fractions = info["calibration"]["training_class_fractions"] or {}
             bias = info["calibration"]["class_bias"] or {}
-            validation, test = info["validation"] or {}, info["test"] or {}
+            validation = info["validation"] or {}
+            tests = _test_sets(info["test"])
+            context["test_sets"] = tests
             context["class_rows"] = [
                 {
                     "name": name,
                     "bias": bias.get(name),
                     "share_pct": 100 * fractions[name] if name in fractions else None,
                     "val_recall": validation.get("recall", {}).get(name),
-                    "test_recall": test.get("recall", {}).get(name),
+                    # one per held-out test set; a dash where that set has no cell of the class
+                    "test_recalls": [t["recall"].get(name) for t in tests] or [None],
                 }
                 for name in info["classes"]
             ]
             rate = validation.get("flagged_rate")
             context["val_flagged_pct"] = None if rate is None else 100 * rate
-            rate = test.get("unidentified_rate")
-            context["test_flagged_pct"] = None if rate is None else 100 * rate
         return context
+
+
+TEST_SET_NAMES = {"bccd": "BCCD TEST", "pbc": "PBC test"}
+
+
+def _test_sets(test: dict | None) -> list[dict]:
+    """The card's held-out figures as rows: one per source (name, images, accuracy, recall, flagged
+    and silent-error percentages); the first model's single TEST run as one row."""
+    if not test:
+        return []
+    per_source = test.get("per_source") or {"": test | {"flagged_rate": test.get("unidentified_rate")}}
+    rows = []
+    for source, figures in per_source.items():
+        flagged, silent = figures.get("flagged_rate"), figures.get("silent_error_rate")
+        rows.append(
+            {
+                "name": TEST_SET_NAMES.get(source, source or "Official TEST split"),
+                "n_images": figures.get("n_images"),
+                "accuracy": figures.get("accuracy"),
+                "recall": figures.get("recall") or {},
+                "flagged_pct": None if flagged is None else 100 * flagged,
+                "silent_pct": None if silent is None else 100 * silent,
+            }
+        )
+    return rows
 
 
 def model_ready_view(request):

@@ -514,6 +514,8 @@ def model_summary(card: dict) -> dict:
         "input_size": (card.get("input") or {}).get("input_size"),
         "tta_views": card.get("tta_views"),
         "trained_at": card.get("trained_at"),
+        # The labs (data sources) it learned from; None for the first model's card (BCCD only).
+        "training_sources": sorted((card.get("data") or {}).get("sources") or {}) or None,
         "calibration": {
             "method": "softmax(log p / temperature + class_bias)",
             "temperature": card.get("temperature"),

@@ -24,8 +24,11 @@ def test_shape_probs_and_roundtrip(tmp_path):
 def test_shipped_card_class_order():
     from ml.predictor import DEFAULT_MODEL_PATH
 
+    from ml.taxonomy import CLASSES
+
     card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
-    assert card["classes"] == ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+    assert card["classes"] == list(CLASSES)
+    assert card["crop"]["method"] == "rbc_scale" and card["crop"]["field_rbc"] > 0
     from ml.bundle import bundle_version
 
     assert card["version"] == bundle_version(card, DEFAULT_MODEL_PATH)
@@ -33,8 +36,8 @@ def test_shipped_card_class_order():
 
 
 def test_model_summary_of_the_shipped_card():
-    """The summary an LIS reads: the card's identity and calibration, the nested out-of-fold figures,
-    and TEST figures only when they were measured on this very version."""
+    """The summary an LIS reads: the card's identity and calibration, the validation figures, and
+    held-out test figures per source only when they were measured on this very version."""
     from ml.predictor import DEFAULT_MODEL_PATH, model_summary
 
     card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
@@ -45,20 +48,44 @@ def test_model_summary_of_the_shipped_card():
         card["tta_views"],
     )
     assert s["calibration"]["class_bias"] == card["class_bias"] and s["thresholds"] == card["thresholds"]
-    nested = card["validation_metrics"]["calibrated_nested"]
+    cal = card["validation_metrics"]["calibrated"]
     assert s["validation"] == {
-        "n_images": nested["n_images"],
-        "accuracy": nested["accuracy"],
-        "macro_f1": nested["macro_f1"],
-        "recall": {c: m["recall"] for c, m in nested["per_class"].items()},
-        "estimate": "calibrated_nested",
+        "n_images": cal["n_images"],
+        "accuracy": cal["accuracy"],
+        "macro_f1": cal["macro_f1"],
+        "recall": {c: m["recall"] for c, m in cal["per_class"].items()},
+        "estimate": "calibrated",
         "flagged_rate": card["validation_flagged_rate"],
     }
-    assert s["test"]["accuracy"] == card["test_metrics"]["accuracy"]
-    stale = card | {"test_metrics": card["test_metrics"] | {"model_version": "another"}}
+    per_source = {
+        "pbc": {"accuracy": 0.9, "macro_f1": 0.8, "per_class": {"BASOPHIL": {"recall": 0.7}}, "n_images": 10}
+        | {"flagged": 0.05, "silent_error": 0.02}
+    }
+    measured = card | {"test_metrics": {"model_version": card["version"], "per_source": per_source}}
+    assert model_summary(measured)["test"] == {
+        "per_source": {
+            "pbc": {
+                "n_images": 10,
+                "accuracy": 0.9,
+                "macro_f1": 0.8,
+                "recall": {"BASOPHIL": 0.7},
+                "flagged_rate": 0.05,
+                "silent_error_rate": 0.02,
+            }
+        }
+    }
+    stale = card | {"test_metrics": {"model_version": "another", "per_source": per_source}}
     assert model_summary(stale)["test"] is None
+    first = {"model_version": card["version"], "accuracy": 0.89, "macro_f1": 0.88, "per_class": {}}
+    assert model_summary(card | {"test_metrics": first | {"unidentified_rate": 0.025}})["test"] == {
+        "n_images": None,
+        "accuracy": 0.89,
+        "macro_f1": 0.88,
+        "recall": {},
+        "unidentified_rate": 0.025,
+    }
     older = {k: v for k, v in card.items() if k != "validation_metrics"} | {
-        "validation_metrics": {"tta4": card["validation_metrics"]["tta4"]}
+        "validation_metrics": {"tta4": cal}
     }
     assert model_summary(older)["validation"]["estimate"] == "tta4"
 
@@ -82,7 +109,7 @@ def test_locator_finds_cell_in_fixture_and_whole_field():
 
 
 def test_bundle_version_follows_every_serving_change(tmp_path, capsys):
-    """A copied bundle loads; a changed threshold or a changed colour model is refused until
+    """A copied bundle loads; a changed threshold or changed OOD statistics are refused until
     ``python -m ml.bundle DIR --write`` gives it a new version; recording figures keeps the version."""
     import shutil
 
@@ -118,9 +145,9 @@ def test_bundle_version_follows_every_serving_change(tmp_path, capsys):
     }
     pred = load_predictor(path, backend="keras")
     assert pred.version == new and pred.thresholds["min_confidence"] == 0.9
-    colour_file = tmp_path / card["colour"]["file"]
-    colour_file.write_bytes(colour_file.read_bytes() + b"\0")
+    stats_file = tmp_path / card["ood_stats_file"]
+    stats_file.write_bytes(stats_file.read_bytes() + b"\0")
     assert bundle.bundle_version(changed, path) != new
-    colour_file.unlink()
-    with pytest.raises(FileNotFoundError, match="colour model file colour_model.npz is missing"):
+    stats_file.unlink()
+    with pytest.raises(FileNotFoundError, match="OOD statistics file ood_stats.npz is missing"):
         bundle.bundle_version(changed, path)

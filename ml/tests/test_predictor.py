@@ -144,7 +144,9 @@ def test_card_serving_settings_are_checked(tmp_path, predictor, capsys):
             card | {"thresholds": {"min_confidence": 1.5}},
             "thresholds.min_confidence must be in \\[0.0, 1.0\\]",
         ),
-        (card | {"colour": card["colour"] | {"weight": -1}}, "colour.weight must be in"),
+        (card | {"colour": {"file": "colour_model.npz", "weight": -1}}, "colour.weight must be in"),
+        (card | {"crop": card["crop"] | {"method": "guess"}}, "crop.method must be ref_field or rbc_scale"),
+        (card | {"crop": card["crop"] | {"field_rbc": 0}}, "crop.field_rbc must be > 0"),
         (no_crop, "crop must be an object"),
         (card | {"classes": ["EOSINOPHIL", "EOSINOPHIL"]}, "classes must be a list of distinct"),
     ):
@@ -183,7 +185,7 @@ def test_model_card_class_bias_is_checked(tmp_path, predictor):
     card = dict(predictor.card)
     for bad, msg in (
         ({"EOSINOPHIL": 1.0}, "one offset for each of"),
-        (dict.fromkeys([*predictor.classes, "BASOPHIL"], 0.0), "one offset for each of"),
+        (dict.fromkeys([*predictor.classes, "NOT_A_CLASS"], 0.0), "one offset for each of"),
         (dict.fromkeys(predictor.classes, "high"), "could not convert"),
         (dict.fromkeys(predictor.classes, float("nan")), "finite"),
     ):
@@ -204,7 +206,7 @@ def test_class_bias_shifts_probabilities_as_the_card_says(predictor, cell_images
         return p.predict_one(cell_images["LYMPHOCYTE_3"])
 
     base = predictor.predict_one(cell_images["LYMPHOCYTE_3"])
-    delta = np.array([0.5, -0.25, 1.0, -1.25])
+    delta = np.resize([0.5, -0.25, 1.0, -1.25], len(predictor.classes))
     now = ood.card_class_bias(predictor.card)
     shifted = with_bias({c: float(now[i] + delta[i]) for i, c in enumerate(predictor.classes)})
     expect = np.array([base.probabilities[c] for c in predictor.classes]) * np.exp(delta)
@@ -232,7 +234,7 @@ def test_gradcam_png(predictor, cell_images):
     png2 = predictor.gradcam_png(cell_images["EOSINOPHIL_1"], class_name="NEUTROPHIL")
     assert png2[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
-        predictor.gradcam_png(cell_images["EOSINOPHIL_1"], class_name="BASOPHIL")
+        predictor.gradcam_png(cell_images["EOSINOPHIL_1"], class_name="NOT_A_CLASS")
     # By default it explains the class the predictor answers (views, colour opinion, calibration).
     for name in ("EOSINOPHIL_1", "MONOCYTE_2"):
         label = predictor.predict_one(cell_images[name]).label
