@@ -498,6 +498,7 @@ def figures(y: np.ndarray, probs: np.ndarray, flagged: np.ndarray, classes) -> d
     flagged), for rows whose true class is among ``classes``."""
     pred = probs.argmax(1)
     m = metrics_dict(y, pred, list(classes))
+    m["macro_f1"] = macro_f1_present(m)
     wrong = pred != y
     m |= {
         "flagged": float(flagged.mean()) if len(y) else None,
@@ -505,6 +506,13 @@ def figures(y: np.ndarray, probs: np.ndarray, flagged: np.ndarray, classes) -> d
         "accuracy_unflagged": float((~wrong[~flagged]).mean()) if (~flagged).any() else None,
     }
     return m
+
+
+def macro_f1_present(m: dict) -> float | None:
+    """Macro F1 over the classes the evaluated set has (BCCD has 4 of the 8): a class with no cell
+    in the set would add an F1 of 0 whatever the model does."""
+    f1 = [c["f1"] for c in m["per_class"].values() if c["support"]]
+    return float(np.mean(f1)) if f1 else None
 
 
 def evaluate(model_dir: Path, cache_dir: Path, which: list[str], log=print) -> dict:
