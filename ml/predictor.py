@@ -487,7 +487,10 @@ def _figures(metrics: dict | None) -> dict | None:
         "n_images": metrics.get("n_images"),
         "accuracy": metrics.get("accuracy"),
         "macro_f1": metrics.get("macro_f1"),
-        "recall": {c: m.get("recall") for c, m in (metrics.get("per_class") or {}).items()},
+        # classes the evaluated set has no cell of have no recall (BCCD has 4 of the 8)
+        "recall": {
+            c: m.get("recall") for c, m in (metrics.get("per_class") or {}).items() if m.get("support", 1)
+        },
     }
 
 

@@ -222,8 +222,10 @@ def test_model_page_from_the_navigation(live_server, user, password, browser, se
     page.wait_for_url("**/model/")
     expect(page.locator("#model-identity code")).to_have_text(card["version"])
     assert page.locator("#model-classes tbody tr").count() == len(card["classes"])
-    test_accuracy = card["test_metrics"]["accuracy"]
-    expect(page.locator("#model-accuracy")).to_contain_text(f"accuracy {test_accuracy:.3f}")
+    for source, name in (("bccd", "BCCD TEST"), ("pbc", "PBC test")):
+        accuracy = card["test_metrics"]["per_source"][source]["accuracy"]
+        expect(page.locator("#model-accuracy")).to_contain_text(f"{name}")
+        expect(page.locator("#model-accuracy")).to_contain_text(f"accuracy {accuracy:.3f}")
     tech.shot("09-model")
     assert tech.errors == []
     tech.close()

@@ -6,6 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from classifier.cells.classes import MODEL_CODES
 from classifier.models import CellClass, Classification, Status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ def test_upload_with_real_model_shows_class_and_heatmap(tech_client, settings):
     assert cell.status in (Status.CLASSIFIED, Status.UNIDENTIFIED), cell.status
     assert cell.predicted_label in CellClass.values
     assert cell.model_version and cell.model_version != "fake-0001"
-    assert sorted(cell.probabilities) == sorted(CellClass.values)
+    assert sorted(cell.probabilities) == sorted(MODEL_CODES)  # the shipped model's eight
     assert abs(sum(cell.probabilities.values()) - 1.0) < 1e-3
     html = response.content.decode()
     assert f'id="predicted-label">{cell.get_predicted_label_display()}</div>' in html
@@ -45,17 +46,30 @@ def test_model_page_with_the_shipped_model(tech_client, settings):
 
     settings.HEMATOVISION_PREDICTOR = "ml"
     card = json.loads((ROOT / "ml" / "artifacts" / "model_card.json").read_text())
-    test = card["test_metrics"]
+    test = card["test_metrics"]["per_source"]
     html = tech_client.get(reverse("model-info")).content.decode()
     assert f'<dd class="col-7"><code>{card["version"]}</code></dd>' in html
+    assert "trained on the stained smears of 2 labs (BCCD, PBC)" in html
+    header = html.split('id="model-classes">')[1].split("</thead>")[0]
+    assert "Recall, BCCD TEST" in header and "Recall, PBC test" in header
     mon = html.split("<td>Monocyte</td>")[1].split("</tr>")[0]
-    assert [c.split(">")[-1].strip() for c in mon.split("</td>")[:4]] == [
-        f"{card['validation_metrics']['calibrated_nested']['per_class']['MONOCYTE']['recall']:.3f}",
-        f"{test['per_class']['MONOCYTE']['recall']:.3f}",
-        f"{100 * card['data']['per_class']['MONOCYTE'] / card['data']['n_images']:.1f} %",
+    assert [c.split(">")[-1].strip() for c in mon.split("</td>")[:5]] == [
+        f"{card['validation_metrics']['calibrated']['per_class']['MONOCYTE']['recall']:.3f}",
+        f"{test['bccd']['per_class']['MONOCYTE']['recall']:.3f}",
+        f"{test['pbc']['per_class']['MONOCYTE']['recall']:.3f}",
+        f"{100 * card['data']['per_class']['MONOCYTE'] / sum(card['data']['per_class'].values()):.1f} %",
         f"{card['class_bias']['MONOCYTE']:.2f}",
     ]
-    flagged = 100 * test["unidentified_rate"]
-    figures = f"accuracy {test['accuracy']:.3f}, {flagged:.1f} % flagged unidentified."
-    assert f"Official TEST split ({test['n_images']} images): {figures}" in html
+    baso = html.split("<td>Basophil</td>")[1].split("</tr>")[0]
+    assert [c.split(">")[-1].strip() for c in baso.split("</td>")[1:3]] == [
+        "—",  # BCCD has no basophil
+        f"{test['pbc']['per_class']['BASOPHIL']['recall']:.3f}",
+    ]
+    for source, name in (("bccd", "BCCD TEST"), ("pbc", "PBC test")):
+        m = test[source]
+        figures = (
+            f"accuracy {m['accuracy']:.3f}, {100 * m['flagged']:.1f} % flagged unidentified, "
+            f"{100 * m['silent_error']:.1f} % wrong and not flagged."
+        )
+        assert f"{name} ({m['n_images']} images): {figures}" in html
     assert "calibrated for the class balance of the training images" in html

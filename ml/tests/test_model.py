@@ -23,7 +23,6 @@ def test_shape_probs_and_roundtrip(tmp_path):
 
 def test_shipped_card_class_order():
     from ml.predictor import DEFAULT_MODEL_PATH
-
     from ml.taxonomy import CLASSES
 
     card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
