@@ -12,7 +12,7 @@ MANAGE := $(BIN)/python manage.py
 help:
 	@echo "make run    - install, migrate and serve the portal on http://$(HOST):$(PORT)/"
 	@echo "make test   - install test tools and run the whole suite"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff and the import contracts (.importlinter: ml is plain Python, one bridge to it)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,7 @@ loadtest-hostile: setup-dev
 
 lint: setup-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) var/staticfiles .pytest_cache

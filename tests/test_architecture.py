@@ -1,0 +1,40 @@
+"""The layout's import contracts (.importlinter): ml is plain Python, and only the bridge imports it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_import_contracts_hold():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 2 kept, 0 broken." in result.stdout
+
+
+def test_a_broken_contract_is_reported(tmp_path):
+    """The checker fails when a web module imports ml directly (the contract is not vacuous)."""
+    config = (REPO / ".importlinter").read_text().replace("    classifier.inference -> ml.*\n", "")
+    (tmp_path / "contracts.ini").write_text(config)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lint-imports"),
+            "--no-cache",
+            "--config",
+            str(tmp_path / "contracts.ini"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "the web app reaches ml only through classifier.inference BROKEN" in result.stdout
+    assert "classifier.inference -> ml." in result.stdout
