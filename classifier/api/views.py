@@ -574,36 +574,107 @@ def conditional(request, response: Response, body: str, last_modified) -> Respon
     return response
 
 
+# The shipped eight-class, two-lab bundle's summary (ml/artifacts/model_card.json), rounded.
 MODEL_EXAMPLE = {
     "name": "hematovision_wbc",
-    "version": "c4b786827a603412",
-    "classes": list(_SHIPPED_CLASSES),
+    "version": "b9ece2d3226d2dda",
+    "classes": [
+        "NEUTROPHIL",
+        "EOSINOPHIL",
+        "BASOPHIL",
+        "LYMPHOCYTE",
+        "MONOCYTE",
+        "IG",
+        "ERYTHROBLAST",
+        "PLATELET"
+    ],
     "backbone": "efficientnet_lite0",
-    "input_size": 192,
+    "input_size": 112,
     "tta_views": 4,
-    "trained_at": "2026-11-26T05:23:35+0000",
+    "trained_at": "2026-12-04T16:24:40+0000",
+    "training_sources": [
+        "bccd",
+        "pbc"
+    ],
     "calibration": {
         "method": "softmax(log p / temperature + class_bias)",
-        "temperature": 0.886,
-        "class_bias": _per_class(0.103, -0.362, 1.133, -0.873),
-        "training_class_fractions": _per_class(0.251, 0.249, 0.249, 0.251),
+        "temperature": 0.641,
+        "class_bias": {
+            "NEUTROPHIL": 0.1,
+            "EOSINOPHIL": 0.761,
+            "BASOPHIL": -0.731,
+            "LYMPHOCYTE": -0.704,
+            "MONOCYTE": 0.787,
+            "IG": -0.066,
+            "ERYTHROBLAST": 0.108,
+            "PLATELET": -0.255
+        },
+        "training_class_fractions": {
+            "NEUTROPHIL": 0.217,
+            "EOSINOPHIL": 0.21,
+            "BASOPHIL": 0.042,
+            "LYMPHOCYTE": 0.144,
+            "MONOCYTE": 0.152,
+            "IG": 0.101,
+            "ERYTHROBLAST": 0.054,
+            "PLATELET": 0.081
+        }
     },
-    "thresholds": {"ood_distance": 4.94, "min_confidence": 0.477},
+    "thresholds": {
+        "ood_distance": 3.058,
+        "min_confidence": 0.509
+    },
     "validation": {
-        "n_images": 9957,
-        "accuracy": 0.905,
-        "macro_f1": 0.905,
-        "recall": _per_class(0.887, 0.959, 0.856, 0.92),
-        "estimate": "calibrated_nested",
-        "flagged_rate": 0.03,
+        "n_images": 2914,
+        "accuracy": 0.939,
+        "macro_f1": 0.955,
+        "recall": {
+            "NEUTROPHIL": 0.899,
+            "EOSINOPHIL": 0.894,
+            "BASOPHIL": 0.99,
+            "LYMPHOCYTE": 0.975,
+            "MONOCYTE": 0.972,
+            "IG": 0.935,
+            "ERYTHROBLAST": 0.976,
+            "PLATELET": 1.0
+        },
+        "estimate": "calibrated",
+        "flagged_rate": 0.03
     },
     "test": {
-        "n_images": 2487,
-        "accuracy": 0.891,
-        "macro_f1": 0.893,
-        "recall": _per_class(0.873, 1.0, 0.75, 0.939),
-        "unidentified_rate": 0.025,
-    },
+        "per_source": {
+            "bccd": {
+                "n_images": 2487,
+                "accuracy": 0.857,
+                "macro_f1": 0.859,
+                "recall": {
+                    "NEUTROPHIL": 0.859,
+                    "EOSINOPHIL": 0.872,
+                    "LYMPHOCYTE": 0.995,
+                    "MONOCYTE": 0.702
+                },
+                "flagged_rate": 0.084,
+                "silent_error_rate": 0.112
+            },
+            "pbc": {
+                "n_images": 3405,
+                "accuracy": 0.974,
+                "macro_f1": 0.97,
+                "recall": {
+                    "NEUTROPHIL": 0.963,
+                    "EOSINOPHIL": 0.99,
+                    "BASOPHIL": 0.988,
+                    "LYMPHOCYTE": 0.965,
+                    "MONOCYTE": 0.992,
+                    "IG": 0.967,
+                    "ERYTHROBLAST": 0.929,
+                    "PLATELET": 0.992
+                },
+                "flagged_rate": 0.027,
+                "silent_error_rate": 0.019
+            }
+        }
+    }
 }
 
 
@@ -619,8 +690,9 @@ class ModelUnavailable(APIException):
     description="Identity (`version` is the one every result's `model_version` carries), classes in "
     "output order, calibration (probabilities are softmax(log p / temperature + class_bias), fitted "
     'for the class balance in `training_class_fractions`), the "unidentified" thresholds, and its '
-    "figures: `validation` (out of fold on the training data; `estimate` says which) and `test` "
-    "(the official TEST split). Keys a model's card lacks are null.",
+    "figures: `validation` (held-out training images; `estimate` says which) and `test` (held-out "
+    "test splits: per source, with the flagged and silent-error rates, for a model trained on several "
+    "labs; `training_sources` names them). Keys a model's card lacks are null.",
     responses={
         200: OpenApiResponse(OpenApiTypes.OBJECT, examples=[OpenApiExample("model", value=MODEL_EXAMPLE)]),
         401: UNAUTHORIZED,

@@ -636,6 +636,7 @@ def test_model_endpoint_describes_the_serving_model(tech_api):
         "input_size": None,
         "tta_views": None,
         "trained_at": None,
+        "training_sources": None,
         "calibration": {
             "method": "softmax(log p / temperature + class_bias)",
             "temperature": None,
