@@ -494,7 +494,7 @@ def wait_for(predicate, timeout=20.0):
     raise AssertionError("timed out")
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # keeps the role groups for later tests
 def test_end_to_end_with_a_simulated_lis(tmp_path, settings, interface, user, signer):
     settings.HEMATOVISION_HL7_RETRY_SECONDS = 0  # retry at once: the test drives the passes
     settings.HEMATOVISION_HL7_ACK_TIMEOUT_SECONDS = 3

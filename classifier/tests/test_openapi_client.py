@@ -28,7 +28,7 @@ content_type_overrides:
 """
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # keeps the role groups for later tests
 def test_generated_client_gets_a_token_uploads_and_reads_results(live_server, tmp_path, password):
     from rest_framework.test import APIClient
 
