@@ -377,21 +377,35 @@ def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
         "phase1_head": {k: [float(x) for x in v] for k, v in h1.history.items()},
         "phase2_finetune": {k: [float(x) for x in v] for k, v in h2.history.items()},
     }
-    return finish(served, classes, crops, meta, cinfo, train, val, cfg, out, history, train_seconds, log)
+    return finish(
+        served,
+        classes,
+        crops=crops,
+        meta=meta,
+        cinfo=cinfo,
+        train=train,
+        val=val,
+        cfg=cfg,
+        out=out,
+        history=history,
+        train_seconds=train_seconds,
+        log=log,
+    )
 
 
 def finish(
     model,
-    classes,
-    crops,
-    meta,
-    cinfo,
-    train,
-    val,
+    classes: list[str],
+    *,
+    crops: np.ndarray,
+    meta: dict,
+    cinfo: dict,
+    train: np.ndarray,
+    val: np.ndarray,
     cfg: FitConfig,
     out: Path,
-    history,
-    train_seconds,
+    history: dict,
+    train_seconds: float,
     log=print,
 ) -> dict:
     """Calibration and flags on validation (every training source), OOD statistics, the bundle."""

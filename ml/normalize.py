@@ -178,6 +178,15 @@ def crop_window(
     return x0, y0, x0 + side, y0 + side
 
 
+def _window(rgb: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The pixels of ``window`` (x0, y0, x1, y1), edge-replicated where it reaches past the image."""
+    x0, y0, x1, y1 = window
+    h, w = rgb.shape[:2]
+    pad = max(0, -x0, -y0, x1 - w, y1 - h)
+    src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
+    return src[y0 + pad : y1 + pad, x0 + pad : x1 + pad]
+
+
 def canonical_crop(
     rgb: np.ndarray,
     frame: Frame,
@@ -192,11 +201,7 @@ def canonical_crop(
     rgb = np.ascontiguousarray(np.asarray(rgb)[..., :3])
     if box is None and frame.boxes:
         box = frame.boxes[0]
-    x0, y0, x1, y1 = crop_window(frame, box, rgb.shape, field_rbc)
-    h, w = rgb.shape[:2]
-    pad = max(0, -x0, -y0, x1 - w, y1 - h)
-    src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
-    crop = src[y0 + pad : y1 + pad, x0 + pad : x1 + pad]
+    crop = _window(rgb, crop_window(frame, box, rgb.shape, field_rbc))
     if crop.shape[0] != out_size:
         crop = np.asarray(Image.fromarray(crop).resize((out_size, out_size), Image.BILINEAR))
     return crop
@@ -212,11 +217,7 @@ def cell_windows(rgb: np.ndarray, max_cells: int = 10, field_rbc: float = FALLBA
     """
     rgb = np.ascontiguousarray(np.asarray(rgb)[..., :3])
     frame = analyse(rgb, max_cells=max_cells)
-    out = []
-    h, w = rgb.shape[:2]
-    for box in frame.boxes:
-        x0, y0, x1, y1 = crop_window(frame, box, rgb.shape, field_rbc)
-        pad = max(0, -x0, -y0, x1 - w, y1 - h)
-        src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
-        out.append((box, np.ascontiguousarray(src[y0 + pad : y1 + pad, x0 + pad : x1 + pad])))
-    return out
+    return [
+        (box, np.ascontiguousarray(_window(rgb, crop_window(frame, box, rgb.shape, field_rbc))))
+        for box in frame.boxes
+    ]
