@@ -25,6 +25,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from ml.data import group_near_duplicates, group_split
 from ml.taxonomy import CLASSES
 from ml.train import fit_calibration, metrics_dict
 
-CACHE_SIZE = 128  # cached crop side (px)
+CACHE_SIZE = 200  # cached crop side (px): the canonical field at 160 px (see ``--size``)
 CACHE_MARGIN = 1.25  # cached crops span this many canonical fields (room for scale augmentation)
 # Radial profiles this similar are one field's copies. On BCCD TRAIN: 0.99 -> 310 groups, the largest
 # 1,646 images (distinct fields merged); 0.995 -> 651 groups, largest 879; 0.998 -> 1,230 (copies split).
@@ -48,7 +49,7 @@ class FitConfig:
     """Every knob of ``fit``; recorded in the card."""
 
     sources: tuple[str, ...] = ("bccd", "pbc")
-    input_size: int = 112  # network input (px); the canonical field is resampled to it
+    input_size: int = 160  # network input (px); the canonical field is resampled to it
     field_rbc: float = normalize.FIELD_RBC  # canonical crop side, red-cell diameters
     epochs: int = 6  # whole-network epochs (BatchNorm frozen), after one head-only epoch
     lr: float = 3e-4  # peak AdamW rate (cosine decay, one epoch of warm-up)
@@ -69,7 +70,7 @@ class FitConfig:
 # --------------------------------------------------------------------------- cache
 
 
-def _crop_one(path: str):
+def _crop_one(path: str, size: int = CACHE_SIZE):
     from PIL import Image
 
     try:
@@ -78,9 +79,7 @@ def _crop_one(path: str):
     except OSError:
         return None
     frame = normalize.analyse(rgb)
-    crop = normalize.canonical_crop(
-        rgb, frame, out_size=CACHE_SIZE, field_rbc=normalize.FIELD_RBC * CACHE_MARGIN
-    )
+    crop = normalize.canonical_crop(rgb, frame, out_size=size, field_rbc=normalize.FIELD_RBC * CACHE_MARGIN)
     return crop, frame.rbc_diameter, frame.scale_source == "red_cells", bool(frame.boxes)
 
 
@@ -100,9 +99,12 @@ def bccd_groups(crops: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return group_near_duplicates(radial_profile(crops), labels, threshold=GROUP_SIMILARITY)
 
 
-def cache(spec: dict, out: Path, workers: int = 2, limit: int | None = None, log=print) -> dict:
-    """Canonical crops (CACHE_SIZE px, CACHE_MARGIN fields) of every image; ``limit``: at most that
-    many images per source, split and class (tests, quick looks)."""
+def cache(
+    spec: dict, out: Path, workers: int = 2, limit: int | None = None, size: int = CACHE_SIZE, log=print
+) -> dict:
+    """Canonical crops (``size`` px, CACHE_MARGIN fields) of every image; ``limit``: at most that
+    many images per source, split and class (tests, quick looks). Train no larger than
+    ``size / CACHE_MARGIN`` px, or the network reads upsampled pixels."""
     items = sources.load(spec)
     if limit:
         from collections import Counter
@@ -116,7 +118,7 @@ def cache(spec: dict, out: Path, workers: int = 2, limit: int | None = None, log
         items = kept
     t0 = time.time()
     with Pool(workers) as pool:
-        res = pool.map(_crop_one, [it.path for it in items], chunksize=64)
+        res = pool.map(partial(_crop_one, size=size), [it.path for it in items], chunksize=64)
     keep = [i for i, r in enumerate(res) if r is not None]
     unreadable = [items[i].path for i, r in enumerate(res) if r is None]
     items = [items[i] for i in keep]
@@ -143,6 +145,8 @@ def cache(spec: dict, out: Path, workers: int = 2, limit: int | None = None, log
         "fingerprint": sources.fingerprint(items),
         "spec": spec,
         "seconds": round(time.time() - t0, 1),
+        "crop_size": size,
+        "field_px": int(round(size / CACHE_MARGIN)),
         "per_source": {
             s: {sp: int(((src == s) & (split == sp)).sum()) for sp in ("train", "test")}
             for s in np.unique(src).tolist()
@@ -334,6 +338,9 @@ def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
 
     t0 = time.time()
     crops, meta, cinfo = load_cache(cache_dir)
+    field_px = cinfo.get("field_px", 102)
+    if cfg.input_size > field_px:
+        log(f"warning: input {cfg.input_size} px > the cache's field ({field_px} px): upsampled pixels")
     crops = np.asarray(crops)  # into memory
     meta["groups"] = split_groups(crops, meta)
     mine = np.isin(meta["source"], list(cfg.sources)) & (meta["split"] == "train")
@@ -608,6 +615,7 @@ def main(argv=None) -> int:
     c.add_argument("--pbc", nargs=2, default=None, metavar=("IMAGES", "SPLIT_CSV"))
     c.add_argument("--out", required=True)
     c.add_argument("--limit", type=int, default=None, help="at most N images per source, split and class")
+    c.add_argument("--size", type=int, default=CACHE_SIZE, help="cached crop side (px)")
     f = sub.add_parser("fit", help="fine-tune, calibrate and bundle")
     f.add_argument("--cache", required=True)
     f.add_argument("--out", required=True)
@@ -630,7 +638,7 @@ def main(argv=None) -> int:
     if a.cmd == "cache":
         if not (a.bccd or a.pbc):
             ap.error("name at least one source (--bccd, --pbc)")
-        cache({"bccd": a.bccd, "pbc": a.pbc}, Path(a.out), limit=a.limit)
+        cache({"bccd": a.bccd, "pbc": a.pbc}, Path(a.out), limit=a.limit, size=a.size)
     elif a.cmd == "fit":
         cfg = FitConfig(
             sources=tuple(a.sources.split(",")),
