@@ -5,7 +5,7 @@ labels fewer types than ``ml.taxonomy.CLASSES`` (BCCD: four) simply has no image
 
 * ``bccd``: ``TRAIN/<CLASS>/*`` for training, the official ``TEST/<CLASS>/*`` held out
   (``../shared/datasets/bccd-wbc``; TRAIN holds augmented copies of ~300 fields, so validation
-  must be split by source field, see ``ml.multilab.bccd_groups``).
+  must be split by source field, see ``ml.cropcache.bccd_groups``).
 * ``pbc``: ``<class>/*.jpg`` with ``split.csv`` (``class,file,sha256,split``) fixing train / test /
   exclude (``../shared/datasets/pbc``; images fetched separately, see its README).
 """

@@ -106,7 +106,7 @@ def test_bccd_source_reads_train_and_official_test():
 
 
 def test_radial_profile_groups_rotated_copies():
-    from ml.multilab import bccd_groups
+    from ml.cropcache import bccd_groups
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -121,13 +121,14 @@ def test_radial_profile_groups_rotated_copies():
 
 def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
     """Tiny BCCD run: cache, fit (1 epoch at 48 px), calibrate, bundle, serve through the predictor."""
-    from ml import multilab
+    from ml import cropcache, multieval, multifit
     from ml.predictor import load_predictor
 
-    info = multilab.cache({"bccd": str(BCCD)}, tmp_path / "cache", limit=6)
+    info = cropcache.cache({"bccd": str(BCCD)}, tmp_path / "cache", limit=6, size=64)
     assert info["per_source"] == {"bccd": {"train": 24, "test": 24}}
-    cfg = multilab.FitConfig(sources=("bccd",), input_size=48, epochs=1, batch=16, tta_views=1)
-    card = multilab.fit(tmp_path / "cache", tmp_path / "model", cfg, log=lambda *_: None)
+    assert info["crop_size"] == 64 and info["field_px"] == 51
+    cfg = multifit.FitConfig(sources=("bccd",), input_size=48, epochs=1, batch=16, tta_views=1)
+    card = multifit.fit(tmp_path / "cache", tmp_path / "model", cfg, log=lambda *_: None)
     assert card["classes"] == ["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE"]  # ml.taxonomy order
     assert card["crop"]["method"] == "rbc_scale"
     on_disk = json.loads((tmp_path / "model" / "model_card.json").read_text())
@@ -139,7 +140,7 @@ def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
     assert p.model_version == card["version"]
     assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert p.cell_box is not None
-    res = multilab.evaluate(tmp_path / "model", tmp_path / "cache", ["bccd"], log=lambda *_: None)
+    res = multieval.evaluate(tmp_path / "model", tmp_path / "cache", ["bccd"], log=lambda *_: None)
     f = res["sources"]["bccd"]
     assert f["n_images"] == 24
     assert 0.0 <= f["silent_error"] <= 1 - f["accuracy"] + 1e-9
