@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from rest_framework.authtoken.models import TokenProxy
 
-from .models import User
+from accounts.models import User
 
 # DRF's token admin shows every user's API key in clear text: anyone with "view token" could act as
 # a reviewer and the audit trail would name the reviewer. Tokens are managed on each user's profile.

@@ -7,4 +7,4 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts and roles"
 
     def ready(self):
-        from . import signals  # noqa: F401  (connects the receivers)
+        from accounts import signals  # noqa: F401  (connects the receivers)

@@ -2,7 +2,7 @@
 
 from django.contrib.auth.models import AbstractUser
 
-from .roles import REVIEWER, TECHNOLOGIST
+from accounts.roles import REVIEWER, TECHNOLOGIST
 
 
 class User(AbstractUser):

@@ -3,7 +3,7 @@
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
-from .models import User
+from accounts.models import User
 
 
 @transaction.atomic

@@ -8,7 +8,7 @@ or a leaked token would outlive the very step a lab takes to shut an intruder ou
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
-from .models import User
+from accounts.models import User
 
 
 @receiver(pre_save, sender=User)

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import views
+from accounts import views
 
 urlpatterns = [
     path("profile/", views.ProfileView.as_view(), name="profile"),

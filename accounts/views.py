@@ -11,7 +11,7 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 from django.views.generic import TemplateView
 
-from . import services
+from accounts import services
 
 
 class ProfileView(TemplateView):

@@ -6,8 +6,10 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
 
-from . import services
-from .models import Classification, ReviewEvent, Specimen
+from classifier.cells import review as cell_review
+from classifier.interop import outbox
+from classifier.models import Classification, Order, OutboundMessage, ReportVersion, ReviewEvent, Specimen
+from classifier.specimens import signoff
 
 
 def _thumbnail(cell: Classification, size: int = 64):
@@ -92,7 +94,7 @@ class ClassificationAdmin(admin.ModelAdmin):
     def confirm_selected(self, request, queryset):
         _run_bulk(
             self, request, queryset,
-            lambda cell: services.classification_confirm(classification=cell, reviewer=request.user),
+            lambda cell: cell_review.classification_confirm(classification=cell, reviewer=request.user),
             "result(s) confirmed",
         )
 
@@ -139,7 +141,7 @@ class SpecimenAdmin(admin.ModelAdmin):
     def sign_selected(self, request, queryset):
         _run_bulk(
             self, request, queryset,
-            lambda specimen: services.specimen_sign(specimen=specimen, reviewer=request.user),
+            lambda specimen: signoff.specimen_sign(specimen=specimen, reviewer=request.user),
             "specimen(s) signed",
         )
 
@@ -165,7 +167,6 @@ class ReviewEventAdmin(admin.ModelAdmin):
 
 # ---- LIS interface (issue 19): orders, released report versions, the HL7 message log ----
 
-from .models import Order, OutboundMessage, ReportVersion  # noqa: E402
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -216,5 +217,5 @@ class OutboundMessageAdmin(_ReadOnly):
     @admin.action(description="Send the selected messages again now")
     def resend(self, request, queryset):
         _run_bulk(
-            self, request, queryset, lambda m: services.message_resend(message=m, user=request.user), "queued"
+            self, request, queryset, lambda m: outbox.message_resend(message=m, user=request.user), "queued"
         )

@@ -5,19 +5,20 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import redirect, render
 
-from . import selectors, services
-from .cells import classes
-from .lookups import specimen_or_404
-from .permissions import can_review
+from classifier.cells import classes
+from classifier.lookups import specimen_or_404
+from classifier.permissions import can_review
+from classifier.specimens import amend
+from classifier.specimens import selectors as specimen_selectors
 
 
 @login_required
 def specimen_amend_view(request, accession):
-    """GET: every cell with its class and the reason box; POST: ``services.specimen_amend``."""
+    """GET: every cell with its class and the reason box; POST: ``amend.specimen_amend``."""
     specimen = specimen_or_404(request, accession)
     if not can_review(request.user):
         raise PermissionDenied("Only reviewers may amend a signed specimen.")
-    cells = list(selectors.specimen_cells(specimen=specimen))
+    cells = list(specimen_selectors.specimen_cells(specimen=specimen))
     if request.method == "POST":
         labels = {}
         for cell in cells:
@@ -25,7 +26,7 @@ def specimen_amend_view(request, accession):
             if chosen and chosen != cell.label:
                 labels[cell.pk] = chosen
         try:
-            version = services.specimen_amend(
+            version = amend.specimen_amend(
                 specimen=specimen, reviewer=request.user, reason=request.POST.get("reason", ""), labels=labels
             )
         except ValidationError as exc:
@@ -45,6 +46,6 @@ def specimen_amend_view(request, accession):
             "specimen": specimen,
             "cells": cells,
             "choices": classes.CHOICES,
-            "versions": selectors.specimen_versions(specimen=specimen),
+            "versions": specimen_selectors.specimen_versions(specimen=specimen),
         },
     )

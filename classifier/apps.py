@@ -9,11 +9,9 @@ class ClassifierConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_save
 
-        from . import (
-            inference,  # noqa: F401  (connects setting_changed; loads no model)
-            services,
-        )
-        from .models import Specimen
+        from classifier import inference  # noqa: F401  (connects setting_changed; loads no model)
+        from classifier.models import Specimen
+        from classifier.specimens import amend
 
         # A signed specimen releases report version 1 (HL7/FHIR kept, queued to the LIS): issue 19.
-        post_save.connect(services.release_on_sign, sender=Specimen, dispatch_uid="release_on_sign")
+        post_save.connect(amend.release_on_sign, sender=Specimen, dispatch_uid="release_on_sign")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .cells.classes import FIRST_MODEL_CODES, MODEL_CODES
+from classifier.cells.classes import FIRST_MODEL_CODES, MODEL_CODES
 
 CLASSES = list(FIRST_MODEL_CODES)
 # Which class a colour means, where the predictor has that class.
@@ -98,7 +98,7 @@ class FakePredictor:
 
     def field_cells(self, rgb, max_cells: int = 10):
         """The real lab-independent locator: the field path is tested on real pixels."""
-        from .inference import locate_cell_windows
+        from classifier.inference import locate_cell_windows
 
         return locate_cell_windows(rgb, max_cells=max_cells)
 

@@ -4,7 +4,7 @@ import django_filters
 from django import forms
 from django.db.models import Q
 
-from .models import CellClass, Classification, ReviewState, Status
+from classifier.models import CellClass, Classification, ReviewState, Status
 
 
 class ClassificationFilter(django_filters.FilterSet):

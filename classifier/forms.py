@@ -2,7 +2,7 @@
 
 from django import forms
 
-from .models import CellClass, accession_validator
+from classifier.models import CellClass, accession_validator
 
 
 class MultipleFileInput(forms.ClearableFileInput):

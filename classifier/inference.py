@@ -26,8 +26,8 @@ _lock = threading.Lock()
 @functools.lru_cache(maxsize=1)
 def _build(kind: str, model_path: str | None, backend: str):
     if kind in ("fake", "fake8"):  # the first (four-class) model's stand-in, or the eight-class one's
-        from .cells.classes import MODEL_CODES
-        from .fake_predictor import FakePredictor
+        from classifier.cells.classes import MODEL_CODES
+        from classifier.fake_predictor import FakePredictor
 
         return FakePredictor(classes=MODEL_CODES) if kind == "fake8" else FakePredictor()
     if kind != "ml":

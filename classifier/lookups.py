@@ -2,19 +2,20 @@
 
 from django.http import Http404
 
-from . import jobs, selectors
-from .models import BatchJob, Specimen
+from classifier.jobs import selectors as job_selectors
+from classifier.models import BatchJob, Specimen
+from classifier.specimens import selectors as specimen_selectors
 
 
 def specimen_or_404(request, accession) -> Specimen:
     try:
-        return selectors.specimen_get(user=request.user, accession=accession)
+        return specimen_selectors.specimen_get(user=request.user, accession=accession)
     except Specimen.DoesNotExist:
         raise Http404("No such specimen.") from None
 
 
 def job_or_404(request, pk) -> BatchJob:
     try:
-        return jobs.job_get(user=request.user, pk=pk)
+        return job_selectors.job_get(user=request.user, pk=pk)
     except BatchJob.DoesNotExist:
         raise Http404("No such job.") from None

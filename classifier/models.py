@@ -8,7 +8,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models.functions import Upper
 
-from .cells import classes
+from classifier.cells import classes
 
 # Every class a cell can be given (the model's and the reviewer-only ones), read from the table.
 CellClass = models.TextChoices("CellClass", [(c.code, (c.code, c.name)) for c in classes.TABLE])

@@ -20,19 +20,12 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
-from reportlab.platypus import (
-    Image,
-    KeepTogether,
-    Paragraph,
-    SimpleDocTemplate,
-    Spacer,
-    Table,
-    TableStyle,
-)
+from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from . import csvsafe, selectors
-from .cells import classes
-from .models import Classification, ReviewState, Specimen
+from classifier import csvsafe
+from classifier.cells import classes
+from classifier.models import Classification, ReviewState, Specimen
+from classifier.specimens import selectors as specimen_selectors
 
 GALLERY_COLUMNS = 8
 GALLERY_LIMIT_PER_CLASS = 64
@@ -153,7 +146,7 @@ def _total(differential) -> str:
 
 def specimen_report_pdf(*, specimen: Specimen) -> bytes:
     """The specimen's report as PDF bytes (the caller has checked the user may see it)."""
-    differential = selectors.specimen_differential(specimen=specimen)
+    differential = specimen_selectors.specimen_differential(specimen=specimen)
     cells = _cells(specimen)
     lab = settings.HEMATOVISION_LAB_NAME
     styles = getSampleStyleSheet()
@@ -279,9 +272,9 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
 
     groups: dict[str, list[Classification]] = defaultdict(list)
     for cell in cells:
-        groups[selectors.cell_group(cell)].append(cell)
-    order = selectors.gallery_order(groups)  # as the portal's gallery: unidentified first
-    names = selectors.GROUP_NAMES
+        groups[specimen_selectors.cell_group(cell)].append(cell)
+    order = specimen_selectors.gallery_order(groups)  # as the portal's gallery: unidentified first
+    names = specimen_selectors.GROUP_NAMES
     if cells:
         story += [Spacer(1, 4 * mm), Paragraph("Cell gallery", styles["Heading2"])]
     for key in order:
@@ -386,7 +379,7 @@ def specimen_report_csv(*, specimen: Specimen) -> str:
 
 def specimens_in_range(*, user, start: date | None, end: date | None) -> QuerySet[Specimen]:
     """The specimens the user may see, received between ``start`` and ``end`` (inclusive, local dates)."""
-    qs = selectors.specimen_list(user=user)
+    qs = specimen_selectors.specimen_list(user=user)
     if start:
         qs = qs.filter(created_at__date__gte=start)
     if end:
@@ -411,7 +404,7 @@ def specimens_csv(*, specimens) -> str:
     header += ["unidentified", "pending", "unreviewed", "signed_by", "signed_at"]
     writer.writerow(header)
     for specimen in specimens.prefetch_related("cells"):
-        d = selectors.specimen_differential(specimen=specimen)
+        d = specimen_selectors.specimen_differential(specimen=specimen)
         rows = {row.label: row for row in (*d.classes, *d.per_100_white_cells, *d.not_counted)}
         line = [specimen.accession, local_iso(specimen.created_at), d.total_cells, d.counted_cells]
         for cell in classes.TABLE:

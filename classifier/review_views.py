@@ -18,11 +18,13 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 from PIL import Image
 
-from . import selectors, services
-from .cells import classes, references
-from .lookups import specimen_or_404
-from .models import Classification
-from .permissions import can_review
+from classifier.cells import classes, references
+from classifier.cells import selectors as cell_selectors
+from classifier.lookups import specimen_or_404
+from classifier.models import Classification
+from classifier.permissions import can_review
+from classifier.specimens import selectors as specimen_selectors
+from classifier.specimens import signoff
 
 THUMB_PX = 192
 # The stored box is the located nucleus; a white cell is about 1.5-1.8 times its nucleus across, so a
@@ -39,11 +41,11 @@ def _require_reviewer(request) -> None:
 def worklist_view(request):
     """Specimens awaiting review, oldest first, with counts, flags and progress."""
     _require_reviewer(request)
-    specimens = list(selectors.specimen_worklist(user=request.user)[:200])
+    specimens = list(specimen_selectors.specimen_worklist(user=request.user)[:200])
     for specimen in specimens:
         specimen.n_reviewed = specimen.n_cells - specimen.n_unreviewed
         specimen.progress = round(100 * specimen.n_reviewed / specimen.n_cells)
-    loose = selectors.review_queue(user=request.user).filter(specimen__isnull=True).count()
+    loose = cell_selectors.review_queue(user=request.user).filter(specimen__isnull=True).count()
     return render(
         request,
         "classifier/review/worklist.html",
@@ -55,7 +57,7 @@ def _cell_json(cell: Classification, accession: str) -> dict:
     top = cell.probabilities_sorted()[:3]
     return {
         "id": cell.pk,
-        "group": selectors.cell_group(cell),
+        "group": specimen_selectors.cell_group(cell),
         "label": cell.label,
         "label_name": classes.display_name(cell.label) if cell.label else "",
         "predicted": cell.predicted_label,
@@ -92,7 +94,7 @@ def _differential_json(d) -> dict:
 def _state(specimen, cells=None) -> dict:
     """What the review page redraws after a change: the changed cells, the differential (as data and
     as the same HTML the page was drawn with) and the progress."""
-    differential = selectors.specimen_differential(specimen=specimen)
+    differential = specimen_selectors.specimen_differential(specimen=specimen)
     return {
         "cells": [_cell_json(c, specimen.accession) for c in (cells or [])],
         "differential": _differential_json(differential),
@@ -108,9 +110,11 @@ class _Gallery:
     """The review page's context."""
 
     def __init__(self, request, specimen):
-        self.sections = selectors.specimen_gallery(specimen=specimen, all_sections=True)
-        self.differential = selectors.specimen_differential(specimen=specimen)
-        self.previous, self.next = selectors.specimen_neighbours(user=request.user, specimen=specimen)
+        self.sections = specimen_selectors.specimen_gallery(specimen=specimen, all_sections=True)
+        self.differential = specimen_selectors.specimen_differential(specimen=specimen)
+        self.previous, self.next = specimen_selectors.specimen_neighbours(
+            user=request.user, specimen=specimen
+        )
 
 
 def specimen_review_view(request, accession):
@@ -146,7 +150,7 @@ def specimen_review_state_view(request, accession):
     """Every cell of the specimen and its differential, as JSON (the page re-reads it after a conflict)."""
     _require_reviewer(request)
     specimen = specimen_or_404(request, accession)
-    return JsonResponse(_state(specimen, list(selectors.specimen_cells(specimen=specimen))))
+    return JsonResponse(_state(specimen, list(specimen_selectors.specimen_cells(specimen=specimen))))
 
 
 @require_POST
@@ -171,7 +175,7 @@ def specimen_review_cells_view(request, accession):
             status=400,
         )
     try:
-        cells = services.specimen_review(specimen=specimen, reviewer=request.user, seen=seen, label=label)
+        cells = signoff.specimen_review(specimen=specimen, reviewer=request.user, seen=seen, label=label)
     except ValidationError as exc:
         status = 409 if exc.code == "changed" else 400
         return JsonResponse({"error": " ".join(exc.messages), "code": exc.code}, status=status)
@@ -181,7 +185,7 @@ def specimen_review_cells_view(request, accession):
 def specimen_cell_thumb_view(request, accession, pk):
     """The located cell (around its nucleus box), with a little context, scaled to THUMB_PX (JPEG)."""
     try:
-        cell = selectors.classification_get(user=request.user, pk=pk)
+        cell = cell_selectors.classification_get(user=request.user, pk=pk)
     except Classification.DoesNotExist:
         raise Http404("No such cell.") from None
     if cell.specimen is None or cell.specimen.accession.upper() != accession.strip().upper():
@@ -223,7 +227,7 @@ def specimen_sign_view(request, accession):
     _require_reviewer(request)
     if request.method == "POST":
         try:
-            services.specimen_sign(
+            signoff.specimen_sign(
                 specimen=specimen,
                 reviewer=request.user,
                 comment=request.POST.get("comment", ""),
@@ -239,15 +243,15 @@ def specimen_sign_view(request, accession):
     if specimen.is_signed:
         messages.info(request, f"Specimen {specimen.accession} is already signed.")
         return redirect("specimen-detail", accession=specimen.accession)
-    cells = list(selectors.specimen_cells(specimen=specimen))
-    differential = selectors.specimen_differential(specimen=specimen)
+    cells = list(specimen_selectors.specimen_cells(specimen=specimen))
+    differential = specimen_selectors.specimen_differential(specimen=specimen)
     return render(
         request,
         "classifier/review/sign_confirm.html",
         {
             "specimen": specimen,
             "differential": differential,
-            "seen": selectors.specimen_review_version(cells),
+            "seen": specimen_selectors.specimen_review_version(cells),
             "reviewed_by": sorted(
                 {c.reviewed_by.get_full_name() or c.reviewed_by.get_username()
                  for c in cells if c.reviewed_by}

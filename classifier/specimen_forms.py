@@ -3,9 +3,9 @@
 from django import forms
 from django.conf import settings
 
-from . import jobs
-from .models import BatchJob, accession_validator
-from .validation import ImageRejected, human_size
+from classifier.jobs import batch_files
+from classifier.models import BatchJob, accession_validator
+from classifier.validation import ImageRejected, human_size
 
 
 class _MultipleFileInput(forms.ClearableFileInput):
@@ -53,8 +53,9 @@ class BatchUploadForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         image_limit = human_size(settings.HEMATOVISION_MAX_UPLOAD_BYTES)
-        self.fields["images"].help_text += f" Up to {jobs.max_files()} files, each at most {image_limit}."
-        self.fields["archive"].help_text += f" At most {human_size(jobs.max_archive_bytes())}."
+        max_files = batch_files.max_files()
+        self.fields["images"].help_text += f" Up to {max_files} files, each at most {image_limit}."
+        self.fields["archive"].help_text += f" At most {human_size(batch_files.max_archive_bytes())}."
 
     def clean_accession(self):
         return self.cleaned_data["accession"].strip()
@@ -63,7 +64,7 @@ class BatchUploadForm(forms.Form):
         archive = self.cleaned_data["archive"]
         if archive:
             try:
-                jobs.check_archive_size(archive)  # the job's own rule, shown next to the field
+                batch_files.check_archive_size(archive)  # the job's own rule, shown next to the field
             except ImageRejected as exc:
                 raise forms.ValidationError(exc.message, code=exc.code) from None
         return archive

@@ -2,8 +2,8 @@
 
 from django.urls import path
 
-from . import amend_views, review_views
-from . import specimen_views as views
+from classifier import amend_views, review_views
+from classifier import specimen_views as views
 
 urlpatterns = [
     path("specimens/", views.SpecimenListView.as_view(), name="specimen-list"),

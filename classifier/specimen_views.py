@@ -16,13 +16,18 @@ from django.views import View
 from django.views.decorators.http import require_POST
 from django.views.generic import FormView, ListView, TemplateView
 
-from . import fields, jobs, reports, selectors
-from .lookups import job_or_404, specimen_or_404
-from .models import BatchItem, BatchJob, Classification, ReviewState
-from .permissions import can_review, can_submit
-from .responses import private_attachment
-from .specimen_forms import BatchUploadForm, DateRangeForm
-from .views import _private_file
+from classifier import reports
+from classifier.cells import selectors as cell_selectors
+from classifier.jobs import fields
+from classifier.jobs import selectors as job_selectors
+from classifier.jobs import services as job_services
+from classifier.lookups import job_or_404, specimen_or_404
+from classifier.models import BatchItem, BatchJob, Classification, ReviewState
+from classifier.permissions import can_review, can_submit
+from classifier.responses import private_attachment
+from classifier.specimen_forms import BatchUploadForm, DateRangeForm
+from classifier.specimens import selectors as specimen_selectors
+from classifier.views import _private_file
 
 
 class SpecimenListView(ListView):
@@ -32,7 +37,7 @@ class SpecimenListView(ListView):
 
     def get_queryset(self):
         return (
-            selectors.specimen_list(user=self.request.user)
+            specimen_selectors.specimen_list(user=self.request.user)
             .annotate(
                 n_cells=Count("cells"),
                 n_unreviewed=Count("cells", filter=Q(cells__review_state=ReviewState.UNREVIEWED)),
@@ -59,12 +64,12 @@ class SpecimenDetailView(TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         specimen = specimen_or_404(self.request, kwargs["accession"])
-        differential = selectors.specimen_differential(specimen=specimen)
+        differential = specimen_selectors.specimen_differential(specimen=specimen)
         context.update(
             specimen=specimen,
             differential=differential,
-            gallery=selectors.specimen_gallery(specimen=specimen),
-            jobs=jobs.job_list(user=self.request.user).filter(specimen=specimen)[:20],
+            gallery=specimen_selectors.specimen_gallery(specimen=specimen),
+            jobs=job_selectors.job_list(user=self.request.user).filter(specimen=specimen)[:20],
             can_review=can_review(self.request.user),
             can_submit=can_submit(self.request.user),
         )
@@ -74,7 +79,7 @@ class SpecimenDetailView(TemplateView):
 def specimen_cell_image_view(request, accession, pk):
     """A cell image of the specimen's gallery, for users who may see the cell."""
     try:
-        cell = selectors.classification_get(user=request.user, pk=pk)
+        cell = cell_selectors.classification_get(user=request.user, pk=pk)
     except Classification.DoesNotExist:
         raise Http404("No such cell.") from None
     if cell.specimen is None or cell.specimen.accession.upper() != accession.strip().upper():
@@ -130,7 +135,7 @@ class BatchUploadView(FormView):
 
     def form_valid(self, form):
         try:
-            job = jobs.job_create(
+            job = job_services.job_create(
                 user=self.request.user,
                 accession=form.cleaned_data["accession"],
                 files=form.cleaned_data["images"],
@@ -155,7 +160,7 @@ class JobDetailView(TemplateView):
         job = job_or_404(self.request, kwargs["pk"])
         context.update(
             job=job,
-            progress=jobs.job_progress(job=job),
+            progress=job_selectors.job_progress(job=job),
             can_rerun=job.is_finished
             and (job.created_by_id == self.request.user.pk or can_review(self.request.user)),
         )
@@ -164,14 +169,14 @@ class JobDetailView(TemplateView):
 
 def job_status_view(request, pk):
     """The job's progress as JSON (polled by static/js/job_progress.js)."""
-    return JsonResponse(jobs.job_progress(job=job_or_404(request, pk)))
+    return JsonResponse(job_selectors.job_progress(job=job_or_404(request, pk)))
 
 
 @require_POST
 def job_rerun_view(request, pk):
     job = job_or_404(request, pk)
     try:
-        jobs.job_rerun(job=job, user=request.user)
+        job_services.job_rerun(job=job, user=request.user)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
@@ -190,7 +195,7 @@ class JobFieldImageView(View):
             raise Http404("No such file in this job.") from None
         if job.kind != BatchJob.Kind.FIELDS or not item.source:
             raise Http404("No field image for this file.")
-        row = next(r for r in jobs.job_progress(job=job)["items"] if r["position"] == item.position)
+        row = next(r for r in job_selectors.job_progress(job=job)["items"] if r["position"] == item.position)
         with item.source.open("rb") as handle:
             png = fields.field_annotated_png(data=handle.read(), cells=row.get("cells", []))
         response = HttpResponse(png, content_type="image/png")
@@ -202,5 +207,6 @@ JOB_PAGE_SIZE = 50
 
 
 def job_list_view(request):
-    page = Paginator(jobs.job_list(user=request.user), JOB_PAGE_SIZE).get_page(request.GET.get("page"))
+    jobs = job_selectors.job_list(user=request.user)
+    page = Paginator(jobs, JOB_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "classifier/specimens/job_list.html", {"jobs": page.object_list, "page_obj": page})

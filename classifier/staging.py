@@ -114,7 +114,7 @@ class Orphan:
 
 
 def _referenced() -> set[str]:
-    from .models import BatchItem, Classification
+    from classifier.models import BatchItem, Classification
 
     names = set()
     for image, heatmap in Classification.objects.values_list("image", "heatmap").iterator():

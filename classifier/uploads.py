@@ -27,14 +27,14 @@ from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandler
 from django.http import UnreadablePostError
 from django.shortcuts import redirect
 
+from classifier.jobs.batch_files import max_archive_bytes
+
 ARCHIVE_FIELDS = frozenset({"archive"})  # the batch ZIP, in the portal's batch form and the API
 
 
 def limit_for(field_name: str) -> int:
     """Most bytes a file sent in ``field_name`` may hold: a batch ZIP has its own limit."""
     if field_name in ARCHIVE_FIELDS:
-        from .jobs import max_archive_bytes
-
         return max_archive_bytes()
     return settings.HEMATOVISION_MAX_UPLOAD_BYTES
 
@@ -59,8 +59,6 @@ class UploadTooBig(RequestDataTooBig):
 
 def request_limit() -> int:
     """Most bytes of files one request may carry: a full ZIP plus one image."""
-    from .jobs import max_archive_bytes
-
     return max_archive_bytes() + settings.HEMATOVISION_MAX_UPLOAD_BYTES
 
 

@@ -2,7 +2,7 @@
 
 from django.urls import include, path
 
-from . import review_views, views
+from classifier import review_views, views
 
 urlpatterns = [
     path("", views.DashboardView.as_view(), name="dashboard"),

@@ -12,13 +12,7 @@ from pathlib import PurePosixPath
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import (
-    FileResponse,
-    Http404,
-    HttpResponseBadRequest,
-    JsonResponse,
-    StreamingHttpResponse,
-)
+from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -26,14 +20,18 @@ from django.views import View
 from django.views.decorators.http import require_POST
 from django.views.generic import TemplateView
 
-from . import csvsafe, inference, selectors, services
-from .cells import classes
-from .filters import ClassificationFilter
-from .forms import ReviewForm, UploadForm
-from .models import Classification
-from .permissions import can_review, can_submit
-from .reports import local_iso
-from .validation import ImageRejected, check_size
+from classifier import csvsafe, inference
+from classifier.cells import classes, spool
+from classifier.cells import review as cell_review
+from classifier.cells import selectors as cell_selectors
+from classifier.cells import services as cell_services
+from classifier.filters import ClassificationFilter
+from classifier.forms import ReviewForm, UploadForm
+from classifier.models import Classification
+from classifier.permissions import can_review, can_submit
+from classifier.reports import local_iso
+from classifier.specimens import selectors as specimen_selectors
+from classifier.validation import ImageRejected, check_size
 
 HISTORY_PAGE_SIZE = 25
 QUEUE_PAGE_SIZE = 20
@@ -45,7 +43,7 @@ NO_ROLE_MESSAGE = (
 
 def _get_classification(request, pk) -> Classification:
     try:
-        return selectors.classification_get(user=request.user, pk=pk)
+        return cell_selectors.classification_get(user=request.user, pk=pk)
     except Classification.DoesNotExist:
         raise Http404("No such result.") from None
 
@@ -76,7 +74,7 @@ class DashboardView(TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        stats = selectors.dashboard_stats(user=self.request.user)
+        stats = cell_selectors.dashboard_stats(user=self.request.user)
         context["stats"] = stats
         context["has_role"] = can_submit(self.request.user)
         context["no_role_message"] = NO_ROLE_MESSAGE
@@ -184,7 +182,7 @@ class UploadView(View):
             try:
                 check_size(upload.size)  # refuse before reading it into memory
                 created.append(
-                    services.classification_create(
+                    cell_services.classification_create(
                         user=request.user,
                         data=upload.read(),
                         filename=upload.name,
@@ -193,7 +191,7 @@ class UploadView(View):
                 )
             except (ImageRejected, ValidationError) as exc:
                 failures.append((upload.name, _error_text(exc), getattr(exc, "http_status", 400)))
-            except services.UploadSpooled as exc:  # kept for later; the next file may still get in
+            except spool.UploadSpooled as exc:  # kept for later; the next file may still get in
                 spooled.append((upload.name, exc.reference))
         if spooled:
             return self._spooled_answer(request, form, created, failures, spooled)
@@ -300,7 +298,7 @@ def _specimen_neighbours(cell: Classification) -> tuple[int | None, int | None]:
     """The previous and next cell of the same specimen (in the order received), for the cell page's links."""
     if not cell.specimen_id:
         return None, None
-    ids = list(selectors.specimen_cells(specimen=cell.specimen).values_list("pk", flat=True))
+    ids = list(specimen_selectors.specimen_cells(specimen=cell.specimen).values_list("pk", flat=True))
     at = ids.index(cell.pk)
     return (ids[at - 1] if at > 0 else None), (ids[at + 1] if at + 1 < len(ids) else None)
 
@@ -332,7 +330,7 @@ def classification_heatmap_view(request, pk):
 
 
 def _filtered_history(request) -> ClassificationFilter:
-    queryset = selectors.classification_list(user=request.user)
+    queryset = cell_selectors.classification_list(user=request.user)
     return ClassificationFilter(request.GET or None, queryset=queryset)
 
 
@@ -440,7 +438,7 @@ def classification_export_view(request):
 
 
 class ClassificationDeleteView(View):
-    """Confirmation page, then services.classification_delete."""
+    """Confirmation page, then cell_services.classification_delete."""
 
     def get(self, request, pk):
         cell = _get_classification(request, pk)
@@ -449,7 +447,7 @@ class ClassificationDeleteView(View):
     def post(self, request, pk):
         cell = _get_classification(request, pk)
         try:
-            services.classification_delete(classification=cell, user=request.user)
+            cell_services.classification_delete(classification=cell, user=request.user)
         except ValidationError as exc:
             messages.error(request, _error_text(exc))
             return redirect("classification-detail", pk=pk)
@@ -467,7 +465,7 @@ def classification_review_view(request, pk):
         messages.error(request, "Choose one of the cell classes.")
         return redirect(_safe_next(request, fallback))
     try:
-        cell = services.classification_review(
+        cell = cell_review.classification_review(
             classification=cell,
             reviewer=request.user,
             label=form.cleaned_data["label"],
@@ -490,7 +488,7 @@ class ReviewQueueView(View):
             raise PermissionDenied("Only reviewers see the review queue.")
         accession = request.GET.get("accession", "").strip()
         page = Paginator(
-            selectors.review_queue(user=request.user, accession=accession), QUEUE_PAGE_SIZE
+            cell_selectors.review_queue(user=request.user, accession=accession), QUEUE_PAGE_SIZE
         ).get_page(request.GET.get("page"))
         cells = list(page.object_list)
         # After an action the page comes back with the cell that followed the one just reviewed

@@ -1,4 +1,4 @@
 """HematoVision Django project."""
-from .celery import app as celery_app
+from hematovision_site.celery import app as celery_app
 
 __all__ = ("celery_app",)

@@ -3,12 +3,9 @@
 from django.contrib import admin
 from django.contrib.auth.decorators import login_required
 from django.urls import include, path
-from drf_spectacular.views import (
-    SpectacularAPIView,
-    SpectacularSwaggerSplitView,
-)
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from .views import healthz
+from hematovision_site.views import healthz
 
 handler404 = "hematovision_site.views.page_not_found"  # JSON under /api/, the site's page elsewhere
 

@@ -9,7 +9,9 @@ reviewers and to admins; another technologist and a user without a role get
 import pytest
 from rest_framework.authtoken.models import Token
 
-from classifier import jobs, services
+from classifier.cells import services as cell_services
+from classifier.jobs import runner
+from classifier.jobs import services as job_services
 from classifier.tests.specimen_helpers import cell_png
 
 SEES = {"owner": True, "reviewer": True, "admin": True, "other_tech": False, "no_role": False}
@@ -38,11 +40,11 @@ OBJECT_URLS = [
 
 @pytest.fixture
 def world(db, user, other_user, reviewer, no_role_user, admin_user, django_capture_on_commit_callbacks):
-    cell = services.classification_create(user=user, data=cell_png("MONOCYTE"), accession="ACC-7")
-    job = jobs.job_create(
+    cell = cell_services.classification_create(user=user, data=cell_png("MONOCYTE"), accession="ACC-7")
+    job = job_services.job_create(
         user=user, accession="ACC-7", files=[("b.png", cell_png("LYMPHOCYTE", seed=3))], enqueue=False
     )
-    jobs.job_run(job_id=job.pk)
+    runner.job_run(job_id=job.pk)
     return {
         "ids": {"c": cell.pk, "a": "ACC-7", "j": job.pk},
         "users": {

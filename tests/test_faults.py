@@ -6,6 +6,8 @@ import json
 import pytest
 from django.db import OperationalError
 
+from classifier.cells import selectors as cell_selectors
+
 
 @pytest.mark.django_db
 def test_healthz(client):
@@ -15,12 +17,11 @@ def test_healthz(client):
 
 @pytest.mark.django_db
 def test_database_locked_gives_503_page(tech_client, monkeypatch):
-    from classifier import selectors
 
     def locked(**kwargs):
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(selectors, "dashboard_stats", locked)
+    monkeypatch.setattr(cell_selectors, "dashboard_stats", locked)
     response = tech_client.get("/")
     assert response.status_code == 503
     assert response["Retry-After"] == "5"

@@ -23,7 +23,10 @@ from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from classifier import jobs, limits, reports, services, tasks
+from classifier import limits, reports
+from classifier.cells import services as cell_services
+from classifier.jobs import services as job_services
+from classifier.jobs import tasks
 from classifier.models import BatchJob, Classification, Specimen
 from classifier.tests.factories import image_bytes
 from classifier.tests.specimen_helpers import cell_png
@@ -108,7 +111,7 @@ def test_failed_upload_opens_no_specimen_and_an_empty_one_goes_to_the_first_real
 def test_a_retry_that_lost_the_race_is_judged_like_a_sequential_one(user, monkeypatch):
     """Finding 2 (service level; the live test sends them at once): the IntegrityError branch returned
     the winning row without the conflict check, so another image under the same id got its result."""
-    first, created = services.classification_get_or_create(
+    first, created = cell_services.classification_get_or_create(
         user=user, data=cell_png("EOSINOPHIL", 1), external_id="RACE-A"
     )
     assert created
@@ -121,11 +124,11 @@ def test_a_retry_that_lost_the_race_is_judged_like_a_sequential_one(user, monkey
 
     with mock.patch.object(Classification.objects, "filter", side_effect=blind):
         with pytest.raises(ValidationError) as info:
-            services.classification_get_or_create(
+            cell_services.classification_get_or_create(
                 user=user, data=cell_png("LYMPHOCYTE", 2), external_id="RACE-A"
             )
         assert info.value.code == "external_id_conflict"
-        again, created = services.classification_get_or_create(
+        again, created = cell_services.classification_get_or_create(
             user=user, data=cell_png("EOSINOPHIL", 1), external_id="RACE-A"
         )
     assert (again.pk, created) == (first.pk, False)
@@ -283,7 +286,7 @@ def test_a_resend_of_a_kept_upload_finds_it_instead_of_storing_it_twice(user, mo
     assert filed.status_code == 200
     later = post_image(client, data, accession="kept-1")
     assert later.status_code == 200 and later.json()["id"] == filed.json()["id"]
-    assert Classification.objects.filter(image_sha256=services.sha256_of(data)).count() == 1
+    assert Classification.objects.filter(image_sha256=cell_services.sha256_of(data)).count() == 1
     assert not list(spool.glob("*.bin"))
 
 
@@ -351,7 +354,7 @@ def test_api_urls_that_match_nothing_answer_json_404(tech_api, api_client):
 
 def test_lab_name_is_text_in_the_pdf_not_markup(user, settings):
     settings.HEMATOVISION_LAB_NAME = "St. Mary's <Haematology> & <b>Co"
-    specimen = services.classification_create(user=user, data=cell_png(), accession="PDF-1").specimen
+    specimen = cell_services.classification_create(user=user, data=cell_png(), accession="PDF-1").specimen
     pdf = reports.specimen_report_pdf(specimen=specimen)  # was: ValueError from ReportLab's parser
     assert pdf.startswith(b"%PDF-")
     if shutil.which("pdftotext"):
@@ -360,7 +363,7 @@ def test_lab_name_is_text_in_the_pdf_not_markup(user, settings):
 
 
 def test_csv_cells_with_formula_characters_anywhere_are_quoted_and_defused(user, tech_client):
-    services.classification_create(user=user, data=cell_png(), filename="x;=1+1.png", accession="CSV-1")
+    cell_services.classification_create(user=user, data=cell_png(), filename="x;=1+1.png", accession="CSV-1")
     history = b"".join(tech_client.get("/classifications/export.csv").streaming_content).decode()
     assert "\"x;'=1+1.png\"" in history and ";=1+1" not in history
     specimen = Specimen.objects.get()
@@ -372,7 +375,7 @@ def test_csv_cells_with_formula_characters_anywhere_are_quoted_and_defused(user,
 
 def test_jobs_module_rejects_unusable_batches_before_opening_anything(user):
     with pytest.raises(ValidationError) as info:
-        jobs.job_create(user=user, accession="NOPE-1", files=[("big.png", _png("RGB", (6300, 6300)))])
+        job_services.job_create(user=user, accession="NOPE-1", files=[("big.png", _png("RGB", (6300, 6300)))])
     assert info.value.code == "no_usable_files" and "would take" in info.value.messages[0]
     assert not Specimen.objects.exists()
 

@@ -348,7 +348,7 @@ import io, time, zipfile
 from PIL import Image
 from django.core.files.storage import FileSystemStorage
 from accounts.models import User
-from classifier import jobs
+from classifier.jobs import services as job_services
 
 real_save = FileSystemStorage._save
 def slow_save(self, name, content):  # a slow disk: the kill lands mid-staging
@@ -364,7 +364,9 @@ with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr(f"c{i}.png", image.getvalue())
 archive.seek(0)
 archive.name = "kill.zip"
-jobs.job_create(user=User.objects.get(username="tech"), accession="ACC-KILL", archive=archive, enqueue=False)
+job_services.job_create(
+    user=User.objects.get(username="tech"), accession="ACC-KILL", archive=archive, enqueue=False
+)
 print("committed")
 """
 

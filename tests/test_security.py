@@ -77,10 +77,10 @@ def test_no_secret_key_in_repository_settings():
 @pytest.mark.parametrize("url", ["/api/v1/specimens/ACC-5/report.pdf", "/api/v1/specimens/ACC-5/report.csv",
                                  "/specimens/ACC-5/report.pdf", "/specimens/ACC-5/report.csv"])
 def test_patient_reports_are_never_cached(tech_client, user, url):
-    from classifier import services
+    from classifier.cells import services as cell_services
     from classifier.tests.specimen_helpers import cell_png
 
-    services.classification_create(user=user, data=cell_png("MONOCYTE"), accession="ACC-5")
+    cell_services.classification_create(user=user, data=cell_png("MONOCYTE"), accession="ACC-5")
     response = tech_client.get(url)
     assert response.status_code == 200
     assert response["Cache-Control"] == "private, no-store"

@@ -16,14 +16,18 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from classifier import jobs, reports, selectors, services
+from classifier import reports
+from classifier.api.serializers import SignedDifferentialSerializer
+from classifier.api.throttling import UploadRateThrottle
+from classifier.api.views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
+from classifier.jobs import selectors as job_selectors
+from classifier.jobs import services as job_services
 from classifier.lookups import job_or_404, specimen_or_404
 from classifier.models import BatchJob
 from classifier.responses import private_attachment
-
-from .serializers import SignedDifferentialSerializer
-from .throttling import UploadRateThrottle
-from .views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
+from classifier.specimens import selectors as specimen_selectors
+from classifier.specimens import services as specimen_services
+from classifier.specimens import signoff
 
 CONFLICT_CODES = {"unreviewed", "signed", "empty", "running", "nothing_to_retry"}
 
@@ -148,14 +152,14 @@ class SpecimenBatchView(JSONErrorsMixin, APIView):
             payload["archive"] = request.FILES["archive"]
         serializer = BatchUploadSerializer(data=payload)
         serializer.is_valid(raise_exception=True)
-        job = jobs.job_create(
+        job = job_services.job_create(
             user=request.user,
             accession=accession,
             files=serializer.validated_data.get("images", []),
             archive=serializer.validated_data.get("archive"),
             kind=serializer.validated_data["kind"],
         )
-        body = jobs.job_progress(job=job)
+        body = job_selectors.job_progress(job=job)
         return Response(
             body,
             status=status.HTTP_202_ACCEPTED,
@@ -169,7 +173,7 @@ class JobDetailView(JSONErrorsMixin, APIView):
         summary="A batch job's progress and per-file outcome",
     )
     def get(self, request, pk):
-        return Response(jobs.job_progress(job=job_or_404(request, pk)))
+        return Response(job_selectors.job_progress(job=job_or_404(request, pk)))
 
 
 class JobRerunView(JSONErrorsMixin, APIView):
@@ -200,10 +204,10 @@ class JobRerunView(JSONErrorsMixin, APIView):
     def post(self, request, pk):
         job = job_or_404(request, pk)
         try:
-            job = jobs.job_rerun(job=job, user=request.user)
+            job = job_services.job_rerun(job=job, user=request.user)
         except ValidationError as exc:
             return _conflict_or_raise(exc)
-        return Response(jobs.job_progress(job=job), status=status.HTTP_202_ACCEPTED)
+        return Response(job_selectors.job_progress(job=job), status=status.HTTP_202_ACCEPTED)
 
 
 class SpecimenSignView(JSONErrorsMixin, APIView):
@@ -237,10 +241,10 @@ class SpecimenSignView(JSONErrorsMixin, APIView):
     def post(self, request, accession):
         specimen = specimen_or_404(request, accession)
         try:
-            specimen = services.specimen_sign(specimen=specimen, reviewer=request.user)
+            specimen = signoff.specimen_sign(specimen=specimen, reviewer=request.user)
         except ValidationError as exc:
             return _conflict_or_raise(exc)
-        differential = selectors.specimen_differential(specimen=specimen)
+        differential = specimen_selectors.specimen_differential(specimen=specimen)
         return Response(SignedDifferentialSerializer(differential).data)
 
 
@@ -339,5 +343,5 @@ class SpecimenOwnerView(JSONErrorsMixin, APIView):
         owner = get_user_model().objects.filter(username=body.validated_data["username"]).first()
         if owner is None:
             raise ValidationError(f"No user {body.validated_data['username']!r}.", code="invalid_owner")
-        specimen = services.specimen_reassign(specimen=specimen, reviewer=request.user, owner=owner)
+        specimen = specimen_services.specimen_reassign(specimen=specimen, reviewer=request.user, owner=owner)
         return Response({"accession": specimen.accession, "owner": owner.get_username()})

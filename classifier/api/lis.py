@@ -17,13 +17,13 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from classifier import selectors, services
-from classifier.interop import fhir
+from classifier.api.renderers import FHIRJSONRenderer
+from classifier.api.views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
+from classifier.interop import fhir, order_services
 from classifier.lookups import specimen_or_404
 from classifier.models import CellClass, Order, ReportVersion, Sex
-
-from .renderers import FHIRJSONRenderer
-from .views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
+from classifier.specimens import amend
+from classifier.specimens import selectors as specimen_selectors
 
 COMMON_ERRORS = {401: UNAUTHORIZED, 406: NOT_ACCEPTABLE, 429: THROTTLED}
 SPECIMEN_NOT_FOUND = _error("No such specimen, or one you may not see.", "not_found", "No such specimen.")
@@ -97,7 +97,7 @@ class OrderSerializer(serializers.Serializer):
 
 
 def order_fields(data: dict) -> dict:
-    """The API's nested order as ``services.order_create`` takes it."""
+    """The API's nested order as ``order_services.order_create`` takes it."""
     patient = data["patient"]
     provider = data.get("ordering_provider") or {}
     return {
@@ -179,7 +179,9 @@ class OrderView(JSONErrorsMixin, APIView):
         body = OrderSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            order, created = services.order_create(user=request.user, data=order_fields(body.validated_data))
+            order, created = order_services.order_create(
+                user=request.user, data=order_fields(body.validated_data)
+            )
         except ValidationError as exc:
             if exc.code == "order_conflict":
                 return Response(
@@ -259,7 +261,7 @@ class SpecimenAmendView(JSONErrorsMixin, APIView):
         body = AmendSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            version = services.specimen_amend(
+            version = amend.specimen_amend(
                 specimen=specimen,
                 reviewer=request.user,
                 reason=body.validated_data["reason"],
@@ -289,7 +291,7 @@ class SpecimenVersionsView(JSONErrorsMixin, APIView):
     )
     def get(self, request, accession):
         specimen = specimen_or_404(request, accession)
-        versions = selectors.specimen_versions(specimen=specimen)
+        versions = specimen_selectors.specimen_versions(specimen=specimen)
         return Response(ReportVersionSerializer(versions, many=True, context={"request": request}).data)
 
 

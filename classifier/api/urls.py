@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from classifier.api import views
 
 router = DefaultRouter()
 router.register("classifications", views.ClassificationViewSet, basename="api-classification")
@@ -16,7 +16,7 @@ urlpatterns = [
 # Specimens as a unit of work: batch jobs, sign-off and reports (classifier/api/jobs.py).
 from django.urls import path as _path  # noqa: E402
 
-from . import jobs as _jobs  # noqa: E402
+from classifier.api import jobs as _jobs  # noqa: E402
 
 urlpatterns += [
     _path("specimens/<str:accession>/batch/", _jobs.SpecimenBatchView.as_view(), name="api-specimen-batch"),
@@ -35,7 +35,7 @@ urlpatterns += [
 ]
 
 # The LIS interface (issue 19): orders, amendments, report versions, FHIR metadata (classifier/api/lis.py).
-from . import lis as _lis  # noqa: E402
+from classifier.api import lis as _lis  # noqa: E402
 
 urlpatterns += [
     _path("orders/", _lis.OrderView.as_view(), name="api-orders"),

@@ -30,15 +30,9 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from classifier import inference, selectors, services
-from classifier.cells import classes
-from classifier.filters import ClassificationFilter
-from classifier.interop import fhir, hl7
-from classifier.models import Classification, ReportVersion, Specimen, Status
-from classifier.permissions import can_submit
-
-from .renderers import FHIRJSONRenderer, HL7Renderer, HL7TextRenderer, ImageRenderer
-from .serializers import (
+from classifier import inference
+from classifier.api.renderers import FHIRJSONRenderer, HL7Renderer, HL7TextRenderer, ImageRenderer
+from classifier.api.serializers import (
     ChangedSinceSerializer,
     ClassificationPendingSerializer,
     ClassificationSerializer,
@@ -49,7 +43,15 @@ from .serializers import (
     TokenRequestSerializer,
     TokenSerializer,
 )
-from .throttling import TokenRateThrottle, UploadRateThrottle
+from classifier.api.throttling import TokenRateThrottle, UploadRateThrottle
+from classifier.cells import classes
+from classifier.cells import selectors as cell_selectors
+from classifier.cells import services as cell_services
+from classifier.filters import ClassificationFilter
+from classifier.interop import fhir, hl7
+from classifier.models import Classification, ReportVersion, Specimen, Status
+from classifier.permissions import can_submit
+from classifier.specimens import selectors as specimen_selectors
 
 
 def _error(description: str, code: str, message: str, *more: tuple[str, str]) -> OpenApiResponse:
@@ -241,13 +243,13 @@ class ClassificationViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Classification.objects.none()
-        return selectors.classification_list(user=self.request.user)
+        return cell_selectors.classification_list(user=self.request.user)
 
     def get_object(self):
-        """One result the user may open (``selectors.classification_get``): besides the list's, every
+        """One result the user may open (``cell_selectors.classification_get``): besides the list's, every
         cell of a specimen they opened, which its differential counts."""
         try:
-            cell = selectors.classification_get(user=self.request.user, pk=self.kwargs["pk"])
+            cell = cell_selectors.classification_get(user=self.request.user, pk=self.kwargs["pk"])
         except Classification.DoesNotExist:
             raise Http404("No Classification matches the given query.") from None
         self.check_object_permissions(self.request, cell)
@@ -335,7 +337,7 @@ class ClassificationViewSet(
         upload.is_valid(raise_exception=True)
         image = upload.validated_data["image"]
         external_id = upload.validated_data.get("external_id") or None
-        classification, created = services.classification_get_or_create(
+        classification, created = cell_services.classification_get_or_create(
             user=request.user,
             data=image.read(),
             filename=image.name or "",
@@ -446,11 +448,11 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Specimen.objects.none()
-        qs = selectors.specimen_list(user=self.request.user)
+        qs = specimen_selectors.specimen_list(user=self.request.user)
         if self.action == "list":
             changed = ChangedSinceSerializer(data=self.request.query_params)
             changed.is_valid(raise_exception=True)
-            qs = selectors.specimen_filter_changed(qs, **changed.validated_data)
+            qs = specimen_selectors.specimen_filter_changed(qs, **changed.validated_data)
         return qs
 
     def finalize_response(self, request, response, *args, **kwargs):
@@ -477,7 +479,7 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         if version is not None and not version.isdigit():
             raise ValidationError({"version": "A report version number."})
         try:
-            return specimen, selectors.specimen_result(
+            return specimen, specimen_selectors.specimen_result(
                 specimen=specimen, version=int(version) if version is not None else None
             )
         except ReportVersion.DoesNotExist:
@@ -485,7 +487,7 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
 
     def _specimen_and_differential(self):
         specimen = self.get_object()
-        return specimen, selectors.specimen_differential(specimen=specimen)
+        return specimen, specimen_selectors.specimen_differential(specimen=specimen)
 
     @extend_schema(
         summary="Get a specimen",
@@ -495,10 +497,10 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
     )
     def retrieve(self, request, accession=None):
         specimen, differential = self._specimen_and_differential()
-        cells = selectors.specimen_cells(specimen=specimen)  # every cell its differential counts
+        cells = specimen_selectors.specimen_cells(specimen=specimen)  # every cell its differential counts
         context = {**self.get_serializer_context(), "differential": differential, "cells": cells}
         data = SpecimenSerializer(specimen, context=context).data
-        last_modified = selectors.specimen_last_modified(specimen=specimen)
+        last_modified = specimen_selectors.specimen_last_modified(specimen=specimen)
         body = json.dumps(data, sort_keys=True, default=str)
         return conditional(request, Response(data), body, last_modified)
 

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import classes
-from .classes import Counting
+from classifier.cells import classes
+from classifier.cells.classes import Counting
 
 ONE_DECIMAL = 10  # percentages are shown to one decimal: 1000 tenths make 100 %
 

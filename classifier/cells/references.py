@@ -13,7 +13,7 @@ from pathlib import Path
 from django.conf import settings
 from django.templatetags.static import static
 
-from . import classes
+from classifier.cells import classes
 
 FOLDER = "reference"
 ATTRIBUTION = (

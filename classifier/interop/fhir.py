@@ -52,8 +52,8 @@ import uuid
 from django.utils import timezone
 from fhir.resources.R4B.bundle import Bundle
 
-from ..cells.differential import Differential, Row
-from . import APPLICATION, Release, lab_name
+from classifier.cells.differential import Differential, Row
+from classifier.interop import APPLICATION, Release, lab_name
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

@@ -50,9 +50,9 @@ from django.utils import timezone
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
-from ..cells.differential import Differential
-from . import APPLICATION, Release, lab_name
-from .fhir import PANEL, PER_100_WHITE_UNIT
+from classifier.cells.differential import Differential
+from classifier.interop import APPLICATION, Release, lab_name
+from classifier.interop.fhir import PANEL, PER_100_WHITE_UNIT
 
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
 VERSION = "2.5.1"

@@ -29,8 +29,8 @@ from django.utils import timezone
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
-from . import APPLICATION
-from .er7 import Er7, escape
+from classifier.interop import APPLICATION
+from classifier.interop.er7 import Er7, escape
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def ack(received: str, code: str, *, reason: str = "", error_code: str = "") -> 
         their_app, their_facility = incoming.get("MSH", 3), incoming.get("MSH", 4)
     except ValueError:
         control_id, trigger, their_app, their_facility = "", "", "", ""
-    from .hl7 import CHARACTER_SET, VERSION, _ts, facility
+    from classifier.interop.hl7 import CHARACTER_SET, VERSION, _ts, facility
 
     msg = Message("ACK", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     msg.msh.msh_3 = APPLICATION
@@ -188,7 +188,7 @@ class Listener(socketserver.ThreadingTCPServer):
 
 def deliver_due(*, limit: int = 100) -> dict:
     """Try every message whose time has come, once: ``{"accepted": n, "retry": n}``."""
-    from classifier import services
+    from classifier.interop import outbox
     from classifier.models import OutboundMessage
 
     due = list(
@@ -209,14 +209,14 @@ def deliver_due(*, limit: int = 100) -> dict:
             code, control_id, reason = parse_ack(send(message.destination, message.payload))
             if control_id != message.control_id:
                 code, reason = "", f"ACK for {control_id!r}, not {message.control_id!r}: {reason}"
-            recorded = services.message_record_attempt(
+            recorded = outbox.message_record_attempt(
                 message=message,
                 ack_code=code,
                 ack_text=reason,
                 error="" if code else "wrong ACK",
             )
         except (OSError, MLLPError, ValueError) as exc:
-            recorded = services.message_record_attempt(message=message, error=str(exc) or type(exc).__name__)
+            recorded = outbox.message_record_attempt(message=message, error=str(exc) or type(exc).__name__)
         if recorded.state == OutboundMessage.State.ACCEPTED:
             counts["accepted"] += 1
         else:

@@ -25,8 +25,8 @@ import logging
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from .er7 import Er7, parse_date, parse_ts
-from .mllp import ack
+from classifier.interop.er7 import Er7, parse_date, parse_ts
+from classifier.interop.mllp import ack
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Refused(Exception):
 
 
 def parse_order(text: str) -> dict:
-    """The order's facts as ``services.order_create`` takes them; raises Refused."""
+    """The order's facts as ``order_services.order_create`` takes them; raises Refused."""
     try:
         message = Er7(text)
     except ValueError as exc:
@@ -115,11 +115,11 @@ def parse_order(text: str) -> dict:
 
 def handle_order(text: str, *, user) -> str:
     """File the order in ``text`` as ``user`` (an Interface account); the ACK to send back."""
-    from classifier import services
+    from classifier.interop import order_services
 
     try:
         fields = parse_order(text)
-        order, created = services.order_create(user=user, data=fields)
+        order, created = order_services.order_create(user=user, data=fields)
     except Refused as exc:
         logger.warning("HL7 order refused (%s %s): %s", exc.code, exc.error_code, exc.reason)
         return ack(text, exc.code, reason=exc.reason, error_code=exc.error_code)

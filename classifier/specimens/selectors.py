@@ -1,63 +1,15 @@
-"""Every read, given the requesting user: what you may see is decided here."""
+"""Reads of specimens: lists, the differential, the gallery, released versions, the result as sent."""
 
 import hashlib
 
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 
-from .cells import differential as differentials
-from .cells.classes import CODES
-from .models import Classification, ReviewState, Specimen, Status
-from .permissions import can_read_all, can_review, can_submit
-
-
-def _cells() -> QuerySet[Classification]:
-    """Cells with what every page and answer shows of them (specimen, submitter, reviewer, signer)."""
-    return Classification.objects.select_related("specimen", "owner", "reviewed_by", "signed_by")
-
-
-def classification_list(*, user) -> QuerySet[Classification]:
-    """Reviewers and interface accounts see every result; technologists their own; others nothing."""
-    qs = _cells()
-    if can_read_all(user):
-        return qs
-    if can_submit(user):
-        return qs.filter(owner=user)
-    return qs.none()
-
-
-def classification_get(*, user, pk) -> Classification:
-    """Raises Classification.DoesNotExist for results the user may not see.
-
-    Besides ``classification_list``'s results, a technologist may open every cell of a specimen
-    they opened (a reviewer may have added some): its differential and report count them.
-    """
-    if not can_read_all(user) and can_submit(user):
-        return _cells().filter(Q(owner=user) | Q(specimen__created_by=user)).get(pk=pk)
-    return classification_list(user=user).get(pk=pk)
-
-
-def review_queue(*, user, accession: str | None = None) -> QuerySet[Classification]:
-    """Results awaiting review (reviewers): unidentified first, then the others, oldest first.
-
-    ``accession``: that specimen's cells only ("" or None: every specimen's).
-    """
-    if not can_review(user):
-        return Classification.objects.none()
-    qs = classification_list(user=user)
-    if accession:
-        qs = qs.filter(specimen__accession__iexact=accession.strip())
-    return (
-        qs.filter(review_state=ReviewState.UNREVIEWED)  # reviewed cells wait for their specimen's sign-off
-        .exclude(status=Status.PENDING)
-        .annotate(
-            unidentified_first=Count(
-                "pk", filter=Q(status=Status.UNIDENTIFIED, review_state=ReviewState.UNREVIEWED)
-            ),
-            unreviewed_first=Count("pk", filter=Q(review_state=ReviewState.UNREVIEWED)),
-        )
-        .order_by("-unidentified_first", "-unreviewed_first", "created_at", "id")
-    )
+from classifier.cells import differential as differentials
+from classifier.cells import selectors as cell_selectors
+from classifier.cells.classes import CODES
+from classifier.models import Classification, ReviewState, Specimen, Status
+from classifier.permissions import can_read_all, can_review, can_submit
 
 
 def specimen_worklist(*, user) -> QuerySet[Specimen]:
@@ -117,7 +69,7 @@ def specimen_get(*, user, accession: str) -> Specimen:
 def specimen_cells(*, specimen: Specimen) -> QuerySet[Classification]:
     """Every cell of a specimen the user may see (``specimen_get``): what its differential counts.
     ``classification_get`` lets the same users open each of them."""
-    return _cells().filter(specimen=specimen).order_by("created_at", "id")
+    return cell_selectors.cells_shown().filter(specimen=specimen).order_by("created_at", "id")
 
 
 def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
@@ -152,31 +104,12 @@ def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
     )
 
 
-def dashboard_stats(*, user) -> dict:
-    qs = classification_list(user=user)
-    by_label = dict(  # classified by the model; unidentified cells are counted apart (by_status)
-        qs.filter(status=Status.CLASSIFIED)
-        .values_list("predicted_label")
-        .annotate(n=Count("pk"))
-        .values_list("predicted_label", "n")
-    )
-    by_state = dict(qs.values_list("review_state").annotate(n=Count("pk")).values_list("review_state", "n"))
-    by_status = dict(qs.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
-    return {
-        "total": qs.count(),
-        "by_label": {code: by_label.get(code, 0) for code in CODES},
-        "by_state": {state.value: by_state.get(state.value, 0) for state in ReviewState},
-        "by_status": {status.value: by_status.get(status.value, 0) for status in Status},
-        "latest": list(qs[:8]),
-        # Reviewers: what /review/ lists (unsigned results); technologists: their results awaiting review.
-        "queue_size": review_queue(user=user).count()
-        if can_review(user)
-        else qs.filter(review_state=ReviewState.UNREVIEWED).exclude(status=Status.PENDING).count(),
-    }
-
-
 UNIDENTIFIED_GROUP = "UNIDENTIFIED"
+
+
 PENDING_GROUP = "PENDING"
+
+
 GROUP_NAMES = {UNIDENTIFIED_GROUP: "Unidentified", PENDING_GROUP: "Pending (model unavailable)"}
 
 
@@ -204,7 +137,7 @@ def gallery_order(keys) -> list[str]:
 def specimen_gallery(*, specimen: Specimen, all_sections: bool = False) -> list[tuple[str, str, list]]:
     """``[(group, name, cells)]`` in gallery order; empty sections only with ``all_sections`` (the
     review page keeps one for every class, so a cell can be moved into it)."""
-    from .cells.classes import display_name
+    from classifier.cells.classes import display_name
 
     groups: dict[str, list[Classification]] = {}
     for cell in specimen_cells(specimen=specimen):
@@ -216,16 +149,13 @@ def specimen_gallery(*, specimen: Specimen, all_sections: bool = False) -> list[
     ]
 
 
-# ---- LIS interface (issue 19) ----
-
-
 def specimen_last_modified(*, specimen: Specimen):
     """When anything a result shows last changed: a cell added, reviewed or signed, the order, a
     released version. Polls compare it (``updated_after``, Last-Modified); a preliminary result's
     ``issued`` is this, not the time of the fetch."""
     from django.db.models import Max
 
-    from .models import Order, ReportVersion
+    from classifier.models import Order, ReportVersion
 
     times = [specimen.created_at, specimen.signed_at]
     times += specimen.cells.aggregate(a=Max("created_at"), b=Max("reviewed_at"), c=Max("signed_at")).values()
@@ -263,8 +193,8 @@ def specimen_result(*, specimen: Specimen, version: int | None = None) -> dict:
     Keys: ``version`` (a ReportVersion or None), ``differential``, ``order``, ``model_versions``,
     ``last_modified``, ``comment``.
     """
-    from .interop import lis_images, model_versions
-    from .models import Order
+    from classifier.interop import lis_images, model_versions
+    from classifier.models import Order
 
     versions = specimen.report_versions.all()
     chosen = None

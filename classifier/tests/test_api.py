@@ -7,9 +7,11 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 from rest_framework.authtoken.models import Token
 
-from classifier import services
 from classifier.api.throttling import TokenRateThrottle, UploadRateThrottle
+from classifier.cells import review as cell_review
+from classifier.cells import services as cell_services
 from classifier.models import Classification, ReviewState, Specimen, Status
+from classifier.specimens import signoff
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory, image_bytes, png_declaring
 
 pytestmark = pytest.mark.django_db
@@ -318,7 +320,7 @@ def test_oversize_file_is_413_before_it_is_read(tech_api, settings, monkeypatch)
     settings.HEMATOVISION_MAX_UPLOAD_BYTES = 1_000_000
     data = image_bytes(RED, size=(1200, 1000), fmt="BMP")  # 3.4 MiB
     monkeypatch.setattr(
-        services, "classification_create", lambda **kw: pytest.fail("read an oversize upload")
+        cell_services, "classification_get_or_create", lambda **kw: pytest.fail("read an oversize upload")
     )
     response = post_image(tech_api, data, "big.bmp")
     assert response.status_code == 413
@@ -395,8 +397,8 @@ def test_the_same_image_twice_in_a_specimen_is_400_and_stores_nothing(tech_api, 
 def test_signed_specimen_takes_no_more_images(tech_api, user, reviewer, settings):
     specimen = SpecimenFactory(accession="ACC-3", created_by=user)
     cell = ClassificationFactory(owner=user, specimen=specimen)
-    services.classification_review(classification=cell, reviewer=reviewer, label="EOSINOPHIL")
-    services.specimen_sign(specimen=specimen, reviewer=reviewer)
+    cell_review.classification_review(classification=cell, reviewer=reviewer, label="EOSINOPHIL")
+    signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
     files = stored_files(settings)
     response = post_image(tech_api, accession="ACC-3")
     assert response.status_code == 400
@@ -513,7 +515,7 @@ def test_detail_and_permissions(tech_api, other_api, reviewer_api, norole_api, u
 
 def test_reviewed_result_shows_reviewer_and_final_label(tech_api, user, reviewer):
     cell = ClassificationFactory(owner=user)
-    services.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")
+    cell_review.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")
     body = tech_api.get(f"/api/v1/classifications/{cell.pk}/").json()
     assert (body["label"], body["predicted_label"], body["final_label"], body["review_state"],
             body["reviewed_by"]) == ("MONOCYTE", "EOSINOPHIL", "MONOCYTE", "reclassified", "reviewer")
@@ -593,9 +595,9 @@ def test_specimen_detail_has_cells_differential_and_state(tech_api, user, review
 def test_signed_specimen_shows_sign_off(tech_api, user, reviewer):
     specimen, cells = _specimen_with_cells(user)
     for cell in cells:
-        services.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
+        cell_review.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
     assert tech_api.get("/api/v1/specimens/ACC-100/").json()["review_state"] == "ready_to_sign"
-    services.specimen_sign(specimen=specimen, reviewer=reviewer)
+    signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
     body = tech_api.get("/api/v1/specimens/ACC-100/").json()
     assert (body["review_state"], body["signed"], body["signed_by"]) == ("signed", True, "reviewer")
     assert {c["review_state"] for c in body["cells"]} == {"signed"}

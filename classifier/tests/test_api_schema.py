@@ -3,6 +3,9 @@
 import pytest
 from django.core.management import call_command
 
+from classifier.cells import review as cell_review
+from classifier.specimens import signoff
+
 pytestmark = pytest.mark.django_db
 
 
@@ -136,7 +139,7 @@ def test_job_sign_and_report_endpoints_document_what_they_answer(
     from rest_framework.test import APIClient
     from rest_framework.throttling import UserRateThrottle
 
-    from classifier import jobs, services
+    from classifier.jobs import services as job_services
     from classifier.models import BatchItem, BatchJob
     from classifier.tests.factories import ClassificationFactory, SpecimenFactory
     from classifier.tests.specimen_helpers import cell_png
@@ -177,12 +180,12 @@ def test_job_sign_and_report_endpoints_document_what_they_answer(
     taken = SpecimenFactory(accession="TAKEN", created_by=other_user)
     ClassificationFactory(owner=other_user, specimen=taken)  # not empty: bound to other_user
     signed = SpecimenFactory(accession="SIGNED", created_by=user)
-    services.classification_review(
+    cell_review.classification_review(
         classification=ClassificationFactory(owner=user, specimen=signed),
         reviewer=reviewer,
         label="EOSINOPHIL",
     )
-    services.specimen_sign(specimen=signed, reviewer=reviewer)
+    signoff.specimen_sign(specimen=signed, reviewer=reviewer)
     accepted = tech.post(batch.format("B-1"), {"images": [png()]}, format="multipart")
     job = BatchJob.objects.get(specimen__accession="B-1")
 
@@ -249,7 +252,7 @@ def test_job_sign_and_report_endpoints_document_what_they_answer(
     BatchJob.objects.filter(pk=job.pk).update(
         state=BatchJob.State.DONE_WITH_ERRORS, finished_at=timezone.now()
     )
-    done = jobs.job_create(user=user, accession="B-3", files=[("c.png", cell_png(seed=3))])
+    done = job_services.job_create(user=user, accession="B-3", files=[("c.png", cell_png(seed=3))])
     BatchJob.objects.filter(pk=done.pk).update(state=BatchJob.State.DONE, finished_at=timezone.now())
     rerun = f"/api/v1/jobs/{job.pk}/rerun/"
     check_against_schema(
@@ -271,7 +274,7 @@ def test_job_sign_and_report_endpoints_document_what_they_answer(
     # POST specimens/{accession}/sign/
     sign = "/api/v1/specimens/{}/sign/"
     ready = SpecimenFactory(accession="S-OK", created_by=user)
-    services.classification_review(
+    cell_review.classification_review(
         classification=ClassificationFactory(owner=user, specimen=ready), reviewer=reviewer, label="MONOCYTE"
     )
     ClassificationFactory(owner=user, specimen=SpecimenFactory(accession="S-NO", created_by=user))

@@ -17,10 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from classifier import services
+from classifier.cells import review as cell_review
+from classifier.cells import services as cell_services
 from classifier.fake_predictor import FakePredictor
 from classifier.models import Classification, ReviewEvent, Specimen
-from classifier.tests.test_browser import SCREENSHOTS, Session, browser  # noqa: F401 - the fixture
+from classifier.tests.test_browser import (
+    SCREENSHOTS,
+    Session,
+    browser,  # noqa: F401 - the fixture
+)
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
@@ -83,7 +88,7 @@ def specimen_100(user):
     rng.shuffle(plan)
     truth = {}
     for i, (predicted, real) in enumerate(plan):
-        cell = services.classification_create(
+        cell = cell_services.classification_create(
             user=user, data=_cell_png(predicted, rng, fake), filename=f"cell-{i:03d}.png", accession=ACCESSION
         )
         assert (cell.status, cell.predicted_label if predicted else None) == (
@@ -290,10 +295,10 @@ def test_reviewer_only_class_shows_no_reference_image_and_zoom(
     """A cell given a class with no licensed reference image says so; Z zooms the cell."""
     rng = random.Random(3)
     fake = FakePredictor()
-    cell = services.classification_create(
+    cell = cell_services.classification_create(
         user=user, data=_cell_png("LYMPHOCYTE", rng, fake), accession="ACC-Z"
     )
-    services.classification_review(classification=cell, reviewer=reviewer, label="BLAST")
+    cell_review.classification_review(classification=cell, reviewer=reviewer, label="BLAST")
     rev = Session(browser, live_server.url)
     page = rev.page
     rev.login(reviewer.username, password)

@@ -18,10 +18,12 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from PIL import Image
 
-from classifier import reports, selectors, services
+from classifier import reports
 from classifier.cells import classes
 from classifier.cells.differential import build, largest_remainder
 from classifier.models import Classification, ReviewState, Specimen, Status
+from classifier.specimens import selectors as specimen_selectors
+from classifier.specimens import signoff
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory, probabilities_for
 
 YELLOW, CYAN, MAGENTA, RED, GREY, DARK = (
@@ -363,7 +365,7 @@ def test_four_class_results_keep_their_version_beside_eight_class_ones(settings,
     old.refresh_from_db()
     assert (old.model_version, set(old.probabilities)) == ("fake-0001", set(classes.FIRST_MODEL_CODES))
     assert new["model_version"] == "fake8-0001"
-    d = selectors.specimen_differential(specimen=old.specimen)
+    d = specimen_selectors.specimen_differential(specimen=old.specimen)
     assert [(r.label, r.count) for r in d.classes] == [
         ("NEUTROPHIL", 0),
         ("EOSINOPHIL", 0),
@@ -400,11 +402,11 @@ def test_reviewer_gives_reviewer_only_classes_with_their_keys(reviewer_client, r
         ("NEUTROPHIL", ReviewState.CONFIRMED),
         ("SMUDGE", ReviewState.RECLASSIFIED),
     ]
-    d = selectors.specimen_differential(specimen=specimen)
+    d = specimen_selectors.specimen_differential(specimen=specimen)
     assert d.counted_cells == 2  # the smudge cell and the artefact are not white cells of the count
     assert [(r.label, r.percent) for r in d.classes if r.count] == [("NEUTROPHIL", 50.0), ("BAND", 50.0)]
     assert [(r.label, r.count) for r in d.not_counted] == [("SMUDGE", 1), ("ARTEFACT", 1)]
-    specimen = services.specimen_sign(specimen=specimen, reviewer=reviewer)
+    specimen = signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
     assert specimen.is_signed and set(specimen.cells.values_list("status", flat=True)) == {Status.CLASSIFIED}
 
 

@@ -8,7 +8,8 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.specimen import Specimen as FHIRSpecimen
 
-from classifier import services
+from classifier.cells import review as cell_review
+from classifier.specimens import signoff
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory
 
 pytestmark = pytest.mark.django_db
@@ -133,8 +134,8 @@ def test_one_observation_per_class_with_loinc_ucum_range_and_flags(api_client, u
 
 def test_report_is_final_once_signed(api_client, user, reviewer, specimen):
     for cell in specimen.cells.all():
-        services.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
-    signed = services.specimen_sign(specimen=specimen, reviewer=reviewer)
+        cell_review.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
+    signed = signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
     api_client.force_authenticate(user)
     bundle = parse(fetch(api_client))
     (report,) = resources(bundle, DiagnosticReport)

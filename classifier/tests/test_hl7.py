@@ -4,7 +4,8 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from classifier import services
+from classifier.cells import review as cell_review
+from classifier.specimens import signoff
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory
 
 pytestmark = pytest.mark.django_db
@@ -134,8 +135,8 @@ def test_one_obx_per_class_numeric_percent_with_range_flag_and_status(api_client
 
 def test_final_status_after_sign_off(api_client, user, reviewer, specimen):
     for cell in specimen.cells.all():
-        services.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
-    services.specimen_sign(specimen=specimen, reviewer=reviewer)
+        cell_review.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
+    signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
     api_client.force_authenticate(user)
     message = parse(fetch(api_client))
     assert message.oru_r01_patient_result.oru_r01_order_observation.obr.obr_25.to_er7() == "F"
@@ -188,8 +189,8 @@ def test_every_message_parses_strictly_whatever_the_lab_name(api_client, user, r
     ClassificationFactory(owner=user, specimen=preliminary, predicted_label="NEUTROPHIL")
     final = SpecimenFactory(accession="LAB-F", created_by=user)
     cell = ClassificationFactory(owner=user, specimen=final, predicted_label="MONOCYTE")
-    services.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")
-    services.specimen_sign(specimen=final, reviewer=reviewer)
+    cell_review.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")
+    signoff.specimen_sign(specimen=final, reviewer=reviewer)
     empty = SpecimenFactory(accession="LAB-E", created_by=user)
     ClassificationFactory(owner=user, specimen=empty, unidentified=True)
     api_client.force_authenticate(user)

@@ -9,9 +9,9 @@ from hl7apy.parser import parse_message
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.test import APIClient
 
-from classifier import selectors
 from classifier.api.jobs import SpecimenReportCsvView, SpecimenReportPdfView
 from classifier.interop import fhir, hl7
+from classifier.specimens import selectors as specimen_selectors
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +28,7 @@ def test_any_lab_name_gives_a_strictly_valid_message_and_bundle(user, settings):
     """Random names full of delimiters, spaces, accents and control characters, built and parsed back."""
     specimen = SpecimenFactory(accession="EDGE-1", created_by=user)
     ClassificationFactory(owner=user, specimen=specimen, predicted_label="NEUTROPHIL")
-    differential = selectors.specimen_differential(specimen=specimen)
+    differential = specimen_selectors.specimen_differential(specimen=specimen)
     alphabet = "abcXYZ  \\|^&~éß\r\n\t\x00"
     rng = random.Random(7)
     for _ in range(40):

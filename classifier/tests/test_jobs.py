@@ -6,10 +6,17 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management import call_command
 
-from classifier import jobs, services, tasks
+from classifier.cells import services as cell_services
+from classifier.jobs import runner, tasks
+from classifier.jobs import selectors as job_selectors
+from classifier.jobs import services as job_services
 from classifier.models import BatchItem, BatchJob, Classification, Specimen
-
-from .specimen_helpers import cell_png, make_zip, media_files, sync_jobs  # noqa: F401
+from classifier.tests.specimen_helpers import (
+    cell_png,
+    make_zip,
+    media_files,
+    sync_jobs,  # noqa: F401
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sync_jobs")]
 
@@ -27,7 +34,7 @@ def test_job_from_files_classifies_each_once(user, settings, django_capture_on_c
         ("notes.txt", b"hello"),
     ]
     with django_capture_on_commit_callbacks(execute=True):
-        job = jobs.job_create(user=user, accession="ACC-1", files=files)
+        job = job_services.job_create(user=user, accession="ACC-1", files=files)
     job.refresh_from_db()
     assert job.state == BatchJob.State.DONE_WITH_ERRORS
     assert job.runs == 1 and job.started_at and job.finished_at
@@ -44,7 +51,7 @@ def test_job_from_files_classifies_each_once(user, settings, django_capture_on_c
     assert job.items.get(position=4).error_message == "Same image as file 1 (e.png)."
     # Staged copies are removed once each file is classified; the classification keeps its own.
     assert media_files(settings, "batches") == []
-    progress = jobs.job_progress(job=job)
+    progress = job_selectors.job_progress(job=job)
     assert progress["counts"] == {"pending": 0, "done": 3, "failed": 1, "skipped": 1}
     assert (progress["total"], progress["processed"], progress["percent"], progress["finished"]) == (
         5,
@@ -84,7 +91,7 @@ def test_zip_entries_are_read_safely(user, settings, django_capture_on_commit_ca
         }
     )
     with django_capture_on_commit_callbacks(execute=True):
-        job = jobs.job_create(user=user, accession="ZIP-1", archive=archive)
+        job = job_services.job_create(user=user, accession="ZIP-1", archive=archive)
     job.refresh_from_db()
     assert _items(job) == [
         (1, "a.png", "done", ""),
@@ -111,7 +118,7 @@ def test_zip_entries_are_read_safely(user, settings, django_capture_on_commit_ca
 )
 def test_bad_archive_is_refused_and_leaves_nothing(user, settings, archive, message):
     with pytest.raises(ValidationError) as info:
-        jobs.job_create(user=user, accession="BAD-1", archive=archive())
+        job_services.job_create(user=user, accession="BAD-1", archive=archive())
     assert info.value.messages == [message]
     assert not BatchJob.objects.exists() and not Specimen.objects.exists()
     assert media_files(settings, "batches") == []
@@ -139,7 +146,7 @@ def test_archive_over_the_archive_limit_is_refused_by_its_size(user, settings, a
     else:
         archive = _named(b"PK" + b"\0" * (size - 2))
     with pytest.raises(ImageRejected) as info:
-        jobs.job_create(user=user, accession="BIG-ZIP", archive=archive)
+        job_services.job_create(user=user, accession="BIG-ZIP", archive=archive)
     assert (info.value.code, info.value.http_status, info.value.message) == (
         "file_too_large",
         413,
@@ -154,7 +161,7 @@ def test_archive_bigger_than_the_image_limit_is_read(user, settings):
     settings.HEMATOVISION_BATCH_MAX_ARCHIVE_MB = 1
     archive = make_zip({f"{i}.png": cell_png("EOSINOPHIL", i, size=(96, 72)) for i in range(3)})
     assert 20_000 < len(archive.getvalue()) < 1024 * 1024
-    job = jobs.job_create(user=user, accession="MID-ZIP", archive=archive)
+    job = job_services.job_create(user=user, accession="MID-ZIP", archive=archive)
     assert [(i.filename, i.state) for i in job.items.order_by("position")] == [
         ("0.png", "pending"),
         ("1.png", "pending"),
@@ -166,10 +173,10 @@ def test_too_many_files_refused(user, settings):
     settings.HEMATOVISION_BATCH_MAX_FILES = 2
     archive = make_zip({f"{i}.png": cell_png("EOSINOPHIL", i) for i in range(3)})
     with pytest.raises(ValidationError) as info:
-        jobs.job_create(user=user, accession="MANY", archive=archive)
+        job_services.job_create(user=user, accession="MANY", archive=archive)
     assert info.value.messages == ["The archive holds 3 files; the limit is 2 per job."]
     with pytest.raises(ValidationError):
-        jobs.job_create(
+        job_services.job_create(
             user=user, accession="MANY", files=[(f"{i}.png", cell_png("EOSINOPHIL", i)) for i in range(3)]
         )
     assert not BatchJob.objects.exists()
@@ -178,43 +185,43 @@ def test_too_many_files_refused(user, settings):
 
 def test_signed_specimen_and_other_users_accession_refused(user, other_user, reviewer, settings):
     specimen = Specimen.objects.create(accession="SIGNED", created_by=user)
-    services.classification_create(user=other_user, data=cell_png("MONOCYTE", 7), accession="THEIRS")
+    cell_services.classification_create(user=other_user, data=cell_png("MONOCYTE", 7), accession="THEIRS")
     from django.utils import timezone
 
     Specimen.objects.filter(pk=specimen.pk).update(signed_by=reviewer, signed_at=timezone.now())
     with pytest.raises(ValidationError, match="Specimen SIGNED is signed; no images can be added."):
-        jobs.job_create(user=user, accession="SIGNED", files=[("a.png", cell_png())])
+        job_services.job_create(user=user, accession="SIGNED", files=[("a.png", cell_png())])
     with pytest.raises(ValidationError, match="cannot be added to accession THEIRS from your account"):
-        jobs.job_create(user=user, accession="THEIRS", files=[("a.png", cell_png())])
+        job_services.job_create(user=user, accession="THEIRS", files=[("a.png", cell_png())])
     assert not BatchJob.objects.exists() and media_files(settings, "batches") == []
     assert not any((settings.MEDIA_ROOT / "staging").iterdir())  # no staging lock is left behind
 
 
 def test_no_role_user_cannot_create_and_jobs_are_private(no_role_user, user, other_user, reviewer):
     with pytest.raises(PermissionDenied):
-        jobs.job_create(user=no_role_user, accession="X1", files=[("a.png", cell_png())])
-    job = jobs.job_create(user=user, accession="MINE", files=[("a.png", cell_png())])
-    assert jobs.job_get(user=user, pk=job.pk) == job
-    assert jobs.job_get(user=reviewer, pk=job.pk) == job
+        job_services.job_create(user=no_role_user, accession="X1", files=[("a.png", cell_png())])
+    job = job_services.job_create(user=user, accession="MINE", files=[("a.png", cell_png())])
+    assert job_selectors.job_get(user=user, pk=job.pk) == job
+    assert job_selectors.job_get(user=reviewer, pk=job.pk) == job
     with pytest.raises(BatchJob.DoesNotExist):
-        jobs.job_get(user=other_user, pk=job.pk)
-    assert list(jobs.job_list(user=no_role_user)) == []
+        job_selectors.job_get(user=other_user, pk=job.pk)
+    assert list(job_selectors.job_list(user=no_role_user)) == []
 
 
 def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
     user, monkeypatch, django_capture_on_commit_callbacks, caplog
 ):
     files = [(f"{i}.png", cell_png("LYMPHOCYTE", i)) for i in range(6)]
-    real_create = services.classification_get_or_create
+    real_create = cell_services.classification_get_or_create
 
     def flaky(**kwargs):
         if kwargs["filename"] == "3.png":
             raise RuntimeError("storage hiccup")
         return real_create(**kwargs)
 
-    monkeypatch.setattr(services, "classification_get_or_create", flaky)
+    monkeypatch.setattr(cell_services, "classification_get_or_create", flaky)
     with django_capture_on_commit_callbacks(execute=True):
-        job = jobs.job_create(user=user, accession="PART", files=files)
+        job = job_services.job_create(user=user, accession="PART", files=files)
     job.refresh_from_db()
     assert job.state == BatchJob.State.DONE_WITH_ERRORS
     failed = job.items.get(position=4)
@@ -228,9 +235,9 @@ def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
     assert failed.source  # kept so the file can be retried
     assert Classification.objects.count() == 5
 
-    monkeypatch.setattr(services, "classification_get_or_create", real_create)
+    monkeypatch.setattr(cell_services, "classification_get_or_create", real_create)
     with django_capture_on_commit_callbacks(execute=True):
-        jobs.job_rerun(job=job, user=user)
+        job_services.job_rerun(job=job, user=user)
     job.refresh_from_db()
     assert job.state == BatchJob.State.DONE and job.runs == 2
     assert Classification.objects.count() == 6
@@ -238,7 +245,7 @@ def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
         f"{i}.png" for i in range(6)
     ]
     with pytest.raises(ValidationError, match="No failed file can be retried."):
-        jobs.job_rerun(job=job, user=user)
+        job_services.job_rerun(job=job, user=user)
 
 
 class Killed(BaseException):
@@ -247,8 +254,8 @@ class Killed(BaseException):
 
 def test_killed_mid_job_resumes_without_duplicates(user, monkeypatch):
     files = [(f"{i}.png", cell_png("MONOCYTE", i)) for i in range(8)]
-    job = jobs.job_create(user=user, accession="KILL", files=files, enqueue=False)
-    real_create = services.classification_get_or_create
+    job = job_services.job_create(user=user, accession="KILL", files=files, enqueue=False)
+    real_create = cell_services.classification_get_or_create
     calls = Counter()
 
     def dies_on_fourth(**kwargs):
@@ -258,22 +265,22 @@ def test_killed_mid_job_resumes_without_duplicates(user, monkeypatch):
             raise Killed  # the classification is stored, but the item is not marked done
         return result
 
-    monkeypatch.setattr(services, "classification_get_or_create", dies_on_fourth)
+    monkeypatch.setattr(cell_services, "classification_get_or_create", dies_on_fourth)
     with pytest.raises(Killed):
-        jobs.job_run(job_id=job.pk)
+        runner.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.state == BatchJob.State.RUNNING
     assert job.items.filter(state=BatchItem.State.DONE).count() == 3
     assert Classification.objects.count() == 4
 
-    monkeypatch.setattr(services, "classification_get_or_create", real_create)
-    assert jobs.job_resume_unfinished() == [job.pk]  # sync mode: runs right away
+    monkeypatch.setattr(cell_services, "classification_get_or_create", real_create)
+    assert tasks.job_resume_unfinished() == [job.pk]  # sync mode: runs right away
     job.refresh_from_db()
     assert job.state == BatchJob.State.DONE and job.runs == 2
     assert Classification.objects.count() == 8
     ids = list(job.items.values_list("classification_id", flat=True))
     assert len(set(ids)) == 8 and None not in ids
-    jobs.job_run(job_id=job.pk)  # a redelivered message finds nothing to do
+    runner.job_run(job_id=job.pk)  # a redelivered message finds nothing to do
     assert Classification.objects.count() == 8
 
 
@@ -306,7 +313,7 @@ def test_classify_folder_errors(user, tmp_path):
 
 
 def test_resume_jobs_command_runs_unfinished(user, capsys):
-    job = jobs.job_create(user=user, accession="RES", files=[("a.png", cell_png())], enqueue=False)
+    job = job_services.job_create(user=user, accession="RES", files=[("a.png", cell_png())], enqueue=False)
     call_command("resume_jobs")
     out = capsys.readouterr().out
     assert f"job {job.pk} (RES): done" in out and "resumed 1 unfinished job(s)" in out
@@ -330,7 +337,7 @@ def test_in_process_thread_runs_the_job(user, settings):
     settings.CELERY_BROKER_URL = ""
     settings.HEMATOVISION_JOBS_IN_THREAD = True
     files = [(f"{i}.png", cell_png("EOSINOPHIL", i)) for i in range(3)]
-    job = jobs.job_create(user=user, accession="THREAD", files=files)
+    job = job_services.job_create(user=user, accession="THREAD", files=files)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         job.refresh_from_db()

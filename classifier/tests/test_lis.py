@@ -25,9 +25,10 @@ from rest_framework.test import APIClient
 
 from accounts.roles import INTERFACE
 from accounts.tests.factories import UserFactory
-from classifier import services
+from classifier.cells import review as cell_review
 from classifier.interop import mllp, orders
 from classifier.models import Order, OutboundMessage, ReportVersion, Specimen
+from classifier.specimens import amend, signoff
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory, image_bytes
 
 HERE = Path(__file__).parent
@@ -93,8 +94,8 @@ def strict(text: str):
 
 def sign_all(specimen, reviewer):
     for cell in specimen.cells.all():
-        services.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
-    return services.specimen_sign(specimen=specimen, reviewer=reviewer)
+        cell_review.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
+    return signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
 
 
 # ---- orders in ----
@@ -305,7 +306,7 @@ def test_fhir_transaction_bundle_validates_against_the_r4_schema(ordered, signer
     import jsonschema
 
     sign_all(ordered, signer)
-    services.specimen_amend(
+    amend.specimen_amend(
         specimen=ordered,
         reviewer=signer,
         reason="Cell 3 is a monocyte.",
@@ -514,7 +515,9 @@ def test_end_to_end_with_a_simulated_lis(tmp_path, settings, interface, user, si
             body = {"image": SimpleUploadedFile("c.jpg", image_bytes(colour)), "accession": "ACC-LIS-1"}
             assert tech.post("/api/v1/classifications/", body, format="multipart").status_code == 201
         for cell in specimen.cells.all():
-            services.classification_review(classification=cell, reviewer=signer, label=cell.predicted_label)
+            cell_review.classification_review(
+                classification=cell, reviewer=signer, label=cell.predicted_label
+            )
         assert client_for(signer).post("/api/v1/specimens/ACC-LIS-1/sign/").status_code == 200
         # 3. The sender pushes the ORU; the LIS parses it strictly and ACKs.
         call_command("hl7_sender", "--once")
@@ -532,19 +535,19 @@ def test_end_to_end_with_a_simulated_lis(tmp_path, settings, interface, user, si
         assert OutboundMessage.objects.get(report=v1).state == "accepted"
         # 4. An amendment arrives as a corrected result.
         cell = specimen.cells.order_by("id").first()
-        amend = client_for(signer).post(
+        amended = client_for(signer).post(
             "/api/v1/specimens/ACC-LIS-1/amend/",
             {"reason": "Reclassified.", "labels": {str(cell.pk): "BASOPHIL"}},
             format="json",
         )
-        assert amend.status_code == 200
+        assert amended.status_code == 200
         call_command("hl7_sender", "--once")
         assert [(r["status"], r["ack"]) for r in sim.rows()] == [("F", "AA"), ("C", "AA")]
         sim.kill()
 
         # 5. The LIS dies mid-delivery (received, never ACKed): the result arrives once when it returns.
         hold = Sim(tmp_path / "hold.jsonl", mode="hold", port=sim.port)
-        services.specimen_amend(
+        amend.specimen_amend(
             specimen=specimen, reviewer=signer, reason="Second correction.", labels={cell.pk: "NEUTROPHIL"}
         )
         v3 = ReportVersion.objects.get(number=3)
@@ -571,7 +574,7 @@ def test_end_to_end_with_a_simulated_lis(tmp_path, settings, interface, user, si
         # 6. A NAK (AE) is logged and retried, never lost.
         nak = Sim(tmp_path / "nak.jsonl", mode="nak-first", port=sim.port)
         try:
-            services.specimen_amend(
+            amend.specimen_amend(
                 specimen=specimen, reviewer=signer, reason="Third.", labels={cell.pk: "MONOCYTE"}
             )
             v4 = ReportVersion.objects.get(number=4)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from classifier import services
+from classifier.cells import review as cell_review
 from classifier.models import CellClass, Classification, ReviewEvent, ReviewState, Specimen, Status
+from classifier.specimens import signoff
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory, image_bytes, png_declaring
 
 pytestmark = pytest.mark.django_db
@@ -411,7 +412,7 @@ def test_a_second_reviewer_on_an_old_page_cannot_overwrite_unseen(client, review
     html = client.get(page).content.decode()
     seen = cell.review_version
     assert html.count(f'<input type="hidden" name="seen" value="{seen}">') == len(CellClass)  # one per class
-    services.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")  # A
+    cell_review.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")  # A
     response = client.post(
         reverse("classification-review", args=[cell.pk]), {"label": "NEUTROPHIL", "seen": seen}, follow=True
     )
@@ -436,7 +437,7 @@ def test_reclassify_and_changes_after_signing_are_refused(reviewer_client, revie
     reviewer_client.post(review, {"label": "MONOCYTE"})
     cell.refresh_from_db()
     assert (cell.review_state, cell.final_label) == ("reclassified", "MONOCYTE")
-    services.specimen_sign(specimen=specimen, reviewer=reviewer)
+    signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
     response = reviewer_client.post(review, {"label": "NEUTROPHIL"}, follow=True)
     assert "This result is signed and final; it cannot be changed." in response.content.decode()
     cell.refresh_from_db()

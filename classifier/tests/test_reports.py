@@ -12,11 +12,18 @@ import pytest
 from django.core.exceptions import ValidationError
 from PIL import Image
 
-from classifier import jobs, reports, selectors, services
+from classifier import reports
 from classifier.cells import classes as cell_classes
+from classifier.cells import review as cell_review
+from classifier.jobs import runner
+from classifier.jobs import services as job_services
 from classifier.models import Classification, ReviewState, Status
-
-from .specimen_helpers import FIXTURE_CELLS, sync_jobs  # noqa: F401
+from classifier.specimens import selectors as specimen_selectors
+from classifier.specimens import signoff
+from classifier.tests.specimen_helpers import (
+    FIXTURE_CELLS,
+    sync_jobs,  # noqa: F401
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sync_jobs")]
 
@@ -40,10 +47,10 @@ def known_images(per_class: int = 3) -> list[tuple[str, str, bytes]]:
 
 def build_specimen(user, accession="TEST-12"):
     images = known_images()
-    job = jobs.job_create(
+    job = job_services.job_create(
         user=user, accession=accession, files=[(name, data) for _, name, data in images], enqueue=False
     )
-    job = jobs.job_run(job_id=job.pk)
+    job = runner.job_run(job_id=job.pk)
     assert job.state == "done"
     return job.specimen, images
 
@@ -84,7 +91,7 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     cells = list(specimen.cells.all())
     assert len(cells) == 12
     predicted = Counter(c.predicted_label for c in cells if c.status == Status.CLASSIFIED)
-    differential = selectors.specimen_differential(specimen=specimen)
+    differential = specimen_selectors.specimen_differential(specimen=specimen)
     counted = sum(predicted.values())
     assert differential.counted_cells == counted
     assert differential.unidentified == sum(1 for c in cells if c.status == Status.UNIDENTIFIED)
@@ -98,7 +105,7 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     assert differential.unreviewed == 12 and differential.ready_to_sign is False
 
     with pytest.raises(ValidationError) as info:
-        services.specimen_sign(specimen=specimen, reviewer=reviewer)
+        signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
     assert info.value.messages[0].startswith("12 cell(s) are not reviewed yet")
     assert not Classification.objects.filter(review_state=ReviewState.SIGNED).exists()
 
@@ -115,11 +122,11 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     # The reviewer labels each cell with its true class (some reclassified), then signs.
     truth = {name: cls for cls, name, _ in images}
     for cell in cells:
-        services.classification_review(
+        cell_review.classification_review(
             classification=cell, reviewer=reviewer, label=truth[cell.original_filename]
         )
-    specimen = services.specimen_sign(specimen=specimen, reviewer=reviewer)
-    differential = selectors.specimen_differential(specimen=specimen)
+    specimen = signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
+    differential = specimen_selectors.specimen_differential(specimen=specimen)
     assert {row.label: row.count for row in differential.classes} == {cls: 3 for cls in CLASSES}
     # Table order (neutrophils first): 25 % each.
     assert [(row.label, row.percent, row.flag) for row in differential.classes] == [
@@ -143,8 +150,8 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
 
 def test_csv_per_specimen_and_for_a_date_range(user, other_user, reviewer):
     specimen, _ = build_specimen(user)
-    other = jobs.job_run(
-        job_id=jobs.job_create(
+    other = runner.job_run(
+        job_id=job_services.job_create(
             user=other_user,
             accession="OTHER-1",
             files=[("=cmd.png", FIXTURE_CELLS.joinpath("EOSINOPHIL_1.jpeg").read_bytes())],
@@ -200,7 +207,7 @@ def test_real_model_differential_matches_its_predictions(user, settings, tmp_pat
     specimen, images = build_specimen(user, accession="REAL-12")
     cells = list(specimen.cells.all())
     classified = Counter(c.predicted_label for c in cells if c.status == Status.CLASSIFIED)
-    differential = selectors.specimen_differential(specimen=specimen)
+    differential = specimen_selectors.specimen_differential(specimen=specimen)
     # The rows: the white-cell classes the shipped model knows (nucleated red cells and platelets are
     # reported apart), each with the model's count.
     white = [c.code for c in cell_classes.TABLE if c.model and c.counts_in_white_total]

@@ -13,9 +13,13 @@ from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
 
-from classifier import inference, reports, selectors, services
+from classifier import inference, reports
 from classifier.cells import references
+from classifier.cells import review as cell_review
+from classifier.cells import services as cell_services
 from classifier.models import Classification, ReviewEvent, Specimen
+from classifier.specimens import selectors as specimen_selectors
+from classifier.specimens import signoff
 from classifier.tests.factories import ClassificationFactory, ReviewerFactory, SpecimenFactory, image_bytes
 
 pytestmark = pytest.mark.django_db
@@ -50,10 +54,10 @@ def test_worklist_lists_unsigned_specimens_oldest_first_with_counts_and_flags(
     new, _ = _specimen(user, "S-NEW", NEUTROPHIL=2)
     old, old_cells = _specimen(user, "S-OLD", NEUTROPHIL=2, unidentified=1)
     Specimen.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=1))
-    services.classification_review(classification=old_cells[0], reviewer=reviewer, label="NEUTROPHIL")
+    cell_review.classification_review(classification=old_cells[0], reviewer=reviewer, label="NEUTROPHIL")
     signed, signed_cells = _specimen(user, "S-SIGNED", NEUTROPHIL=1)
-    services.classification_review(classification=signed_cells[0], reviewer=reviewer, label="NEUTROPHIL")
-    services.specimen_sign(specimen=signed, reviewer=reviewer)
+    cell_review.classification_review(classification=signed_cells[0], reviewer=reviewer, label="NEUTROPHIL")
+    signoff.specimen_sign(specimen=signed, reviewer=reviewer)
     SpecimenFactory(created_by=user, accession="S-EMPTY")
     response = reviewer_client.get(reverse("review-worklist"))
     assert [s.accession for s in response.context["specimens"]] == ["S-OLD", "S-NEW"]
@@ -160,7 +164,7 @@ def test_accept_confirms_each_cells_model_class(reviewer_client, user):
 def test_a_cell_another_reviewer_changed_refuses_the_whole_change_with_409(client, reviewer, user):
     specimen, cells = _specimen(user, NEUTROPHIL=2)
     stale = {str(c.pk): c.review_version for c in cells}
-    services.classification_review(classification=cells[1], reviewer=reviewer, label="MONOCYTE")  # A
+    cell_review.classification_review(classification=cells[1], reviewer=reviewer, label="MONOCYTE")  # A
     other = ReviewerFactory(username="reviewer2")
     client.force_login(other)
     response = client.post(
@@ -217,8 +221,8 @@ def test_cells_of_another_specimen_unidentified_accepts_and_signed_specimens_are
     response = _post(reviewer_client, "S-3", odd)
     assert response.json()["code"] == "unidentified"
     signed, cells = _specimen(user, "S-4", NEUTROPHIL=1)
-    services.classification_review(classification=cells[0], reviewer=reviewer, label="NEUTROPHIL")
-    services.specimen_sign(specimen=signed, reviewer=reviewer)
+    cell_review.classification_review(classification=cells[0], reviewer=reviewer, label="NEUTROPHIL")
+    signoff.specimen_sign(specimen=signed, reviewer=reviewer)
     cells[0].refresh_from_db()
     response = _post(reviewer_client, "S-4", cells, "BAND")
     assert (response.status_code, response.json()["code"]) == (400, "signed")
@@ -231,7 +235,7 @@ def test_technologist_cannot_post_reviews(tech_client, user):
 
 
 def test_thumbnail_is_the_located_cell_at_192_px(reviewer_client, user):
-    cell = services.classification_create(
+    cell = cell_services.classification_create(
         user=user, data=image_bytes((200, 60, 60), size=(320, 240)), accession="S-T"
     )
     response = reviewer_client.get(reverse("specimen-cell-thumb", args=["S-T", cell.pk]))
@@ -280,7 +284,7 @@ def test_sign_off_confirmation_shows_the_differential_and_signs_with_a_comment(
     page = reviewer_client.get(reverse("specimen-sign", args=["S-16"]))
     html = page.content.decode()
     assert 'id="differential"' in html and "100 cells" not in html and "<strong>4 cells</strong>" in html
-    assert f'name="seen" value="{selectors.specimen_review_version(specimen.cells.all())}"' in html
+    assert f'name="seen" value="{specimen_selectors.specimen_review_version(specimen.cells.all())}"' in html
     seen = page.context["seen"]
     response = reviewer_client.post(
         reverse("specimen-sign", args=["S-16"]), {"seen": seen, "comment": "  Smear well stained.  "}
@@ -299,7 +303,7 @@ def test_sign_off_is_refused_when_a_cell_changed_after_the_confirmation(reviewer
     _post(reviewer_client, "S-16", cells)
     seen = reviewer_client.get(reverse("specimen-sign", args=["S-16"])).context["seen"]
     fresh = Classification.objects.get(pk=cells[0].pk)
-    services.classification_review(classification=fresh, reviewer=reviewer, label="BAND")
+    cell_review.classification_review(classification=fresh, reviewer=reviewer, label="BAND")
     response = reviewer_client.post(reverse("specimen-sign", args=["S-16"]), {"seen": seen}, follow=True)
     assert "changed after the confirmation was shown" in response.content.decode()
     assert response.redirect_chain[-1][0] == reverse("specimen-sign", args=["S-16"])
@@ -351,9 +355,9 @@ def test_pdf_has_comment_signer_name_and_role_page_numbers_address_and_the_porta
     assert text.index("Unidentified — 1 cell(s)") < text.index("Neutrophil — 20 cell(s)")  # as the portal
     assert "2 Lab Road" in text and "Sample City 1234" in text
     for cell in cells[:22]:
-        services.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
-    services.classification_review(classification=cells[22], reviewer=reviewer, label="ARTEFACT")
-    services.specimen_sign(specimen=specimen, reviewer=reviewer, comment="Platelets clumped <b>x</b>.")
+        cell_review.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
+    cell_review.classification_review(classification=cells[22], reviewer=reviewer, label="ARTEFACT")
+    signoff.specimen_sign(specimen=specimen, reviewer=reviewer, comment="Platelets clumped <b>x</b>.")
     specimen.refresh_from_db()
     text = _pdf_text(reports.specimen_report_pdf(specimen=specimen), tmp_path)
     assert "FINAL — signed by Grace Hopper (Reviewer)" in text

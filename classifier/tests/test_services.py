@@ -7,8 +7,11 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from PIL import Image
 
-from classifier import services
+from classifier.cells import review as cell_review
+from classifier.cells import services as cell_services
 from classifier.models import Classification, ReviewEvent, ReviewState, Specimen, Status
+from classifier.specimens import services as specimen_services
+from classifier.specimens import signoff
 from classifier.validation import ImageRejected
 
 FIXTURES = Path(__file__).resolve().parents[2] / "ml" / "tests" / "fixtures" / "cells"
@@ -33,7 +36,7 @@ def stored_files(settings) -> list[Path]:
 
 @pytest.mark.django_db
 def test_create_stores_image_heatmap_and_prediction(user, settings):
-    c = services.classification_create(user=user, data=png(), filename="../../etc/cell 1.png")
+    c = cell_services.classification_create(user=user, data=png(), filename="../../etc/cell 1.png")
     assert c.status == Status.CLASSIFIED
     assert c.predicted_label == "EOSINOPHIL" and c.label == "EOSINOPHIL"
     assert c.confidence == pytest.approx(0.88)
@@ -56,7 +59,7 @@ def test_jpeg_is_stored_without_exif(user):
     exif[0x0112] = 6  # orientation: rotate 90
     buffer = io.BytesIO()
     source.save(buffer, format="JPEG", exif=exif.tobytes())
-    c = services.classification_create(user=user, data=buffer.getvalue(), filename="a.jpg")
+    c = cell_services.classification_create(user=user, data=buffer.getvalue(), filename="a.jpg")
     stored = Path(c.image.path).read_bytes()
     assert b"SecretScopeMaker" not in stored
     assert Image.open(io.BytesIO(stored)).getexif() == {}
@@ -74,7 +77,7 @@ def test_jpeg_is_stored_without_exif(user):
 )
 def test_bad_input_leaves_nothing(user, settings, data, code):
     with pytest.raises(ImageRejected) as excinfo:
-        services.classification_create(user=user, data=data, filename="x.jpg")
+        cell_services.classification_create(user=user, data=data, filename="x.jpg")
     assert excinfo.value.code == code
     assert Classification.objects.count() == 0 and stored_files(settings) == []
 
@@ -83,7 +86,7 @@ def test_bad_input_leaves_nothing(user, settings, data, code):
 def test_truncated_jpeg_rejected(user, settings):
     data = next(FIXTURES.glob("*.jpeg")).read_bytes()
     with pytest.raises(ImageRejected) as excinfo:
-        services.classification_create(user=user, data=data[: len(data) // 2], filename="t.jpg")
+        cell_services.classification_create(user=user, data=data[: len(data) // 2], filename="t.jpg")
     assert excinfo.value.code == "corrupt_image"
     assert "truncated or damaged" in excinfo.value.message
     assert Classification.objects.count() == 0 and stored_files(settings) == []
@@ -92,43 +95,45 @@ def test_truncated_jpeg_rejected(user, settings):
 @pytest.mark.django_db
 def test_bad_accession_rejected_before_storing(user, settings):
     with pytest.raises(ValidationError):
-        services.classification_create(user=user, data=png(), accession="../evil")
+        cell_services.classification_create(user=user, data=png(), accession="../evil")
     assert Classification.objects.count() == 0 and Specimen.objects.count() == 0
     assert stored_files(settings) == []
 
 
 @pytest.mark.django_db
 def test_accession_of_another_technologist_is_refused_and_nothing_stored(user, other_user, settings):
-    services.classification_create(user=other_user, data=png(), accession="ACC-1")
+    cell_services.classification_create(user=other_user, data=png(), accession="ACC-1")
     before = stored_files(settings)
     with pytest.raises(ValidationError, match="cannot be added to accession ACC-1 from your account"):
-        services.classification_create(user=user, data=png(), accession="ACC-1")
+        cell_services.classification_create(user=user, data=png(), accession="ACC-1")
     assert Classification.objects.count() == 1
     assert stored_files(settings) == before
 
 
 @pytest.mark.django_db
 def test_external_id_makes_retries_safe(user, other_user):
-    first = services.classification_create(user=user, data=png(), external_id="LIS-42")
-    again = services.classification_create(user=user, data=png(), external_id=" LIS-42 ")
+    first = cell_services.classification_create(user=user, data=png(), external_id="LIS-42")
+    again = cell_services.classification_create(user=user, data=png(), external_id=" LIS-42 ")
     assert again.pk == first.pk and Classification.objects.count() == 1
     for data, accession in ((png((10, 200, 10)), None), (png(), "ACC-1")):  # another image, accession
         with pytest.raises(ValidationError) as err:
-            services.classification_create(user=user, data=data, external_id="LIS-42", accession=accession)
+            cell_services.classification_create(
+                user=user, data=data, external_id="LIS-42", accession=accession
+            )
         assert err.value.code == "external_id_conflict"
         assert err.value.messages == [
             f"external_id 'LIS-42' was already used for another image or accession (result #{first.pk}); "
             "a retry must send the same image and accession, a new image needs a new id."
         ]
     assert Classification.objects.count() == 1 and not Specimen.objects.exists()
-    theirs = services.classification_create(user=other_user, data=png(), external_id="LIS-42")
+    theirs = cell_services.classification_create(user=other_user, data=png(), external_id="LIS-42")
     assert theirs.pk != first.pk  # unique per user, not across users
 
 
 @pytest.mark.django_db
 def test_user_without_role_cannot_submit(no_role_user, settings):
     with pytest.raises(PermissionDenied):
-        services.classification_create(user=no_role_user, data=png())
+        cell_services.classification_create(user=no_role_user, data=png())
     assert stored_files(settings) == []
 
 
@@ -136,35 +141,36 @@ def test_user_without_role_cannot_submit(no_role_user, settings):
 def test_model_unavailable_keeps_upload_pending_then_classifies_later(user, settings, tmp_path):
     settings.HEMATOVISION_PREDICTOR = "ml"
     settings.HEMATOVISION_MODEL_PATH = str(tmp_path / "missing.keras")
-    c = services.classification_create(user=user, data=png(), filename="p.png")
+    c = cell_services.classification_create(user=user, data=png(), filename="p.png")
     assert c.status == Status.PENDING and c.predicted_label == "" and not c.heatmap
     assert Path(c.image.path).exists()
-    assert services.classification_classify_all_pending() == 0  # model still missing: stays pending
+    assert cell_services.classification_classify_all_pending() == 0  # model still missing: stays pending
     settings.HEMATOVISION_PREDICTOR = "fake"
-    assert services.classification_classify_all_pending() == 1
+    assert cell_services.classification_classify_all_pending() == 1
     done = Classification.objects.get(pk=c.pk)
     assert done.status == Status.CLASSIFIED and done.predicted_label == "EOSINOPHIL"
     assert Path(done.heatmap.path).exists()
-    assert services.classification_classify_all_pending() == 0
+    assert cell_services.classification_classify_all_pending() == 0
 
 
 @pytest.mark.django_db
 def test_review_confirm_reclassify_sign_and_audit(user, reviewer):
-    c = services.classification_create(user=user, data=png(), accession="S-AUD")
+    c = cell_services.classification_create(user=user, data=png(), accession="S-AUD")
     with pytest.raises(PermissionDenied):
-        services.classification_review(classification=c, reviewer=user, label="NEUTROPHIL")
+        cell_review.classification_review(classification=c, reviewer=user, label="NEUTROPHIL")
     with pytest.raises(ValidationError, match="not reviewed yet"):
-        services.specimen_sign(specimen=c.specimen, reviewer=reviewer)
-    c = services.classification_review(classification=c, reviewer=reviewer, label="EOSINOPHIL")
+        signoff.specimen_sign(specimen=c.specimen, reviewer=reviewer)
+    c = cell_review.classification_review(classification=c, reviewer=reviewer, label="EOSINOPHIL")
     assert c.review_state == ReviewState.CONFIRMED and c.final_label == "EOSINOPHIL"
-    c = services.classification_review(classification=c, reviewer=reviewer, label="NEUTROPHIL")
+    c = cell_review.classification_review(classification=c, reviewer=reviewer, label="NEUTROPHIL")
     assert c.review_state == ReviewState.RECLASSIFIED and c.label == "NEUTROPHIL"
-    assert not hasattr(services, "classification_sign")  # issue 16: no cell is signed on its own
-    services.specimen_sign(specimen=c.specimen, reviewer=reviewer)
+    assert not hasattr(cell_review, "classification_sign")
+    assert not hasattr(cell_services, "classification_sign")  # issue 16: no cell is signed on its own
+    signoff.specimen_sign(specimen=c.specimen, reviewer=reviewer)
     c.refresh_from_db()
     assert c.is_signed and c.signed_by == reviewer and c.signed_at is not None
     with pytest.raises(ValidationError, match="signed and final"):
-        services.classification_review(classification=c, reviewer=reviewer, label="MONOCYTE")
+        cell_review.classification_review(classification=c, reviewer=reviewer, label="MONOCYTE")
     events = list(ReviewEvent.objects.values_list("actor__username", "action", "from_label", "to_label"))
     assert events == [
         ("reviewer", "confirm", "EOSINOPHIL", "EOSINOPHIL"),
@@ -175,9 +181,9 @@ def test_review_confirm_reclassify_sign_and_audit(user, reviewer):
 
 @pytest.mark.django_db
 def test_unknown_label_rejected(user, reviewer):
-    c = services.classification_create(user=user, data=png())
+    c = cell_services.classification_create(user=user, data=png())
     with pytest.raises(ValidationError, match="Unknown cell class"):
-        services.classification_review(classification=c, reviewer=reviewer, label="MEGAKARYOCYTE")
+        cell_review.classification_review(classification=c, reviewer=reviewer, label="MEGAKARYOCYTE")
     assert ReviewEvent.objects.count() == 0
 
 
@@ -185,48 +191,48 @@ def test_unknown_label_rejected(user, reviewer):
 def test_unidentified_cell_is_reclassified_not_confirmed(user, reviewer):
     flat = io.BytesIO()
     Image.new("RGB", (64, 64), (128, 128, 128)).save(flat, format="PNG")
-    c = services.classification_create(user=user, data=flat.getvalue())
+    c = cell_services.classification_create(user=user, data=flat.getvalue())
     assert c.status == Status.UNIDENTIFIED and c.flag_reason == "not_blood_smear"
-    c = services.classification_review(classification=c, reviewer=reviewer, label=c.predicted_label)
+    c = cell_review.classification_review(classification=c, reviewer=reviewer, label=c.predicted_label)
     assert c.review_state == ReviewState.RECLASSIFIED
 
 
 @pytest.mark.django_db
 def test_specimen_sign_needs_every_cell_reviewed(user, reviewer):
-    a = services.classification_create(user=user, data=png(), accession="S-1")
-    b = services.classification_create(user=user, data=png((10, 10, 200)), accession="S-1")
+    a = cell_services.classification_create(user=user, data=png(), accession="S-1")
+    b = cell_services.classification_create(user=user, data=png((10, 10, 200)), accession="S-1")
     specimen = Specimen.objects.get(accession="S-1")
-    services.classification_review(classification=a, reviewer=reviewer, label="EOSINOPHIL")
+    cell_review.classification_review(classification=a, reviewer=reviewer, label="EOSINOPHIL")
     with pytest.raises(ValidationError, match="1 cell\\(s\\) are not reviewed yet"):
-        services.specimen_sign(specimen=specimen, reviewer=reviewer)
+        signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
     specimen.refresh_from_db()
     assert not specimen.is_signed
-    services.classification_review(classification=b, reviewer=reviewer, label="MONOCYTE")
-    signed = services.specimen_sign(specimen=specimen, reviewer=reviewer)
+    cell_review.classification_review(classification=b, reviewer=reviewer, label="MONOCYTE")
+    signed = signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
     assert signed.is_signed and signed.signed_by == reviewer
     assert set(specimen.cells.values_list("review_state", flat=True)) == {"signed"}
     with pytest.raises(ValidationError, match="is signed; no images can be added"):
-        services.classification_create(user=user, data=png(), accession="S-1")
+        cell_services.classification_create(user=user, data=png(), accession="S-1")
 
 
 @pytest.mark.django_db
 def test_delete_own_unreviewed_removes_files(
     user, other_user, settings, django_capture_on_commit_callbacks
 ):
-    c = services.classification_create(user=user, data=png())
+    c = cell_services.classification_create(user=user, data=png())
     with pytest.raises(PermissionDenied):
-        services.classification_delete(classification=c, user=other_user)
+        cell_services.classification_delete(classification=c, user=other_user)
     with django_capture_on_commit_callbacks(execute=True):
-        services.classification_delete(classification=c, user=user)
+        cell_services.classification_delete(classification=c, user=user)
     assert Classification.objects.count() == 0 and stored_files(settings) == []
 
 
 @pytest.mark.django_db
 def test_reviewed_result_cannot_be_deleted(user, reviewer):
-    c = services.classification_create(user=user, data=png())
-    services.classification_review(classification=c, reviewer=reviewer, label="EOSINOPHIL")
+    c = cell_services.classification_create(user=user, data=png())
+    cell_review.classification_review(classification=c, reviewer=reviewer, label="EOSINOPHIL")
     with pytest.raises(ValidationError, match="cannot be deleted"):
-        services.classification_delete(classification=c, user=user)
+        cell_services.classification_delete(classification=c, user=user)
     assert Classification.objects.count() == 1
 
 
@@ -234,7 +240,7 @@ def test_reviewed_result_cannot_be_deleted(user, reviewer):
 def test_unknown_inference_backend_keeps_upload_pending(user, settings):
     settings.HEMATOVISION_PREDICTOR = "ml"
     settings.HEMATOVISION_INFERENCE_BACKEND = "turbo"
-    c = services.classification_create(user=user, data=png(), filename="p.png")
+    c = cell_services.classification_create(user=user, data=png(), filename="p.png")
     assert c.status == Status.PENDING and Path(c.image.path).exists()
 
 
@@ -243,13 +249,13 @@ def test_unknown_inference_backend_keeps_upload_pending(user, settings):
 
 @pytest.mark.django_db
 def test_accession_is_case_insensitive(user, other_user, reviewer, settings):
-    first = services.classification_create(user=user, data=png(), accession="ACC-77")
+    first = cell_services.classification_create(user=user, data=png(), accession="ACC-77")
     before = stored_files(settings)
     # The refusal names the accession as typed, not as stored (nor who opened it).
     with pytest.raises(ValidationError, match="^\\['Images cannot be added to accession acc-77 from your"):
-        services.classification_create(user=other_user, data=png((20, 200, 30)), accession="acc-77")
+        cell_services.classification_create(user=other_user, data=png((20, 200, 30)), accession="acc-77")
     assert stored_files(settings) == before
-    added = services.classification_create(user=reviewer, data=png((20, 30, 200)), accession=" acc-77 ")
+    added = cell_services.classification_create(user=reviewer, data=png((20, 30, 200)), accession=" acc-77 ")
     assert added.specimen_id == first.specimen_id
     assert list(Specimen.objects.values_list("accession", flat=True)) == ["ACC-77"]  # first spelling kept
     from django.db import IntegrityError, transaction
@@ -261,18 +267,18 @@ def test_accession_is_case_insensitive(user, other_user, reviewer, settings):
 @pytest.mark.django_db
 def test_the_same_image_counts_once_in_a_specimen(user, reviewer, settings):
     data = png()
-    cell = services.classification_create(user=user, data=data, filename="a.png", accession="ACC-5")
+    cell = cell_services.classification_create(user=user, data=data, filename="a.png", accession="ACC-5")
     before = stored_files(settings)
     for who in (user, reviewer):  # the same file again, by its submitter or by a reviewer
         with pytest.raises(ValidationError) as err:
-            services.classification_create(user=who, data=data, filename="b.png", accession="acc-5")
+            cell_services.classification_create(user=who, data=data, filename="b.png", accession="acc-5")
         assert err.value.code == "duplicate_image"
         assert err.value.messages == [
             f"This image is already in specimen ACC-5 (cell #{cell.pk}); a cell is counted once."
         ]
     assert Classification.objects.count() == 1 and stored_files(settings) == before
-    other = services.classification_create(user=user, data=data, accession="ACC-6")  # another specimen
-    plain = services.classification_create(user=user, data=data)  # no specimen: not a count
+    other = cell_services.classification_create(user=user, data=data, accession="ACC-6")  # another specimen
+    plain = cell_services.classification_create(user=user, data=data)  # no specimen: not a count
     assert other.pk != plain.pk and Classification.objects.count() == 3
 
 
@@ -280,19 +286,19 @@ def test_the_same_image_counts_once_in_a_specimen(user, reviewer, settings):
 def test_a_cell_cannot_join_a_specimen_signed_while_it_was_uploaded(user, reviewer, settings, monkeypatch):
     """The upload reads the specimen, a reviewer signs it, then the upload saves: it must be refused
     (the upload locks the specimen and checks again; signing takes the same lock)."""
-    first = services.classification_create(user=user, data=png(), accession="RACE-1")
-    services.classification_review(classification=first, reviewer=reviewer, label="EOSINOPHIL")
-    real = services.specimen_get_or_create
+    first = cell_services.classification_create(user=user, data=png(), accession="RACE-1")
+    cell_review.classification_review(classification=first, reviewer=reviewer, label="EOSINOPHIL")
+    real = specimen_services.specimen_get_or_create
 
     def read_then_signed(**kwargs):
         specimen = real(**kwargs)  # passes its checks: not signed yet
-        services.specimen_sign(specimen=specimen, reviewer=reviewer)
+        signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
         return specimen
 
-    monkeypatch.setattr(services, "specimen_get_or_create", read_then_signed)
+    monkeypatch.setattr(specimen_services, "specimen_get_or_create", read_then_signed)
     before = stored_files(settings)
     with pytest.raises(ValidationError, match="Specimen RACE-1 is signed; no images can be added."):
-        services.classification_create(user=user, data=png((30, 200, 30)), accession="RACE-1")
+        cell_services.classification_create(user=user, data=png((30, 200, 30)), accession="RACE-1")
     # (one connection here: the sign-off rolled back with the refused upload; on two it stays)
     assert list(Classification.objects.values_list("pk", flat=True)) == [first.pk]
     assert stored_files(settings) == before
@@ -302,22 +308,22 @@ def test_a_cell_cannot_join_a_specimen_signed_while_it_was_uploaded(user, review
 def test_retry_of_a_pending_upload_classifies_it_once_the_model_is_back(user, settings, tmp_path):
     settings.HEMATOVISION_PREDICTOR = "ml"
     settings.HEMATOVISION_MODEL_PATH = str(tmp_path / "missing.keras")
-    c = services.classification_create(user=user, data=png(), external_id="LIS-9")
-    again = services.classification_create(user=user, data=png(), external_id="LIS-9")
+    c = cell_services.classification_create(user=user, data=png(), external_id="LIS-9")
+    again = cell_services.classification_create(user=user, data=png(), external_id="LIS-9")
     assert (again.pk, again.status) == (c.pk, Status.PENDING)  # model still missing
     settings.HEMATOVISION_PREDICTOR = "fake"
-    done = services.classification_create(user=user, data=png(), external_id="LIS-9")
+    done = cell_services.classification_create(user=user, data=png(), external_id="LIS-9")
     assert (done.pk, done.status, done.predicted_label) == (c.pk, Status.CLASSIFIED, "EOSINOPHIL")
     assert Classification.objects.count() == 1 and Path(done.heatmap.path).exists()
 
 
 @pytest.mark.django_db
 def test_worker_start_finishes_pending_uploads(user, settings, tmp_path, monkeypatch):
-    from classifier import tasks
+    from classifier.jobs import tasks
 
     settings.HEMATOVISION_PREDICTOR = "ml"
     settings.HEMATOVISION_MODEL_PATH = str(tmp_path / "missing.keras")
-    c = services.classification_create(user=user, data=png())
+    c = cell_services.classification_create(user=user, data=png())
     settings.HEMATOVISION_PREDICTOR = "fake"
     queued = []
     monkeypatch.setattr(tasks.finish_stored_uploads, "delay", lambda: queued.append("finish"))
@@ -334,24 +340,25 @@ def test_an_unidentified_cell_has_no_class_until_a_reviewer_gives_one(user, revi
     cell = ClassificationFactory(owner=user, unidentified=True, predicted_label="NEUTROPHIL")
     assert cell.label == "" and str(cell) == f"#{cell.pk} unidentified"
     with pytest.raises(ValidationError, match="did not classify this cell"):
-        services.classification_confirm(classification=cell, reviewer=reviewer)
+        cell_review.classification_confirm(classification=cell, reviewer=reviewer)
     assert Classification.objects.get(pk=cell.pk).review_state == ReviewState.UNREVIEWED
-    done = services.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")
+    done = cell_review.classification_review(classification=cell, reviewer=reviewer, label="MONOCYTE")
     assert (done.label, done.review_state) == ("MONOCYTE", ReviewState.RECLASSIFIED)
     event = ReviewEvent.objects.get(classification=cell)
     assert (event.action, event.from_label, event.to_label) == ("reclassify", "", "MONOCYTE")
     ok = ClassificationFactory(owner=user, predicted_label="LYMPHOCYTE")
-    assert services.classification_confirm(classification=ok, reviewer=reviewer).review_state == "confirmed"
+    confirmed = cell_review.classification_confirm(classification=ok, reviewer=reviewer)
+    assert confirmed.review_state == "confirmed"
 
 
 @pytest.mark.django_db
 def test_deleting_a_result_leaves_an_audit_record(user, django_capture_on_commit_callbacks):
     from django.contrib.admin.models import DELETION, LogEntry
 
-    c = services.classification_create(user=user, data=png(), filename="smear 3.png", accession="ACC-9")
+    c = cell_services.classification_create(user=user, data=png(), filename="smear 3.png", accession="ACC-9")
     pk, sha = c.pk, c.image_sha256
     with django_capture_on_commit_callbacks(execute=True):
-        services.classification_delete(classification=c, user=user)
+        cell_services.classification_delete(classification=c, user=user)
     entry = LogEntry.objects.get()
     assert (entry.user_id, entry.action_flag, entry.object_id) == (user.pk, DELETION, str(pk))
     assert entry.object_repr == f"#{pk} EOSINOPHIL"

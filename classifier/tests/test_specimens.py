@@ -9,10 +9,19 @@ from django.urls import reverse
 from PIL import Image
 from rest_framework.authtoken.models import Token
 
-from classifier import jobs, services
+from classifier.cells import review as cell_review
+from classifier.cells import services as cell_services
+from classifier.jobs import runner
+from classifier.jobs import selectors as job_selectors
+from classifier.jobs import services as job_services
 from classifier.models import BatchJob, Classification, ReviewState, Specimen
-
-from .specimen_helpers import cell_png, field_jpeg, make_zip, media_files, sync_jobs  # noqa: F401
+from classifier.tests.specimen_helpers import (
+    cell_png,
+    field_jpeg,
+    make_zip,
+    media_files,
+    sync_jobs,  # noqa: F401
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sync_jobs")]
 
@@ -24,13 +33,13 @@ def upload(name, data, content_type="image/png"):
 
 
 def specimen_with_cells(user, accession="S-1", labels=("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")):
-    job = jobs.job_create(
+    job = job_services.job_create(
         user=user,
         accession=accession,
         enqueue=False,
         files=[(f"{i}.png", cell_png(label, i)) for i, label in enumerate(labels)],
     )
-    return jobs.job_run(job_id=job.pk).specimen
+    return runner.job_run(job_id=job.pk).specimen
 
 
 def token_client(api_client, user):
@@ -81,7 +90,7 @@ def test_batch_upload_page_runs_a_job_and_shows_progress(
 
 
 def test_batch_upload_errors_are_shown_and_store_nothing(tech_client, other_user, settings):
-    services.classification_create(user=other_user, data=cell_png("MONOCYTE", 5), accession="THEIRS")
+    cell_services.classification_create(user=other_user, data=cell_png("MONOCYTE", 5), accession="THEIRS")
     response = tech_client.post(reverse("batch-upload"), {"accession": "WEB-2", "kind": "cells"})
     assert response.status_code == 200 and "Choose some images or a ZIP archive." in response.content.decode()
     response = tech_client.post(
@@ -120,9 +129,9 @@ def test_job_pages_of_other_users_are_404(client, user, other_user):
 def test_technologist_opens_every_cell_of_own_specimen_only(client, user, other_user, reviewer):
     """A reviewer may add cells to a technologist's specimen; its gallery, differential and report
     show them, so the technologist may open them too (but not the reviewer's other results)."""
-    mine = services.classification_create(user=user, data=cell_png("EOSINOPHIL", 1), accession="S-9")
-    added = services.classification_create(user=reviewer, data=cell_png("MONOCYTE", 2), accession="S-9")
-    elsewhere = services.classification_create(user=reviewer, data=cell_png("MONOCYTE", 3))
+    mine = cell_services.classification_create(user=user, data=cell_png("EOSINOPHIL", 1), accession="S-9")
+    added = cell_services.classification_create(user=reviewer, data=cell_png("MONOCYTE", 2), accession="S-9")
+    elsewhere = cell_services.classification_create(user=reviewer, data=cell_png("MONOCYTE", 3))
     client.force_login(user)
     for cell in (mine, added):
         assert client.get(reverse("classification-detail", args=[cell.pk])).status_code == 200
@@ -136,9 +145,11 @@ def test_technologist_opens_every_cell_of_own_specimen_only(client, user, other_
 
 
 def test_job_progress_gives_unidentified_cells_no_class(user, settings):
-    job = jobs.job_create(user=user, accession="S-U", files=[("flat.png", _flat_png())], enqueue=False)
-    jobs.job_run(job_id=job.pk)
-    row = jobs.job_progress(job=BatchJob.objects.get(pk=job.pk))["items"][0]
+    job = job_services.job_create(
+        user=user, accession="S-U", files=[("flat.png", _flat_png())], enqueue=False
+    )
+    runner.job_run(job_id=job.pk)
+    row = job_selectors.job_progress(job=BatchJob.objects.get(pk=job.pk))["items"][0]
     assert (row["state"], row["status"], row["label"]) == ("done", "unidentified", None)
     cell = Classification.objects.get()
     assert cell.predicted_label == "NEUTROPHIL" and cell.label == ""
@@ -176,7 +187,7 @@ def test_specimen_list_detail_and_sign(reviewer_client, user, reviewer):
     assert not Specimen.objects.get(accession="S-1").is_signed
 
     for c in specimen.cells.all():
-        services.classification_review(classification=c, reviewer=reviewer, label=c.predicted_label)
+        cell_review.classification_review(classification=c, reviewer=reviewer, label=c.predicted_label)
     response = reviewer_client.post(reverse("specimen-sign", args=["S-1"]), follow=True)
     assert "Specimen S-1 is signed; the report is final." in response.content.decode()
     signed = Specimen.objects.get(accession="S-1")
@@ -247,8 +258,8 @@ def test_whole_field_upload_locates_classifies_and_draws_boxes(
     assert tech_client.get(reverse("job-field-image", args=[job.pk, 2])).status_code == 200
     assert tech_client.get(reverse("job-field-image", args=[job.pk, 3])).status_code == 404
     # Re-running the same field adds no cells.
-    jobs.job_run(
-        job_id=jobs.job_create(
+    runner.job_run(
+        job_id=job_services.job_create(
             user=user, accession="FLD-1", kind="fields", enqueue=False, files=[("again.jpg", field_jpeg())]
         ).pk
     )
@@ -259,10 +270,10 @@ def test_field_on_a_real_original_image(user):
     path = Path(__file__).resolve().parents[3] / "shared/datasets/bccd-wbc/ORIGINAL/BloodImage_00000.jpg"
     if not path.exists():
         pytest.skip("the BCCD ORIGINAL folder is not mounted")
-    job = jobs.job_create(
+    job = job_services.job_create(
         user=user, accession="ORIG-0", kind="fields", enqueue=False, files=[(path.name, path.read_bytes())]
     )
-    progress = jobs.job_progress(job=jobs.job_run(job_id=job.pk))
+    progress = job_selectors.job_progress(job=runner.job_run(job_id=job.pk))
     assert progress["items"][0]["state"] == "done" and len(progress["items"][0]["cells"]) >= 1
 
 
@@ -361,7 +372,7 @@ def test_api_sign_reviewers_only_and_409_while_unreviewed(api_client, user, revi
     }
     assert not Specimen.objects.get(accession="SIGN-1").is_signed
     for c in specimen.cells.all():
-        services.classification_review(classification=c, reviewer=reviewer, label=c.predicted_label)
+        cell_review.classification_review(classification=c, reviewer=reviewer, label=c.predicted_label)
     response = rev.post("/api/v1/specimens/SIGN-1/sign/")
     assert response.status_code == 200
     body = response.json()

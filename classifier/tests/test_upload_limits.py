@@ -19,8 +19,11 @@ from PIL import Image
 
 from classifier.api.throttling import TokenRateThrottle
 from classifier.models import BatchJob, Classification, Specimen
-
-from .specimen_helpers import cell_png, media_files, sync_jobs  # noqa: F401
+from classifier.tests.specimen_helpers import (
+    cell_png,
+    media_files,
+    sync_jobs,  # noqa: F401
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sync_jobs")]
 

@@ -6,7 +6,9 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from classifier import jobs
+from classifier.jobs import runner
+from classifier.jobs import selectors as job_selectors
+from classifier.jobs import services as job_services
 from classifier.models import BatchJob
 
 
@@ -39,14 +41,16 @@ class Command(BaseCommand):
         files = [(str(p.relative_to(directory)), p.read_bytes()) for p in paths]
         kind = BatchJob.Kind.FIELDS if fields else BatchJob.Kind.CELLS
         try:
-            job = jobs.job_create(user=owner, accession=accession, files=files, kind=kind, enqueue=queue)
+            job = job_services.job_create(
+                user=owner, accession=accession, files=files, kind=kind, enqueue=queue
+            )
         except (ValidationError, PermissionDenied) as exc:
             raise CommandError(" ".join(getattr(exc, "messages", [str(exc)]))) from exc
         if queue:
             self.stdout.write(f"queued job {job.pk} with {len(files)} file(s) for {accession}")
             return
-        job = jobs.job_run(job_id=job.pk)
-        progress = jobs.job_progress(job=job)
+        job = runner.job_run(job_id=job.pk)
+        progress = job_selectors.job_progress(job=job)
         for row in progress["items"]:
             if row["state"] == "done":
                 outcome = row["label"] or row["status"]

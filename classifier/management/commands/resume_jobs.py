@@ -9,7 +9,10 @@ jobs resume.
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from classifier import jobs, services, staging
+from classifier import staging
+from classifier.cells import services as cell_services
+from classifier.jobs import runner, tasks
+from classifier.models import BatchJob
 
 
 class Command(BaseCommand):
@@ -22,18 +25,18 @@ class Command(BaseCommand):
         swept = staging.sweep_crashed_stagings()
         if swept:
             self.stdout.write(f"removed {len(swept)} file(s) left by a crashed batch staging")
-        stored = services.classification_finish_stored()
+        stored = cell_services.classification_finish_stored()
         self.stdout.write(f"classified {stored['spooled']} spooled upload(s)")
         self.stdout.write(f"classified {stored['pending']} pending image(s)")
         if settings.CELERY_BROKER_URL:
-            ids = jobs.job_resume_unfinished()
+            ids = tasks.job_resume_unfinished()
             self.stdout.write(f"queued {len(ids)} unfinished job(s): {ids}")
             return
-        pending = jobs.BatchJob.objects.exclude(
-            state__in=[jobs.BatchJob.State.DONE, jobs.BatchJob.State.DONE_WITH_ERRORS]
+        pending = BatchJob.objects.exclude(
+            state__in=[BatchJob.State.DONE, BatchJob.State.DONE_WITH_ERRORS]
         ).order_by("created_at", "id")
         ids = list(pending.values_list("pk", flat=True))
         for job_id in ids:
-            job = jobs.job_run(job_id=job_id)
+            job = runner.job_run(job_id=job_id)
             self.stdout.write(f"job {job.pk} ({job.specimen.accession}): {job.state}")
         self.stdout.write(f"resumed {len(ids)} unfinished job(s)")

@@ -13,9 +13,10 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import inference, services
-from .cells import classes
-from .validation import ImageRejected, check_image
+from classifier import inference
+from classifier.cells import classes
+from classifier.cells import services as cell_services
+from classifier.validation import ImageRejected, check_image
 
 # Box colours per class, RGB: the table's badge colours (grey for unidentified / pending cells).
 COLOURS = {**{cell.code: cell.rgb for cell in classes.TABLE}, None: (108, 117, 125)}
@@ -44,7 +45,7 @@ def field_classify(
     stem = PurePosixPath(filename).stem or "field"
     cells = []
     for n, (box, crop) in enumerate(located, start=1):
-        classification = services.classification_create(
+        classification = cell_services.classification_create(
             user=user,
             data=_png(np.ascontiguousarray(crop)),
             filename=f"{stem}-cell{n}.png",
