@@ -66,59 +66,79 @@ def _otsu(values: np.ndarray, bins: int = 128) -> float:
     return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
-def _small_copy(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+def _planes(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    """The analysis copy (at most ``WORK_SIDE`` px on the longer side) as float32 colour planes (3, h, w):
+    each plane contiguous, so that per-pixel colour arithmetic runs on whole arrays."""
     step = max(1, int(np.ceil(max(rgb.shape[:2]) / WORK_SIDE)))
-    return np.asarray(rgb[::step, ::step, :3], dtype=np.float32), step
+    return np.ascontiguousarray(rgb[::step, ::step, :3].transpose(2, 0, 1), dtype=np.float32), step
 
 
 def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
     """Red-cell scale and white-cell nuclei of an HxWx3 uint8 image (see the module docstring)."""
     from scipy import ndimage as ndi
 
-    small, step = _small_copy(np.asarray(rgb))
-    h, w = small.shape[:2]
+    planes, step = _planes(np.asarray(rgb))
+    red, green, blue = planes
+    h, w = red.shape
     # Rotated or padded images carry black corners: not part of the smear.
-    valid = small.max(2) > 30
-    if valid.sum() < 0.2 * h * w or min(h, w) < 16:
+    valid = np.maximum(np.maximum(red, green), blue) > 30
+    if np.count_nonzero(valid) < 0.2 * h * w or min(h, w) < 16:
         return Frame(min(h, w) * step / FALLBACK_FIELD_RBC, "fallback", (), "no_cell_found")
     valid = _erode(valid, 2)
-    grey = small.mean(2)
+    # The channel mean as ``rgb.mean(2)`` computes it, bit for bit: float32 sum in channel order,
+    # divided (in float64, numpy's count being an intp) and stored as float32.
+    grey = red + green
+    grey += blue
+    np.true_divide(grey, np.intp(3), out=grey, casting="unsafe")
     bright = valid & (grey >= np.percentile(grey[valid], 85))
-    background = np.median(small[bright], axis=0)
-    dist_bg = np.sqrt(((small - background) ** 2).sum(2))
+    background = np.median(planes[:, bright], axis=1)
+    sq = np.square(red - background[0])
+    sq += np.square(green - background[1])
+    sq += np.square(blue - background[2])
+    dist_bg = np.sqrt(sq, out=sq)
     foreground = valid & (dist_bg > 0.8 * _otsu(dist_bg[valid]))
-    index = (small[..., 2] - small[..., 1]) + 0.5 * (background.mean() - grey)
-    if foreground.sum() < 0.002 * h * w:
+    index = (blue - green) + 0.5 * (background.mean() - grey)
+    if np.count_nonzero(foreground) < 0.002 * h * w:
         return Frame(min(h, w) * step / FALLBACK_FIELD_RBC, "fallback", (), "no_cell_found")
     # Otsu over the foreground splits red cells from nuclei; with no red cells (a bare nucleus on
     # plain background) it would split the nuclei themselves: capped two thirds of the way to their core.
-    median, core = float(np.percentile(index[valid], 50)), float(np.percentile(index[valid], 99.5))
+    # (Two calls with scalar q, as before: an array q makes numpy interpolate in float64, not float32.)
+    inside = index[valid]
+    median, core = float(np.percentile(inside, 50)), float(np.percentile(inside, 99.5))
     thr = max(min(_otsu(index[foreground]), (median + 2 * core) / 3), median + 20.0)
-    nucleus = _dilate(_erode(index > thr, 1), 1) & valid
+    nucleus = _dilate(_erode(index > thr, 1), 1)
+    nucleus &= valid
 
     # Red cells: foreground away from nuclei, pallor filled, largest inscribed radius per region.
     rbc = foreground & ~_dilate(nucleus, max(2, int(0.02 * min(h, w))))
-    rbc = ndi.binary_fill_holes(_dilate(_erode(rbc, 2), 2))
-    labels, n = ndi.label(rbc)
-    radii = np.asarray(ndi.maximum(ndi.distance_transform_edt(rbc), labels, np.arange(1, n + 1))) if n else []
-    radii = np.asarray(radii, dtype=np.float64)
-    radii = radii[radii >= 4]
-    d = float(2 * np.percentile(radii, 90)) if len(radii) else 0.0
+    rbc = _fill_holes(_dilate(_erode(rbc, 2), 2))
+    d = _red_cell_diameter(rbc)
     if min(h, w) / MAX_FIELD_RBC <= d <= min(h, w) / MIN_FIELD_RBC:
         source = "red_cells"
     else:  # none measured, or an implausible size (fragments of pale cells): assume the framing
         d, source = min(h, w) / FALLBACK_FIELD_RBC, "fallback"
 
     # Nuclei: lobes merged at a tenth of a red cell; candidates above a small platelet's area.
+    # Closed, labelled and summed on the nucleus pixels' bounding box widened by the closing radius
+    # (nothing outside it can be set): the same labels, in the same order, and the same sums.
     r = max(1, int(round(CLOSE_RBC * d)))
-    closed = binary_closing_disk(nucleus, r) & valid
-    lab, m = ndi.label(closed)
+    closed = np.zeros((h, w), bool)
+    rows, cols = np.flatnonzero(nucleus.any(1)), np.flatnonzero(nucleus.any(0))
+    y0 = x0 = 0
+    if len(rows):
+        y0, y1 = max(0, rows[0] - r), min(h, rows[-1] + r + 1)
+        x0, x1 = max(0, cols[0] - r), min(w, cols[-1] + r + 1)
+        win = (slice(y0, y1), slice(x0, x1))
+        closed[win] = binary_closing_disk(nucleus[win], r) & valid[win]
+        lab, m = ndi.label(closed[win])
+    else:
+        m = 0
     boxes: list[Box] = []
     reason = None
     if m:
         ids = np.arange(1, m + 1)
-        areas = np.asarray(ndi.sum(closed, lab, ids))
-        mass = np.asarray(ndi.sum(np.clip(index - thr, 0, None) + thr, lab, ids))
+        areas = np.asarray(ndi.sum(closed[win], lab, ids))
+        mass = np.asarray(ndi.sum(np.clip(index[win] - thr, 0, None) + thr, lab, ids))
         slices = ndi.find_objects(lab)
         min_area = MIN_NUCLEUS_RBC2 * np.pi / 4 * d * d
         best = None
@@ -131,10 +151,10 @@ def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
             sl = slices[k]
             boxes.append(
                 Box(
-                    int(sl[1].start * step),
-                    int(sl[0].start * step),
-                    int(sl[1].stop * step),
-                    int(sl[0].stop * step),
+                    int((sl[1].start + x0) * step),
+                    int((sl[0].start + y0) * step),
+                    int((sl[1].stop + x0) * step),
+                    int((sl[0].stop + y0) * step),
                     float(mass[k] / (d * d)),
                 )
             )
@@ -147,24 +167,69 @@ def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
     return Frame(d * step, source, tuple(boxes), reason)
 
 
-def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
-    """``ndimage.binary_dilation(mask, iterations=k)`` (cross element), bit for bit: every pixel within
-    city-block distance k of a set pixel; one chamfer pass instead of k dilations."""
+def _red_cell_diameter(rbc: np.ndarray) -> float:
+    """Twice the 90th percentile, over the regions of ``rbc``, of each region's largest inscribed
+    radius (Euclidean distance to the nearest pixel off the mask), regions under 4 px left out; 0 if none.
+
+    Exactly ``ndimage.maximum(ndimage.distance_transform_edt(rbc), labels, ids)``: the distances are
+    square roots of integer squared distances, so the maximum is taken over those integers (no float
+    distance image, no sort of all pixels) and only the kept maxima are square-rooted."""
     from scipy import ndimage as ndi
 
-    if not mask.any():
-        return np.zeros_like(mask, bool)
-    return ndi.distance_transform_cdt(~mask, metric="taxicab") <= k
+    labels, n = ndi.label(rbc)
+    if not n:
+        return 0.0
+    ft = ndi.distance_transform_edt(rbc, return_distances=False, return_indices=True)
+    dy = ft[0] - np.arange(rbc.shape[0], dtype=ft.dtype)[:, None]
+    dx = ft[1] - np.arange(rbc.shape[1], dtype=ft.dtype)[None, :]
+    sq = dy * dy
+    sq += dx * dx
+    far = sq >= 16  # radius >= 4 exactly: sqrt is monotone and sqrt(16) == 4
+    best = np.zeros(n + 1, sq.dtype)
+    np.maximum.at(best, labels[far], sq[far])
+    radii = np.sqrt(best[1:][best[1:] >= 16].astype(np.float64))
+    return float(2 * np.percentile(radii, 90)) if len(radii) else 0.0
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes(mask)``, bit for bit: off-mask components (cross connectivity)
+    that do not touch the image border are filled."""
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(~mask)
+    outer = np.zeros(n + 1, bool)
+    for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+        outer[edge] = True
+    outer[0] = False
+    return ~outer[lab]
+
+
+def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
+    """``ndimage.binary_dilation(mask, iterations=k)`` (cross element), bit for bit: k shifted ORs."""
+    m = np.asarray(mask, bool)
+    for _ in range(k):
+        out = m.copy()
+        out[1:] |= m[:-1]
+        out[:-1] |= m[1:]
+        out[:, 1:] |= m[:, :-1]
+        out[:, :-1] |= m[:, 1:]
+        m = out
+    return m
 
 
 def _erode(mask: np.ndarray, k: int) -> np.ndarray:
     """``ndimage.binary_erosion(mask, iterations=k)`` (cross element, border 0), bit for bit."""
-    from scipy import ndimage as ndi
-
-    padded = np.pad(np.asarray(mask, bool), 1)
-    if padded.all():
-        return np.ones_like(mask, bool)
-    return ndi.distance_transform_cdt(padded, metric="taxicab")[1:-1, 1:-1] > k
+    m = np.asarray(mask, bool)
+    for _ in range(k):
+        out = m.copy()
+        out[1:] &= m[:-1]
+        out[:-1] &= m[1:]
+        out[:, 1:] &= m[:, :-1]
+        out[:, :-1] &= m[:, 1:]
+        out[0] = out[-1] = False
+        out[:, 0] = out[:, -1] = False
+        m = out
+    return m
 
 
 def crop_window(
