@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -33,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ml.predictor import DEFAULT_MODEL_PATH, load_predictor
 
 FIXTURES = Path(__file__).resolve().parent / "tests" / "fixtures" / "cells"
 METHODS = ("served", "keras", "naive_single_view", "naive_tta")
@@ -64,10 +67,8 @@ def _images() -> list[bytes]:
 
 def _naive_single_view(model: str | None):
     """The original Flask app's way: decode, resize the whole image, ``model.predict`` on it."""
-    import keras
+    import keras  # Keras and PIL: imported in the child process that measures this way
     from PIL import Image
-
-    from ml.predictor import DEFAULT_MODEL_PATH
 
     path = Path(model) if model else DEFAULT_MODEL_PATH
     m = keras.saving.load_model(path, compile=False)
@@ -83,8 +84,6 @@ def _naive_single_view(model: str | None):
 def run_interleaved(model: str | None, n: int) -> dict:
     """Single-image latency of the served way and both naive ways in ONE process, calls interleaved
     round-robin (rotating order) on the same images, so that load from other jobs hits all alike."""
-    from ml.predictor import load_predictor
-
     images = _images()
     served = load_predictor(model, backend="auto")
     naive_tta = load_predictor(model, backend="naive")
@@ -122,8 +121,6 @@ def run_method(method: str, model: str | None, n: int, batch: int) -> dict:
         out["batch_throughput_img_s"] = 1.0 / float(np.mean(lat))  # one call per image, as the Flask app
         out["batch_size"] = 1
     else:
-        from ml.predictor import load_predictor
-
         backend = {"served": "auto", "keras": "keras", "naive_tta": "naive"}[method]
         pred = load_predictor(model, backend=backend)
         pred.predict_one(images[0])  # includes tracing / delegate set-up
@@ -182,7 +179,7 @@ def main(argv=None) -> int:
             continue
         res[method] = json.loads(r.stdout.strip().splitlines()[-1])
     out = {
-        "machine": {"cpus": __import__("os").cpu_count()},
+        "machine": {"cpus": os.cpu_count()},
         "litert_export": export_info,
         **res,
     }

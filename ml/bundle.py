@@ -5,8 +5,8 @@ statistics, colour model). Every result records the version, so the version must
 any of them changes what the model says: the network, the OOD statistics, the colour model, or a
 serving setting in the card (classes, input and crop, test-time views, colour weight, temperature,
 class offsets, flag thresholds). Figures, history and provenance in the card are not part of it, so
-recording TEST metrics in the card keeps the version. ``ml.predictor`` refuses a bundle whose card
-states another version than its contents hash to.
+recording TEST metrics in the card keeps the version. ``load_bundle`` (the predictor's loader)
+refuses a bundle whose card states another version than its contents hash to.
 
     python -m ml.bundle ml/artifacts            # the card's version and the computed one; exit 1 if
                                                 # they differ, 2 if the card's settings are unusable
@@ -18,8 +18,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
+
+from ml import ood
+
+
+class ModelLoadError(RuntimeError):
+    """The model file or its card is missing, unreadable or inconsistent."""
+
 
 # Card entries that change what the predictor answers.
 SERVING_KEYS = (
@@ -37,12 +45,12 @@ SERVING_KEYS = (
 
 def _number(value, what: str, low=None, high=None, above=None):
     """``value`` if it is a finite number within the bounds, else ValueError naming ``what``."""
-    import math
-
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high) or (
-        above is not None and value <= above
+    if (
+        (low is not None and value < low)
+        or (high is not None and value > high)
+        or (above is not None and value <= above)
     ):
         bounds = f"> {above}" if above is not None else f"in [{low}, {high}]"
         raise ValueError(f"{what} must be {bounds}, got {value!r}")
@@ -55,8 +63,6 @@ def check_serving_settings(card: dict) -> None:
     Checked when a bundle loads and before ``--write`` versions it: a temperature of 0 gave NaN
     confidences, a string threshold failed on every prediction, a missing crop a KeyError.
     """
-    from ml import ood
-
     if not isinstance(card, dict):
         raise ValueError(f"the card must be a JSON object, got {type(card).__name__}")
     classes = card.get("classes")
@@ -126,6 +132,48 @@ def bundle_version(card: dict, model_path: Path) -> str:
             raise FileNotFoundError(f"the card's {what} file {path.name} is missing next to {model_path}")
         h.update(f"{what}:{file_hash(path, 64)}".encode())
     return h.hexdigest()[:16]
+
+
+def load_bundle(path: Path):
+    """``(keras model, card, OOD statistics)`` of the bundle whose model file is ``path``, checked:
+    the card's serving settings, its class count and its version (the bundle's hash, ``ml.bundle``)."""
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    card_path = path.parent / "model_card.json"
+    try:
+        card = json.loads(card_path.read_text())
+        _ = card["version"]
+        check_serving_settings(card)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"model card {card_path} is missing or invalid: {exc}") from exc
+    try:
+        import keras  # Keras: imported when a model is loaded (``import ml.bundle`` stays cheap)
+
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many types for corrupt archives
+        raise ModelLoadError(f"could not load model {path}: {exc}") from exc
+    if model.output_shape[-1] != len(card["classes"]):
+        raise ModelLoadError(
+            f"model {path} has {model.output_shape[-1]} outputs but the card lists "
+            f"{len(card['classes'])} classes"
+        )
+    stats = None
+    if card.get("ood_stats_file"):
+        try:
+            stats = ood.load(path.parent / card["ood_stats_file"])
+        except Exception as exc:
+            raise ModelLoadError(f"could not read OOD statistics next to {path}: {exc}") from exc
+    try:
+        version = bundle_version(card, path)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    if version != card["version"]:
+        raise ModelLoadError(
+            f"model card {card_path} states version {card['version']}, but the bundle hashes to {version}: "
+            f"a file or a serving setting changed after it was versioned (`python -m ml.bundle "
+            f"{path.parent} --write` gives the changed bundle its own version)"
+        )
+    return model, card, stats
 
 
 def main(argv=None) -> int:

@@ -1,25 +1,51 @@
-"""Grad-CAM heat map of the located white cell, overlaid on the input image (PNG bytes)."""
+"""Grad-CAM heat map of the located white cell, overlaid on the input image (PNG bytes).
+
+``GradCam`` holds the compiled gradient computation of one model; ``cell_window`` frames the cell
+as a predictor with the given crop settings reads it; ``overlay_png`` draws the map over the image.
+``ml.predictor.Predictor.gradcam_png`` composes the three.
+"""
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 
+from ml import normalize
+from ml.locate import Box, crop_box, crop_cell, locate_cells
+from ml.model import CONV_LAYER
 
-def gradcam_map(predictor, crop: np.ndarray, class_index: int | None) -> tuple[np.ndarray, int]:
-    """Grad-CAM on one uint8 crop of the model's input size: (HxW map in 0..1, class index used)."""
-    import keras
-    import tensorflow as tf
 
-    from ml.model import CONV_LAYER
+@dataclass(frozen=True)
+class CropSettings:
+    """How a model's crops are framed (the card's ``crop`` and ``input`` entries)."""
 
-    if not hasattr(predictor, "_gradcam_fn"):
-        m = predictor.model
+    method: str  # "rbc_scale" (ml.normalize) or "ref_field" (ml.locate, the first model)
+    input_size: int
+    field_rbc: float
+    crop_side: float
+    mask_radius: float | None
+
+
+class GradCam:
+    """Grad-CAM of one model on uint8 crops of its input size, compiled on first use."""
+
+    def __init__(self, model, input_size: int):
+        self.model = model
+        self.input_size = input_size
+        self._fn = None
+
+    def _compile(self):
+        # Keras and TensorFlow: imported when a first heat map is asked for (import ml.gradcam stays cheap).
+        import keras
+        import tensorflow as tf
+
+        m = self.model
         gm = keras.Model(m.input, [m.get_layer(CONV_LAYER).output, m.output])
-        size = predictor.input_size
+        size = self.input_size
 
-        # Compiled once per predictor (fixed crop size): eager tape calls cost ~15x more on 2 CPUs.
+        # Compiled once per model (fixed crop size): eager tape calls cost ~15x more on 2 CPUs.
         @tf.function(
             input_signature=[
                 tf.TensorSpec((1, size, size, 3), tf.float32),
@@ -34,62 +60,59 @@ def gradcam_map(predictor, crop: np.ndarray, class_index: int | None) -> tuple[n
                 score = tf.math.log(probs[:, k] + 1e-9)
             return conv[0], tape.gradient(score, conv)[0], k
 
-        predictor._gradcam_fn = conv_and_grads
-    x = tf.convert_to_tensor(crop[None].astype(np.float32))
-    k = tf.constant(-1 if class_index is None else class_index, tf.int32)  # -1: the top class
-    conv, grads, k = predictor._gradcam_fn(x, k)
-    conv, grads, k = conv.numpy(), grads.numpy(), int(k)
-    weights = grads.mean(axis=(0, 1))
-    cam = np.maximum((conv * weights).sum(-1), 0)
-    cam = cam / (cam.max() + 1e-9)
-    from PIL import Image
+        return conv_and_grads
 
-    cam = (
-        np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(crop.shape[1::-1], Image.BICUBIC))
-        / 255.0
-    )
-    return cam, k
+    def map(self, crop: np.ndarray, class_index: int | None) -> tuple[np.ndarray, int]:
+        """(HxW map in 0..1, class index used) for one crop; ``class_index`` None: the top class."""
+        import tensorflow as tf  # imported with the model, see _compile
+        from PIL import Image  # PIL: imported when a heat map is drawn
+
+        if self._fn is None:
+            self._fn = self._compile()
+        x = tf.convert_to_tensor(crop[None].astype(np.float32))
+        k = tf.constant(-1 if class_index is None else class_index, tf.int32)  # -1: the top class
+        conv, grads, k = self._fn(x, k)
+        conv, grads, k = conv.numpy(), grads.numpy(), int(k)
+        weights = grads.mean(axis=(0, 1))
+        cam = np.maximum((conv * weights).sum(-1), 0)
+        cam = cam / (cam.max() + 1e-9)
+        cam = (
+            np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(crop.shape[1::-1], Image.BICUBIC))
+            / 255.0
+        )
+        return cam, k
 
 
-def gradcam_png(predictor, image, class_name: str | None = None) -> bytes:
-    """Heat-map overlay PNG of ``image`` for ``class_name`` (default: the class the predictor
-    answers for it, after its views, colour opinion and calibration, not the raw network's argmax).
+def cell_window(
+    rgb: np.ndarray, crop: CropSettings
+) -> tuple[Box | None, tuple[int, int, int, int], np.ndarray]:
+    """``(nucleus box, window in image pixels, crop the model reads)`` of the image's first cell."""
+    from PIL import Image  # PIL: imported when a heat map is drawn
 
-    The overlay is drawn on the image as the predictor sees it: inputs over ``MAX_SIDE`` pixels on
-    their longer side are scaled down uniformly to it (a prediction's ``cell_box`` is in the input's
-    own pixels: divide by the input's longer side / the overlay's longer side to draw it here).
-    """
-    import matplotlib
+    if crop.method == "rbc_scale":  # the cell framed on the image's own red-cell scale
+        frame = normalize.analyse(rgb)
+        box = frame.boxes[0] if frame.boxes else None
+        win = normalize.crop_window(frame, box, rgb.shape, crop.field_rbc)
+        cell = normalize.canonical_crop(rgb, frame, box, out_size=crop.input_size, field_rbc=crop.field_rbc)
+        return box, win, cell
+    # the first model's reference-field crop
+    boxes = locate_cells(rgb, max_cells=1)
+    box = boxes[0] if boxes else None
+    masked = crop.mask_radius
+    win = crop_box(rgb, box, side=crop.crop_side, centred=bool(masked))
+    native, _ = crop_cell(rgb, box=box, side=crop.crop_side, mask_radius=masked)
+    cell = np.asarray(Image.fromarray(native).resize((crop.input_size,) * 2, Image.BILINEAR))
+    return box, win, cell
+
+
+def overlay_png(rgb: np.ndarray, cam: np.ndarray, win, box: Box | None) -> bytes:
+    """The crop's heat map ``cam`` placed over ``win`` of ``rgb`` (jet colours), the box outlined."""
+    import matplotlib  # matplotlib and PIL: imported when a heat map is drawn
 
     matplotlib.use("Agg")
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
-    from ml import normalize
-    from ml.locate import crop_box, crop_cell, locate_cells
-    from ml.predictor import _downscale, to_rgb
-
-    if class_name is not None and class_name not in predictor.classes:
-        raise ValueError(f"unknown class {class_name!r}; model classes: {predictor.classes}")
-    if class_name is None:
-        class_name = predictor.predict_one(image).label
-    rgb, _ = _downscale(to_rgb(image))
-    if predictor.crop_method == "rbc_scale":  # the cell framed on the image's own red-cell scale
-        frame = normalize.analyse(rgb)
-        box = frame.boxes[0] if frame.boxes else None
-        win = normalize.crop_window(frame, box, rgb.shape, predictor.field_rbc)
-        crop = normalize.canonical_crop(
-            rgb, frame, box, out_size=predictor.input_size, field_rbc=predictor.field_rbc
-        )
-    else:  # the first model's reference-field crop
-        boxes = locate_cells(rgb, max_cells=1)
-        box = boxes[0] if boxes else None
-        masked = predictor.mask_radius
-        win = crop_box(rgb, box, side=predictor.crop_side, centred=bool(masked))
-        native, _ = crop_cell(rgb, box=box, side=predictor.crop_side, mask_radius=masked)
-        crop = np.asarray(Image.fromarray(native).resize((predictor.input_size,) * 2, Image.BILINEAR))
-    k = predictor.classes.index(class_name) if class_name else None
-    cam, _ = gradcam_map(predictor, crop, k)
     side = win[2] - win[0]
     cam = (
         np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)) / 255.0

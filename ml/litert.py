@@ -3,7 +3,7 @@
 The exported graph is the shipped Keras model's ``(avg_pool features, probabilities)``
 pair with a fixed input of ``(tta views, input_size, input_size, 3)`` float32: one
 invoke classifies one image in all its test-time views. The export is cached,
-not shipped: ``python -m ml.export`` (or the first ``load_predictor`` with the
+not shipped: ``python -m ml.export`` (or the first ``ml.predictor.load_predictor`` with the
 ``litert``/``auto`` backend) writes ``<cache>/<model version>-v<views>-s<size>-tf<TF version>.tflite``
 plus a ``.json`` sidecar holding the file's SHA-256 and the largest difference
 from the Keras model measured when it was written. A cache file is used only
@@ -17,11 +17,10 @@ server workers on few cores, 1 per worker avoids oversubscription).
 
 from __future__ import annotations
 
-import argparse
+import fcntl
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ def cache_paths(version: str, views: int, size: int) -> tuple[Path, Path]:
     return d / f"{stem}.tflite", d / f"{stem}.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -149,7 +148,7 @@ def export(both_model, keras_fn, version: str, views: int, size: int, n_classes:
             "tf_version": _tf_version(),
             "views": views,
             "input_size": size,
-            "sha256": _sha256(Path(tmp)),
+            "sha256": sha256(Path(tmp)),
             "max_abs_diff_vs_keras": diff,
             "export_s": round(time.perf_counter() - t, 2),
             "command": "python -m ml.export",
@@ -177,7 +176,7 @@ def cached(version: str, views: int, size: int) -> tuple[Path, dict] | None:
         and meta.get("model_version") == version
         and meta.get("tf_version") == _tf_version()
         and float(meta.get("max_abs_diff_vs_keras", np.inf)) <= TOLERANCE
-        and meta.get("sha256") == _sha256(tfl)
+        and meta.get("sha256") == sha256(tfl)
     )
     return (tfl, meta) if ok else None
 
@@ -189,8 +188,6 @@ def ensure(both_model, keras_fn, version: str, views: int, size: int, n_classes:
         return hit
     d = cache_dir()
     d.mkdir(parents=True, exist_ok=True)
-    import fcntl
-
     with open(d / ".export.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -198,30 +195,3 @@ def ensure(both_model, keras_fn, version: str, views: int, size: int, n_classes:
             return hit or export(both_model, keras_fn, version, views, size, n_classes)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Export the shipped model to LiteRT (cached, verified).")
-    ap.add_argument("--model", default=None, help="path to a .keras model (default: the shipped model)")
-    ap.add_argument("--force", action="store_true", help="export again even when the cache is valid")
-    args = ap.parse_args(argv)
-    from ml.predictor import ModelLoadError, load_predictor
-
-    try:
-        if args.force:
-            pred = load_predictor(args.model, backend="keras")
-            tfl, meta = export(
-                pred._both, pred._fn, pred.version, pred.n_views, pred.input_size, len(pred.classes)
-            )
-        else:
-            pred = load_predictor(args.model, backend="litert")
-            tfl, meta = pred.litert_path, pred.litert_meta
-    except (ModelLoadError, ExportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"path": str(tfl), **meta}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

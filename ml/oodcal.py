@@ -24,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.bundle import bundle_version
+from ml import ood
+from ml.bundle import bundle_version, load_bundle
+from ml.config import TrainConfig
+from ml.predictor import Predictor
 
 MARGIN = 0.95  # threshold at most 95 % of the smallest calibration distance
 MAX_IN_DIST = 0.02  # ...but never flag more than 2 % of in-distribution images by distance alone
@@ -33,6 +36,8 @@ SIZE = (320, 240)  # the reference field
 
 def calibration_images(seed: int = 0) -> dict[str, np.ndarray]:
     """Non-blood images (RGB uint8), none of them among the test fixtures' sources."""
+    # matplotlib, PIL and scikit-image: imported when the calibration set is rendered. scikit-image is a
+    # development requirement only (requirements-dev.txt): serving never imports this module.
     import matplotlib
     from matplotlib import cbook
     from PIL import Image
@@ -95,9 +100,9 @@ def _tint(rgb: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
 
 def outlier_distances(predictor, images: dict[str, np.ndarray]) -> tuple[dict[str, float], list[str]]:
     """Feature distance of each image the locator's gates let through; names the gates already flag."""
-    prepared = {n: predictor._prepare(a) for n, a in images.items()}
-    passed = [n for n, p in prepared.items() if not p[2]]
-    gated = [n for n, p in prepared.items() if p[2]]
+    prepared = {n: predictor.prepare(a) for n, a in images.items()}
+    passed = [n for n, p in prepared.items() if not p.flag_reason]
+    gated = [n for n, p in prepared.items() if p.flag_reason]
     if not passed:
         return {}, gated
     d = predictor.ood_scores([images[n] for n in passed])
@@ -114,17 +119,13 @@ def choose_ood_threshold(
 
 def apply(bundle: Path, log=print) -> dict:
     """Re-choose the bundle's thresholds with the calibration set; rewrite its card."""
-    from ml import ood
-    from ml.config import TrainConfig
-    from ml.predictor import Predictor, _load_parts
-
     card_path = bundle / "model_card.json"
     card = json.loads(card_path.read_text())
     val = np.load(bundle / "val_predictions.npz")
     if "ood_distance" not in val.files:
         raise ValueError(f"{bundle}/val_predictions.npz has no ood_distance (a bundle from ml.crossval)")
     in_dist, probs, labels = val["ood_distance"], val["probs"], val["labels"]
-    model, card0, stats = _load_parts(bundle / card["model_file"])
+    model, card0, stats = load_bundle(bundle / card["model_file"])
     predictor = Predictor(model, card0, stats, bundle / card["model_file"], backend="keras")
     images = calibration_images()
     dist, gated = outlier_distances(predictor, images)

@@ -7,14 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+from ml.predictor import ImageDecodeError, ModelLoadError, load_predictor
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("images", nargs="+")
     ap.add_argument("--model", default=None, help="path to a .keras model (default: the shipped model)")
     args = ap.parse_args(argv)
-    from ml.predictor import ImageDecodeError, ModelLoadError, load_predictor
-
     try:
         pred = load_predictor(args.model)
     except ModelLoadError as exc:

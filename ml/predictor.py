@@ -1,32 +1,51 @@
 """Serving: load the shipped model once, classify white-cell images, flag what it should not trust.
 
 This is the interface the Django app uses (through ``classifier/inference.py``).
-Images of any size and mode are accepted (bytes, PIL images, numpy arrays);
-the white cell is located and cropped exactly as in training (``ml.locate``),
+Images of any size and mode are accepted (bytes, PIL images, numpy arrays; ``ml.images``);
+the white cell is located and cropped exactly as in training (``ml.locate``, ``ml.normalize``),
 dihedral test-time augmentation is averaged, probabilities are calibrated by
 temperature scaling with one offset per class (the card's ``class_bias``), and
 images are flagged "unidentified" when no nucleus is found, when their features
 are far from every training cell (``not_blood_smear``), or when the calibrated
 confidence is low.
+
+Constructing a ``Predictor`` reads nothing but its colour model and writes nothing;
+``load_predictor`` loads a bundle from disk and, for the LiteRT backend, exports it (``ml.litert``).
 """
 
 from __future__ import annotations
 
-import io
-import json
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from ml import colour, litert, normalize, ood
+from ml.bundle import ModelLoadError, load_bundle
+from ml.card import model_summary  # noqa: F401  re-exported: classifier.inference reads it from here
+from ml.gradcam import CropSettings, GradCam, cell_window, overlay_png
+from ml.images import ImageDecodeError, downscale, to_rgb
+from ml.locate import crop_cell, locate_cells, smear_check
+from ml.model import FEATURES_LAYER
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_MODEL_PATH",
+    "ImageDecodeError",
+    "ModelLoadError",
+    "Prediction",
+    "Predictor",
+    "load_predictor",
+    "model_summary",
+    "tta_predict",
+]
+
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_MODEL_PATH = ARTIFACTS_DIR / "hematovision_wbc.keras"
-MAX_SIDE = 1280  # larger inputs are downscaled first (cells are located at the 320x240 field scale)
-# Larger images are refused before they are decoded (a 100 MP JPEG took 2.5 GB to decode). The web
-# portal's own limit (HEMATOVISION_MAX_PIXELS, 40 MP by default) is checked before this one.
-MAX_PIXELS = 50_000_000
 BATCH = 32
 BACKENDS = ("auto", "keras", "litert", "naive")  # see load_predictor
 
@@ -35,14 +54,6 @@ FLAG_MESSAGES = {
     "not_blood_smear": "The image does not look like the white-cell images the model was trained on.",
     "low_confidence": "The model is not confident about this cell; a human must classify it.",
 }
-
-
-class ModelLoadError(RuntimeError):
-    """The model file or its card is missing, unreadable or inconsistent."""
-
-
-class ImageDecodeError(ValueError):
-    """The input is not a decodable image."""
 
 
 @dataclass(frozen=True)
@@ -62,108 +73,6 @@ class Prediction:
         return d
 
 
-# --------------------------------------------------------------------------- image decoding
-
-
-def _pil_to_rgb(im) -> np.ndarray:
-    from PIL import Image, ImageOps
-
-    try:
-        im = ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001, S110  broken EXIF: keep the pixels as stored
-        pass
-    mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        if mode == "F" and a.size and a.max() <= 1.0:
-            a = a * 255.0
-        elif a.size and a.max() > 255:
-            a = a / (65535.0 if a.max() <= 65535 else a.max()) * 255.0
-        a = np.clip(a, 0, 255).astype(np.uint8)
-        return np.repeat(a[..., None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im)
-    return np.asarray(im.convert("RGB"))
-
-
-def _check_pil(im) -> None:
-    """One frame, at most MAX_PIXELS: checked on the header, before the pixels are decoded."""
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1:
-        raise ImageDecodeError(
-            f"the file holds {frames} frames (animation or stack); send one image per file"
-        )
-    w, h = im.size
-    if w * h > MAX_PIXELS:
-        raise ImageDecodeError(
-            f"the image is {w}x{h} pixels ({w * h / 1e6:.0f} MP); the limit is {MAX_PIXELS / 1e6:.0f} MP"
-        )
-
-
-def to_rgb(image) -> np.ndarray:
-    """Bytes / PIL image / numpy array -> HxWx3 uint8 RGB (EXIF orientation applied).
-
-    Raises ImageDecodeError for what is not one decodable image: unreadable bytes, several frames,
-    more than MAX_PIXELS pixels (refused before decoding).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        try:
-            im = Image.open(io.BytesIO(bytes(image)))
-            _check_pil(im)
-            im.load()
-        except ImageDecodeError:
-            raise
-        except (
-            UnidentifiedImageError,
-            OSError,
-            ValueError,
-            SyntaxError,
-            Image.DecompressionBombError,
-        ) as exc:
-            raise ImageDecodeError(f"not a decodable image ({len(image)} bytes): {exc}") from exc
-        rgb = _pil_to_rgb(im)
-    elif isinstance(image, Image.Image):
-        _check_pil(image)
-        rgb = _pil_to_rgb(image)
-    elif isinstance(image, np.ndarray):
-        a = image
-        if a.ndim == 2:
-            a = a[..., None]
-        if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or min(a.shape[:2]) < 1:
-            raise ImageDecodeError(f"array of shape {image.shape} is not an image")
-        if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.size and a.max() > 255):
-            a = a.astype(np.float64) / 257.0
-        elif a.dtype.kind == "f" and a.size and a.max() <= 1.0:
-            a = a * 255.0
-        a = np.clip(a, 0, 255).astype(np.uint8)
-        if a.shape[2] == 4:
-            alpha = a[..., 3:4].astype(np.float32) / 255.0
-            a = (a[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
-        elif a.shape[2] == 1:
-            a = np.repeat(a, 3, axis=2)
-        rgb = a
-    else:
-        raise ImageDecodeError(f"unsupported image type {type(image).__name__}")
-    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise ImageDecodeError("empty image")
-    return np.ascontiguousarray(rgb)
-
-
-def _downscale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
-    from PIL import Image
-
-    h, w = rgb.shape[:2]
-    f = max(h, w) / MAX_SIDE
-    if f <= 1:
-        return rgb, 1.0
-    small = Image.fromarray(rgb).resize((max(1, round(w / f)), max(1, round(h / f))), Image.BILINEAR)
-    return np.asarray(small), f
-
-
 # --------------------------------------------------------------------------- inference helpers
 
 
@@ -173,7 +82,7 @@ def dihedral_views(n: int) -> list[int]:
 
 def tta_predict(fn, crops: np.ndarray, views: int, batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
     """Average ``fn(x) -> (features, probs)`` over dihedral views of uint8 crops (N,S,S,3)."""
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: imported when a model runs (``import ml.predictor`` stays cheap)
 
     feats, probs = [], []
     ks = dihedral_views(views)
@@ -194,18 +103,42 @@ def tta_predict(fn, crops: np.ndarray, views: int, batch: int = BATCH) -> tuple[
 # --------------------------------------------------------------------------- the predictor
 
 
-class Predictor:
-    """A loaded model plus its card; ``predict`` is safe to call from many threads."""
+class Prepared(NamedTuple):
+    """One input image made ready for the network (``Predictor.prepare``)."""
 
-    def __init__(self, model, card: dict, ood_stats: dict | None, model_path: Path, backend: str = "keras"):
+    crop: np.ndarray  # uint8 (S,S,3), S = the model's input size
+    cell_box: tuple[int, int, int, int] | None  # located nucleus box in input-image coordinates
+    flag_reason: str | None  # the locator's own flag ("no_cell_found", ...), None when it passes
+    colour_features: np.ndarray | None  # ml.colour features (models with a colour opinion)
+
+
+class Predictor:
+    """A loaded model plus its card; ``predict`` is safe to call from many threads.
+
+    ``backend``: "keras" (a compiled ``tf.function``, all views in one call), "naive"
+    (``model.predict`` per image) or "litert" (``litert``, a ``ml.litert.LiteRTRunner`` of this
+    model's export, is then required: ``load_predictor`` makes it).
+    """
+
+    def __init__(
+        self,
+        model,
+        card: dict,
+        ood_stats: dict | None,
+        model_path: Path,
+        backend: str = "keras",
+        *,
+        litert_runner: litert.LiteRTRunner | None = None,
+        litert_meta: dict | None = None,
+    ):
+        # Keras and TensorFlow: imported when a model is built (``import ml.predictor`` stays cheap).
         import keras
         import tensorflow as tf
 
-        from ml import ood
-        from ml.model import FEATURES_LAYER
-
         if backend not in ("keras", "litert", "naive"):
             raise ValueError(f"unknown backend {backend!r}; one of {BACKENDS}")
+        if (backend == "litert") != (litert_runner is not None):
+            raise ValueError("the litert backend, and only it, runs a LiteRT export (see load_predictor)")
         self.model = model
         self.card = card
         self.classes: list[str] = list(card["classes"])
@@ -228,32 +161,30 @@ class Predictor:
         self.colour_model, self.colour_weight = None, 0.0
         colour_card = card.get("colour")
         if colour_card:
-            from ml import colour
-
             try:
                 self.colour_model = colour.load(model_path.parent / colour_card["file"])
                 self.colour_weight = float(colour_card["weight"])
             except Exception as exc:
                 raise ModelLoadError(f"could not read the colour model next to {model_path}: {exc}") from exc
-        self._both = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
+        # image -> (pooled features, probabilities): what every backend computes
+        self.network = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
         s = self.input_size
         spec = tf.TensorSpec((None, s, s, 3), tf.float32)  # crops are always input_size: one trace
-        self._fn = tf.function(lambda x: self._both(x, training=False), input_signature=[spec])
+        self.network_fn = tf.function(lambda x: self.network(x, training=False), input_signature=[spec])
+        self.crop_settings = CropSettings(
+            method=self.crop_method,
+            input_size=self.input_size,
+            field_rbc=self.field_rbc,
+            crop_side=self.crop_side,
+            mask_radius=self.mask_radius,
+        )
+        self._gradcam = GradCam(model, self.input_size)
         self._gradcam_lock = threading.Lock()
         self._run_lock = threading.Lock()  # a LiteRT interpreter is not thread-safe
         self.backend = backend
-        self.litert_path: Path | None = None
-        self.litert_meta: dict | None = None
-        self._litert = None
-        if backend == "litert":
-            from ml import export
-
-            self.litert_path, self.litert_meta = export.ensure(
-                self._both, self._fn, self.version, self.n_views, s, len(self.classes)
-            )
-            self._litert = export.LiteRTRunner(self.litert_path, len(self.classes))
-            if self._litert.input_shape != (self.n_views, s, s, 3):
-                raise ModelLoadError(f"LiteRT input {self._litert.input_shape} does not fit this model")
+        self._litert = litert_runner
+        self.litert_path: Path | None = litert_runner.path if litert_runner else None
+        self.litert_meta: dict | None = litert_meta
 
     def _views(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (N,S,S,3) -> float32 (N*V,S,S,3), the V dihedral views of each crop in turn
@@ -265,7 +196,7 @@ class Predictor:
                 out.append(v[:, ::-1] if k >= 4 else v)
         return np.asarray(out, dtype=np.float32)
 
-    def _infer(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """TTA-averaged (features, probabilities) of uint8 crops through the chosen backend."""
         n, v = len(crops), self.n_views
         feats, probs = [], []
@@ -277,32 +208,29 @@ class Predictor:
                     probs.append(p.mean(0, keepdims=True))
         elif self.backend == "naive":  # the naive way: model.predict on each image's views
             for c in crops:
-                f, p = self._both.predict(self._views(c[None]), verbose=0)
+                f, p = self.network.predict(self._views(c[None]), verbose=0)
                 feats.append(f.mean(0, keepdims=True))
                 probs.append(p.mean(0, keepdims=True))
         else:  # one compiled call per chunk of images, all views at once
             step = max(1, BATCH // v)  # about BATCH views per call (bounded memory)
             for i in range(0, n, step):
                 x = self._views(crops[i : i + step])
-                f, p = self._fn(x)
+                f, p = self.network_fn(x)
                 m = len(x) // v
                 feats.append(f.numpy().reshape(m, v, -1).mean(1))
                 probs.append(p.numpy().reshape(m, v, -1).mean(1))
         return np.concatenate(feats), np.concatenate(probs)
 
-    def _prepare(self, image):
-        from ml.locate import crop_cell, locate_cells, smear_check
-
+    def prepare(self, image) -> Prepared:
+        """Decode ``image``, locate its white cell and crop it as the model reads it."""
         rgb = to_rgb(image)
-        small, f = _downscale(rgb)
+        small, f = downscale(rgb)
         if self.crop_method == "rbc_scale":
-            from ml import normalize
-
             frame = normalize.analyse(small)
             crop = normalize.canonical_crop(small, frame, out_size=self.input_size, field_rbc=self.field_rbc)
             b = frame.boxes[0].as_tuple() if frame.boxes else None
             cell_box = tuple(int(round(v * f)) for v in b) if b else None
-            return crop, cell_box, frame.smear_reason, None
+            return Prepared(crop, cell_box, frame.smear_reason, None)
         boxes = locate_cells(small, max_cells=1)
         box = boxes[0] if boxes else None
         crop, b = crop_cell(
@@ -311,39 +239,38 @@ class Predictor:
         cell_box = tuple(int(round(v * f)) for v in b) if b else None
         colour_feats = None
         if self.colour_model is not None:
-            from ml import colour
-
             same = colour.reads_crop(self.crop_side, self.input_size, self.mask_radius)
             colour_feats = colour.colour_features((crop if same else colour.colour_crop(small, box))[None])[0]
-        return crop, cell_box, smear_check(small, box), colour_feats
+        return Prepared(crop, cell_box, smear_check(small, box), colour_feats)
+
+    def _flag_reason(self, located: str | None, distance: float, confidence: float) -> str | None:
+        """The locator's flag first, then the feature distance, then the calibrated confidence."""
+        if located:
+            return located
+        if distance > self.thresholds.get("ood_distance", np.inf):
+            return "not_blood_smear"
+        if confidence < self.thresholds.get("min_confidence", 0.0):
+            return "low_confidence"
+        return None
 
     def predict(self, images: Sequence) -> list[Prediction]:
-        from ml import ood
-
         if not isinstance(images, (list, tuple)):
             images = list(images)
         if not images:
             return []
-        prepared = [self._prepare(im) for im in images]
-        crops = np.stack([c for c, _, _, _ in prepared])
-        feats, probs = self._infer(crops)
+        prepared = [self.prepare(im) for im in images]
+        crops = np.stack([p.crop for p in prepared])
+        feats, probs = self.infer(crops)
         if self.colour_model is not None:
-            from ml import colour
-
-            colour_lp = colour.log_probs(self.colour_model, np.stack([cf for _, _, _, cf in prepared]))
+            colour_lp = colour.log_probs(self.colour_model, np.stack([p.colour_features for p in prepared]))
             probs = colour.fuse(probs, colour_lp, self.colour_weight)
         cal = ood.calibrate(probs, self.temperature, self.class_bias)
         dist = ood.distance(self.ood_stats, feats) if self.ood_stats is not None else np.zeros(len(crops))
         out = []
-        for i, (_, box, reason, _) in enumerate(prepared):
+        for i, prep in enumerate(prepared):
             p = cal[i] / cal[i].sum()
             top = int(np.argmax(p))
-            if reason:
-                pass
-            elif dist[i] > self.thresholds.get("ood_distance", np.inf):
-                reason = "not_blood_smear"
-            elif p[top] < self.thresholds.get("min_confidence", 0.0):
-                reason = "low_confidence"
+            reason = self._flag_reason(prep.flag_reason, dist[i], p[top])
             out.append(
                 Prediction(
                     label=self.classes[top],
@@ -353,7 +280,7 @@ class Predictor:
                     flag_reason=reason,
                     flag_message=FLAG_MESSAGES.get(reason) if reason else None,
                     model_version=self.version,
-                    cell_box=box,
+                    cell_box=prep.cell_box,
                 )
             )
         return out
@@ -364,11 +291,7 @@ class Predictor:
         model's cards: ``ml.locate``'s reference-field crop)."""
         rgb = to_rgb(image)
         if self.crop_method == "rbc_scale":
-            from ml import normalize
-
             return [(b.as_tuple(), crop) for b, crop in normalize.cell_windows(rgb, max_cells=max_cells)]
-        from ml.locate import crop_cell, locate_cells
-
         return [(b.as_tuple(), crop_cell(rgb, box=b)[0]) for b in locate_cells(rgb, max_cells=max_cells)]
 
     def predict_one(self, image) -> Prediction:
@@ -376,17 +299,32 @@ class Predictor:
 
     def ood_scores(self, images: Sequence) -> np.ndarray:
         """Raw out-of-distribution scores (diagnostics and threshold tuning)."""
-        from ml import ood
-
-        crops = np.stack([self._prepare(im)[0] for im in images])
-        feats, _ = self._infer(crops)
+        crops = np.stack([self.prepare(im).crop for im in images])
+        feats, _ = self.infer(crops)
         return ood.distance(self.ood_stats, feats)
 
-    def gradcam_png(self, image, class_name: str | None = None) -> bytes:
-        from ml.gradcam import gradcam_png
-
+    def gradcam_map(self, crop: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, int]:
+        """Grad-CAM of one prepared crop: (HxW map in 0..1, class index used; None: the top class)."""
         with self._gradcam_lock:
-            return gradcam_png(self, image, class_name)
+            return self._gradcam.map(crop, class_index)
+
+    def gradcam_png(self, image, class_name: str | None = None) -> bytes:
+        """Heat-map overlay PNG of ``image`` for ``class_name`` (default: the class the predictor
+        answers for it, after its views, colour opinion and calibration, not the raw network's argmax).
+
+        The overlay is drawn on the image as the predictor sees it: inputs over ``ml.images.MAX_SIDE``
+        pixels on their longer side are scaled down uniformly to it (a prediction's ``cell_box`` is in
+        the input's own pixels: divide by the input's longer side / the overlay's longer side to draw
+        it here).
+        """
+        if class_name is not None and class_name not in self.classes:
+            raise ValueError(f"unknown class {class_name!r}; model classes: {self.classes}")
+        if class_name is None:
+            class_name = self.predict_one(image).label
+        rgb, _ = downscale(to_rgb(image))
+        box, win, crop = cell_window(rgb, self.crop_settings)
+        cam, _ = self.gradcam_map(crop, self.classes.index(class_name))
+        return overlay_png(rgb, cam, win, box)
 
 
 _LOCK = threading.Lock()
@@ -398,7 +336,7 @@ def load_predictor(model_path: str | Path | None = None, backend: str = "auto") 
 
     ``backend``: ``"keras"`` (a compiled ``tf.function``, all views in one call), ``"litert"``
     (the model exported to LiteRT and run with XNNPACK, verified within 1e-3 of Keras, see
-    ``ml.export``), ``"naive"`` (``model.predict`` per image, for comparisons only) or
+    ``ml.litert``), ``"naive"`` (``model.predict`` per image, for comparisons only) or
     ``"auto"``: LiteRT when its export works and verifies, else Keras. All give the same
     pipeline (locator, TTA, calibration, flags).
     """
@@ -416,15 +354,15 @@ def load_predictor(model_path: str | Path | None = None, backend: str = "auto") 
         if loaded:  # same process, another backend: reuse the loaded model
             model, card, stats = loaded[0].model, loaded[0].card, loaded[0].ood_stats
         else:
-            model, card, stats = _load_parts(path)
+            model, card, stats = load_bundle(path)
         if backend == "auto":
             try:
-                pred = Predictor(model, card, stats, path, backend="litert")
+                pred = _litert_predictor(model, card, stats, path)
             except Exception as exc:  # noqa: BLE001  any export/runtime failure: fall back to Keras
-                import logging
-
                 logging.getLogger(__name__).warning("LiteRT backend unavailable (%s); using Keras", exc)
                 pred = Predictor(model, card, stats, path, backend="keras")
+        elif backend == "litert":
+            pred = _litert_predictor(model, card, stats, path)
         else:
             pred = Predictor(model, card, stats, path, backend=backend)
         _CACHE[key] = pred
@@ -432,115 +370,12 @@ def load_predictor(model_path: str | Path | None = None, backend: str = "auto") 
         return pred
 
 
-def _load_parts(path: Path):
-    from ml import ood
-    from ml.bundle import bundle_version, check_serving_settings
-
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
-    card_path = path.parent / "model_card.json"
-    try:
-        card = json.loads(card_path.read_text())
-        _ = card["version"]
-        check_serving_settings(card)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"model card {card_path} is missing or invalid: {exc}") from exc
-    try:
-        import keras
-
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # keras raises many types for corrupt archives
-        raise ModelLoadError(f"could not load model {path}: {exc}") from exc
-    if model.output_shape[-1] != len(card["classes"]):
-        raise ModelLoadError(
-            f"model {path} has {model.output_shape[-1]} outputs but the card lists "
-            f"{len(card['classes'])} classes"
-        )
-    stats = None
-    if card.get("ood_stats_file"):
-        try:
-            stats = ood.load(path.parent / card["ood_stats_file"])
-        except Exception as exc:
-            raise ModelLoadError(f"could not read OOD statistics next to {path}: {exc}") from exc
-    try:
-        version = bundle_version(card, path)
-    except FileNotFoundError as exc:
-        raise ModelLoadError(str(exc)) from exc
-    if version != card["version"]:
-        raise ModelLoadError(
-            f"model card {card_path} states version {card['version']}, but the bundle hashes to {version}: "
-            f"a file or a serving setting changed after it was versioned (`python -m ml.bundle "
-            f"{path.parent} --write` gives the changed bundle its own version)"
-        )
-    return model, card, stats
-
-
-# Validation figures, best estimate first: out of fold with the calibration fitted on the other folds
-# (ml.crossval), the calibrated decision, then the uncalibrated argmax (older cards).
-_VALIDATION_KEYS = ("calibrated_nested", "calibrated", "tta{v}_with_colour", "tta{v}")
-
-
-def _figures(metrics: dict | None) -> dict | None:
-    if not metrics:
-        return None
-    return {
-        "n_images": metrics.get("n_images"),
-        "accuracy": metrics.get("accuracy"),
-        "macro_f1": metrics.get("macro_f1"),
-        # classes the evaluated set has no cell of have no recall (BCCD has 4 of the 8)
-        "recall": {
-            c: m.get("recall") for c, m in (metrics.get("per_class") or {}).items() if m.get("support", 1)
-        },
-    }
-
-
-def model_summary(card: dict) -> dict:
-    """What a lab or a laboratory information system needs to know about a model, from its card:
-    identity, classes, how probabilities are calibrated and flags set, and its validation and TEST
-    figures. Keys a card does not have are None (older or stand-in models)."""
-    views = card.get("tta_views", 1)
-    vm = card.get("validation_metrics") or {}
-    key = next((k.format(v=views) for k in _VALIDATION_KEYS if k.format(v=views) in vm), None)
-    test = card.get("test_metrics") or {}
-    if test.get("model_version") not in (None, card.get("version")):
-        test = {}  # figures of another model: not this one's
-    per_class = (card.get("data") or {}).get("per_class") or {}
-    total = sum(per_class.values())
-    validation = _figures(vm.get(key)) if key else None
-    if validation is not None:
-        validation |= {"estimate": key, "flagged_rate": card.get("validation_flagged_rate")}
-    return {
-        "name": card.get("name"),
-        "version": card.get("version"),
-        "classes": list(card.get("classes") or []),
-        "backbone": card.get("backbone"),
-        "input_size": (card.get("input") or {}).get("input_size"),
-        "tta_views": card.get("tta_views"),
-        "trained_at": card.get("trained_at"),
-        # The labs (data sources) it learned from; None for the first model's card (BCCD only).
-        "training_sources": sorted((card.get("data") or {}).get("sources") or {}) or None,
-        "calibration": {
-            "method": "softmax(log p / temperature + class_bias)",
-            "temperature": card.get("temperature"),
-            "class_bias": card.get("class_bias"),
-            # The class balance the probabilities are calibrated for (the training images').
-            "training_class_fractions": {c: n / total for c, n in per_class.items()} if total else None,
-        },
-        "thresholds": card.get("thresholds"),
-        "validation": validation,
-        "test": _test_figures(test),
-    }
-
-
-def _test_figures(test: dict) -> dict | None:
-    """Held-out test figures: one lab's (the first model), or per source with the silent error rate."""
-    if not test:
-        return None
-    if "per_source" not in test:
-        return _figures(test) | {"unidentified_rate": test.get("unidentified_rate")}
-    return {
-        "per_source": {
-            s: _figures(m) | {"flagged_rate": m.get("flagged"), "silent_error_rate": m.get("silent_error")}
-            for s, m in test["per_source"].items()
-        }
-    }
+def _litert_predictor(model, card: dict, stats: dict | None, path: Path) -> Predictor:
+    """The model exported to LiteRT (or its verified cached export, ``ml.litert.ensure``) and run."""
+    graph = Predictor(model, card, stats, path, backend="keras")  # the graph the export is made of
+    size, n_classes = graph.input_size, len(graph.classes)
+    tfl, meta = litert.ensure(graph.network, graph.network_fn, graph.version, graph.n_views, size, n_classes)
+    runner = litert.LiteRTRunner(tfl, n_classes)
+    if runner.input_shape != (graph.n_views, size, size, 3):
+        raise ModelLoadError(f"LiteRT input {runner.input_shape} does not fit this model")
+    return Predictor(model, card, stats, path, backend="litert", litert_runner=runner, litert_meta=meta)

@@ -57,17 +57,17 @@ def _keras_reference(pred, images):
     """The reference: the Keras model called view by view (``tta_predict``, as at training time)."""
     from ml.predictor import tta_predict
 
-    crops = np.stack([pred._prepare(im)[0] for im in images])
-    return tta_predict(lambda v: pred._both(v, training=False), crops, pred.tta_views)
+    crops = np.stack([pred.prepare(im).crop for im in images])
+    return tta_predict(lambda v: pred.network(v, training=False), crops, pred.tta_views)
 
 
 @pytest.mark.realmodel
 def test_litert_and_keras_match_keras_model(backends, cell_images, test_images):
     images = list(cell_images.values()) + list(test_images.values())
     ref_f, ref_p = _keras_reference(backends["keras"], images)
-    crops = np.stack([backends["keras"]._prepare(im)[0] for im in images])
+    crops = np.stack([backends["keras"].prepare(im).crop for im in images])
     for name in ("keras", "litert"):
-        f, p = backends[name]._infer(crops)
+        f, p = backends[name].infer(crops)
         assert np.abs(p - ref_p).max() <= TOL, name
         assert np.abs(f - ref_f).max() <= TOL * max(1.0, np.abs(ref_f).max()), name
     # Whole predictions (calibrated probabilities, labels, flags) agree too.
@@ -94,33 +94,33 @@ def test_naive_backend_gives_same_labels(backends, cell_images):
 
 @pytest.mark.realmodel
 def test_auto_backend_is_verified_litert(cell_images):
-    from ml import export
+    from ml import litert
     from ml.predictor import load_predictor
 
     pred = load_predictor()  # backend="auto"
     assert pred.backend == "litert"
-    assert pred.litert_meta["max_abs_diff_vs_keras"] <= export.TOLERANCE
-    assert pred.litert_meta["sha256"] == export._sha256(pred.litert_path)
+    assert pred.litert_meta["max_abs_diff_vs_keras"] <= litert.TOLERANCE
+    assert pred.litert_meta["sha256"] == litert.sha256(pred.litert_path)
     assert load_predictor(backend="auto") is pred  # one model per process and backend
 
 
 @pytest.mark.realmodel
 def test_litert_cache_rejects_a_tampered_file(backends, tmp_path, monkeypatch):
-    from ml import export
+    from ml import litert
 
     keras_pred = backends["keras"]
     tfl = backends["litert"].litert_path
-    monkeypatch.setenv(export.CACHE_ENV, str(tmp_path))
-    copy_t, copy_j = export.cache_paths(keras_pred.version, keras_pred.n_views, keras_pred.input_size)
+    monkeypatch.setenv(litert.CACHE_ENV, str(tmp_path))
+    copy_t, copy_j = litert.cache_paths(keras_pred.version, keras_pred.n_views, keras_pred.input_size)
     shutil.copy(tfl, copy_t)
     shutil.copy(tfl.with_suffix(".json"), copy_j)
-    assert export.cached(keras_pred.version, keras_pred.n_views, keras_pred.input_size) is not None
+    assert litert.cached(keras_pred.version, keras_pred.n_views, keras_pred.input_size) is not None
     with open(copy_t, "r+b") as fh:  # flip one byte of the weights
         fh.seek(len(fh.read()) // 2)
         b = fh.read(1)
         fh.seek(-1, 1)
         fh.write(bytes([b[0] ^ 0xFF]))
-    assert export.cached(keras_pred.version, keras_pred.n_views, keras_pred.input_size) is None
+    assert litert.cached(keras_pred.version, keras_pred.n_views, keras_pred.input_size) is None
 
 
 @pytest.mark.realmodel

@@ -246,10 +246,9 @@ def test_gradcam_map_matches_an_eager_reference(predictor, cell_images):
     import keras
     import tensorflow as tf
 
-    from ml.gradcam import gradcam_map
     from ml.model import CONV_LAYER
 
-    crop = predictor._prepare(cell_images["EOSINOPHIL_1"])[0]
+    crop = predictor.prepare(cell_images["EOSINOPHIL_1"]).crop
     m = predictor.model
     gm = keras.Model(m.input, [m.get_layer(CONV_LAYER).output, m.output])
     maps = {}
@@ -264,7 +263,7 @@ def test_gradcam_map_matches_an_eager_reference(predictor, cell_images):
         ref = ref / (ref.max() + 1e-9)
         ref = Image.fromarray((ref * 255).astype(np.uint8)).resize(crop.shape[1::-1], Image.BICUBIC)
         ref = np.asarray(ref)
-        cam, used = gradcam_map(predictor, crop, asked)
+        cam, used = predictor.gradcam_map(crop, asked)
         assert used == k and cam.shape == crop.shape[:2]
         assert np.abs(cam - ref / 255.0).max() <= 2 / 255
         maps[asked] = cam
