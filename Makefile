@@ -7,11 +7,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MANAGE := $(BIN)/python manage.py
 
-.PHONY: run test test-postgres setup setup-dev migrate lint fuzz bench loadtest clean help
+.PHONY: run test test-fast test-postgres setup setup-dev migrate lint fuzz bench loadtest clean help
 
 help:
 	@echo "make run    - install, migrate and serve the portal on http://$(HOST):$(PORT)/"
 	@echo "make test   - install test tools and run the whole suite"
+	@echo "make test-fast - the suite without a browser, servers (Redis, Celery, PostgreSQL) or the real model"
 	@echo "make lint   - ruff and the import contracts (.importlinter: ml is plain Python, one bridge to it)"
 
 $(BIN)/python:
@@ -47,6 +48,11 @@ run: migrate
 test: setup-dev
 	$(BIN)/python scripts/test_prereqs.py
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick loop while editing: no Chromium, no Redis/Celery/PostgreSQL, no real model (the fake predictor);
+# nothing installed beyond requirements-dev.txt. `make test` stays what CI runs (everything).
+test-fast: setup-dev
+	$(BIN)/python -m pytest -q -m "not browser and not services and not realmodel" $(PYTEST_ARGS)
 
 # The web suite again on a real PostgreSQL server that the script starts and removes.
 test-postgres: setup-dev

@@ -27,7 +27,7 @@ _lock = threading.Lock()
 def _build(kind: str, model_path: str | None, backend: str):
     if kind in ("fake", "fake8"):  # the first (four-class) model's stand-in, or the eight-class one's
         from classifier.cells.classes import MODEL_CODES
-        from classifier.fake_predictor import FakePredictor
+        from classifier.testing.fake_predictor import FakePredictor
 
         return FakePredictor(classes=MODEL_CODES) if kind == "fake8" else FakePredictor()
     if kind != "ml":

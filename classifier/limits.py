@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from classifier.validation import ImageRejected
+from classifier.cells.validation import ImageRejected
 
 
 class ServerBusy(ImageRejected):

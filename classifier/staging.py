@@ -154,7 +154,7 @@ def _files(folder: str):
             yield path, path.relative_to(base).as_posix()
 
 
-def orphans(*, min_age: float | None = None) -> list[Orphan]:
+def orphans(*, min_age: float | None = None) -> list[Orphan]:  # noqa: C901 - one walk over the media folders; each branch is a kind of leftover it reports
     """Files in the media folders that no row refers to: every file of a crashed staging, and any
     other file older than ``min_age`` seconds (default HEMATOVISION_ORPHAN_MIN_AGE_SECONDS)."""
     min_age = settings.HEMATOVISION_ORPHAN_MIN_AGE_SECONDS if min_age is None else min_age

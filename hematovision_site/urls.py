@@ -14,7 +14,7 @@ admin.site.site_title = "HematoVision admin"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
-    path("", include("classifier.urls")),
+    path("", include("classifier.portal.urls")),
     path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("classifier.api.urls")),

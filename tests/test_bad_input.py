@@ -255,7 +255,8 @@ def assert_rejected(channel, response, *, status, code, message, filename):
         assert response.json() == {"error": message, "filename": filename}
     else:
         page = response.content.decode()
-        assert 'id="upload-errors"' in page and "Nothing was stored" in page
+        assert 'id="upload-errors"' in page
+        assert "Nothing was stored" in page
         assert f"<strong>{html.escape(filename)}</strong>: {html.escape(str(message))}" in page
 
 
@@ -453,9 +454,11 @@ def test_100_mb_file_in_a_batch_is_refused_up_front(
     }
     assert peak < 16 * MB
     assert_bounded_spool(body, settings)
-    assert not BatchItem.objects.exists() and not Specimen.objects.exists()
+    assert not BatchItem.objects.exists()
+    assert not Specimen.objects.exists()
     assert Classification.objects.count() == 0
-    assert files_under(settings.MEDIA_ROOT) == [] and files_under(tmp_path) == []
+    assert files_under(settings.MEDIA_ROOT) == []
+    assert files_under(tmp_path) == []
 
 
 # ---------------------------------------------------------------------------- accepted, stored safely
@@ -466,7 +469,8 @@ def _stored(settings) -> tuple[Classification, bytes]:
     files = files_under(settings.MEDIA_ROOT)
     image_name = classification.image.name
     assert files == sorted([image_name, classification.heatmap.name])
-    assert image_name.startswith("cells/") and len(Path(image_name).stem) == 32
+    assert image_name.startswith("cells/")
+    assert len(Path(image_name).stem) == 32
     return classification, (Path(settings.MEDIA_ROOT) / image_name).read_bytes()
 
 
@@ -498,7 +502,8 @@ def check_16bit(classification, stored):
     image = _decoded(stored)
     assert (image.format, image.mode, image.size) == ("PNG", "L", (64, 48))
     pixels = np.asarray(image)
-    assert pixels.min() < 10 and pixels.max() > 245  # scaled to 8 bits, not clipped to white
+    assert pixels.min() < 10
+    assert pixels.max() > 245
     assert classification.status == "classified"
 
 
@@ -512,7 +517,8 @@ def check_cmyk(classification, stored):
 
 def check_polyglot(classification, stored):
     image = _decoded(stored)
-    assert image.size == (64, 48) and classification.predicted_label == "EOSINOPHIL"
+    assert image.size == (64, 48)
+    assert classification.predicted_label == "EOSINOPHIL"
     for payload in (SCRIPT, b"<script", b"<html", b"PK\x03\x04", b"evil.sh", b"rm -rf"):
         assert payload not in stored
     # Nothing after the image's own end marker.
@@ -543,7 +549,8 @@ def test_stored_polyglot_is_served_as_an_image_only(clients, settings):
     response = post_file("api", clients, "poly.jpg", polyglot_jpeg())
     assert response.status_code == 201
     download = clients.api.get(f"{API_URL}{response.json()['id']}/image/")
-    assert download.status_code == 200 and download["Content-Type"] == "image/jpeg"
+    assert download.status_code == 200
+    assert download["Content-Type"] == "image/jpeg"
     assert SCRIPT not in b"".join(download.streaming_content)
 
 
@@ -577,7 +584,8 @@ def test_hostile_file_name_is_reduced_to_a_base_name_and_stored_under_a_random_o
     assert all(Path(p).parts[0] == media.name for p in files_under(tmp_path))  # all under MEDIA_ROOT
     if channel == "portal":
         page = clients.portal.get(response.url).content.decode()
-        assert "<img src=x" not in page and html.escape(kept) in page
+        assert "<img src=x" not in page
+        assert html.escape(kept) in page
 
 
 @pytest.mark.parametrize("channel", CHANNELS)
@@ -649,7 +657,8 @@ def test_unknown_fields_are_ignored_and_cannot_set_owner_label_or_state(
     assert classification.pk != 999999
     assert (classification.predicted_label, classification.final_label) == ("EOSINOPHIL", "")
     assert (classification.status, classification.review_state) == ("classified", ReviewState.UNREVIEWED)
-    assert classification.signed_by is None and classification.model_version == "fake-0001"
+    assert classification.signed_by is None
+    assert classification.model_version == "fake-0001"
     assert classification.specimen.accession == "ACC-BAD-1"
 
 
@@ -657,7 +666,7 @@ def test_unknown_fields_are_ignored_and_cannot_set_owner_label_or_state(
 
 
 @pytest.mark.parametrize(
-    "content_type,body",
+    ("content_type", "body"),
     [
         ("application/json", b'{"image": "/9j/4AAQSkZJRgABAQ==", "accession": "ACC-1"}'),
         ("text/plain", b"image=cell.jpg"),
@@ -678,7 +687,7 @@ def test_api_refuses_bodies_that_are_not_multipart_with_415(clients, settings, t
 
 @pytest.mark.parametrize("channel", ["portal", "portal_json"])
 @pytest.mark.parametrize(
-    "content_type,body",
+    ("content_type", "body"),
     [
         ("application/json", b'{"images": "/9j/4AAQSkZJRgABAQ==", "accession": "ACC-1"}'),
         ("text/plain", b"images=cell.jpg"),
@@ -769,7 +778,7 @@ def test_bad_accession_is_refused_before_anything_is_stored(clients, settings, t
 
 
 @pytest.mark.parametrize(
-    "accession,status",
+    ("accession", "status"),
     [("ACC%201", 400), ("%3Cscript%3E", 400), ("..", 400), ("ACC-1%00", 400), ("..%2F..%2Fetc", 404),
      ("ACC-1%2F..%2F..%2Fetc", 404)],
 )
@@ -817,7 +826,8 @@ def test_batch_of_bad_files_records_each_refusal_and_keeps_nothing(
     assert outcome == expected
     assert BatchJob.objects.get().state == BatchJob.State.DONE_WITH_ERRORS
     assert Classification.objects.count() == 0
-    assert files_under(settings.MEDIA_ROOT) == [] and files_under(tmp_path) == []
+    assert files_under(settings.MEDIA_ROOT) == []
+    assert files_under(tmp_path) == []
 
 
 def test_batch_with_no_files_or_unknown_kind_is_400(clients, settings, tmp_path):
@@ -851,7 +861,8 @@ def test_oversize_file_among_good_ones_is_refused_alone(clients, settings, tmp_p
     body = multipart(("images", "first.jpg", jpeg()), ("images", "big.bmp", big),
                      ("images", "last.png", green))
     response = post("portal", clients, body)
-    assert response.status_code == 302 and response.url == "/classifications/"
+    assert response.status_code == 302
+    assert response.url == "/classifications/"
     messages = [str(m) for m in response.wsgi_request._messages]
     assert messages == ["big.bmp: The file is 263.7 KB; the limit is 195.3 KB.", "2 images classified."]
     assert sorted(Classification.objects.values_list("original_filename", "predicted_label")) == [
@@ -866,11 +877,13 @@ def test_formula_in_a_file_name_is_kept_but_defused_in_csv_exports(clients, sett
     assert Classification.objects.get().original_filename == "=1+2*cmd|A0.jpg"
     export = clients.portal.get("/classifications/export.csv")
     text = b"".join(export.streaming_content).decode()
-    assert "\"'=1+2*cmd|A0.jpg\"" in text and ",=1+2*cmd" not in text and '"=1+2*cmd' not in text
+    assert "\"'=1+2*cmd|A0.jpg\"" in text
+    assert ",=1+2*cmd" not in text
+    assert '"=1+2*cmd' not in text
 
 
 @pytest.mark.parametrize(
-    "external_id,message,code",
+    ("external_id", "message", "code"),
     [("LIS\x001", "Null characters are not allowed.", "null_characters_not_allowed"),
      ("L" * 129, "Ensure this field has no more than 128 characters.", "max_length")],
     ids=["nul", "too_long"],
@@ -916,7 +929,7 @@ def test_batch_zip_with_traversal_and_non_images_keeps_only_the_good_image(
 @pytest.mark.django_db
 @pytest.mark.parametrize("axes", [True, False])
 @pytest.mark.parametrize(
-    "body,field,message",
+    ("body", "field", "message"),
     [
         ({"username": "u" * 151, "password": "x"}, "username",
          "Ensure this field has no more than 150 characters."),

@@ -12,7 +12,8 @@ from classifier.cells import selectors as cell_selectors
 @pytest.mark.django_db
 def test_healthz(client):
     response = client.get("/healthz")
-    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
 
 
 @pytest.mark.django_db
@@ -53,7 +54,8 @@ def test_database_settings_for_the_engine_in_use(settings):
         assert "journal_mode=WAL" in db["OPTIONS"]["init_command"]
     else:
         assert db["ENGINE"] == "django.db.backends.postgresql"
-        assert db["CONN_HEALTH_CHECKS"] is True and db["CONN_MAX_AGE"] == 60
+        assert db["CONN_HEALTH_CHECKS"] is True
+        assert db["CONN_MAX_AGE"] == 60
 
 
 

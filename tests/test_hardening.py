@@ -23,14 +23,15 @@ from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from classifier import limits, reports
+from classifier import limits
 from classifier.cells import services as cell_services
+from classifier.cells.validation import ImageRejected, check_image, decoded_bytes
 from classifier.jobs import services as job_services
 from classifier.jobs import tasks
 from classifier.models import BatchJob, Classification, Specimen
+from classifier.specimens import reports
 from classifier.tests.factories import image_bytes
 from classifier.tests.specimen_helpers import cell_png
-from classifier.validation import ImageRejected, check_image, decoded_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -69,7 +70,8 @@ def test_failed_upload_opens_no_specimen_and_an_empty_one_goes_to_the_first_real
     squat = post_batch(tech_b, "ACC-2026-0300", [("notes.txt", b"hello")])
     assert squat.status_code == 400
     assert squat.json()["code"] == "no_usable_files"
-    assert not Specimen.objects.exists() and not BatchJob.objects.exists()
+    assert not Specimen.objects.exists()
+    assert not BatchJob.objects.exists()
 
     # A specimen that holds nothing (a batch whose only file failed when it ran) binds no one:
     Specimen.objects.create(accession="ACC-2026-0301", created_by=other_user)
@@ -100,7 +102,8 @@ def test_failed_upload_opens_no_specimen_and_an_empty_one_goes_to_the_first_real
     moved = token_client(reviewer).post(
         "/api/v1/specimens/ACC-2026-0301/owner/", {"username": "tech2"}, format="json"
     )
-    assert moved.status_code == 200 and moved.json() == {"accession": "ACC-2026-0301", "owner": "tech2"}
+    assert moved.status_code == 200
+    assert moved.json() == {"accession": "ACC-2026-0301", "owner": "tech2"}
     assert tech_b.get("/api/v1/specimens/ACC-2026-0301/").status_code == 200
     assert tech_a.get("/api/v1/specimens/ACC-2026-0301/").status_code == 404
 
@@ -202,8 +205,10 @@ def test_image_work_is_bounded_per_process(settings):
     finally:
         release.set()
         holder.join(10)
-    assert response.status_code == 503 and response["Retry-After"] == "5"
-    assert response.json()["code"] == "server_busy" and not Classification.objects.exists()
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json()["code"] == "server_busy"
+    assert not Classification.objects.exists()
 
 
 def token_client_for_busy():
@@ -257,8 +262,10 @@ def test_batch_endpoint_is_throttled_and_capped_per_user(user, settings):
                     for i in range(2)]
         single = post_image(client, cell_png("LYMPHOCYTE", 9)).status_code  # one upload rate for both
         over = post_batch(client, "RATE-X", [("a.png", cell_png("MONOCYTE", 8))])
-    assert statuses == [202, 202] and single == 201
-    assert over.status_code == 429 and over.json()["code"] == "throttled"
+    assert statuses == [202, 202]
+    assert single == 201
+    assert over.status_code == 429
+    assert over.json()["code"] == "throttled"
 
 
 # -------------------------------------------------------------- 4: a resend of a kept upload
@@ -285,7 +292,8 @@ def test_a_resend_of_a_kept_upload_finds_it_instead_of_storing_it_twice(user, mo
     filed = post_image(client, data, accession="KEPT-1")  # back: the resend files the kept upload
     assert filed.status_code == 200
     later = post_image(client, data, accession="kept-1")
-    assert later.status_code == 200 and later.json()["id"] == filed.json()["id"]
+    assert later.status_code == 200
+    assert later.json()["id"] == filed.json()["id"]
     assert Classification.objects.filter(image_sha256=cell_services.sha256_of(data)).count() == 1
     assert not list(spool.glob("*.bin"))
 
@@ -305,7 +313,8 @@ def test_nobody_can_use_up_the_owners_password_resets(client, user, password, se
     assert len(mail.outbox) == 5
     mail.outbox.clear()
     assert owner.post("/accounts/password_reset/", {"email": user.email}).status_code == 302
-    assert len(mail.outbox) == 1 and mail.outbox[0].to == [user.email]
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == [user.email]
     forged = Client()
     forged.cookies["hv_device"] = str(user.pk)  # unsigned: not the owner's
     forged.post("/accounts/password_reset/", {"email": user.email})
@@ -337,7 +346,8 @@ def test_anonymous_multipart_body_keeps_no_file(db):
 def test_signed_in_uploads_still_parse(tech_client):
     image = SimpleUploadedFile("c.png", cell_png("EOSINOPHIL", 4))
     response = tech_client.post("/upload/", {"images": image})
-    assert response.status_code == 302 and Classification.objects.count() == 1
+    assert response.status_code == 302
+    assert Classification.objects.count() == 1
 
 
 # -------------------------------------------------------------- also seen
@@ -365,7 +375,8 @@ def test_lab_name_is_text_in_the_pdf_not_markup(user, settings):
 def test_csv_cells_with_formula_characters_anywhere_are_quoted_and_defused(user, tech_client):
     cell_services.classification_create(user=user, data=cell_png(), filename="x;=1+1.png", accession="CSV-1")
     history = b"".join(tech_client.get("/classifications/export.csv").streaming_content).decode()
-    assert "\"x;'=1+1.png\"" in history and ";=1+1" not in history
+    assert "\"x;'=1+1.png\"" in history
+    assert ";=1+1" not in history
     specimen = Specimen.objects.get()
     for text in (reports.specimen_report_csv(specimen=specimen), reports.specimens_csv(
             specimens=Specimen.objects.all())):
@@ -376,7 +387,8 @@ def test_csv_cells_with_formula_characters_anywhere_are_quoted_and_defused(user,
 def test_jobs_module_rejects_unusable_batches_before_opening_anything(user):
     with pytest.raises(ValidationError) as info:
         job_services.job_create(user=user, accession="NOPE-1", files=[("big.png", _png("RGB", (6300, 6300)))])
-    assert info.value.code == "no_usable_files" and "would take" in info.value.messages[0]
+    assert info.value.code == "no_usable_files"
+    assert "would take" in info.value.messages[0]
     assert not Specimen.objects.exists()
 
 

@@ -321,7 +321,8 @@ def test_an_upload_kept_while_the_database_is_locked_is_filed_once_it_is_back(in
             lock.execute("ROLLBACK")
             lock.close()
         assert kept.status_code == resent.status_code == 503, (kept.text, resent.text)
-        assert kept.json()["code"] == "database_unavailable" and kept.headers["Retry-After"] == "5"
+        assert kept.json()["code"] == "database_unavailable"
+        assert kept.headers["Retry-After"] == "5"
         assert resent.json()["reference"] == kept.json()["reference"]  # the resend found the kept upload
 
         rows = []
@@ -334,7 +335,8 @@ def test_an_upload_kept_while_the_database_is_locked_is_filed_once_it_is_back(in
             time.sleep(0.3)
         assert len(rows) == 1
         again = _upload(server, data, accession="ACC-KEPT")()
-        assert again.status_code == 200 and again.json()["id"] == rows[0][0]
+        assert again.status_code == 200
+        assert again.json()["id"] == rows[0][0]
         assert not list((installation.var / "media" / "spool").glob("*.bin"))
     finally:
         _stop(server)
@@ -404,7 +406,8 @@ def test_a_staging_killed_mid_batch_leaves_nothing_that_cannot_be_found(installa
     assert {p.relative_to(media).as_posix() for p in staged} <= names
     assert "cells/0123456789abcdef0123456789abcdef.png" in names
     assert "dry run, nothing removed" in listed
-    assert all(p.exists() for p in staged) and stray.exists()
+    assert all(p.exists() for p in staged)
+    assert stray.exists()
 
     resumed = installation.manage("resume_jobs").stdout  # at start: crashed stagings are swept
     assert f"removed {len(staged)} file(s) left by a crashed batch staging" in resumed
@@ -413,5 +416,6 @@ def test_a_staging_killed_mid_batch_leaves_nothing_that_cannot_be_found(installa
     assert stray.exists()  # resume_jobs removes only what a crashed staging left
 
     removed = installation.manage("cleanup_orphans", "--delete").stdout
-    assert "removed 1 orphan file(s)" in removed and not stray.exists()
+    assert "removed 1 orphan file(s)" in removed
+    assert not stray.exists()
     assert "0 orphan file(s)" in installation.manage("cleanup_orphans").stdout

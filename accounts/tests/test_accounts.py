@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core import mail
 from django.test import Client
@@ -29,7 +30,8 @@ def test_login_page_renders_bootstrap_form(client):
     assert response.status_code == 200
     html = response.content.decode()
     assert "/static/vendor/bootstrap/bootstrap.min.css" in html
-    assert 'name="username"' in html and 'name="password"' in html
+    assert 'name="username"' in html
+    assert 'name="password"' in html
     assert "csrfmiddlewaretoken" in html
     assert "cdn" not in html.lower()
 
@@ -37,7 +39,8 @@ def test_login_page_renders_bootstrap_form(client):
 @pytest.mark.django_db
 def test_login_with_password_then_dashboard_shows_user_and_role(client, user, password):
     response = client.post("/accounts/login/", {"username": "tech", "password": password})
-    assert response.status_code == 302 and response["Location"] == "/"
+    assert response.status_code == 302
+    assert response["Location"] == "/"
     page = client.get("/").content.decode()
     assert "tech" in page
     assert '<span class="badge text-bg-secondary" id="user-role">Technologist</span>' in page
@@ -55,7 +58,8 @@ def test_wrong_password_is_refused(client, user):
 def test_logout_is_post_only_and_ends_session(tech_client):
     assert tech_client.get("/accounts/logout/").status_code == 405
     response = tech_client.post("/accounts/logout/")
-    assert response.status_code == 302 and response["Location"] == "/accounts/login/"
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/login/"
     assert tech_client.get("/").status_code == 302
 
 
@@ -97,15 +101,59 @@ def test_password_change(tech_client, user, password):
 
 
 @pytest.mark.django_db
-def test_no_public_signup(client):
-    assert client.get("/accounts/signup/").status_code in (302, 404)
-    assert client.get("/accounts/register/").status_code in (302, 404)
+def _all_patterns(patterns, prefix=""):
+    """Every URL pattern of the site as (route, name, view), includes flattened."""
+    from django.urls import URLPattern, URLResolver
+
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            yield from _all_patterns(entry.url_patterns, prefix + str(entry.pattern))
+        elif isinstance(entry, URLPattern):
+            yield prefix + str(entry.pattern), entry.name or "", entry.callback
+
+
+SIGNUP_WORDS = ("signup", "sign-up", "sign_up", "register", "join", "create-account", "create_account")
+
+
+def test_no_public_signup():
+    """Accounts are made by an administrator only: no URL, URL name or view offers a sign-up."""
+    from django.urls import get_resolver
+
+    offers = [
+        (route, name, getattr(view, "__name__", repr(view)))
+        for route, name, view in _all_patterns(get_resolver().url_patterns)
+        if not route.startswith("admin/")  # the admin's own "add user" needs a superuser
+        and any(
+            word in text.lower()
+            for word in SIGNUP_WORDS
+            for text in (route, name, getattr(view, "__name__", ""))
+        )
+    ]
+    assert offers == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path", ["/accounts/signup/", "/accounts/register/", "/accounts/login/", "/api/v1/auth/token/"]
+)
+def test_an_anonymous_post_creates_no_user(client, path):
+    """No form an anonymous visitor can reach creates an account, whatever it is sent."""
+    User = get_user_model()  # noqa: N806
+    before = User.objects.count()
+    client.post(path, {
+        "username": "newcomer", "email": "newcomer@example.org",
+        "password": "correct-horse-battery-9", "password1": "correct-horse-battery-9",
+        "password2": "correct-horse-battery-9",
+    })
+    assert User.objects.count() == before
+    assert not User.objects.filter(username="newcomer").exists()
 
 
 @pytest.mark.django_db
 def test_profile_shows_token_and_regenerate_replaces_it(tech_client, user):
     page = tech_client.get("/accounts/profile/").content.decode()  # viewing issues nothing
-    assert not Token.objects.filter(user=user).exists() and 'id="no-token"' in page
+    assert not Token.objects.filter(user=user).exists()
+    assert 'id="no-token"' in page
     issued = tech_client.post("/accounts/profile/token/", follow=True)
     assert [str(m) for m in issued.context["messages"]] == ["An API token was issued."]
     token = Token.objects.get(user=user)
@@ -113,7 +161,8 @@ def test_profile_shows_token_and_regenerate_replaces_it(tech_client, user):
     assert f'value="{token.key}"' in response.content.decode()
     assert tech_client.get("/accounts/profile/token/").status_code == 405
     response = tech_client.post("/accounts/profile/token/")
-    assert response.status_code == 302 and response["Location"] == "/accounts/profile/"
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/profile/"
     new = Token.objects.get(user=user)
     assert new.key != token.key
     assert Token.objects.filter(user=user).count() == 1
@@ -124,7 +173,8 @@ def test_roles(user, reviewer, no_role_user, admin_user):
     assert (user.is_technologist, user.is_reviewer) == (True, False)
     assert (reviewer.is_technologist, reviewer.is_reviewer) == (False, True)
     assert no_role_user.role_label == "No role"
-    assert admin_user.is_reviewer and admin_user.role_label == "Admin"
+    assert admin_user.is_reviewer
+    assert admin_user.role_label == "Admin"
     assert User.objects.count() == 4
 
 

@@ -2,13 +2,21 @@
 
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 
 from classifier.cells import classes
-from classifier.models import CellClass, Classification, ReviewState, Specimen, Status, accession_validator
-from classifier.validation import check_size
+from classifier.cells.validation import check_size
+from classifier.models import (
+    BatchJob,
+    CellClass,
+    Classification,
+    ReviewState,
+    Specimen,
+    Status,
+    accession_validator,
+)
 
 
 class OptionalChoiceField(serializers.ChoiceField):
@@ -308,3 +316,41 @@ class ErrorSerializer(serializers.Serializer):
         required=False, child=serializers.JSONField(),
         help_text="Per-field messages when the request body or query failed validation.",
     )
+
+
+class BatchUploadSerializer(serializers.Serializer):
+    images = serializers.ListField(child=serializers.FileField(allow_empty_file=True), required=False)
+    archive = serializers.FileField(required=False, allow_empty_file=True, help_text="A ZIP of images.")
+    kind = serializers.ChoiceField(choices=BatchJob.Kind.choices, default=BatchJob.Kind.CELLS)
+
+    def validate(self, attrs):
+        if not attrs.get("images") and not attrs.get("archive"):
+            raise serializers.ValidationError(
+                "Send one or more `images` or one `archive` ZIP.", code="no_files"
+            )
+        return attrs
+
+
+JobSerializer = inline_serializer(
+    "BatchJob",
+    {
+        "id": serializers.IntegerField(),
+        "accession": serializers.CharField(),
+        "kind": serializers.ChoiceField(choices=BatchJob.Kind.choices),
+        "state": serializers.ChoiceField(choices=BatchJob.State.choices),
+        "finished": serializers.BooleanField(),
+        "created_by": serializers.CharField(help_text="Username of the user who sent the files."),
+        "created_at": serializers.DateTimeField(),
+        "started_at": serializers.DateTimeField(allow_null=True, help_text="Null until a worker starts it."),
+        "finished_at": serializers.DateTimeField(allow_null=True, help_text="Null until every file is done."),
+        "total": serializers.IntegerField(),
+        "processed": serializers.IntegerField(),
+        "percent": serializers.FloatField(),
+        "counts": serializers.DictField(child=serializers.IntegerField()),
+        "items": serializers.ListField(child=serializers.DictField()),
+    },
+)
+
+
+class SpecimenOwnerSerializer(serializers.Serializer):
+    username = serializers.CharField(help_text="The technologist (or reviewer) the specimen now belongs to.")

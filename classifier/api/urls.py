@@ -1,49 +1,38 @@
+"""API URLs (under /api/v1/): results, specimens, batch jobs and reports, the LIS interface."""
+
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from classifier.api import views
+from classifier.api.views import auth, cells, jobs, lis, model, specimens
 
 router = DefaultRouter()
-router.register("classifications", views.ClassificationViewSet, basename="api-classification")
-router.register("specimens", views.SpecimenViewSet, basename="api-specimen")
+router.register("classifications", cells.ClassificationViewSet, basename="api-classification")
+router.register("specimens", specimens.SpecimenViewSet, basename="api-specimen")
 
 urlpatterns = [
-    path("auth/token/", views.TokenView.as_view(), name="api-token"),
-    path("model/", views.ModelInfoView.as_view(), name="api-model"),
+    path("auth/token/", auth.TokenView.as_view(), name="api-token"),
+    path("model/", model.ModelInfoView.as_view(), name="api-model"),
     *router.urls,
-]
-
-# Specimens as a unit of work: batch jobs, sign-off and reports (classifier/api/jobs.py).
-from django.urls import path as _path  # noqa: E402
-
-from classifier.api import jobs as _jobs  # noqa: E402
-
-urlpatterns += [
-    _path("specimens/<str:accession>/batch/", _jobs.SpecimenBatchView.as_view(), name="api-specimen-batch"),
-    _path("specimens/<str:accession>/sign/", _jobs.SpecimenSignView.as_view(), name="api-specimen-sign"),
-    _path("specimens/<str:accession>/owner/", _jobs.SpecimenOwnerView.as_view(), name="api-specimen-owner"),
-    _path(
-        "specimens/<str:accession>/report.pdf", _jobs.SpecimenReportPdfView.as_view(),
+    # Specimens as a unit of work: batch jobs, sign-off, owner and reports.
+    path("specimens/<str:accession>/batch/", jobs.SpecimenBatchView.as_view(), name="api-specimen-batch"),
+    path("specimens/<str:accession>/sign/", jobs.SpecimenSignView.as_view(), name="api-specimen-sign"),
+    path("specimens/<str:accession>/owner/", jobs.SpecimenOwnerView.as_view(), name="api-specimen-owner"),
+    path(
+        "specimens/<str:accession>/report.pdf", jobs.SpecimenReportPdfView.as_view(),
         name="api-specimen-report-pdf",
     ),
-    _path(
-        "specimens/<str:accession>/report.csv", _jobs.SpecimenReportCsvView.as_view(),
+    path(
+        "specimens/<str:accession>/report.csv", jobs.SpecimenReportCsvView.as_view(),
         name="api-specimen-report-csv",
     ),
-    _path("jobs/<int:pk>/", _jobs.JobDetailView.as_view(), name="api-job-detail"),
-    _path("jobs/<int:pk>/rerun/", _jobs.JobRerunView.as_view(), name="api-job-rerun"),
-]
-
-# The LIS interface (issue 19): orders, amendments, report versions, FHIR metadata (classifier/api/lis.py).
-from classifier.api import lis as _lis  # noqa: E402
-
-urlpatterns += [
-    _path("orders/", _lis.OrderView.as_view(), name="api-orders"),
-    _path("specimens/<str:accession>/amend/", _lis.SpecimenAmendView.as_view(), name="api-specimen-amend"),
-    _path(
-        "specimens/<str:accession>/versions/",
-        _lis.SpecimenVersionsView.as_view(),
+    path("jobs/<int:pk>/", jobs.JobDetailView.as_view(), name="api-job-detail"),
+    path("jobs/<int:pk>/rerun/", jobs.JobRerunView.as_view(), name="api-job-rerun"),
+    # The LIS interface (issue 19): orders, amendments, report versions, FHIR metadata.
+    path("orders/", lis.OrderView.as_view(), name="api-orders"),
+    path("specimens/<str:accession>/amend/", lis.SpecimenAmendView.as_view(), name="api-specimen-amend"),
+    path(
+        "specimens/<str:accession>/versions/", lis.SpecimenVersionsView.as_view(),
         name="api-specimen-versions",
     ),
-    _path("fhir/metadata", _lis.FHIRMetadataView.as_view(), name="api-fhir-metadata"),
+    path("fhir/metadata", lis.FHIRMetadataView.as_view(), name="api-fhir-metadata"),
 ]

@@ -16,15 +16,10 @@ from django.db import IntegrityError, InterfaceError, OperationalError, transact
 
 from classifier import files, inference, limits, staging
 from classifier.cells import spool
-from classifier.models import (
-    Classification,
-    ReviewState,
-    Status,
-    accession_validator,
-)
+from classifier.cells.validation import CheckedImage, ImageRejected, check_image
+from classifier.models import Classification, ReviewState, Status, accession_validator
 from classifier.permissions import can_submit
 from classifier.specimens import services as specimen_services
-from classifier.validation import CheckedImage, ImageRejected, check_image
 
 logger = logging.getLogger(__name__)
 

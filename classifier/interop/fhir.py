@@ -137,7 +137,7 @@ def _search(system: str, value: str) -> str:
     return f"identifier={system}|{value}"
 
 
-def _observation(
+def _observation(  # noqa: PLR0913 - keyword-only: one Observation's coded fields
     row: Row, *, per_100: bool, accession, status, effective, issued, refs: dict, counted, flags: bool
 ) -> dict:
     quantity = _per_100_white if per_100 else _percent
@@ -287,7 +287,7 @@ def _service_request(order, *, status, refs) -> dict:
     return request
 
 
-def specimen_bundle(
+def specimen_bundle(  # noqa: C901, PLR0913 - TODO(issue 17): split per resource (Patient, ServiceRequest, Observations); keyword-only context
     specimen,
     differential: Differential,
     *,

@@ -125,7 +125,7 @@ def preliminary_control_id(specimen, differential: Differential, last_modified=N
     return "HVP" + digest[:17]
 
 
-def oru_r01(
+def oru_r01(  # noqa: C901, PLR0913 - TODO(issue 17): split per segment group (MSH/PID/ORC/OBR, OBX rows); keyword-only context
     specimen,
     differential: Differential,
     *,

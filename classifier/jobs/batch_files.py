@@ -11,8 +11,8 @@ from pathlib import PurePosixPath
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from classifier.cells.validation import ImageRejected, human_size, too_large_message
 from classifier.files import clean_filename
-from classifier.validation import ImageRejected, human_size, too_large_message
 
 logger = logging.getLogger(__name__)
 

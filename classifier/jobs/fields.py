@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from classifier import inference
 from classifier.cells import classes
 from classifier.cells import services as cell_services
-from classifier.validation import ImageRejected, check_image
+from classifier.cells.validation import ImageRejected, check_image
 
 # Box colours per class, RGB: the table's badge colours (grey for unidentified / pending cells).
 COLOURS = {**{cell.code: cell.rgb for cell in classes.TABLE}, None: (108, 117, 125)}

@@ -12,9 +12,9 @@ from django.utils import timezone
 
 from classifier import files, limits
 from classifier.cells import services as cell_services
+from classifier.cells.validation import ImageRejected
 from classifier.jobs import batch_files, fields
 from classifier.models import BatchItem, BatchJob
-from classifier.validation import ImageRejected
 
 logger = logging.getLogger(__name__)
 

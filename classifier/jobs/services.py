@@ -23,23 +23,17 @@ from django.db import transaction
 from django.utils import timezone
 
 from classifier import staging
-from classifier.jobs.batch_files import (
-    Upload,
-    archive_files,
-    check_archive_size,
-    max_files,
-    uploaded_files,
-)
+from classifier.cells.validation import ImageRejected, probe_image
+from classifier.jobs.batch_files import Upload, archive_files, check_archive_size, max_files, uploaded_files
 from classifier.models import BatchItem, BatchJob
 from classifier.permissions import can_review, can_submit
 from classifier.specimens import services as specimen_services
-from classifier.validation import ImageRejected, probe_image
 
 logger = logging.getLogger(__name__)
 
 
 
-def job_create(
+def job_create(  # noqa: C901 - TODO(issue 17): the staging loop could move to batch_files; it is one transaction
     *,
     user,
     accession: str,

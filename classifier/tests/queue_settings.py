@@ -13,7 +13,7 @@ from hematovision_site.settings import *  # noqa: F403
 _DELAY = float(os.environ.get("HEMATOVISION_TEST_PREDICT_DELAY", "0") or 0)
 
 if _DELAY:
-    from classifier import fake_predictor
+    from classifier.testing import fake_predictor
 
     _predict_one = fake_predictor.FakePredictor.predict_one
 

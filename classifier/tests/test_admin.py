@@ -38,7 +38,8 @@ def test_change_page_is_read_only_with_preview_and_audit(admin_client, user, rev
     html = admin_client.get(url).content.decode()
     assert f'src="/classifications/{cell.pk}/image/"' in html
     assert 'name="predicted_label"' not in html  # model output is not editable here
-    assert "reviewer" in html and "Confirmed" in html
+    assert "reviewer" in html
+    assert "Confirmed" in html
     assert admin_client.get(reverse("admin:classifier_classification_add")).status_code == 403
 
 
@@ -72,7 +73,8 @@ def test_cells_cannot_be_signed_one_by_one_in_the_admin(admin_client, user):
     )
     assert response.status_code == 200
     reviewed.refresh_from_db()
-    assert reviewed.review_state == "confirmed" and reviewed.signed_at is None
+    assert reviewed.review_state == "confirmed"
+    assert reviewed.signed_at is None
 
 
 def test_specimen_admin_lists_cells_and_refuses_unreviewed_sign(admin_client, user):
@@ -98,7 +100,8 @@ def test_review_events_are_read_only(admin_client, reviewer):
     assert admin_client.get(reverse("admin:classifier_reviewevent_changelist")).status_code == 200
     change_url = reverse("admin:classifier_reviewevent_change", args=[event.pk])
     page = admin_client.get(change_url)
-    assert page.status_code == 200 and 'name="action"' not in page.content.decode()
+    assert page.status_code == 200
+    assert 'name="action"' not in page.content.decode()
     admin_client.post(change_url, {"action": "sign", "to_label": "MONOCYTE"})
     assert admin_client.get(reverse("admin:classifier_reviewevent_add")).status_code == 403
     assert admin_client.post(reverse("admin:classifier_reviewevent_delete", args=[event.pk]),
@@ -142,4 +145,5 @@ def test_results_and_specimens_cannot_be_deleted_in_the_admin(admin_client, user
     specimen_delete = reverse("admin:classifier_specimen_delete", args=[cell.specimen.pk])
     assert admin_client.post(specimen_delete, {"post": "yes"}).status_code == 403
     assert Classification.objects.count() == Specimen.objects.count() == 1
-    assert Path(cell.image.path).exists() and Path(cell.heatmap.path).exists()
+    assert Path(cell.image.path).exists()
+    assert Path(cell.heatmap.path).exists()

@@ -114,7 +114,8 @@ def test_token_endpoint_is_throttled_per_address(api_client, user, password, mon
     response = api_client.post("/api/v1/auth/token/", {"username": "tech", "password": password})
     assert response.status_code == 429
     body = response.json()
-    assert body["code"] == "throttled" and body["detail"].startswith("Request was throttled.")
+    assert body["code"] == "throttled"
+    assert body["detail"].startswith("Request was throttled.")
     assert int(response["Retry-After"]) > 0
 
 
@@ -189,7 +190,9 @@ def test_upload_returns_the_classification(tech_api, user, settings):
         "heatmap_url": f"{base}/{cell.pk}/heatmap/",
     }
     assert response["Location"] == f"{base}/{cell.pk}/"
-    assert cell.owner == user and cell.specimen.accession == "ACC-9" and cell.specimen.created_by == user
+    assert cell.owner == user
+    assert cell.specimen.accession == "ACC-9"
+    assert cell.specimen.created_by == user
     assert stored_files(settings) == sorted([cell.image.name, cell.heatmap.name])
 
 
@@ -222,7 +225,8 @@ def test_same_external_id_returns_the_stored_result(tech_api, settings):
             "image needs a new id.",
             "code": "external_id_conflict",
         }
-    assert Classification.objects.count() == 1 and stored_files(settings) == files
+    assert Classification.objects.count() == 1
+    assert stored_files(settings) == files
 
 
 def test_external_ids_are_per_user(tech_api, other_api):
@@ -243,7 +247,9 @@ def test_model_unavailable_keeps_the_image_pending_and_answers_503(tech_api, set
         "url": f"http://testserver/api/v1/classifications/{cell.pk}/",
     }
     assert response["Retry-After"] == "60"
-    assert cell.status == Status.PENDING and cell.image and not cell.heatmap
+    assert cell.status == Status.PENDING
+    assert cell.image
+    assert not cell.heatmap
     detail = tech_api.get(f"/api/v1/classifications/{cell.pk}/").json()
     assert (detail["status"], detail["label"], detail["confidence"], detail["probabilities"]) == (
         "pending", None, None, {})
@@ -290,7 +296,8 @@ def test_rejected_files_answer_a_clear_error_and_store_nothing(tech_api, setting
     response = post_image(tech_api, data, name, accession="ACC-1", external_id="LIS-1")
     assert response.status_code == status
     assert response.json() == {"detail": message, "code": code}
-    assert not Classification.objects.exists() and not Specimen.objects.exists()
+    assert not Classification.objects.exists()
+    assert not Specimen.objects.exists()
     assert stored_files(settings) == []
 
 
@@ -301,7 +308,8 @@ def test_truncated_jpeg_is_rejected(tech_api, settings):
     body = response.json()
     assert body["code"] == "corrupt_image"
     assert body["detail"].startswith("The image could not be read completely (truncated or damaged)")
-    assert not Classification.objects.exists() and stored_files(settings) == []
+    assert not Classification.objects.exists()
+    assert stored_files(settings) == []
 
 
 def test_decompression_bomb_is_413(tech_api, settings):
@@ -313,7 +321,8 @@ def test_decompression_bomb_is_413(tech_api, settings):
     assert over_limit.json() == {
         "detail": "The image is 8000x8000 pixels; the limit is 40 megapixels.", "code": "too_many_pixels"
     }
-    assert not Classification.objects.exists() and stored_files(settings) == []
+    assert not Classification.objects.exists()
+    assert stored_files(settings) == []
 
 
 def test_oversize_file_is_413_before_it_is_read(tech_api, settings, monkeypatch):
@@ -328,7 +337,8 @@ def test_oversize_file_is_413_before_it_is_read(tech_api, settings, monkeypatch)
         "detail": "The file is 3.4 MB; the limit is 976.6 KB.",
         "code": "file_too_large",
     }
-    assert not Classification.objects.exists() and stored_files(settings) == []
+    assert not Classification.objects.exists()
+    assert stored_files(settings) == []
 
 
 def test_missing_image_field_is_400(tech_api):
@@ -363,7 +373,8 @@ def test_bad_accession_is_400(tech_api, settings):
     assert response.status_code == 400
     assert response.json()["code"] == "invalid"
     assert response.json()["detail"].startswith("accession: An accession number is 1-64 letters")
-    assert not Classification.objects.exists() and stored_files(settings) == []
+    assert not Classification.objects.exists()
+    assert stored_files(settings) == []
 
 
 def test_accession_of_another_technologist_is_refused(tech_api, other_user, settings):
@@ -377,7 +388,8 @@ def test_accession_of_another_technologist_is_refused(tech_api, other_user, sett
         "them, or to assign the specimen to you.",
         "code": "accession_taken",
     }
-    assert Classification.objects.count() == 1 and stored_files(settings) == before
+    assert Classification.objects.count() == 1
+    assert stored_files(settings) == before
 
 
 def test_the_same_image_twice_in_a_specimen_is_400_and_stores_nothing(tech_api, settings):
@@ -391,7 +403,8 @@ def test_the_same_image_twice_in_a_specimen_is_400_and_stores_nothing(tech_api, 
         "a cell is counted once.",
         "code": "duplicate_image",
     }
-    assert Classification.objects.count() == 1 and stored_files(settings) == files
+    assert Classification.objects.count() == 1
+    assert stored_files(settings) == files
 
 
 def test_signed_specimen_takes_no_more_images(tech_api, user, reviewer, settings):
@@ -404,7 +417,8 @@ def test_signed_specimen_takes_no_more_images(tech_api, user, reviewer, settings
     assert response.status_code == 400
     assert response.json() == {"detail": "Specimen ACC-3 is signed; no images can be added.",
                                "code": "specimen_signed"}
-    assert Classification.objects.count() == 1 and stored_files(settings) == files
+    assert Classification.objects.count() == 1
+    assert stored_files(settings) == files
 
 
 def test_user_without_a_role_cannot_upload(norole_api, settings):
@@ -413,14 +427,16 @@ def test_user_without_a_role_cannot_upload(norole_api, settings):
     assert response.json() == {
         "detail": "Only technologists and reviewers may submit images.", "code": "permission_denied"
     }
-    assert not Classification.objects.exists() and stored_files(settings) == []
+    assert not Classification.objects.exists()
+    assert stored_files(settings) == []
 
 
 def test_uploads_have_their_own_tighter_throttle(tech_api, monkeypatch):
     monkeypatch.setattr(UploadRateThrottle, "rate", "1/min", raising=False)
     assert post_image(tech_api).status_code == 201
     response = post_image(tech_api)
-    assert response.status_code == 429 and response.json()["code"] == "throttled"
+    assert response.status_code == 429
+    assert response.json()["code"] == "throttled"
     assert Classification.objects.count() == 1
     assert tech_api.get("/api/v1/classifications/").status_code == 200  # reads are not affected
 
@@ -434,7 +450,9 @@ def test_list_shows_own_results_to_technologists_and_all_to_reviewers(
     mine = ClassificationFactory(owner=user)
     theirs = ClassificationFactory(owner=other_user)
     body = tech_api.get("/api/v1/classifications/").json()
-    assert body["count"] == 1 and body["next"] is None and body["previous"] is None
+    assert body["count"] == 1
+    assert body["next"] is None
+    assert body["previous"] is None
     assert [r["id"] for r in body["results"]] == [mine.pk]
     assert [r["id"] for r in reviewer_api.get("/api/v1/classifications/").json()["results"]] == [
         theirs.pk, mine.pk]
@@ -451,7 +469,8 @@ def test_list_is_paginated(tech_api, user, settings):
         page = tech_api.get("/api/v1/classifications/").json()
     finally:
         PageNumberPagination.page_size = 50
-    assert page["count"] == 3 and len(page["results"]) == 2
+    assert page["count"] == 3
+    assert len(page["results"]) == 2
     assert page["next"] == "http://testserver/api/v1/classifications/?page=2"
     assert tech_api.get("/api/v1/classifications/?page=9").status_code == 404
 
@@ -503,7 +522,8 @@ def test_detail_and_permissions(tech_api, other_api, reviewer_api, norole_api, u
     cell = ClassificationFactory(owner=user, external_id="LIS-3")
     url = f"/api/v1/classifications/{cell.pk}/"
     mine = tech_api.get(url)
-    assert mine.status_code == 200 and mine.json()["external_id"] == "LIS-3"
+    assert mine.status_code == 200
+    assert mine.json()["external_id"] == "LIS-3"
     assert reviewer_api.get(url).json() == mine.json()
     for client in (other_api, norole_api):
         hidden = client.get(url)
@@ -529,7 +549,8 @@ def test_image_and_heatmap_downloads(tech_api, other_api, reviewer_api, user):
     assert image["Cache-Control"] == "private, no-store"
     assert b"".join(image.streaming_content) == cell.image.open("rb").read()
     heatmap = reviewer_api.get(f"/api/v1/classifications/{cell.pk}/heatmap/", HTTP_ACCEPT="image/png")
-    assert heatmap.status_code == 200 and heatmap["Content-Type"] == "image/png"
+    assert heatmap.status_code == 200
+    assert heatmap["Content-Type"] == "image/png"
     assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG")
     for which in ("image", "heatmap"):
         hidden = other_api.get(f"/api/v1/classifications/{cell.pk}/{which}/", HTTP_ACCEPT="image/png")
@@ -629,7 +650,8 @@ def test_specimen_list(tech_api, reviewer_api, user, other_user):
 def test_model_endpoint_describes_the_serving_model(tech_api):
     """The fake predictor's card has only its name, version and classes: the rest is null."""
     response = tech_api.get("/api/v1/model/")
-    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
     assert response.json() == {
         "name": "fake predictor for tests",
         "version": "fake-0001",

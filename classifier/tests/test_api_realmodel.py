@@ -36,7 +36,8 @@ def test_api_upload_with_real_model(api_client, user, settings):
     assert body["predicted_label"] in CellClass.values
     assert sorted(body["probabilities"]) == sorted(MODEL_CODES)  # the shipped model's eight
     assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-3
-    assert body["model_version"] and body["model_version"] != "fake-0001"
+    assert body["model_version"]
+    assert body["model_version"] != "fake-0001"
     heatmap = api_client.get(body["heatmap_url"])
     assert heatmap.status_code == 200
     assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG\r\n\x1a\n")

@@ -54,12 +54,14 @@ def test_schema_needs_authentication_and_documents_errors(api_client, user):
         "heatmap_url",
     } <= set(result)
     model = schema["paths"]["/api/v1/model/"]["get"]
-    assert set(model["responses"]) == {"200", "401", "503"} and model["tags"] == ["model"]
+    assert set(model["responses"]) == {"200", "401", "503"}
+    assert model["tags"] == ["model"]
     example = model["responses"]["200"]["content"]["application/json"]["examples"]["Model"]["value"]
     from ml.predictor import model_summary
 
     summary = model_summary({"classes": ["A"], "version": "v"})
-    assert set(example) == set(summary) and set(example["calibration"]) == set(summary["calibration"])
+    assert set(example) == set(summary)
+    assert set(example["calibration"]) == set(summary["calibration"])
 
 
 def test_swagger_ui_uses_local_assets(client, user):
@@ -69,7 +71,8 @@ def test_swagger_ui_uses_local_assets(client, user):
     assert response.status_code == 200
     page = response.content.decode()
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in page
-    assert "cdn.jsdelivr.net" not in page and "unpkg.com" not in page
+    assert "cdn.jsdelivr.net" not in page
+    assert "unpkg.com" not in page
 
 
 # The schema against real answers: for each endpoint below, every documented status is produced by a real

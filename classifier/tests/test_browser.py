@@ -106,7 +106,8 @@ def test_upload_result_history_review_and_sign(live_server, user, reviewer, pass
 
     cell = Classification.objects.get()
     assert page.url.endswith(f"/classifications/{cell.pk}/")
-    assert cell.owner == user and cell.specimen.accession == "ACC-E2E-1"
+    assert cell.owner == user
+    assert cell.specimen.accession == "ACC-E2E-1"
     assert page.locator("#predicted-label").inner_text() == cell.get_predicted_label_display()
     assert page.locator("#model-version").inner_text() == "fake-0001"
     assert page.locator("#probabilities .progress").count() == 4
@@ -125,7 +126,8 @@ def test_upload_result_history_review_and_sign(live_server, user, reviewer, pass
     page.click("#history-filter button[type=submit]")
     page.wait_for_url(re.compile(r"q=ACC-E2E"))
     row = page.locator(f'#history-table tr[data-id="{cell.pk}"]')
-    assert row.count() == 1 and cell.get_predicted_label_display() in row.inner_text()
+    assert row.count() == 1
+    assert cell.get_predicted_label_display() in row.inner_text()
     tech.shot("05-history")
     assert tech.errors == []
     tech.close()
@@ -143,7 +145,8 @@ def test_upload_result_history_review_and_sign(live_server, user, reviewer, pass
     with page.expect_navigation():
         page.keyboard.press("Enter")  # confirm the model's class
     cell.refresh_from_db()
-    assert cell.review_state in ("confirmed", "reclassified") and cell.final_label == cell.predicted_label
+    assert cell.review_state in ("confirmed", "reclassified")
+    assert cell.final_label == cell.predicted_label
     assert "as " + cell.get_final_label_display() in page.locator(".alert-success").inner_text()
     assert page.locator("#queue-empty").is_visible()  # a reviewed cell leaves the queue
     rev.shot("08-review-confirmed")

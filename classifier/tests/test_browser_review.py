@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 
 from classifier.cells import review as cell_review
 from classifier.cells import services as cell_services
-from classifier.fake_predictor import FakePredictor
 from classifier.models import Classification, ReviewEvent, Specimen
+from classifier.testing.fake_predictor import FakePredictor
 from classifier.tests.test_browser import (
     SCREENSHOTS,
     Session,
@@ -99,13 +99,13 @@ def specimen_100(user):
     return truth
 
 
-def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
+def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(  # noqa: C901 - one end-to-end scenario
     live_server,
     reviewer,
     password,
     specimen_100,
     settings,
-    browser,  # noqa: F811
+    browser,  # noqa: F811 - the fixture of this module
 ):
     truth = specimen_100
     settings.HEMATOVISION_LAB_ADDRESS = "1 Example Street | 12345 Sampletown"
@@ -149,7 +149,8 @@ def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
     assert first.get_attribute("data-status") == "unidentified"
     thumb = first.locator("img")
     expect(thumb).to_have_js_property("complete", True)
-    assert thumb.evaluate("img => img.naturalWidth") >= 128 and thumb.bounding_box()["width"] >= 128
+    assert thumb.evaluate("img => img.naturalWidth") >= 128
+    assert thumb.bounding_box()["width"] >= 128
     rev.shot("review-02-gallery")
 
     # 3. The two unidentified cells: click, shift-click, artefact's key.
@@ -236,7 +237,8 @@ def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
 
     # The record: every cell has its true class, one audit row per change, one sign-off.
     specimen = Specimen.objects.get(accession=ACCESSION)
-    assert specimen.is_signed and specimen.review_comment == comment
+    assert specimen.is_signed
+    assert specimen.review_comment == comment
     assert (specimen.signed_by_name, specimen.signed_by_role) == ("Ada Lovelace", "Reviewer")
     final = dict(Classification.objects.values_list("pk", "final_label"))
     assert final == {pk: real for pk, (_, real) in truth.items()}
@@ -245,7 +247,8 @@ def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
 
     # 9. The PDF: the same differential, the comment, the signer's name and role, page numbers.
     response = page.request.get(f"/specimens/{ACCESSION}/report.pdf")
-    assert response.status == 200 and response.headers["content-type"] == "application/pdf"
+    assert response.status == 200
+    assert response.headers["content-type"] == "application/pdf"
     pdf = SCREENSHOTS / "review-report.pdf"
     pdf.write_bytes(response.body())
     if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
@@ -257,8 +260,10 @@ def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(
         name = {"BAND": "Band neutrophil"}.get(code, code.title())
         assert re.search(rf"{name}\s+{count}\s+{re.escape(percent)}\b", text), (name, text[:2000])
     assert re.search(r"White cells counted\s+98\s+100\.0", text)
-    assert comment in text and "Ada Lovelace (Reviewer)" in text
-    assert "1 Example Street" in text and "12345 Sampletown" in text
+    assert comment in text
+    assert "Ada Lovelace (Reviewer)" in text
+    assert "1 Example Street" in text
+    assert "12345 Sampletown" in text
     pages = int(re.search(r"Page 1 of (\d+)", text).group(1))
     assert f"Page {pages} of {pages}" in text
     # The gallery is grouped like the portal's: band neutrophils after the model's classes.

@@ -18,12 +18,11 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from PIL import Image
 
-from classifier import reports
 from classifier.cells import classes
 from classifier.cells.differential import build, largest_remainder
 from classifier.models import Classification, ReviewState, Specimen, Status
+from classifier.specimens import reports, signoff
 from classifier.specimens import selectors as specimen_selectors
-from classifier.specimens import signoff
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory, probabilities_for
 
 YELLOW, CYAN, MAGENTA, RED, GREY, DARK = (
@@ -127,7 +126,8 @@ def test_loinc_codes_have_valid_check_digits_and_every_reported_class_has_one():
         "706-2",
         "58413-6",
     )
-    assert classes.get("PLATELET").loinc is None and classes.get("ARTEFACT").loinc is None
+    assert classes.get("PLATELET").loinc is None
+    assert classes.get("ARTEFACT").loinc is None
 
 
 # ---------------------------------------------------------------- the differential record
@@ -193,7 +193,8 @@ def test_four_class_results_report_their_four_classes_only():
         unreviewed=1,
     )
     assert [r.label for r in d.classes] == ["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE"]
-    assert d.per_100_white_cells == () and d.not_counted == ()
+    assert d.per_100_white_cells == ()
+    assert d.not_counted == ()
 
 
 def test_no_counted_cell_lists_the_model_classes_without_values():
@@ -274,11 +275,13 @@ def test_eight_class_model_basophil_through_api_fhir_hl7_reports_and_history(
     # The result page names it and its probabilities.
     html = tech_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
     assert '<div class="h3 mb-1" id="predicted-label">Basophil</div>' in html
-    assert "Immature granulocyte" in html and "Nucleated red cell" in html
+    assert "Immature granulocyte" in html
+    assert "Nucleated red cell" in html
 
     # The API's differential: four white cells, one nucleated red cell per 4 white cells, a platelet apart.
     body = tech_api.get("/api/v1/specimens/ACC-8/").json()["differential"]
-    assert body["counted_cells"] == 4 and body["total_cells"] == 6
+    assert body["counted_cells"] == 4
+    assert body["total_cells"] == 6
     assert {row["label"]: (row["count"], row["percent"]) for row in body["classes"]} == {
         "NEUTROPHIL": (1, 25.0),
         "EOSINOPHIL": (1, 25.0),
@@ -340,18 +343,23 @@ def test_eight_class_model_basophil_through_api_fhir_hl7_reports_and_history(
     # PDF and CSV.
     specimen = Specimen.objects.get(accession="ACC-8")
     text = _pdf_strings(reports.specimen_report_pdf(specimen=specimen))
-    assert "Basophil" in text and "Nucleated red cell" in text and "Platelet (not counted)" in text
+    assert "Basophil" in text
+    assert "Nucleated red cell" in text
+    assert "Platelet (not counted)" in text
     export = list(csv.DictReader(io.StringIO(reports.specimens_csv(specimens=Specimen.objects.all()))))
     assert (export[0]["basophil_count"], export[0]["basophil_percent"]) == ("1", "25.0")
-    assert export[0]["erythroblast_per_100_white_cells"] == "25.0" and export[0]["platelet_count"] == "1"
-    assert export[0]["band_count"] == "" and export[0]["smudge_count"] == ""  # not reported here
+    assert export[0]["erythroblast_per_100_white_cells"] == "25.0"
+    assert export[0]["platelet_count"] == "1"
+    assert export[0]["band_count"] == ""
+    assert export[0]["smudge_count"] == ""
 
     # History filter and the specimen page.
     listed = tech_client.get(reverse("classification-list"), {"label": "BASOPHIL"}).content.decode()
     assert f'href="/classifications/{cell.pk}/"' in listed
     assert listed.count('class="badge cell-badge cell-basophil"') == 1
     page = reviewer_client.get(reverse("specimen-detail", args=["ACC-8"])).content.decode()
-    assert '<tr data-label="BASOPHIL">' in page and 'data-label="ERYTHROBLAST" class="per-100-white"' in page
+    assert '<tr data-label="BASOPHIL">' in page
+    assert 'data-label="ERYTHROBLAST" class="per-100-white"' in page
     assert 'data-label="PLATELET" class="not-counted"' in page
 
 
@@ -407,7 +415,8 @@ def test_reviewer_gives_reviewer_only_classes_with_their_keys(reviewer_client, r
     assert [(r.label, r.percent) for r in d.classes if r.count] == [("NEUTROPHIL", 50.0), ("BAND", 50.0)]
     assert [(r.label, r.count) for r in d.not_counted] == [("SMUDGE", 1), ("ARTEFACT", 1)]
     specimen = signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
-    assert specimen.is_signed and set(specimen.cells.values_list("status", flat=True)) == {Status.CLASSIFIED}
+    assert specimen.is_signed
+    assert set(specimen.cells.values_list("status", flat=True)) == {Status.CLASSIFIED}
 
 
 def test_factory_probabilities_follow_the_model_that_read_the_cell():

@@ -110,7 +110,8 @@ def test_one_observation_per_class_with_loinc_ucum_range_and_flags(api_client, u
     rows = {}
     for obs in observations:
         (coding,) = obs.code.coding
-        assert coding.system == LOINC and EXPECTED_CODES[coding.code] == coding.display
+        assert coding.system == LOINC
+        assert EXPECTED_CODES[coding.code] == coding.display
         assert obs.status == "preliminary"
         assert obs.category[0].coding[0].code == "laboratory"
         quantity = obs.valueQuantity
@@ -158,7 +159,8 @@ def test_specimen_without_counted_cells_reports_absent_values(api_client, user):
     observations = resources(parse(fetch(api_client, "ACC-EMPTY")), Observation)
     assert len(observations) == 4
     for obs in observations:
-        assert obs.valueQuantity is None and obs.interpretation is None
+        assert obs.valueQuantity is None
+        assert obs.interpretation is None
         assert obs.dataAbsentReason.coding[0].code == "temp-unknown"
 
 

@@ -20,7 +20,7 @@ def three_results(user):
 
 
 @pytest.mark.parametrize(
-    "query, errors",
+    ("query", "errors"),
     [
         ("created_after=2026-13-45", [BAD_DATE]),
         ("status=x&created_after=2026-13-45", [BAD_STATUS, BAD_DATE]),
@@ -42,7 +42,8 @@ def test_export_with_a_valid_filter_still_exports(tech_client, three_results):
     response = tech_client.get(f"{reverse('classification-export')}?created_after={today}")
     assert response.status_code == 200
     lines = b"".join(response.streaming_content).decode().splitlines()
-    assert lines[0].startswith('"id","created_at",') and len(lines) == 1 + 3  # every field quoted
+    assert lines[0].startswith('"id","created_at",')
+    assert len(lines) == 1 + 3
 
 
 def test_history_page_with_an_invalid_filter_shows_the_error_and_no_results(tech_client, three_results):
@@ -50,7 +51,8 @@ def test_history_page_with_an_invalid_filter_shows_the_error_and_no_results(tech
     assert response.status_code == 200  # the page itself is fine: its form says what to correct
     assert response.context["page_obj"].paginator.count == 0
     html = response.content.decode()
-    assert 'id="filter-errors"' in html and "From (created_after): Enter a valid date." in html
+    assert 'id="filter-errors"' in html
+    assert "From (created_after): Enter a valid date." in html
     assert 'class="invalid-feedback" id="err_created_after">Enter a valid date.</div>' in html
     assert "No results match." in html
     assert not any(f'data-id="{cell.pk}"' in html for cell in three_results)

@@ -9,7 +9,7 @@ from hl7apy.parser import parse_message
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.test import APIClient
 
-from classifier.api.jobs import SpecimenReportCsvView, SpecimenReportPdfView
+from classifier.api.views.jobs import SpecimenReportCsvView, SpecimenReportPdfView
 from classifier.interop import fhir, hl7
 from classifier.specimens import selectors as specimen_selectors
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory
@@ -38,11 +38,11 @@ def test_any_lab_name_gives_a_strictly_valid_message_and_bundle(user, settings):
         message = parse_message(hl7.oru_r01(specimen, differential), validation_level=VALIDATION_LEVEL.STRICT)
         assert message.validate() is True
         sent = message.msh.msh_4.to_er7()
-        assert len(sent) <= 20 and message.msh.msh_18.to_er7() == "UNICODE UTF-8", repr(name)
+        assert len(sent) <= 20, repr(name)
+        assert message.msh.msh_18.to_er7() == "UNICODE UTF-8", repr(name)
         if one_line:
-            assert one_line.startswith(unescape(sent)) and unescape(sent) == unescape(sent).strip(), repr(
-                name
-            )
+            assert one_line.startswith(unescape(sent)), repr(name)
+            assert unescape(sent) == unescape(sent).strip(), repr(name)
         else:
             assert sent == "HEMATOVISION"
         bundle = fhir.specimen_bundle(specimen, differential)
@@ -54,7 +54,7 @@ def test_any_lab_name_gives_a_strictly_valid_message_and_bundle(user, settings):
 REPORTS = [("report.pdf", "application/pdf"), ("report.csv", "text/csv")]
 
 
-@pytest.mark.parametrize("name,media_type", REPORTS)
+@pytest.mark.parametrize(("name", "media_type"), REPORTS)
 def test_report_404_is_json(api_client, user, other_user, name, media_type):
     SpecimenFactory(accession="REP-9", created_by=user)
     api_client.force_authenticate(other_user)
@@ -65,7 +65,7 @@ def test_report_404_is_json(api_client, user, other_user, name, media_type):
         assert response.json() == {"detail": "No such specimen.", "code": "not_found"}
 
 
-@pytest.mark.parametrize("name,media_type", REPORTS)
+@pytest.mark.parametrize(("name", "media_type"), REPORTS)
 def test_report_401_is_json(name, media_type, user):
     SpecimenFactory(accession="REP-9", created_by=user)
     response = APIClient().get(f"/api/v1/specimens/REP-9/{name}", HTTP_ACCEPT=media_type)
@@ -77,7 +77,7 @@ def test_report_401_is_json(name, media_type, user):
     }
 
 
-@pytest.mark.parametrize("name,media_type", REPORTS)
+@pytest.mark.parametrize(("name", "media_type"), REPORTS)
 def test_report_403_is_json(monkeypatch, name, media_type, user):
     """With session authentication only (no token scheme to name in WWW-Authenticate) DRF answers 403."""
     for view in (SpecimenReportPdfView, SpecimenReportCsvView):
@@ -92,7 +92,7 @@ def test_report_403_is_json(monkeypatch, name, media_type, user):
     }
 
 
-@pytest.mark.parametrize("name,media_type", REPORTS)
+@pytest.mark.parametrize(("name", "media_type"), REPORTS)
 def test_report_is_still_the_file_when_asked_for(api_client, user, name, media_type):
     specimen = SpecimenFactory(accession="REP-9", created_by=user)
     ClassificationFactory(owner=user, specimen=specimen, predicted_label="NEUTROPHIL")

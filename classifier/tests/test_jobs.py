@@ -37,7 +37,9 @@ def test_job_from_files_classifies_each_once(user, settings, django_capture_on_c
         job = job_services.job_create(user=user, accession="ACC-1", files=files)
     job.refresh_from_db()
     assert job.state == BatchJob.State.DONE_WITH_ERRORS
-    assert job.runs == 1 and job.started_at and job.finished_at
+    assert job.runs == 1
+    assert job.started_at
+    assert job.finished_at
     assert _items(job) == [
         (1, "e.png", "done", ""),
         (2, "l.png", "done", ""),
@@ -110,7 +112,7 @@ def test_zip_entries_are_read_safely(user, settings, django_capture_on_commit_ca
 
 
 @pytest.mark.parametrize(
-    "archive, message",
+    ("archive", "message"),
     [
         (lambda: make_zip({}), "The upload holds no files."),
         (lambda: _named(b"PK\x03\x04 broken"), "The archive is not a readable ZIP file."),
@@ -120,7 +122,8 @@ def test_bad_archive_is_refused_and_leaves_nothing(user, settings, archive, mess
     with pytest.raises(ValidationError) as info:
         job_services.job_create(user=user, accession="BAD-1", archive=archive())
     assert info.value.messages == [message]
-    assert not BatchJob.objects.exists() and not Specimen.objects.exists()
+    assert not BatchJob.objects.exists()
+    assert not Specimen.objects.exists()
     assert media_files(settings, "batches") == []
 
 
@@ -135,8 +138,8 @@ def _named(data: bytes):
 @pytest.mark.parametrize("as_upload", [False, True], ids=["file_object", "oversize_upload"])
 def test_archive_over_the_archive_limit_is_refused_by_its_size(user, settings, as_upload):
     """Not "not a readable ZIP": the upload handler keeps no content of such a file, only its size."""
+    from classifier.cells.validation import ImageRejected
     from classifier.uploads import OversizeUpload
-    from classifier.validation import ImageRejected
 
     settings.HEMATOVISION_MAX_UPLOAD_BYTES = 20_000
     settings.HEMATOVISION_BATCH_MAX_ARCHIVE_MB = 1
@@ -152,7 +155,8 @@ def test_archive_over_the_archive_limit_is_refused_by_its_size(user, settings, a
         413,
         "The archive is 1.5 MB; the limit is 1.0 MB.",
     )
-    assert not BatchJob.objects.exists() and not Specimen.objects.exists()
+    assert not BatchJob.objects.exists()
+    assert not Specimen.objects.exists()
     assert media_files(settings, "batches") == []
 
 
@@ -193,7 +197,8 @@ def test_signed_specimen_and_other_users_accession_refused(user, other_user, rev
         job_services.job_create(user=user, accession="SIGNED", files=[("a.png", cell_png())])
     with pytest.raises(ValidationError, match="cannot be added to accession THEIRS from your account"):
         job_services.job_create(user=user, accession="THEIRS", files=[("a.png", cell_png())])
-    assert not BatchJob.objects.exists() and media_files(settings, "batches") == []
+    assert not BatchJob.objects.exists()
+    assert media_files(settings, "batches") == []
     assert not any((settings.MEDIA_ROOT / "staging").iterdir())  # no staging lock is left behind
 
 
@@ -231,7 +236,8 @@ def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
         f"Unexpected server error (logged as job {job.pk}, item {failed.pk}); retry the failed files, "
         "and tell the administrator if it happens again.",
     )
-    assert "storage hiccup" in caplog.text and "storage hiccup" not in failed.error_message  # the log has it
+    assert "storage hiccup" in caplog.text
+    assert "storage hiccup" not in failed.error_message
     assert failed.source  # kept so the file can be retried
     assert Classification.objects.count() == 5
 
@@ -239,7 +245,8 @@ def test_failure_part_way_keeps_results_and_rerun_does_not_duplicate(
     with django_capture_on_commit_callbacks(execute=True):
         job_services.job_rerun(job=job, user=user)
     job.refresh_from_db()
-    assert job.state == BatchJob.State.DONE and job.runs == 2
+    assert job.state == BatchJob.State.DONE
+    assert job.runs == 2
     assert Classification.objects.count() == 6
     assert sorted(Classification.objects.values_list("original_filename", flat=True)) == [
         f"{i}.png" for i in range(6)
@@ -276,10 +283,12 @@ def test_killed_mid_job_resumes_without_duplicates(user, monkeypatch):
     monkeypatch.setattr(cell_services, "classification_get_or_create", real_create)
     assert tasks.job_resume_unfinished() == [job.pk]  # sync mode: runs right away
     job.refresh_from_db()
-    assert job.state == BatchJob.State.DONE and job.runs == 2
+    assert job.state == BatchJob.State.DONE
+    assert job.runs == 2
     assert Classification.objects.count() == 8
     ids = list(job.items.values_list("classification_id", flat=True))
-    assert len(set(ids)) == 8 and None not in ids
+    assert len(set(ids)) == 8
+    assert None not in ids
     runner.job_run(job_id=job.pk)  # a redelivered message finds nothing to do
     assert Classification.objects.count() == 8
 
@@ -292,7 +301,8 @@ def test_same_folder_twice_adds_nothing(user, tmp_path, capsys):
     (folder / "Thumbs.db").write_bytes(b"junk")
     call_command("classify_folder", str(folder), accession="SHARE-1", user="tech")
     first = capsys.readouterr().out
-    assert "eosinophil.png: EOSINOPHIL" in first and "Thumbs.db: FAILED: Not an image file" in first
+    assert "eosinophil.png: EOSINOPHIL" in first
+    assert "Thumbs.db: FAILED: Not an image file" in first
     assert first.strip().endswith("done_with_errors; 3 done, 1 failed, 0 skipped")
     call_command("classify_folder", str(folder), accession="SHARE-1", user="tech")
     second = capsys.readouterr().out
@@ -316,7 +326,8 @@ def test_resume_jobs_command_runs_unfinished(user, capsys):
     job = job_services.job_create(user=user, accession="RES", files=[("a.png", cell_png())], enqueue=False)
     call_command("resume_jobs")
     out = capsys.readouterr().out
-    assert f"job {job.pk} (RES): done" in out and "resumed 1 unfinished job(s)" in out
+    assert f"job {job.pk} (RES): done" in out
+    assert "resumed 1 unfinished job(s)" in out
     call_command("resume_jobs")
     assert "resumed 0 unfinished job(s)" in capsys.readouterr().out
 

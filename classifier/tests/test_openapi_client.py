@@ -77,7 +77,8 @@ def test_generated_client_gets_a_token_uploads_and_reads_results(live_server, tm
         token = token_api.sync(
             client=anonymous, body=models.TokenRequestRequest(username="lab-tech", password=password)
         )
-        assert isinstance(token, models.Token) and len(token.token) == 40
+        assert isinstance(token, models.Token)
+        assert len(token.token) == 40
 
         api = client_module.AuthenticatedClient(base_url=live_server.url, token=token.token, prefix="Token")
         upload = models.ClassificationUploadRequest(
@@ -92,9 +93,11 @@ def test_generated_client_gets_a_token_uploads_and_reads_results(live_server, tm
             "EOSINOPHIL",
         )
         fetched = result_api.sync(client=api, id=created.id)
-        assert fetched.id == created.id and fetched.model_version == created.model_version
+        assert fetched.id == created.id
+        assert fetched.model_version == created.model_version
         hl7 = hl7_api.sync_detailed(client=api, accession="ACC-GEN-1")
-        assert hl7.status_code == 200 and hl7.content.startswith(b"MSH|^~\\&|HEMATOVISION|")
+        assert hl7.status_code == 200
+        assert hl7.content.startswith(b"MSH|^~\\&|HEMATOVISION|")
     finally:
         sys.path.remove(str(tmp_path))
         for name in [m for m in sys.modules if m == "hv_client" or m.startswith("hv_client.")]:

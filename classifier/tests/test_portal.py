@@ -39,8 +39,11 @@ def test_upload_page_renders_form_with_picker_and_drop_zone(tech_client):
     response = tech_client.get(reverse("upload"))
     assert response.status_code == 200
     html = response.content.decode()
-    assert 'type="file" name="images"' in html and "multiple" in html
-    assert 'id="drop-zone"' in html and "js/upload.js" in html and "<script>" not in html
+    assert 'type="file" name="images"' in html
+    assert "multiple" in html
+    assert 'id="drop-zone"' in html
+    assert "js/upload.js" in html
+    assert "<script>" not in html
 
 
 def test_upload_one_real_cell_image_redirects_to_its_result(tech_client, user, settings):
@@ -49,10 +52,12 @@ def test_upload_one_real_cell_image_redirects_to_its_result(tech_client, user, s
     cell = Classification.objects.get()
     assert response.status_code == 302
     assert response["Location"] == reverse("classification-detail", args=[cell.pk])
-    assert cell.owner == user and cell.specimen.accession == "ACC-1"
+    assert cell.owner == user
+    assert cell.specimen.accession == "ACC-1"
     assert cell.original_filename == "EOSINOPHIL_1.jpeg"
     assert cell.status in (Status.CLASSIFIED, Status.UNIDENTIFIED)
-    assert cell.model_version == "fake-0001" and cell.predicted_label
+    assert cell.model_version == "fake-0001"
+    assert cell.predicted_label
     stored = sorted(p.relative_to(settings.MEDIA_ROOT).as_posix() for p in media_files(settings))
     assert stored == sorted([cell.image.name, cell.heatmap.name])
     assert "EOSINOPHIL" not in cell.image.name  # stored names reveal nothing
@@ -61,7 +66,8 @@ def test_upload_one_real_cell_image_redirects_to_its_result(tech_client, user, s
 def test_upload_many_files_at_once_without_js(tech_client, user):
     files = [("red.jpg", image_bytes((200, 60, 60))), ("green.png", image_bytes((60, 200, 60), fmt="PNG"))]
     response = upload(tech_client, files, None)
-    assert response.status_code == 302 and response["Location"] == reverse("classification-list")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("classification-list")
     assert sorted(Classification.objects.values_list("original_filename", "predicted_label")) == [
         ("green.png", "LYMPHOCYTE"), ("red.jpg", "EOSINOPHIL"),
     ]
@@ -90,7 +96,8 @@ def test_upload_json_rejection(tech_client, settings):
     response = upload(tech_client, "x.jpg", b"", json=True)
     assert response.status_code == 400
     assert response.json() == {"error": "The file is empty.", "filename": "x.jpg"}
-    assert Classification.objects.count() == 0 and media_files(settings) == []
+    assert Classification.objects.count() == 0
+    assert media_files(settings) == []
 
 
 BAD_FILES = {
@@ -115,7 +122,8 @@ def test_bad_upload_shows_clear_error_and_leaves_no_row_and_no_file(tech_client,
     response = upload(tech_client, name, data)
     assert response.status_code == status
     html = response.content.decode()
-    assert 'id="upload-errors"' in html and "Nothing was stored" in html
+    assert 'id="upload-errors"' in html
+    assert "Nothing was stored" in html
     assert message in html
     assert Classification.objects.count() == 0
     assert Specimen.objects.count() == 0
@@ -127,7 +135,8 @@ def test_oversized_upload_is_refused_with_its_size(tech_client, settings):
     response = upload(tech_client, "big.png", image_bytes(size=(1200, 1000), fmt="BMP"))
     assert response.status_code == 413
     assert "<strong>big.png</strong>: The file is 3.4 MB; the limit is 976.6 KB." in response.content.decode()
-    assert Classification.objects.count() == 0 and media_files(settings) == []
+    assert Classification.objects.count() == 0
+    assert media_files(settings) == []
 
 
 def test_upload_with_no_file_asks_for_one(tech_client):
@@ -140,7 +149,8 @@ def test_upload_with_bad_accession_is_refused_before_storing(tech_client, settin
     response = upload(tech_client, "red.jpg", image_bytes(), accession="bad accession!")
     assert response.status_code == 400
     assert "An accession number is 1-64 letters" in response.content.decode()
-    assert Classification.objects.count() == 0 and media_files(settings) == []
+    assert Classification.objects.count() == 0
+    assert media_files(settings) == []
 
 
 def test_user_without_role_gets_403_with_a_clear_message(client, no_role_user, settings):
@@ -148,7 +158,8 @@ def test_user_without_role_gets_403_with_a_clear_message(client, no_role_user, s
     for response in (client.get(reverse("upload")), upload(client, "red.jpg", image_bytes())):
         assert response.status_code == 403
         assert "Your account has no lab role yet" in response.content.decode()
-    assert Classification.objects.count() == 0 and media_files(settings) == []
+    assert Classification.objects.count() == 0
+    assert media_files(settings) == []
     dashboard = client.get(reverse("dashboard")).content.decode()
     assert "Your account has no lab role yet" in dashboard
 
@@ -163,12 +174,16 @@ def test_result_page_shows_prediction_probabilities_heatmap_and_version(tech_cli
     assert "Calibrated confidence <strong>88%</strong>" in html
     for name in ("Monocyte", "Eosinophil", "Lymphocyte", "Neutrophil"):
         assert f'aria-label="{name}"' in html
-    assert 'style="width: 88.0%"' in html and 'style="width: 4.0%"' in html
+    assert 'style="width: 88.0%"' in html
+    assert 'style="width: 4.0%"' in html
     assert f'src="/classifications/{cell.pk}/image/"' in html
-    assert f'src="/classifications/{cell.pk}/heatmap/"' in html and 'id="heatmap-toggle"' in html
+    assert f'src="/classifications/{cell.pk}/heatmap/"' in html
+    assert 'id="heatmap-toggle"' in html
     assert '<code id="model-version">fake-0001</code>' in html
-    assert "Unreviewed" in html and "unidentified-badge" not in html
-    assert "classification-review" not in html and "/review/" not in html  # technologists do not review
+    assert "Unreviewed" in html
+    assert "unidentified-badge" not in html
+    assert "classification-review" not in html
+    assert "/review/" not in html
 
 
 def test_result_page_unidentified_badge_and_flag_message(tech_client, user):
@@ -190,7 +205,9 @@ def test_review_of_an_unidentified_cell_has_no_confirm_shortcut(reviewer_client,
     odd = ClassificationFactory(owner=user, unidentified=True, predicted_label="NEUTROPHIL")
     for url in (reverse("classification-detail", args=[odd.pk]), reverse("review-queue")):
         html = reviewer_client.get(url).content.decode()
-        assert 'data-key="4"' in html and "data-confirm" not in html and "btn-success" not in html, url
+        assert 'data-key="4"' in html, url
+        assert "data-confirm" not in html, url
+        assert "btn-success" not in html, url
 
 
 def test_private_image_and_heatmap_served_with_no_store(tech_client, user):
@@ -227,7 +244,8 @@ def test_anonymous_is_sent_to_login(client, user, name):
     cell = ClassificationFactory(owner=user)
     url = reverse(name, args=[cell.pk])
     response = client.get(url)
-    assert response.status_code == 302 and response["Location"] == f"/accounts/login/?next={url}"
+    assert response.status_code == 302
+    assert response["Location"] == f"/accounts/login/?next={url}"
 
 
 def test_no_role_user_gets_404_for_results(client, no_role_user, user):
@@ -270,7 +288,8 @@ def test_history_filters_search_and_paginates(tech_client, user):
     searched = tech_client.get(reverse("classification-list"), {"q": "wanted"})
     assert [c.pk for c in searched.context["page_obj"]] == [wanted.pk]
     page1 = tech_client.get(reverse("classification-list"))
-    assert len(page1.context["page_obj"]) == 25 and page1.context["page_obj"].paginator.num_pages == 2
+    assert len(page1.context["page_obj"]) == 25
+    assert page1.context["page_obj"].paginator.num_pages == 2
     page2 = tech_client.get(reverse("classification-list"), {"page": 2, "review_state": "unreviewed"})
     assert len(page2.context["page_obj"]) == 6
     assert "review_state=unreviewed&amp;page=1" in page2.content.decode()
@@ -296,9 +315,13 @@ def test_csv_export_of_filtered_history(tech_client, user, other_user):
     assert rows[0][:4] == ["id", "created_at", "original_filename", "accession"]
     assert len(rows) == 2
     row = dict(zip(rows[0], rows[1], strict=True))
-    assert row["id"] == str(keep.pk) and row["original_filename"] == "'=cmd.jpg"
-    assert row["external_id"] == "LIS-1" and row["predicted_label"] == "NEUTROPHIL" and row["owner"] == "tech"
-    assert row["confidence"] == "0.8800" and row["review_state"] == "unreviewed"
+    assert row["id"] == str(keep.pk)
+    assert row["original_filename"] == "'=cmd.jpg"
+    assert row["external_id"] == "LIS-1"
+    assert row["predicted_label"] == "NEUTROPHIL"
+    assert row["owner"] == "tech"
+    assert row["confidence"] == "0.8800"
+    assert row["review_state"] == "unreviewed"
 
 
 def test_delete_asks_for_confirmation_then_removes_row_and_files(
@@ -307,11 +330,13 @@ def test_delete_asks_for_confirmation_then_removes_row_and_files(
     cell = ClassificationFactory(owner=user)
     url = reverse("classification-delete", args=[cell.pk])
     page = tech_client.get(url)
-    assert page.status_code == 200 and "Yes, delete" in page.content.decode()
+    assert page.status_code == 200
+    assert "Yes, delete" in page.content.decode()
     assert Classification.objects.count() == 1
     with django_capture_on_commit_callbacks(execute=True):  # files go once the delete commits
         response = tech_client.post(url)
-    assert response.status_code == 302 and response["Location"] == reverse("classification-list")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("classification-list")
     assert Classification.objects.count() == 0
     assert media_files(settings) == []
 
@@ -341,7 +366,9 @@ def test_review_queue_lists_unidentified_first_with_shortcuts(reviewer_client, u
     assert response.status_code == 200
     assert [c.pk for c in response.context["page_obj"]] == [odd.pk, plain.pk]
     html = response.content.decode()
-    assert "js/review.js" in html and 'data-key="1"' in html and "data-confirm" in html
+    assert "js/review.js" in html
+    assert 'data-key="1"' in html
+    assert "data-confirm" in html
 
 
 def test_review_queue_lists_only_cells_awaiting_review(reviewer_client, user):
@@ -371,18 +398,22 @@ def test_confirm_then_sign_the_specimen_keeps_audit_trail(reviewer_client, revie
     queue = reverse("review-queue")
     response = reviewer_client.post(reverse("classification-review", args=[cell.pk]),
                                     {"label": "EOSINOPHIL", "next": queue})
-    assert response.status_code == 302 and response["Location"] == queue
+    assert response.status_code == 302
+    assert response["Location"] == queue
     cell.refresh_from_db()
     assert (cell.review_state, cell.final_label, cell.reviewed_by) == ("confirmed", "EOSINOPHIL", reviewer)
     response = reviewer_client.post(reverse("specimen-sign", args=["S-AUDIT"]))
     assert response["Location"] == reverse("specimen-detail", args=["S-AUDIT"])
     cell.refresh_from_db()
-    assert cell.review_state == "signed" and cell.signed_by == reviewer
+    assert cell.review_state == "signed"
+    assert cell.signed_by == reviewer
     assert list(cell.events.values_list("actor__username", "action", "from_label", "to_label")) == [
         ("reviewer", "confirm", "EOSINOPHIL", "EOSINOPHIL"), ("reviewer", "sign", "EOSINOPHIL", "EOSINOPHIL"),
     ]
     html = reviewer_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
-    assert 'id="audit-trail"' in html and "Signed" in html and 'data-key="' not in html  # read-only now
+    assert 'id="audit-trail"' in html
+    assert "Signed" in html
+    assert 'data-key="' not in html
 
 
 def test_a_cell_page_has_no_sign_button_and_no_sign_url(reviewer_client, user):
@@ -392,7 +423,8 @@ def test_a_cell_page_has_no_sign_button_and_no_sign_url(reviewer_client, user):
     cell = ClassificationFactory(owner=user, predicted_label="EOSINOPHIL", review_state="confirmed",
                                  final_label="EOSINOPHIL")
     html = reviewer_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
-    assert "data-sign" not in html and "<kbd>S</kbd>" not in html
+    assert "data-sign" not in html
+    assert "<kbd>S</kbd>" not in html
     with pytest.raises(NoReverseMatch):
         reverse("classification-sign", args=[cell.pk])
     assert reviewer_client.post(f"/classifications/{cell.pk}/sign/").status_code == 404
@@ -460,7 +492,8 @@ def test_technologist_cannot_review_or_sign_own_result(tech_client, user):
     assert review.status_code == 403
     assert tech_client.post(reverse("specimen-sign", args=["S-TECH"])).status_code == 403
     cell.refresh_from_db()
-    assert cell.review_state == "unreviewed" and ReviewEvent.objects.count() == 0
+    assert cell.review_state == "unreviewed"
+    assert ReviewEvent.objects.count() == 0
 
 
 def test_review_endpoints_are_post_only(reviewer_client, user):
@@ -485,7 +518,8 @@ def test_dashboard_counts_latest_queue_and_chart_data(reviewer_client, user):
         '["Eosinophil"], "counts": [1], "colours": ["#c0392b"]}</script>'
     ) in html
     assert '<tbody><tr><td>Eosinophil</td><td class="text-end">1</td></tr></tbody>' in html
-    assert "vendor/chartjs/chart.umd.min.js" in html and "js/dashboard.js" in html
+    assert "vendor/chartjs/chart.umd.min.js" in html
+    assert "js/dashboard.js" in html
     assert html.count("cell-thumb") == 2
 
 
@@ -494,16 +528,19 @@ def test_dashboard_counts_latest_queue_and_chart_data(reviewer_client, user):
 
 def test_model_page_needs_login(client):
     response = client.get(reverse("model-info"))
-    assert response.status_code == 302 and response["Location"] == "/accounts/login/?next=/model/"
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/login/?next=/model/"
 
 
 def test_model_page_with_a_card_that_has_only_its_identity(tech_client):
     """The fake predictor's card: version and classes shown, figures missing shown as dashes."""
     html = tech_client.get(reverse("model-info")).content.decode()
     assert '<dd class="col-7"><code>fake-0001</code></dd>' in html
-    assert 'id="nav-model"' in html and "pre-classifies" in html
+    assert 'id="nav-model"' in html
+    assert "pre-classifies" in html
     rows = html.split('<table class="table table-sm mb-2" id="model-classes">')[1].split("</table>")[0]
-    assert rows.count("<tr>") == 5 and rows.count("—") == 16  # header + 4 classes, 4 unknown figures each
+    assert rows.count("<tr>") == 5
+    assert rows.count("—") == 16
 
 
 def test_model_page_when_the_model_cannot_load(tech_client, settings):
@@ -511,4 +548,5 @@ def test_model_page_when_the_model_cannot_load(tech_client, settings):
     response = tech_client.get(reverse("model-info"))
     assert response.status_code == 200
     html = response.content.decode()
-    assert 'id="model-unavailable"' in html and 'id="model-classes"' not in html
+    assert 'id="model-unavailable"' in html
+    assert 'id="model-classes"' not in html

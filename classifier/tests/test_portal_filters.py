@@ -5,7 +5,7 @@ import datetime
 import pytest
 from django.utils import timezone
 
-from classifier.filters import ClassificationFilter
+from classifier.cells.filters import ClassificationFilter
 from classifier.models import Classification, ReviewState, Status
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory
 
@@ -19,7 +19,8 @@ def _ids(params):
 
 def test_factory_stores_image_and_heatmap_files(settings):
     cell = ClassificationFactory()
-    assert cell.image.name.startswith("cells/") and cell.heatmap.name.startswith("heatmaps/")
+    assert cell.image.name.startswith("cells/")
+    assert cell.heatmap.name.startswith("heatmaps/")
     assert (settings.MEDIA_ROOT / cell.image.name).is_file()
     assert cell.probabilities["EOSINOPHIL"] == 0.88
 

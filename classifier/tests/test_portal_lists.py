@@ -30,7 +30,8 @@ def test_job_list_is_paged_not_cut(tech_client, user):
     first = tech_client.get(reverse("job-list"))
     assert len(first.context["jobs"]) == 50
     html = first.content.decode()
-    assert "Page 1 of 3" in html and 'href="?page=2"' in html
+    assert "Page 1 of 3" in html
+    assert 'href="?page=2"' in html
     last = tech_client.get(reverse("job-list"), {"page": 3})
     oldest = sorted(job.pk for job in jobs)[:5]
     assert sorted(job.pk for job in last.context["jobs"]) == oldest
@@ -56,7 +57,8 @@ def test_specimen_export_date_error_shows_the_list_with_the_dates_kept(tech_clie
     assert response.status_code == 400
     html = response.content.decode()
     assert "The start date is after the end date." in html
-    assert 'value="2020-02-01"' in html and 'value="2020-01-01"' in html
+    assert 'value="2020-02-01"' in html
+    assert 'value="2020-01-01"' in html
     assert "S-77" in html  # the list itself, not an empty error page
 
 

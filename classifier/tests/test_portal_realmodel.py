@@ -29,7 +29,8 @@ def test_upload_with_real_model_shows_class_and_heatmap(tech_client, settings):
     cell = Classification.objects.get()
     assert cell.status in (Status.CLASSIFIED, Status.UNIDENTIFIED), cell.status
     assert cell.predicted_label in CellClass.values
-    assert cell.model_version and cell.model_version != "fake-0001"
+    assert cell.model_version
+    assert cell.model_version != "fake-0001"
     assert sorted(cell.probabilities) == sorted(MODEL_CODES)  # the shipped model's eight
     assert abs(sum(cell.probabilities.values()) - 1.0) < 1e-3
     html = response.content.decode()
@@ -37,7 +38,8 @@ def test_upload_with_real_model_shows_class_and_heatmap(tech_client, settings):
     assert f'<code id="model-version">{cell.model_version}</code>' in html
     assert f'src="/classifications/{cell.pk}/heatmap/"' in html
     heatmap = tech_client.get(reverse("classification-heatmap", args=[cell.pk]))
-    assert heatmap.status_code == 200 and heatmap["Content-Type"] == "image/png"
+    assert heatmap.status_code == 200
+    assert heatmap["Content-Type"] == "image/png"
     assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG\r\n\x1a\n")
 
 
@@ -51,7 +53,8 @@ def test_model_page_with_the_shipped_model(tech_client, settings):
     assert f'<dd class="col-7"><code>{card["version"]}</code></dd>' in html
     assert "trained on the stained smears of 2 labs (BCCD, PBC)" in html
     header = html.split('id="model-classes">')[1].split("</thead>")[0]
-    assert "Recall, BCCD TEST" in header and "Recall, PBC test" in header
+    assert "Recall, BCCD TEST" in header
+    assert "Recall, PBC test" in header
     mon = html.split("<td>Monocyte</td>")[1].split("</tr>")[0]
     assert [c.split(">")[-1].strip() for c in mon.split("</td>")[:5]] == [
         f"{card['validation_metrics']['calibrated']['per_class']['MONOCYTE']['recall']:.3f}",

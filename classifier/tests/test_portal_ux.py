@@ -172,7 +172,8 @@ def test_missing_result_gets_the_site_404_page(tech_client, user, other_user):
     other = tech_client.get(reverse("classification-detail", args=[theirs.pk]))
     assert other.status_code == 404
     assert _without_csrf(other.content.decode()) == _without_csrf(html)
-    assert "Classification" not in html and "matches the given query" not in html
+    assert "Classification" not in html
+    assert "matches the given query" not in html
 
 
 def test_500_template_renders_with_an_empty_context():

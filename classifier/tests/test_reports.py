@@ -12,14 +12,13 @@ import pytest
 from django.core.exceptions import ValidationError
 from PIL import Image
 
-from classifier import reports
 from classifier.cells import classes as cell_classes
 from classifier.cells import review as cell_review
 from classifier.jobs import runner
 from classifier.jobs import services as job_services
 from classifier.models import Classification, ReviewState, Status
+from classifier.specimens import reports, signoff
 from classifier.specimens import selectors as specimen_selectors
-from classifier.specimens import signoff
 from classifier.tests.specimen_helpers import (
     FIXTURE_CELLS,
     sync_jobs,  # noqa: F401
@@ -78,7 +77,8 @@ def pdf_text(pdf: bytes, tmp_path: Path) -> str:
 def assert_pages_look_right(pages: list[Image.Image]) -> None:
     for page in pages:
         # A4 at 40 dpi: 331 x 468 pixels.
-        assert abs(page.width - 331) <= 2 and abs(page.height - 468) <= 2
+        assert abs(page.width - 331) <= 2
+        assert abs(page.height - 468) <= 2
         pixels = np.asarray(page, dtype=np.float32)
         assert pixels.std() > 10, "page is blank"
         assert (pixels.mean(axis=2) < 200).mean() > 0.002, "page has almost no ink"
@@ -101,8 +101,10 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     for row in differential.classes:  # largest-remainder rounding: within a tenth, and 100.0 in all
         assert abs(row.percent - 100.0 * predicted.get(row.label, 0) / counted) <= 0.1
     assert sum(round(row.percent * 10) for row in differential.classes) == 1000
-    assert differential.per_100_white_cells == () and differential.not_counted == ()  # a four-class model's
-    assert differential.unreviewed == 12 and differential.ready_to_sign is False
+    assert differential.per_100_white_cells == ()
+    assert differential.not_counted == ()
+    assert differential.unreviewed == 12
+    assert differential.ready_to_sign is False
 
     with pytest.raises(ValidationError) as info:
         signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
@@ -116,8 +118,11 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     assert len(pages) >= 1
     assert_pages_look_right(pages)
     text = pdf_text(pdf, tmp_path)
-    assert settings.HEMATOVISION_LAB_NAME in text and "TEST-12" in text
-    assert "PRELIMINARY" in text and "fake-0001" in text and "Cell gallery" in text
+    assert settings.HEMATOVISION_LAB_NAME in text
+    assert "TEST-12" in text
+    assert "PRELIMINARY" in text
+    assert "fake-0001" in text
+    assert "Cell gallery" in text
 
     # The reviewer labels each cell with its true class (some reclassified), then signs.
     truth = {name: cls for cls, name, _ in images}
@@ -135,7 +140,8 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
         ("LYMPHOCYTE", 25.0, None),
         ("MONOCYTE", 25.0, "H"),
     ]
-    assert differential.signed is True and differential.signed_by == "reviewer"
+    assert differential.signed is True
+    assert differential.signed_by == "reviewer"
 
     signed_pdf = reports.specimen_report_pdf(specimen=specimen)
     signed_dir = tmp_path / "signed"
@@ -144,8 +150,10 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     assert_pages_look_right(pages)
     text = pdf_text(signed_pdf, signed_dir)
     assert "PRELIMINARY" not in text
-    assert "FINAL" in text and "signed by reviewer" in text
-    assert "Eosinophil — 3 cell(s)" in text and "Neutrophil — 3 cell(s)" in text
+    assert "FINAL" in text
+    assert "signed by reviewer" in text
+    assert "Eosinophil — 3 cell(s)" in text
+    assert "Neutrophil — 3 cell(s)" in text
 
 
 def test_csv_per_specimen_and_for_a_date_range(user, other_user, reviewer):
@@ -178,7 +186,8 @@ def test_csv_per_specimen_and_for_a_date_range(user, other_user, reviewer):
         )
     )
     assert [r["accession"] for r in mine] == ["TEST-12"]  # not the other technologist's specimen
-    assert mine[0]["total_cells"] == "12" and mine[0]["signed_by"] == ""
+    assert mine[0]["total_cells"] == "12"
+    assert mine[0]["signed_by"] == ""
     everything = list(
         csv.DictReader(
             io.StringIO(

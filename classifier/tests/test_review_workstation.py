@@ -13,13 +13,13 @@ from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
 
-from classifier import inference, reports
+from classifier import inference
 from classifier.cells import references
 from classifier.cells import review as cell_review
 from classifier.cells import services as cell_services
 from classifier.models import Classification, ReviewEvent, Specimen
+from classifier.specimens import reports, signoff
 from classifier.specimens import selectors as specimen_selectors
-from classifier.specimens import signoff
 from classifier.tests.factories import ClassificationFactory, ReviewerFactory, SpecimenFactory, image_bytes
 
 pytestmark = pytest.mark.django_db
@@ -70,8 +70,10 @@ def test_worklist_lists_unsigned_specimens_oldest_first_with_counts_and_flags(
         33,
     )
     html = response.content.decode()
-    assert "1 unidentified</span>" in html and "1 of 3 reviewed" in html
-    assert 'href="/specimens/S-OLD/review/"' in html and "S-SIGNED" not in html
+    assert "1 unidentified</span>" in html
+    assert "1 of 3 reviewed" in html
+    assert 'href="/specimens/S-OLD/review/"' in html
+    assert "S-SIGNED" not in html
 
 
 def test_worklist_and_gallery_are_for_reviewers_only(tech_client, user):
@@ -95,12 +97,15 @@ def test_gallery_groups_unidentified_first_and_links_the_worklist_neighbours(rev
     html = response.content.decode()
     assert html.count('class="gallery-section') == len(response.context["sections"])  # every class, for drops
     assert f'src="/specimens/S-B/cells/{cells[0].pk}/thumb.jpg" width="144" height="144"' in html
-    assert 'id="prev-specimen" title="S-A"' in html and "js/specimen_review.js" in html
+    assert 'id="prev-specimen" title="S-A"' in html
+    assert "js/specimen_review.js" in html
     table = json.loads(
         html.split('<script id="class-table" type="application/json">')[1].split("</script>")[0]
     )
     assert [c["code"] for c in table][:2] == ["NEUTROPHIL", "EOSINOPHIL"]
-    assert len(table[0]["references"]) == 3 and table[9]["code"] == "BLAST" and table[9]["references"] == []
+    assert len(table[0]["references"]) == 3
+    assert table[9]["code"] == "BLAST"
+    assert table[9]["references"] == []
 
 
 def test_reference_images_exist_for_the_model_classes_and_bands_with_their_licence():
@@ -122,9 +127,12 @@ def test_reference_images_exist_for_the_model_classes_and_bands_with_their_licen
         for path in paths:
             with Image.open(settings.BASE_DIR / "static" / path) as image:
                 assert image.size == (160, 160)
-    assert references.for_class("BLAST") == () and references.for_class("ARTEFACT") == ()
+    assert references.for_class("BLAST") == ()
+    assert references.for_class("ARTEFACT") == ()
     readme = (settings.BASE_DIR / "static" / "reference" / "README.md").read_text()
-    assert "CC BY 4.0" in readme and "Data in Brief* 30 (2020)" in readme and "105474" in readme
+    assert "CC BY 4.0" in readme
+    assert "Data in Brief* 30 (2020)" in readme
+    assert "105474" in readme
 
 
 # ---------------------------------------------------------------- the gallery's JSON endpoints
@@ -140,8 +148,10 @@ def test_reclassify_many_cells_at_once_keeps_one_audit_row_each(reviewer_client,
         (cells[1].pk, "BAND", "reclassified"),
     ]
     rows = {r["label"]: (r["count"], r["value"]) for r in body["differential"]["classes"]}
-    assert rows["BAND"] == (2, 50.0) and rows["NEUTROPHIL"] == (1, 25.0)
-    assert 'data-label="BAND"' in body["differential_html"] and (body["reviewed"], body["total"]) == (2, 4)
+    assert rows["BAND"] == (2, 50.0)
+    assert rows["NEUTROPHIL"] == (1, 25.0)
+    assert 'data-label="BAND"' in body["differential_html"]
+    assert (body["reviewed"], body["total"]) == (2, 4)
     assert list(
         ReviewEvent.objects.values_list("classification", "actor", "action", "from_label", "to_label")
     ) == [
@@ -153,7 +163,8 @@ def test_reclassify_many_cells_at_once_keeps_one_audit_row_each(reviewer_client,
 def test_accept_confirms_each_cells_model_class(reviewer_client, user):
     specimen, cells = _specimen(user, NEUTROPHIL=2, EOSINOPHIL=1)
     response = _post(reviewer_client, "S-16", cells)
-    assert response.status_code == 200 and response.json()["differential"]["ready_to_sign"] is True
+    assert response.status_code == 200
+    assert response.json()["differential"]["ready_to_sign"] is True
     assert list(Classification.objects.order_by("pk").values_list("review_state", "final_label")) == [
         ("confirmed", "NEUTROPHIL"),
         ("confirmed", "NEUTROPHIL"),
@@ -216,7 +227,8 @@ def test_cells_of_another_specimen_unidentified_accepts_and_signed_specimens_are
     _specimen(user, "S-1", NEUTROPHIL=1)
     _, foreign = _specimen(user, "S-2", NEUTROPHIL=1)
     response = _post(reviewer_client, "S-1", foreign, "BAND")
-    assert response.status_code == 400 and response.json()["code"] == "not_in_specimen"
+    assert response.status_code == 400
+    assert response.json()["code"] == "not_in_specimen"
     _, odd = _specimen(user, "S-3", unidentified=1)
     response = _post(reviewer_client, "S-3", odd)
     assert response.json()["code"] == "unidentified"
@@ -239,7 +251,8 @@ def test_thumbnail_is_the_located_cell_at_192_px(reviewer_client, user):
         user=user, data=image_bytes((200, 60, 60), size=(320, 240)), accession="S-T"
     )
     response = reviewer_client.get(reverse("specimen-cell-thumb", args=["S-T", cell.pk]))
-    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/jpeg"
     assert response["Cache-Control"] == "private, no-store"
     assert Image.open(io.BytesIO(response.content)).size == (192, 192)
     assert cell.cell_box == [80, 60, 240, 180]  # the fake's box: the centre half, cropped with a margin
@@ -262,11 +275,13 @@ def test_thumbnail_crop_keeps_the_cell_large():
     assert thumb.size == (192, 192)
     row = [thumb.getpixel((x, 96)) for x in range(192)]
     cell = [x for x, px in enumerate(row) if px[1] < 200]
-    assert cell[-1] - cell[0] + 1 >= 128 and cell[0] > 0 and cell[-1] < 191  # whole, with context
+    assert cell[-1] - cell[0] + 1 >= 128
+    assert cell[0] > 0
+    assert cell[-1] < 191
 
 
 def review_thumbnail(image, box):
-    from classifier.review_views import cell_thumbnail
+    from classifier.portal.views.review import cell_thumbnail
 
     return cell_thumbnail(image, box)
 
@@ -283,7 +298,9 @@ def test_sign_off_confirmation_shows_the_differential_and_signs_with_a_comment(
     _post(reviewer_client, "S-16", [Classification.objects.get(pk=c.pk) for c in cells])
     page = reviewer_client.get(reverse("specimen-sign", args=["S-16"]))
     html = page.content.decode()
-    assert 'id="differential"' in html and "100 cells" not in html and "<strong>4 cells</strong>" in html
+    assert 'id="differential"' in html
+    assert "100 cells" not in html
+    assert "<strong>4 cells</strong>" in html
     assert f'name="seen" value="{specimen_selectors.specimen_review_version(specimen.cells.all())}"' in html
     seen = page.context["seen"]
     response = reviewer_client.post(
@@ -291,11 +308,13 @@ def test_sign_off_confirmation_shows_the_differential_and_signs_with_a_comment(
     )
     assert response["Location"] == reverse("specimen-detail", args=["S-16"])
     specimen.refresh_from_db()
-    assert specimen.is_signed and specimen.review_comment == "Smear well stained."
+    assert specimen.is_signed
+    assert specimen.review_comment == "Smear well stained."
     assert (specimen.signed_by_name, specimen.signed_by_role) == ("Grace Hopper", "Reviewer")
     assert set(Classification.objects.values_list("review_state", flat=True)) == {"signed"}
     detail = reviewer_client.get(reverse("specimen-detail", args=["S-16"])).content.decode()
-    assert 'id="signed-by">Grace Hopper</strong> (Reviewer)' in detail and "Smear well stained." in detail
+    assert 'id="signed-by">Grace Hopper</strong> (Reviewer)' in detail
+    assert "Smear well stained." in detail
 
 
 def test_sign_off_is_refused_when_a_cell_changed_after_the_confirmation(reviewer_client, reviewer, user):
@@ -314,7 +333,8 @@ def test_sign_off_is_refused_when_a_cell_changed_after_the_confirmation(reviewer
 def test_sign_off_of_an_unreviewed_specimen_is_refused(reviewer_client, user):
     specimen, _ = _specimen(user, NEUTROPHIL=1)
     html = reviewer_client.get(reverse("specimen-sign", args=["S-16"])).content.decode()
-    assert 'id="not-ready"' in html and 'id="confirm-sign" disabled' in html
+    assert 'id="not-ready"' in html
+    assert 'id="confirm-sign" disabled' in html
     response = reviewer_client.post(reverse("specimen-sign", args=["S-16"]), follow=True)
     assert "1 cell(s) are not reviewed yet" in response.content.decode()
     specimen.refresh_from_db()
@@ -353,7 +373,8 @@ def test_pdf_has_comment_signer_name_and_role_page_numbers_address_and_the_porta
     specimen, cells = _specimen(user, NEUTROPHIL=20, EOSINOPHIL=2, unidentified=1)
     text = _pdf_text(reports.specimen_report_pdf(specimen=specimen), tmp_path)
     assert text.index("Unidentified — 1 cell(s)") < text.index("Neutrophil — 20 cell(s)")  # as the portal
-    assert "2 Lab Road" in text and "Sample City 1234" in text
+    assert "2 Lab Road" in text
+    assert "Sample City 1234" in text
     for cell in cells[:22]:
         cell_review.classification_review(classification=cell, reviewer=reviewer, label=cell.predicted_label)
     cell_review.classification_review(classification=cells[22], reviewer=reviewer, label="ARTEFACT")
@@ -364,7 +385,8 @@ def test_pdf_has_comment_signer_name_and_role_page_numbers_address_and_the_porta
     assert "Reviewer's comment: Platelets clumped <b>x</b>." in text  # text, not markup
     assert "Reviewed by: Grace Hopper" in text
     total = int(text.split("Page 1 of ")[1].split()[0])
-    assert total >= 1 and f"Page {total} of {total}" in text
+    assert total >= 1
+    assert f"Page {total} of {total}" in text
 
 
 # ---------------------------------------------------------------- the smaller defects
@@ -427,7 +449,8 @@ def test_warm_up_loads_the_model_in_the_background_and_the_header_shows_readines
     settings.HEMATOVISION_PREDICTOR = "fake"  # a fresh cache: nothing loaded yet
     assert inference.readiness()["state"] == "idle"
     html = tech_client.get(reverse("dashboard")).content.decode()
-    assert 'data-state="idle"' in html and 'title="The model loads with the first image.">' in html
+    assert 'data-state="idle"' in html
+    assert 'title="The model loads with the first image.">' in html
     release = threading.Event()
     real_build = inference._build
 
@@ -451,7 +474,8 @@ def test_warm_up_reports_an_unavailable_model(settings, tmp_path):
     settings.HEMATOVISION_PREDICTOR = "nonsense"
     inference.warm_up_in_background().join(10)
     state = inference.readiness()
-    assert state["state"] == "unavailable" and "Unknown HEMATOVISION_PREDICTOR" in state["detail"]
+    assert state["state"] == "unavailable"
+    assert "Unknown HEMATOVISION_PREDICTOR" in state["detail"]
 
 
 def test_server_start_hooks_warm_the_model_up(monkeypatch):

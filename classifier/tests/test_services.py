@@ -9,10 +9,10 @@ from PIL import Image
 
 from classifier.cells import review as cell_review
 from classifier.cells import services as cell_services
+from classifier.cells.validation import ImageRejected
 from classifier.models import Classification, ReviewEvent, ReviewState, Specimen, Status
 from classifier.specimens import services as specimen_services
 from classifier.specimens import signoff
-from classifier.validation import ImageRejected
 
 FIXTURES = Path(__file__).resolve().parents[2] / "ml" / "tests" / "fixtures" / "cells"
 
@@ -38,7 +38,8 @@ def stored_files(settings) -> list[Path]:
 def test_create_stores_image_heatmap_and_prediction(user, settings):
     c = cell_services.classification_create(user=user, data=png(), filename="../../etc/cell 1.png")
     assert c.status == Status.CLASSIFIED
-    assert c.predicted_label == "EOSINOPHIL" and c.label == "EOSINOPHIL"
+    assert c.predicted_label == "EOSINOPHIL"
+    assert c.label == "EOSINOPHIL"
     assert c.confidence == pytest.approx(0.88)
     assert c.probabilities == {"EOSINOPHIL": 0.88, "LYMPHOCYTE": 0.04, "MONOCYTE": 0.04, "NEUTROPHIL": 0.04}
     assert c.model_version == "fake-0001"
@@ -68,7 +69,7 @@ def test_jpeg_is_stored_without_exif(user):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "data,code",
+    ("data", "code"),
     [
         (b"", "empty_file"),
         (b"hello, this is text", "not_an_image"),
@@ -79,7 +80,8 @@ def test_bad_input_leaves_nothing(user, settings, data, code):
     with pytest.raises(ImageRejected) as excinfo:
         cell_services.classification_create(user=user, data=data, filename="x.jpg")
     assert excinfo.value.code == code
-    assert Classification.objects.count() == 0 and stored_files(settings) == []
+    assert Classification.objects.count() == 0
+    assert stored_files(settings) == []
 
 
 @pytest.mark.django_db
@@ -89,14 +91,16 @@ def test_truncated_jpeg_rejected(user, settings):
         cell_services.classification_create(user=user, data=data[: len(data) // 2], filename="t.jpg")
     assert excinfo.value.code == "corrupt_image"
     assert "truncated or damaged" in excinfo.value.message
-    assert Classification.objects.count() == 0 and stored_files(settings) == []
+    assert Classification.objects.count() == 0
+    assert stored_files(settings) == []
 
 
 @pytest.mark.django_db
 def test_bad_accession_rejected_before_storing(user, settings):
     with pytest.raises(ValidationError):
         cell_services.classification_create(user=user, data=png(), accession="../evil")
-    assert Classification.objects.count() == 0 and Specimen.objects.count() == 0
+    assert Classification.objects.count() == 0
+    assert Specimen.objects.count() == 0
     assert stored_files(settings) == []
 
 
@@ -114,7 +118,8 @@ def test_accession_of_another_technologist_is_refused_and_nothing_stored(user, o
 def test_external_id_makes_retries_safe(user, other_user):
     first = cell_services.classification_create(user=user, data=png(), external_id="LIS-42")
     again = cell_services.classification_create(user=user, data=png(), external_id=" LIS-42 ")
-    assert again.pk == first.pk and Classification.objects.count() == 1
+    assert again.pk == first.pk
+    assert Classification.objects.count() == 1
     for data, accession in ((png((10, 200, 10)), None), (png(), "ACC-1")):  # another image, accession
         with pytest.raises(ValidationError) as err:
             cell_services.classification_create(
@@ -125,7 +130,8 @@ def test_external_id_makes_retries_safe(user, other_user):
             f"external_id 'LIS-42' was already used for another image or accession (result #{first.pk}); "
             "a retry must send the same image and accession, a new image needs a new id."
         ]
-    assert Classification.objects.count() == 1 and not Specimen.objects.exists()
+    assert Classification.objects.count() == 1
+    assert not Specimen.objects.exists()
     theirs = cell_services.classification_create(user=other_user, data=png(), external_id="LIS-42")
     assert theirs.pk != first.pk  # unique per user, not across users
 
@@ -142,13 +148,16 @@ def test_model_unavailable_keeps_upload_pending_then_classifies_later(user, sett
     settings.HEMATOVISION_PREDICTOR = "ml"
     settings.HEMATOVISION_MODEL_PATH = str(tmp_path / "missing.keras")
     c = cell_services.classification_create(user=user, data=png(), filename="p.png")
-    assert c.status == Status.PENDING and c.predicted_label == "" and not c.heatmap
+    assert c.status == Status.PENDING
+    assert c.predicted_label == ""
+    assert not c.heatmap
     assert Path(c.image.path).exists()
     assert cell_services.classification_classify_all_pending() == 0  # model still missing: stays pending
     settings.HEMATOVISION_PREDICTOR = "fake"
     assert cell_services.classification_classify_all_pending() == 1
     done = Classification.objects.get(pk=c.pk)
-    assert done.status == Status.CLASSIFIED and done.predicted_label == "EOSINOPHIL"
+    assert done.status == Status.CLASSIFIED
+    assert done.predicted_label == "EOSINOPHIL"
     assert Path(done.heatmap.path).exists()
     assert cell_services.classification_classify_all_pending() == 0
 
@@ -161,14 +170,18 @@ def test_review_confirm_reclassify_sign_and_audit(user, reviewer):
     with pytest.raises(ValidationError, match="not reviewed yet"):
         signoff.specimen_sign(specimen=c.specimen, reviewer=reviewer)
     c = cell_review.classification_review(classification=c, reviewer=reviewer, label="EOSINOPHIL")
-    assert c.review_state == ReviewState.CONFIRMED and c.final_label == "EOSINOPHIL"
+    assert c.review_state == ReviewState.CONFIRMED
+    assert c.final_label == "EOSINOPHIL"
     c = cell_review.classification_review(classification=c, reviewer=reviewer, label="NEUTROPHIL")
-    assert c.review_state == ReviewState.RECLASSIFIED and c.label == "NEUTROPHIL"
+    assert c.review_state == ReviewState.RECLASSIFIED
+    assert c.label == "NEUTROPHIL"
     assert not hasattr(cell_review, "classification_sign")
     assert not hasattr(cell_services, "classification_sign")  # issue 16: no cell is signed on its own
     signoff.specimen_sign(specimen=c.specimen, reviewer=reviewer)
     c.refresh_from_db()
-    assert c.is_signed and c.signed_by == reviewer and c.signed_at is not None
+    assert c.is_signed
+    assert c.signed_by == reviewer
+    assert c.signed_at is not None
     with pytest.raises(ValidationError, match="signed and final"):
         cell_review.classification_review(classification=c, reviewer=reviewer, label="MONOCYTE")
     events = list(ReviewEvent.objects.values_list("actor__username", "action", "from_label", "to_label"))
@@ -192,7 +205,8 @@ def test_unidentified_cell_is_reclassified_not_confirmed(user, reviewer):
     flat = io.BytesIO()
     Image.new("RGB", (64, 64), (128, 128, 128)).save(flat, format="PNG")
     c = cell_services.classification_create(user=user, data=flat.getvalue())
-    assert c.status == Status.UNIDENTIFIED and c.flag_reason == "not_blood_smear"
+    assert c.status == Status.UNIDENTIFIED
+    assert c.flag_reason == "not_blood_smear"
     c = cell_review.classification_review(classification=c, reviewer=reviewer, label=c.predicted_label)
     assert c.review_state == ReviewState.RECLASSIFIED
 
@@ -209,7 +223,8 @@ def test_specimen_sign_needs_every_cell_reviewed(user, reviewer):
     assert not specimen.is_signed
     cell_review.classification_review(classification=b, reviewer=reviewer, label="MONOCYTE")
     signed = signoff.specimen_sign(specimen=specimen, reviewer=reviewer)
-    assert signed.is_signed and signed.signed_by == reviewer
+    assert signed.is_signed
+    assert signed.signed_by == reviewer
     assert set(specimen.cells.values_list("review_state", flat=True)) == {"signed"}
     with pytest.raises(ValidationError, match="is signed; no images can be added"):
         cell_services.classification_create(user=user, data=png(), accession="S-1")
@@ -224,7 +239,8 @@ def test_delete_own_unreviewed_removes_files(
         cell_services.classification_delete(classification=c, user=other_user)
     with django_capture_on_commit_callbacks(execute=True):
         cell_services.classification_delete(classification=c, user=user)
-    assert Classification.objects.count() == 0 and stored_files(settings) == []
+    assert Classification.objects.count() == 0
+    assert stored_files(settings) == []
 
 
 @pytest.mark.django_db
@@ -241,7 +257,8 @@ def test_unknown_inference_backend_keeps_upload_pending(user, settings):
     settings.HEMATOVISION_PREDICTOR = "ml"
     settings.HEMATOVISION_INFERENCE_BACKEND = "turbo"
     c = cell_services.classification_create(user=user, data=png(), filename="p.png")
-    assert c.status == Status.PENDING and Path(c.image.path).exists()
+    assert c.status == Status.PENDING
+    assert Path(c.image.path).exists()
 
 
 # ------------------------------------------------- record integrity: one count per cell, no late cells
@@ -276,10 +293,12 @@ def test_the_same_image_counts_once_in_a_specimen(user, reviewer, settings):
         assert err.value.messages == [
             f"This image is already in specimen ACC-5 (cell #{cell.pk}); a cell is counted once."
         ]
-    assert Classification.objects.count() == 1 and stored_files(settings) == before
+    assert Classification.objects.count() == 1
+    assert stored_files(settings) == before
     other = cell_services.classification_create(user=user, data=data, accession="ACC-6")  # another specimen
     plain = cell_services.classification_create(user=user, data=data)  # no specimen: not a count
-    assert other.pk != plain.pk and Classification.objects.count() == 3
+    assert other.pk != plain.pk
+    assert Classification.objects.count() == 3
 
 
 @pytest.mark.django_db
@@ -314,7 +333,8 @@ def test_retry_of_a_pending_upload_classifies_it_once_the_model_is_back(user, se
     settings.HEMATOVISION_PREDICTOR = "fake"
     done = cell_services.classification_create(user=user, data=png(), external_id="LIS-9")
     assert (done.pk, done.status, done.predicted_label) == (c.pk, Status.CLASSIFIED, "EOSINOPHIL")
-    assert Classification.objects.count() == 1 and Path(done.heatmap.path).exists()
+    assert Classification.objects.count() == 1
+    assert Path(done.heatmap.path).exists()
 
 
 @pytest.mark.django_db
@@ -338,7 +358,8 @@ def test_an_unidentified_cell_has_no_class_until_a_reviewer_gives_one(user, revi
     from classifier.tests.factories import ClassificationFactory
 
     cell = ClassificationFactory(owner=user, unidentified=True, predicted_label="NEUTROPHIL")
-    assert cell.label == "" and str(cell) == f"#{cell.pk} unidentified"
+    assert cell.label == ""
+    assert str(cell) == f"#{cell.pk} unidentified"
     with pytest.raises(ValidationError, match="did not classify this cell"):
         cell_review.classification_confirm(classification=cell, reviewer=reviewer)
     assert Classification.objects.get(pk=cell.pk).review_state == ReviewState.UNREVIEWED

@@ -54,7 +54,8 @@ def test_batch_upload_page_runs_a_job_and_shows_progress(
     tech_client, user, django_capture_on_commit_callbacks
 ):
     page = tech_client.get(reverse("batch-upload"))
-    assert page.status_code == 200 and b'enctype="multipart/form-data"' in page.content
+    assert page.status_code == 200
+    assert b'enctype="multipart/form-data"' in page.content
     with django_capture_on_commit_callbacks(execute=True):
         response = tech_client.post(
             reverse("batch-upload"),
@@ -73,11 +74,14 @@ def test_batch_upload_page_runs_a_job_and_shows_progress(
             },
         )
     job = BatchJob.objects.get()
-    assert response.status_code == 302 and response["Location"] == reverse("job-detail", args=[job.pk])
+    assert response.status_code == 302
+    assert response["Location"] == reverse("job-detail", args=[job.pk])
     page = tech_client.get(response["Location"])
     assert page.status_code == 200
     html = page.content.decode()
-    assert f"Job {job.pk}" in html and "WEB-1" in html and "js/job_progress.js" in html
+    assert f"Job {job.pk}" in html
+    assert "WEB-1" in html
+    assert "js/job_progress.js" in html
     assert "<script>" not in html  # CSP: no inline script
     assert "Not an image file" in html
     status = tech_client.get(reverse("job-status", args=[job.pk])).json()
@@ -92,13 +96,16 @@ def test_batch_upload_page_runs_a_job_and_shows_progress(
 def test_batch_upload_errors_are_shown_and_store_nothing(tech_client, other_user, settings):
     cell_services.classification_create(user=other_user, data=cell_png("MONOCYTE", 5), accession="THEIRS")
     response = tech_client.post(reverse("batch-upload"), {"accession": "WEB-2", "kind": "cells"})
-    assert response.status_code == 200 and "Choose some images or a ZIP archive." in response.content.decode()
+    assert response.status_code == 200
+    assert "Choose some images or a ZIP archive." in response.content.decode()
     response = tech_client.post(
         reverse("batch-upload"),
         {"accession": "THEIRS", "kind": "cells", "images": [upload("a.png", cell_png())]},
     )
-    assert response.status_code == 200 and "cannot be added to accession THEIRS" in response.content.decode()
-    assert not BatchJob.objects.exists() and media_files(settings, "batches") == []
+    assert response.status_code == 200
+    assert "cannot be added to accession THEIRS" in response.content.decode()
+    assert not BatchJob.objects.exists()
+    assert media_files(settings, "batches") == []
 
 
 def test_no_role_user_cannot_start_a_job(client, no_role_user):
@@ -107,7 +114,8 @@ def test_no_role_user_cannot_start_a_job(client, no_role_user):
         reverse("batch-upload"),
         {"accession": "NR-1", "kind": "cells", "images": [upload("a.png", cell_png())]},
     )
-    assert response.status_code == 403 and not BatchJob.objects.exists()
+    assert response.status_code == 403
+    assert not BatchJob.objects.exists()
 
 
 def test_job_pages_of_other_users_are_404(client, user, other_user):
@@ -152,7 +160,8 @@ def test_job_progress_gives_unidentified_cells_no_class(user, settings):
     row = job_selectors.job_progress(job=BatchJob.objects.get(pk=job.pk))["items"][0]
     assert (row["state"], row["status"], row["label"]) == ("done", "unidentified", None)
     cell = Classification.objects.get()
-    assert cell.predicted_label == "NEUTROPHIL" and cell.label == ""
+    assert cell.predicted_label == "NEUTROPHIL"
+    assert cell.label == ""
 
 
 def _flat_png() -> bytes:
@@ -169,7 +178,9 @@ def test_specimen_list_detail_and_sign(reviewer_client, user, reviewer):
     specimen = specimen_with_cells(user)
     specimen_with_cells(user, accession="S-2", labels=("LYMPHOCYTE",))
     html = tech_client.get(reverse("specimen-list")).content.decode()
-    assert "S-1" in html and "S-2" in html and "Preliminary" in html
+    assert "S-1" in html
+    assert "S-2" in html
+    assert "Preliminary" in html
 
     detail = reviewer_client.get(reverse("specimen-detail", args=["S-1"]))
     html = detail.content.decode()
@@ -177,10 +188,12 @@ def test_specimen_list_detail_and_sign(reviewer_client, user, reviewer):
     assert [(r.label, r.count) for r in detail.context["differential"].classes] == [
         ("NEUTROPHIL", 0), ("EOSINOPHIL", 1), ("LYMPHOCYTE", 1), ("MONOCYTE", 1),
     ]
-    assert 'id="sign-button"' in html and "disabled" in html.split('id="sign-button"')[1].split(">")[0]
+    assert 'id="sign-button"' in html
+    assert "disabled" in html.split('id="sign-button"')[1].split(">")[0]
     cell = specimen.cells.first()
     image = reviewer_client.get(reverse("specimen-cell-image", args=["S-1", cell.pk]))
-    assert image.status_code == 200 and b"".join(image.streaming_content)[:4] == b"\x89PNG"
+    assert image.status_code == 200
+    assert b"".join(image.streaming_content)[:4] == b"\x89PNG"
 
     response = reviewer_client.post(reverse("specimen-sign", args=["S-1"]), follow=True)
     assert "3 cell(s) are not reviewed yet (0 unidentified)" in response.content.decode()
@@ -191,7 +204,8 @@ def test_specimen_list_detail_and_sign(reviewer_client, user, reviewer):
     response = reviewer_client.post(reverse("specimen-sign", args=["S-1"]), follow=True)
     assert "Specimen S-1 is signed; the report is final." in response.content.decode()
     signed = Specimen.objects.get(accession="S-1")
-    assert signed.signed_by == reviewer and set(signed.cells.values_list("review_state", flat=True)) == {
+    assert signed.signed_by == reviewer
+    assert set(signed.cells.values_list("review_state", flat=True)) == {
         "signed"
     }
 
@@ -205,14 +219,19 @@ def test_reports_and_date_range_export(tech_client, user):
     pdf = tech_client.get(reverse("specimen-report-pdf", args=["S-1"]))
     assert (
         pdf.status_code == 200
-        and pdf["Content-Type"] == "application/pdf"
-        and pdf.content.startswith(b"%PDF")
+    )
+    assert (
+        pdf["Content-Type"] == "application/pdf"
+    )
+    assert (
+        pdf.content.startswith(b"%PDF")
     )
     csv_response = tech_client.get(reverse("specimen-report-csv", args=["S-1"]))
     assert csv_response["Content-Disposition"] == 'attachment; filename="S-1-cells.csv"'
     assert len(csv_response.content.decode().strip().splitlines()) == 4
     export = tech_client.get(reverse("specimen-export"), {"start": "2000-01-01", "end": "2999-12-31"})
-    assert export.status_code == 200 and export.content.decode().splitlines()[1].startswith('"S-1",')
+    assert export.status_code == 200
+    assert export.content.decode().splitlines()[1].startswith('"S-1",')
     bad = tech_client.get(
         reverse("specimen-export"), {"start": "2020-02-01", "end": "2020-01-01"}, follow=True
     )
@@ -235,10 +254,12 @@ def test_whole_field_upload_locates_classifies_and_draws_boxes(
             },
         )
     job = BatchJob.objects.get()
-    assert response.status_code == 302 and job.kind == "fields"
+    assert response.status_code == 302
+    assert job.kind == "fields"
     status = tech_client.get(reverse("job-status", args=[job.pk])).json()
     field, empty = status["items"]
-    assert field["state"] == "done" and [c["n"] for c in field["cells"]] == [1, 2]
+    assert field["state"] == "done"
+    assert [c["n"] for c in field["cells"]] == [1, 2]
     assert all(c["label"] and c["classification_id"] for c in field["cells"])
     # Boxes around the two synthetic nuclei (centres 160,120 and 480,330; radius 22).
     centres = sorted(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (c["box"] for c in field["cells"]))
@@ -274,7 +295,8 @@ def test_field_on_a_real_original_image(user):
         user=user, accession="ORIG-0", kind="fields", enqueue=False, files=[(path.name, path.read_bytes())]
     )
     progress = job_selectors.job_progress(job=runner.job_run(job_id=job.pk))
-    assert progress["items"][0]["state"] == "done" and len(progress["items"][0]["cells"]) >= 1
+    assert progress["items"][0]["state"] == "done"
+    assert len(progress["items"][0]["cells"]) >= 1
 
 
 # API ----------------------------------------------------------------------------------------------
@@ -296,10 +318,13 @@ def test_api_batch_202_then_job_progress(api_client, user, django_capture_on_com
     assert response.status_code == 202, response.content
     body = response.json()
     job = BatchJob.objects.get()
-    assert body["id"] == job.pk and body["accession"] == "API-1" and body["state"] == "queued"
+    assert body["id"] == job.pk
+    assert body["accession"] == "API-1"
+    assert body["state"] == "queued"
     assert response["Location"].endswith(f"/api/v1/jobs/{job.pk}/")
     progress = client.get(f"/api/v1/jobs/{job.pk}/").json()
-    assert progress["state"] == "done" and progress["counts"]["done"] == 2
+    assert progress["state"] == "done"
+    assert progress["counts"]["done"] == 2
     assert [(i["filename"], i["state"], i["label"]) for i in progress["items"]] == [
         ("a.png", "done", "EOSINOPHIL"),
         ("b.png", "done", "LYMPHOCYTE"),
@@ -338,7 +363,8 @@ def test_api_batch_archive_and_errors(
         {"archive": upload("x.zip", b"not a zip", "application/zip")},
         format="multipart",
     )
-    assert response.status_code == 400 and response.json() == {
+    assert response.status_code == 400
+    assert response.json() == {
         "detail": "The archive is not a readable ZIP file.",
         "code": "bad_archive",
     }
@@ -347,8 +373,10 @@ def test_api_batch_archive_and_errors(
         {"images": [upload("a.png", cell_png())]},
         format="multipart",
     )
-    assert response.status_code == 400 and "accession number" in response.json()["detail"]
-    assert BatchJob.objects.count() == 1 and media_files(settings, "batches") == []
+    assert response.status_code == 400
+    assert "accession number" in response.json()["detail"]
+    assert BatchJob.objects.count() == 1
+    assert media_files(settings, "batches") == []
 
     # Another technologist's job is 404.
     other = token_client(type(api_client)(), other_user)
@@ -360,7 +388,8 @@ def test_api_sign_reviewers_only_and_409_while_unreviewed(api_client, user, revi
     specimen = specimen_with_cells(user, accession="SIGN-1")
     tech = token_client(api_client, user)
     response = tech.post("/api/v1/specimens/SIGN-1/sign/")
-    assert response.status_code == 403 and response.json()["detail"] == "Only reviewers may sign specimens."
+    assert response.status_code == 403
+    assert response.json()["detail"] == "Only reviewers may sign specimens."
     other = token_client(type(api_client)(), other_user)
     assert other.post("/api/v1/specimens/SIGN-1/sign/").status_code == 404
     rev = token_client(type(api_client)(), reviewer)
@@ -376,10 +405,13 @@ def test_api_sign_reviewers_only_and_409_while_unreviewed(api_client, user, revi
     response = rev.post("/api/v1/specimens/SIGN-1/sign/")
     assert response.status_code == 200
     body = response.json()
-    assert body["signed"] is True and body["signed_by"] == "reviewer" and body["counted_cells"] == 3
+    assert body["signed"] is True
+    assert body["signed_by"] == "reviewer"
+    assert body["counted_cells"] == 3
     assert set(Classification.objects.values_list("review_state", flat=True)) == {ReviewState.SIGNED}
     response = rev.post("/api/v1/specimens/SIGN-1/sign/")
-    assert response.status_code == 409 and response.json()["detail"] == "Specimen SIGN-1 is already signed."
+    assert response.status_code == 409
+    assert response.json()["detail"] == "Specimen SIGN-1 is already signed."
 
 
 def test_api_reports(api_client, user, other_user):
@@ -388,18 +420,24 @@ def test_api_reports(api_client, user, other_user):
     pdf = client.get("/api/v1/specimens/REP-1/report.pdf")
     assert (
         pdf.status_code == 200
-        and pdf["Content-Type"] == "application/pdf"
-        and pdf.content.startswith(b"%PDF")
+    )
+    assert (
+        pdf["Content-Type"] == "application/pdf"
+    )
+    assert (
+        pdf.content.startswith(b"%PDF")
     )
     pdf = client.get("/api/v1/specimens/REP-1/report.pdf", HTTP_ACCEPT="application/pdf")
-    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert pdf.status_code == 200
+    assert pdf.content.startswith(b"%PDF")
     csv_response = client.get("/api/v1/specimens/REP-1/report.csv", HTTP_ACCEPT="text/csv")
     assert csv_response.status_code == 200
     header = csv_response.content.decode().splitlines()[0]
     assert header.startswith('"accession","cell_id","original_filename"')
     other = token_client(type(api_client)(), other_user)
     missing = other.get("/api/v1/specimens/REP-1/report.pdf", HTTP_ACCEPT="application/pdf")
-    assert missing.status_code == 404 and json.loads(missing.content)["code"] == "not_found"
+    assert missing.status_code == 404
+    assert json.loads(missing.content)["code"] == "not_found"
 
 
 # Locator hit rate -----------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def small_limits(settings):
 
 
 def assert_nothing_stored(settings):
-    assert not BatchJob.objects.exists() and not Specimen.objects.exists()
+    assert not BatchJob.objects.exists()
+    assert not Specimen.objects.exists()
     assert not Classification.objects.exists()
     assert media_files(settings, "") == []
 
@@ -85,7 +86,8 @@ def test_portal_zip_bigger_than_the_image_limit_is_accepted(
             reverse("batch-upload"), {"accession": "ZIP-P1", "kind": "cells", "archive": zip_upload(data)}
         )
     job = BatchJob.objects.get()
-    assert response.status_code == 302 and response["Location"] == reverse("job-detail", args=[job.pk])
+    assert response.status_code == 302
+    assert response["Location"] == reverse("job-detail", args=[job.pk])
     assert [(i.filename, i.state) for i in job.items.order_by("position")] == [
         ("c0.png", "done"),
         ("c1.png", "done"),
@@ -156,7 +158,8 @@ def test_oversize_image_in_a_batch_is_still_a_failed_file(tech_api, small_limits
     assert response.status_code == 202
     items = [(i["filename"], i["state"], i["error_code"], i["error"]) for i in response.json()["items"]]
     assert items[0][:3] == ("big.png", "failed", "file_too_large")
-    assert items[0][3].startswith("The file is ") and items[0][3].endswith("; the limit is 60.0 KB.")
+    assert items[0][3].startswith("The file is ")
+    assert items[0][3].endswith("; the limit is 60.0 KB.")
     assert items[1] == ("ok.png", "pending", None, None)
 
 
@@ -183,7 +186,8 @@ def test_portal_batch_of_101_images_is_accepted(tech_client, settings):
         reverse("batch-upload"), {"accession": "MANY-P1", "kind": "cells", "images": _pngs(101)}
     )
     job = BatchJob.objects.get()
-    assert response.status_code == 302 and response["Location"] == reverse("job-detail", args=[job.pk])
+    assert response.status_code == 302
+    assert response["Location"] == reverse("job-detail", args=[job.pk])
     assert job.items.count() == 101
 
 
@@ -213,7 +217,8 @@ def test_api_over_the_request_file_limit_is_a_clear_400(tech_api, three_files):
 @pytest.mark.parametrize("url", [reverse("batch-upload") + "?accession=MANY-P2", reverse("upload")])
 def test_portal_over_the_request_file_limit_says_so_on_the_page(tech_client, three_files, url):
     response = tech_client.post(url, {"accession": "MANY-P2", "kind": "cells", "images": _pngs(5)})
-    assert response.status_code == 302 and response["Location"] == url
+    assert response.status_code == 302
+    assert response["Location"] == url
     page = tech_client.get(url)
     assert page.status_code == 200
     assert [str(m) for m in page.context["messages"]] == [TOO_MANY]
@@ -254,7 +259,8 @@ def test_portal_multi_upload_keeps_every_file_the_database_could_not_take(tech_c
     data = {name: cell_png("MONOCYTE", seed) for seed, name in enumerate(["a.png", "b.png", "c.png"])}
     _database_fails_after(monkeypatch, ok_saves=1)
     response = tech_client.post(reverse("upload"), {"images": [png_upload(n, d) for n, d in data.items()]})
-    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
     assert list(Classification.objects.values_list("original_filename", flat=True)) == ["a.png"]
     kept = _spooled(settings)
     assert sorted(kept) == ["b.png", "c.png"]
@@ -338,6 +344,7 @@ def test_files_of_one_request_add_up_to_at_most_a_zip_and_an_image(tech_api, tec
         image.seek(0)
     url = reverse("batch-upload")
     response = tech_client.post(url, {"accession": "BIG-P", "kind": "cells", "images": images})
-    assert response.status_code == 302 and response["Location"] == url
+    assert response.status_code == 302
+    assert response["Location"] == url
     assert [str(m) for m in tech_client.get(url).context["messages"]] == [message]
     assert_nothing_stored(small_limits)

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from classifier import staging
-from classifier.validation import human_size
+from classifier.cells.validation import human_size
 
 
 class Command(BaseCommand):

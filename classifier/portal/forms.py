@@ -1,30 +1,61 @@
-"""Forms of the specimen pages: they parse input only; the job services decide what is allowed."""
+"""Portal forms: they parse input only; the services decide what is allowed."""
 
 from django import forms
 from django.conf import settings
 
+from classifier.cells.validation import ImageRejected, human_size
 from classifier.jobs import batch_files
-from classifier.models import BatchJob, accession_validator
-from classifier.validation import ImageRejected, human_size
+from classifier.models import BatchJob, CellClass, accession_validator
 
 
-class _MultipleFileInput(forms.ClearableFileInput):
+class MultipleFileInput(forms.ClearableFileInput):
     allow_multiple_selected = True
 
 
-class _MultipleFileField(forms.FileField):
-    """Zero, one or many uploaded files."""
+class MultipleImageField(forms.FileField):
+    """One or many uploaded images (Django's documented multiple-file pattern).
+
+    Required (the single-cell upload): no file is "This field is required.". Optional (the batch page,
+    which may send a ZIP instead): no file is an empty list.
+    """
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("widget", _MultipleFileInput(attrs={"multiple": True, "accept": "image/*"}))
-        kwargs.setdefault("required", False)
+        kwargs.setdefault("widget", MultipleFileInput(attrs={"accept": "image/*", "multiple": True}))
         super().__init__(*args, **kwargs)
 
     def clean(self, data, initial=None):
         single = super().clean
         if isinstance(data, list | tuple):
-            return [single(item, initial) for item in data if item]
-        return [single(data, initial)] if data else []
+            items = [item for item in data if item]
+        else:
+            items = [data] if data else []
+        if not items:
+            return [single(None, initial)] if self.required else []
+        return [single(item, initial) for item in items]
+
+
+class UploadForm(forms.Form):
+    images = MultipleImageField(
+        label="Cell images",
+        help_text="One or many JPEG, PNG, TIFF, BMP or WebP images, one white cell each.",
+        # Empty files are reported by the image check with a clear message, not as "no file".
+        allow_empty_file=True,
+    )
+    accession = forms.CharField(
+        label="Specimen accession number",
+        required=False,
+        max_length=64,
+        validators=[accession_validator],
+        help_text="Optional: groups the images into one specimen for the differential.",
+    )
+
+    def clean_accession(self):
+        return self.cleaned_data["accession"].strip()
+
+
+class ReviewForm(forms.Form):
+    label = forms.ChoiceField(choices=CellClass.choices)
+    seen = forms.CharField(required=False, max_length=64)  # the cell's review_version on the page
 
 
 class BatchUploadForm(forms.Form):
@@ -37,7 +68,8 @@ class BatchUploadForm(forms.Form):
         initial=BatchJob.Kind.CELLS,
         widget=forms.RadioSelect,
     )
-    images = _MultipleFileField(
+    images = MultipleImageField(
+        required=False,
         label="Images",
         allow_empty_file=True,
         help_text="Select many JPEG, PNG, TIFF, BMP or WebP files at once.",

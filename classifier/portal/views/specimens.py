@@ -16,7 +16,6 @@ from django.views import View
 from django.views.decorators.http import require_POST
 from django.views.generic import FormView, ListView, TemplateView
 
-from classifier import reports
 from classifier.cells import selectors as cell_selectors
 from classifier.jobs import fields
 from classifier.jobs import selectors as job_selectors
@@ -24,10 +23,11 @@ from classifier.jobs import services as job_services
 from classifier.lookups import job_or_404, specimen_or_404
 from classifier.models import BatchItem, BatchJob, Classification, ReviewState
 from classifier.permissions import can_review, can_submit
+from classifier.portal.forms import BatchUploadForm, DateRangeForm
+from classifier.portal.views import common
 from classifier.responses import private_attachment
-from classifier.specimen_forms import BatchUploadForm, DateRangeForm
+from classifier.specimens import reports
 from classifier.specimens import selectors as specimen_selectors
-from classifier.views import _private_file
 
 
 class SpecimenListView(ListView):
@@ -85,7 +85,7 @@ def specimen_cell_image_view(request, accession, pk):
     if cell.specimen is None or cell.specimen.accession.upper() != accession.strip().upper():
         raise Http404("No such cell.")
     # As every patient image: never kept by a cache, 404 when the stored file is gone.
-    return _private_file(cell.image, f"cell-{cell.pk}")
+    return common.private_file(cell.image, f"cell-{cell.pk}")
 
 
 def specimen_report_pdf_view(request, accession):

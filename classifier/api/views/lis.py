@@ -18,15 +18,18 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from classifier.api.renderers import FHIRJSONRenderer
-from classifier.api.views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
+from classifier.api.schema import (
+    COMMON_ERRORS,
+    SPECIMEN_NOT_FOUND,
+    error_response,
+    json_errors,
+)
+from classifier.api.views.base import JSONErrorsMixin
 from classifier.interop import fhir, order_services
 from classifier.lookups import specimen_or_404
 from classifier.models import CellClass, Order, ReportVersion, Sex
 from classifier.specimens import amend
 from classifier.specimens import selectors as specimen_selectors
-
-COMMON_ERRORS = {401: UNAUTHORIZED, 406: NOT_ACCEPTABLE, 429: THROTTLED}
-SPECIMEN_NOT_FOUND = _error("No such specimen, or one you may not see.", "not_found", "No such specimen.")
 
 
 class PatientSerializer(serializers.Serializer):
@@ -156,17 +159,17 @@ class OrderView(JSONErrorsMixin, APIView):
         responses={
             201: OrderSerializer,
             200: OrderSerializer,
-            400: _error(
+            400: error_response(
                 "Bad input.",
                 "invalid_order",
                 "patient_id is required: 1-64 letters, digits, '.', '_' or '-'.",
             ),
-            403: _error(
+            403: error_response(
                 "No role that may order.",
                 "permission_denied",
                 "Only interface accounts and reviewers may place orders.",
             ),
-            409: _error(
+            409: error_response(
                 "Bound to another order.",
                 "order_conflict",
                 "Accession ACC-7 or placer order number PO-1 is already bound to another order; an "
@@ -245,12 +248,12 @@ class SpecimenAmendView(JSONErrorsMixin, APIView):
         request=AmendSerializer,
         responses={
             200: ReportVersionSerializer,
-            400: _error("Bad input.", "reason_required", "Say why the report is amended (reason)."),
-            403: _error(
+            400: error_response("Bad input.", "reason_required", "Say why the report is amended (reason)."),
+            403: error_response(
                 "Not a reviewer.", "permission_denied", "Only reviewers may amend a signed specimen."
             ),
             404: SPECIMEN_NOT_FOUND,
-            409: _error(
+            409: error_response(
                 "Not signed yet.", "not_signed", "Specimen ACC-7 is not signed; review and sign it instead."
             ),
             **COMMON_ERRORS,

@@ -1,4 +1,4 @@
-"""API for specimens as a unit of work: batch jobs, sign-off and reports.
+"""LIS API: specimens as a unit of work: batch jobs, sign-off, owner and reports.
 
 POST /api/v1/specimens/{accession}/batch/   many ``images`` or one ``archive`` ZIP -> 202 with the job
 GET  /api/v1/jobs/{id}/                      progress and per-file outcome
@@ -12,22 +12,34 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from classifier import reports
-from classifier.api.serializers import SignedDifferentialSerializer
+from classifier.api.renderers import CsvRenderer, PdfRenderer
+from classifier.api.schema import (
+    COMMON_ERRORS,
+    JOB_NOT_FOUND,
+    SPECIMEN_NOT_FOUND,
+    error_response,
+    json_errors,
+)
+from classifier.api.serializers import (
+    BatchUploadSerializer,
+    JobSerializer,
+    SignedDifferentialSerializer,
+    SpecimenOwnerSerializer,
+)
 from classifier.api.throttling import UploadRateThrottle
-from classifier.api.views import NOT_ACCEPTABLE, THROTTLED, UNAUTHORIZED, JSONErrorsMixin, _error, json_errors
+from classifier.api.views.base import JSONErrorsMixin
 from classifier.jobs import selectors as job_selectors
 from classifier.jobs import services as job_services
 from classifier.lookups import job_or_404, specimen_or_404
 from classifier.models import BatchJob
 from classifier.responses import private_attachment
+from classifier.specimens import reports, signoff
 from classifier.specimens import selectors as specimen_selectors
 from classifier.specimens import services as specimen_services
-from classifier.specimens import signoff
 
 CONFLICT_CODES = {"unreviewed", "signed", "empty", "running", "nothing_to_retry"}
 
@@ -38,45 +50,6 @@ def _conflict_or_raise(exc: ValidationError) -> Response:
     if code in CONFLICT_CODES:
         return Response({"detail": " ".join(exc.messages), "code": code}, status=status.HTTP_409_CONFLICT)
     raise exc
-
-
-class BatchUploadSerializer(serializers.Serializer):
-    images = serializers.ListField(child=serializers.FileField(allow_empty_file=True), required=False)
-    archive = serializers.FileField(required=False, allow_empty_file=True, help_text="A ZIP of images.")
-    kind = serializers.ChoiceField(choices=BatchJob.Kind.choices, default=BatchJob.Kind.CELLS)
-
-    def validate(self, attrs):
-        if not attrs.get("images") and not attrs.get("archive"):
-            raise serializers.ValidationError(
-                "Send one or more `images` or one `archive` ZIP.", code="no_files"
-            )
-        return attrs
-
-
-JobSerializer = inline_serializer(
-    "BatchJob",
-    {
-        "id": serializers.IntegerField(),
-        "accession": serializers.CharField(),
-        "kind": serializers.ChoiceField(choices=BatchJob.Kind.choices),
-        "state": serializers.ChoiceField(choices=BatchJob.State.choices),
-        "finished": serializers.BooleanField(),
-        "created_by": serializers.CharField(help_text="Username of the user who sent the files."),
-        "created_at": serializers.DateTimeField(),
-        "started_at": serializers.DateTimeField(allow_null=True, help_text="Null until a worker starts it."),
-        "finished_at": serializers.DateTimeField(allow_null=True, help_text="Null until every file is done."),
-        "total": serializers.IntegerField(),
-        "processed": serializers.IntegerField(),
-        "percent": serializers.FloatField(),
-        "counts": serializers.DictField(child=serializers.IntegerField()),
-        "items": serializers.ListField(child=serializers.DictField()),
-    },
-)
-
-SPECIMEN_NOT_FOUND = _error("No such specimen, or one you may not see.", "not_found", "No such specimen.")
-JOB_NOT_FOUND = _error("No such job, or one you may not see.", "not_found", "No such job.")
-# Every endpoint here answers these, in the one JSON error shape (JSONErrorsMixin).
-COMMON_ERRORS = {401: UNAUTHORIZED, 406: NOT_ACCEPTABLE, 429: THROTTLED}
 
 
 class SpecimenBatchView(JSONErrorsMixin, APIView):
@@ -92,7 +65,7 @@ class SpecimenBatchView(JSONErrorsMixin, APIView):
             202: JobSerializer,
             **json_errors(
                 {
-                    400: _error(
+                    400: error_response(
                         "No files, a bad accession number or ZIP, too many files or form fields, or a "
                         "specimen another technologist opened or that is signed.",
                         "accession_taken",
@@ -119,13 +92,13 @@ class SpecimenBatchView(JSONErrorsMixin, APIView):
                         ("bad_archive", "The archive is not a readable ZIP file."),
                         ("specimen_signed", "Specimen ACC-7 is signed; no images can be added."),
                     ),
-                    403: _error(
+                    403: error_response(
                         "Your account has no role that may submit images (or, signed in with a "
                         "session, the CSRF token is missing).",
                         "permission_denied",
                         "Only technologists and reviewers may submit images.",
                     ),
-                    429: _error(
+                    429: error_response(
                         "Too many uploads a minute (the `uploads` rate, shared with single uploads), or "
                         "too many of your jobs are still waiting or running.",
                         "too_many_jobs",
@@ -133,7 +106,7 @@ class SpecimenBatchView(JSONErrorsMixin, APIView):
                         "of them has finished.",
                         ("throttled", "Request was throttled. Expected available in 42 seconds."),
                     ),
-                    415: _error(
+                    415: error_response(
                         "Not multipart/form-data.",
                         "unsupported_media_type",
                         'Unsupported media type "application/json" in request.',
@@ -183,13 +156,13 @@ class JobRerunView(JSONErrorsMixin, APIView):
             202: JobSerializer,
             **json_errors(
                 {
-                    403: _error(
+                    403: error_response(
                         "Only the job's submitter or a reviewer may re-run it.",
                         "permission_denied",
                         "Only the submitter or a reviewer may re-run a job.",
                     ),
                     404: JOB_NOT_FOUND,
-                    409: _error(
+                    409: error_response(
                         "The job is still running, or no file of it failed.",
                         "nothing_to_retry",
                         "No failed file can be retried.",
@@ -219,13 +192,13 @@ class SpecimenSignView(JSONErrorsMixin, APIView):
             ),
             **json_errors(
                 {
-                    403: _error(
+                    403: error_response(
                         "Only reviewers may sign specimens.",
                         "permission_denied",
                         "Only reviewers may sign specimens.",
                     ),
                     404: SPECIMEN_NOT_FOUND,
-                    409: _error(
+                    409: error_response(
                         "Not signable now: cells are unreviewed, it has no cell, or it is signed already.",
                         "unreviewed",
                         "3 cell(s) are not reviewed yet (0 unidentified); review every cell before signing.",
@@ -246,27 +219,6 @@ class SpecimenSignView(JSONErrorsMixin, APIView):
             return _conflict_or_raise(exc)
         differential = specimen_selectors.specimen_differential(specimen=specimen)
         return Response(SignedDifferentialSerializer(differential).data)
-
-
-class _FileRenderer(BaseRenderer):
-    """Lets a client ask for the file's type in Accept (errors are JSON: JSONErrorsMixin)."""
-
-    charset = None
-
-    def render(self, data, accepted_media_type=None, renderer_context=None):
-        if isinstance(data, bytes | str):
-            return data
-        return JSONRenderer().render(data)
-
-
-class PdfRenderer(_FileRenderer):
-    media_type = "application/pdf"
-    format = "pdf"
-
-
-class CsvRenderer(_FileRenderer):
-    media_type = "text/csv"
-    format = "csv"
 
 
 REPORT_ERRORS = json_errors({404: SPECIMEN_NOT_FOUND, **COMMON_ERRORS})
@@ -304,10 +256,6 @@ class SpecimenReportCsvView(JSONErrorsMixin, APIView):
         )
 
 
-class SpecimenOwnerSerializer(serializers.Serializer):
-    username = serializers.CharField(help_text="The technologist (or reviewer) the specimen now belongs to.")
-
-
 class SpecimenOwnerView(JSONErrorsMixin, APIView):
     @extend_schema(
         request=SpecimenOwnerSerializer,
@@ -317,12 +265,12 @@ class SpecimenOwnerView(JSONErrorsMixin, APIView):
             ),
             **json_errors(
                 {
-                    400: _error(
+                    400: error_response(
                         "No such user, or one with no role that may submit images.",
                         "invalid_owner",
                         "tech9 has no role that may submit images.",
                     ),
-                    403: _error(
+                    403: error_response(
                         "Only reviewers may assign specimens.",
                         "permission_denied",
                         "Only reviewers may assign a specimen to another user.",
