@@ -171,23 +171,49 @@ def _red_cell_diameter(rbc: np.ndarray) -> float:
     """Twice the 90th percentile, over the regions of ``rbc``, of each region's largest inscribed
     radius (Euclidean distance to the nearest pixel off the mask), regions under 4 px left out; 0 if none.
 
-    Exactly ``ndimage.maximum(ndimage.distance_transform_edt(rbc), labels, ids)``: the distances are
-    square roots of integer squared distances, so the maximum is taken over those integers (no float
-    distance image, no sort of all pixels) and only the kept maxima are square-rooted."""
+    The radii are exactly ``ndimage.maximum(ndimage.distance_transform_edt(rbc), labels, ids)``, found
+    faster (the transform of a whole image is slow, cache-bound, and ``maximum`` sorted every pixel):
+
+    * A region with a radius of 4 px holds a disk of 7 px across: narrower ones are left out unmeasured.
+    * Each other region's transform is taken on its own bounding box widened by one pixel (clamped at
+      the image edge), the other regions there counted as off-mask: for a pixel of the region, its
+      nearest off-mask pixel in the image is within that box (clamping a point to the box moves it no
+      farther), and the first pixel off the region on any straight path out of it is off-mask (regions
+      are 4-connected): the same distances, bit for bit.
+    * When those boxes would cover more than the image (many overlapping regions), one transform of
+      the whole image, its per-region maxima taken over integer squared distances (``maximum.at``).
+    """
     from scipy import ndimage as ndi
 
     labels, n = ndi.label(rbc)
     if not n:
         return 0.0
-    ft = ndi.distance_transform_edt(rbc, return_distances=False, return_indices=True)
-    dy = ft[0] - np.arange(rbc.shape[0], dtype=ft.dtype)[:, None]
-    dx = ft[1] - np.arange(rbc.shape[1], dtype=ft.dtype)[None, :]
-    sq = dy * dy
-    sq += dx * dx
-    far = sq >= 16  # radius >= 4 exactly: sqrt is monotone and sqrt(16) == 4
-    best = np.zeros(n + 1, sq.dtype)
-    np.maximum.at(best, labels[far], sq[far])
-    radii = np.sqrt(best[1:][best[1:] >= 16].astype(np.float64))
+    h, w = rbc.shape
+    boxes, area = [], 0
+    for i, (sy, sx) in enumerate(ndi.find_objects(labels), 1):
+        if sy.stop - sy.start >= 7 and sx.stop - sx.start >= 7:
+            y0, y1, x0, x1 = (
+                max(0, sy.start - 1),
+                min(h, sy.stop + 1),
+                max(0, sx.start - 1),
+                min(w, sx.stop + 1),
+            )
+            boxes.append((i, y0, y1, x0, x1))
+            area += (y1 - y0) * (x1 - x0)
+    if area <= 1.2 * h * w:
+        radii = [ndi.distance_transform_edt(labels[y0:y1, x0:x1] == i).max() for i, y0, y1, x0, x1 in boxes]
+        radii = np.asarray(radii, dtype=np.float64)
+        radii = radii[radii >= 4]
+    else:
+        ft = ndi.distance_transform_edt(rbc, return_distances=False, return_indices=True)
+        dy = ft[0] - np.arange(h, dtype=ft.dtype)[:, None]
+        dx = ft[1] - np.arange(w, dtype=ft.dtype)[None, :]
+        sq = dy * dy
+        sq += dx * dx
+        far = sq >= 16  # radius >= 4 exactly: sqrt is monotone and sqrt(16) == 4
+        best = np.zeros(n + 1, sq.dtype)
+        np.maximum.at(best, labels[far], sq[far])
+        radii = np.sqrt(best[1:][best[1:] >= 16].astype(np.float64))
     return float(2 * np.percentile(radii, 90)) if len(radii) else 0.0
 
 
