@@ -51,8 +51,9 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
 from classifier.cells.differential import Differential
-from classifier.interop import APPLICATION, Release, lab_name
-from classifier.interop.fhir import PANEL, PER_100_WHITE_UNIT
+from classifier.interop import APPLICATION, lab_name
+from classifier.interop.codes import COUNTED, NOT_COUNTED_SUFFIX, PANEL, PER_100_WHITE_UNIT, UNIDENTIFIED
+from classifier.interop.result import ResultReport
 
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
 VERSION = "2.5.1"
@@ -99,8 +100,6 @@ def _number(value: float) -> str:
 
 
 LOCAL_CODES = "99HV"  # HL7's "99zzz" convention: a locally defined coding system
-COUNTED = ("WBC-COUNTED", "White cells counted")
-UNIDENTIFIED = ("UNIDENTIFIED", "Unidentified cells awaiting review")
 
 
 def facility() -> str:
@@ -125,46 +124,11 @@ def preliminary_control_id(specimen, differential: Differential, last_modified=N
     return "HVP" + digest[:17]
 
 
-def oru_r01(  # noqa: C901, PLR0913 - TODO(issue 17): split per segment group (MSH/PID/ORC/OBR, OBX rows); keyword-only context
-    specimen,
-    differential: Differential,
-    *,
-    order=None,
-    release: Release | None = None,
-    issued=None,
-    model_versions: tuple[str, ...] = (),
-    comment: str = "",
-    images: tuple[tuple[int, str, str], ...] = (),
-    now=None,
-    control_id: str | None = None,
-) -> str:
-    """The ER7 text of an ORU^R01 v2.5.1 message (each segment ends with a carriage return).
+_STATUS = {"preliminary": "P", "final": "F", "corrected": "C"}  # HL7 table 0085
 
-    ``order``: the LIS order (patient, placer number, provider) or None. ``release``: the report
-    version being released (final or corrected), None for a preliminary result. ``issued``: when
-    this version was released (preliminary: when the specimen last changed).
-    """
-    now = now or timezone.now()
-    issued = release.released_at if release else (issued or specimen.signed_at or now)
-    accession = specimen.accession  # [A-Za-z0-9._-] only: no escaping needed
-    final = differential.signed
-    result_status = ("C" if release.corrected else "F") if release else ("F" if final else "P")
-    filler = f"{accession}^{SENDING_APPLICATION}"
-    placer = (
-        f"{_escape(order.placer_order_number)}^{_escape(order.placer_namespace)}".rstrip("^") if order else ""
-    )
-    provider = (
-        _xcn(
-            order.ordering_provider_id,
-            order.ordering_provider_family_name,
-            order.ordering_provider_given_name,
-        )
-        if order
-        else ""
-    )
-    collected = order.collected_at if order and order.collected_at else specimen.created_at
 
-    msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+def _header(msg, *, now, control_id: str | None) -> None:
+    """MSH: sender, receiver, time, message type, control id, version, character set."""
     msg.msh.msh_3 = SENDING_APPLICATION
     msg.msh.msh_4 = facility()
     if settings.HEMATOVISION_LIS_APPLICATION:
@@ -178,23 +142,42 @@ def oru_r01(  # noqa: C901, PLR0913 - TODO(issue 17): split per segment group (M
     msg.msh.msh_12 = VERSION
     msg.msh.msh_18 = CHARACTER_SET
 
-    result = msg.add_group("ORU_R01_PATIENT_RESULT")
-    if order is not None:  # no order, no patient: none is invented
-        patient = result.add_group("ORU_R01_PATIENT")
-        patient.pid.pid_1 = "1"
-        patient.pid.pid_3 = f"{_escape(order.patient_id)}^^^{_escape(order.patient_id_authority)}^MR"
-        name = f"{_escape(order.patient_family_name)}^{_escape(order.patient_given_name)}".rstrip("^")
-        patient.pid.pid_5 = name or "^^^^^^U"
-        if order.patient_birth_date:
-            patient.pid.pid_7 = _date(order.patient_birth_date)
-        patient.pid.pid_8 = order.patient_sex or "U"
 
-    group = result.add_group("ORU_R01_ORDER_OBSERVATION")
+def _patient(result, order) -> None:
+    """PID from the LIS order; no order, no patient: none is invented."""
+    if order is None:
+        return
+    patient = result.add_group("ORU_R01_PATIENT")
+    patient.pid.pid_1 = "1"
+    patient.pid.pid_3 = f"{_escape(order.patient_id)}^^^{_escape(order.patient_id_authority)}^MR"
+    name = f"{_escape(order.patient_family_name)}^{_escape(order.patient_given_name)}".rstrip("^")
+    patient.pid.pid_5 = name or "^^^^^^U"
+    if order.patient_birth_date:
+        patient.pid.pid_7 = _date(order.patient_birth_date)
+    patient.pid.pid_8 = order.patient_sex or "U"
+
+
+def _order(group, report: ResultReport) -> None:
+    """ORC and OBR: placer and filler numbers, provider, panel, times, status, interpreter; NTEs."""
+    order, release = report.order, report.release
+    filler = f"{report.accession}^{SENDING_APPLICATION}"  # [A-Za-z0-9._-] only: no escaping needed
+    placer = (
+        f"{_escape(order.placer_order_number)}^{_escape(order.placer_namespace)}".rstrip("^") if order else ""
+    )
+    provider = (
+        _xcn(
+            order.ordering_provider_id,
+            order.ordering_provider_family_name,
+            order.ordering_provider_given_name,
+        )
+        if order
+        else ""
+    )
     group.orc.orc_1 = "RE"  # observations to follow (HL7 table 0119)
     if placer:
         group.orc.orc_2 = placer
     group.orc.orc_3 = filler
-    group.orc.orc_5 = "CM" if release or final else "IP"  # order status, HL7 table 0038
+    group.orc.orc_5 = "IP" if report.status == "preliminary" else "CM"  # order status, HL7 table 0038
     if provider:
         group.orc.orc_12 = provider
     obr = group.obr
@@ -203,43 +186,47 @@ def oru_r01(  # noqa: C901, PLR0913 - TODO(issue 17): split per segment group (M
         obr.obr_2 = placer
     obr.obr_3 = filler
     obr.obr_4 = f"{PANEL[0]}^{PANEL[1]}^LN"
-    obr.obr_7 = _ts(collected)
+    obr.obr_7 = _ts(report.collected_at)
     if provider:
         obr.obr_16 = provider
-    obr.obr_22 = _ts(issued)
+    obr.obr_22 = _ts(report.issued_at)
     obr.obr_24 = "HM"
-    obr.obr_25 = result_status
+    obr.obr_25 = _STATUS[report.status]
     if release:
         obr.obr_32 = "&".join(
             _escape(p) for p in (release.signer_id, release.signer_family, release.signer_given)
         ).rstrip("&")
-    notes = []
-    if release and release.corrected:
-        notes.append(f"Corrected report (version {release.number}): {release.reason}")
-    if comment:
-        notes.append(f"Reviewer's comment: {comment}")
-    if differential.flag_comment:
-        notes.append(differential.flag_comment)
-    if images:  # the LIS's own ids of the images it sent (external_id)
-        notes.append("Images (external_id = cell): " + ", ".join(f"{ext} = #{pk}" for pk, _, ext in images))
+    notes = report.notes
+    if report.images:  # the LIS's own ids of the images it sent (external_id)
+        notes.append(
+            "Images (external_id = cell): " + ", ".join(f"{ext} = #{pk}" for pk, _, ext in report.images)
+        )
     for n, text in enumerate(notes, start=1):
         note = group.add_segment("NTE")
         note.nte_1 = str(n)
         note.nte_3 = _escape(" ".join(text.split()))
 
-    observer = _xcn(release.signer_id, release.signer_family, release.signer_given) if release else ""
-    equipment = f"{_escape(model_versions[0])}^{SENDING_APPLICATION}" if model_versions else ""
-    obx_status = result_status
-    counted = differential.counted_cells
-    per_100 = {row.label for row in differential.per_100_white_cells}
-    index = 0
 
-    def obx(code: str, unit: str, value: str | None, note: str = ""):
-        nonlocal index
-        index += 1
-        observation = group.add_group("ORU_R01_OBSERVATION")
+class _Observations:
+    """Adds the OBX rows (each with its NTE) to an ORDER_OBSERVATION group, numbered from 1."""
+
+    def __init__(self, group, report: ResultReport):
+        release = report.release
+        self.group = group
+        self.status = _STATUS[report.status]
+        self.collected = _ts(report.collected_at)
+        self.observer = (
+            _xcn(release.signer_id, release.signer_family, release.signer_given) if release else ""
+        )
+        versions = report.model_versions
+        self.equipment = f"{_escape(versions[0])}^{SENDING_APPLICATION}" if versions else ""
+        self.index = 0
+
+    def add(self, code: str, unit: str, value: str | None, note: str = ""):
+        self.index += 1
+        observation = self.group.add_group("ORU_R01_OBSERVATION")
         segment = observation.obx
-        segment.obx_1 = str(index)
+        segment.obx_1 = str(self.index)
         segment.obx_2 = "NM"
         segment.obx_3 = code
         if unit:
@@ -248,46 +235,62 @@ def oru_r01(  # noqa: C901, PLR0913 - TODO(issue 17): split per segment group (M
             segment.obx_11 = "X"
         else:
             segment.obx_5 = value
-            segment.obx_11 = obx_status
-        segment.obx_14 = _ts(collected)
-        if observer:
-            segment.obx_16 = observer
-        if equipment:
-            segment.obx_18 = equipment
+            segment.obx_11 = self.status
+        segment.obx_14 = self.collected
+        if self.observer:
+            segment.obx_16 = self.observer
+        if self.equipment:
+            segment.obx_18 = self.equipment
         if note:
             nte = observation.add_segment("NTE")
             nte.nte_1 = "1"
             nte.nte_3 = _escape(note)
         return segment
 
+
+def _results(observations: _Observations, report: ResultReport) -> None:
+    """One OBX per reported class, then the counts behind the percentages (local codes)."""
+    differential = report.differential
     for row in differential.reported:
         code = f"{row.loinc.code}^{row.loinc.name}^LN" if row.loinc else f"^{_escape(row.name)}"
-        unit = f"{PER_100_WHITE_UNIT[0]}^{PER_100_WHITE_UNIT[1]}" if row.label in per_100 else "%^percent"
-        note = ""
-        if row.value is not None:
-            note = (
-                f"{row.count} per {counted} white cells counted"
-                if row.label in per_100
-                else f"{row.count} of {counted} counted cells"
-            )
-        segment = obx(code, f"{unit}^UCUM", None if row.value is None else _number(row.value), note)
+        unit = f"{PER_100_WHITE_UNIT[0]}^{PER_100_WHITE_UNIT[1]}" if report.per_100(row) else "%^percent"
+        value = None if row.value is None else _number(row.value)
+        note = "" if row.value is None else report.row_note(row)
+        segment = observations.add(code, f"{unit}^UCUM", value, note)
         if row.reference_low is not None:
             segment.obx_7 = f"{_number(row.reference_low)}-{_number(row.reference_high)}"
             if row.value is not None and not differential.flags_withheld:
                 segment.obx_8 = row.flag or "N"
-    # The counts behind the percentages, as results of their own (local codes).
     cells_unit = "{cells}^cells^UCUM"
-    obx(f"{COUNTED[0]}^{COUNTED[1]}^{LOCAL_CODES}", cells_unit, str(counted))
-    obx(f"{UNIDENTIFIED[0]}^{UNIDENTIFIED[1]}^{LOCAL_CODES}", cells_unit, str(differential.unidentified))
+    observations.add(f"{COUNTED[0]}^{COUNTED[1]}^{LOCAL_CODES}", cells_unit, str(differential.counted_cells))
+    observations.add(
+        f"{UNIDENTIFIED[0]}^{UNIDENTIFIED[1]}^{LOCAL_CODES}", cells_unit, str(differential.unidentified)
+    )
     for row in differential.not_counted:
-        name = _escape(f"{row.name} (listed, not counted)")
-        obx(f"{row.label}^{name}^{LOCAL_CODES}", cells_unit, str(row.count))
+        name = _escape(f"{row.name}{NOT_COUNTED_SUFFIX}")
+        observations.add(f"{row.label}^{name}^{LOCAL_CODES}", cells_unit, str(row.count))
 
+
+def _specimen(group, report: ResultReport) -> None:
     specimen_group = group.add_group("ORU_R01_SPECIMEN")
     specimen_group.spm.spm_1 = "1"
-    specimen_group.spm.spm_2 = f"^{accession}&{SENDING_APPLICATION}"
+    specimen_group.spm.spm_2 = f"^{report.accession}&{SENDING_APPLICATION}"
     specimen_group.spm.spm_4 = "BLD^Whole blood^HL70487"
-    specimen_group.spm.spm_17 = _ts(collected)
+    specimen_group.spm.spm_17 = _ts(report.collected_at)
 
+
+def oru_r01(report: ResultReport, *, control_id: str | None = None) -> str:
+    """The ER7 text of an ORU^R01 v2.5.1 message (each segment ends with a carriage return).
+
+    ``control_id``: MSH-10 (a released version's, or ``preliminary_control_id``); else a random one.
+    """
+    msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    _header(msg, now=report.now, control_id=control_id)
+    result = msg.add_group("ORU_R01_PATIENT_RESULT")
+    _patient(result, report.order)
+    group = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    _order(group, report)
+    _results(_Observations(group, report), report)
+    _specimen(group, report)
     msg.validate()
     return msg.to_er7() + "\r"  # every segment, the last one too, ends with a carriage return

@@ -17,8 +17,13 @@ def _signer_release(user, *, number: int, corrected: bool, reason: str, at):
     from classifier.interop import Release
 
     return Release(
-        number=number, corrected=corrected, reason=reason, released_at=at,
-        signer_id=user.get_username(), signer_family=user.last_name, signer_given=user.first_name,
+        number=number,
+        corrected=corrected,
+        reason=reason,
+        released_at=at,
+        signer_id=user.get_username(),
+        signer_family=user.last_name,
+        signer_given=user.first_name,
         signer_name=user.get_full_name() or user.get_username(),
     )
 
@@ -30,6 +35,7 @@ def report_release(*, specimen: Specimen, reviewer, reason: str = "", at=None) -
     """
     from classifier.interop import fhir, hl7, lis_images
     from classifier.interop import model_versions as versions_of
+    from classifier.interop.result import ResultReport
     from classifier.models import Order, OutboundMessage, ReportVersion
     from classifier.specimens.selectors import specimen_differential
 
@@ -38,24 +44,36 @@ def report_release(*, specimen: Specimen, reviewer, reason: str = "", at=None) -
     number = previous.number + 1 if previous else 1
     release = _signer_release(reviewer, number=number, corrected=number > 1, reason=reason, at=at)
     version = ReportVersion.objects.create(
-        specimen=specimen, number=number,
+        specimen=specimen,
+        number=number,
         kind=ReportVersion.Kind.CORRECTED if number > 1 else ReportVersion.Kind.FINAL,
-        reason=reason, released_at=at, released_by=reviewer, released_by_name=release.signer_name,
+        reason=reason,
+        released_at=at,
+        released_by=reviewer,
+        released_by_name=release.signer_name,
     )
     order = Order.objects.filter(specimen=specimen).first()
     differential = specimen_differential(specimen=specimen)
-    context = {
-        "order": order, "release": release, "model_versions": versions_of(specimen.cells.all()),
-        "images": lis_images(specimen.cells.select_related("owner")),
-        "comment": getattr(specimen, "review_comment", "") or "",
-    }
-    version.hl7 = hl7.oru_r01(specimen, differential, control_id=version.control_id, now=at, **context)
-    version.fhir = fhir.specimen_bundle(specimen, differential, now=at, **context)
+    report = ResultReport(
+        specimen=specimen,
+        differential=differential,
+        order=order,
+        release=release,
+        now=at,
+        model_versions=versions_of(specimen.cells.all()),
+        images=lis_images(specimen.cells.select_related("owner")),
+        comment=getattr(specimen, "review_comment", "") or "",
+    )
+    version.hl7 = hl7.oru_r01(report, control_id=version.control_id)
+    version.fhir = fhir.specimen_bundle(report)
     version.save(update_fields=["hl7", "fhir"])
     for destination in settings.HEMATOVISION_LIS_DESTINATIONS:
         OutboundMessage.objects.create(
-            report=version, destination=destination, control_id=version.control_id,
-            payload=version.hl7, next_attempt_at=timezone.now(),
+            report=version,
+            destination=destination,
+            control_id=version.control_id,
+            payload=version.hl7,
+            next_attempt_at=timezone.now(),
         )
     return version
 
@@ -94,8 +112,11 @@ def specimen_amend(
             if cell.final_label == label:
                 continue
             ReviewEvent.objects.create(
-                classification=cell, actor=reviewer, action=ReviewEvent.Action.RECLASSIFY,
-                from_label=cell.label, to_label=label,
+                classification=cell,
+                actor=reviewer,
+                action=ReviewEvent.Action.RECLASSIFY,
+                from_label=cell.label,
+                to_label=label,
             )
             cell.final_label = label
             cell.reviewed_by = reviewer

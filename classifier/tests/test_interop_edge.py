@@ -11,13 +11,13 @@ from rest_framework.test import APIClient
 
 from classifier.api.views.jobs import SpecimenReportCsvView, SpecimenReportPdfView
 from classifier.interop import fhir, hl7
+from classifier.interop.result import ResultReport
 from classifier.specimens import selectors as specimen_selectors
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory
 
 pytestmark = pytest.mark.django_db
 
 UNESCAPE = {"E": "\\", "F": "|", "S": "^", "T": "&", "R": "~"}
-
 
 
 def unescape(er7: str) -> str:
@@ -35,7 +35,8 @@ def test_any_lab_name_gives_a_strictly_valid_message_and_bundle(user, settings):
         name = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         settings.HEMATOVISION_LAB_NAME = name
         one_line = " ".join(re.sub(r"[\x00-\x1f]", " ", name).split())
-        message = parse_message(hl7.oru_r01(specimen, differential), validation_level=VALIDATION_LEVEL.STRICT)
+        report = ResultReport(specimen=specimen, differential=differential)
+        message = parse_message(hl7.oru_r01(report), validation_level=VALIDATION_LEVEL.STRICT)
         assert message.validate() is True
         sent = message.msh.msh_4.to_er7()
         assert len(sent) <= 20, repr(name)
@@ -45,7 +46,7 @@ def test_any_lab_name_gives_a_strictly_valid_message_and_bundle(user, settings):
             assert unescape(sent) == unescape(sent).strip(), repr(name)
         else:
             assert sent == "HEMATOVISION"
-        bundle = fhir.specimen_bundle(specimen, differential)
+        bundle = fhir.specimen_bundle(report)
         assert bundle["entry"][0]["resource"]["performer"] == [{"display": one_line or "HEMATOVISION"}]
 
 

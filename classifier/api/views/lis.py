@@ -25,7 +25,7 @@ from classifier.api.schema import (
     json_errors,
 )
 from classifier.api.views.base import JSONErrorsMixin
-from classifier.interop import fhir, order_services
+from classifier.interop import fhir, fhir_server, order_services
 from classifier.lookups import specimen_or_404
 from classifier.models import CellClass, Order, ReportVersion, Sex
 from classifier.specimens import amend
@@ -312,4 +312,4 @@ class FHIRMetadataView(APIView):
         auth=[],
     )
     def get(self, request):
-        return Response(fhir.capability_statement(base_url=request.build_absolute_uri("/api/v1/")))
+        return Response(fhir_server.capability_statement(base_url=request.build_absolute_uri("/api/v1/")))

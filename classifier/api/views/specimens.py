@@ -23,9 +23,24 @@ from classifier.api.serializers import (
 )
 from classifier.api.views.base import JSONErrorsMixin, conditional
 from classifier.cells import classes
-from classifier.interop import fhir, hl7
+from classifier.interop import fhir, fhir_server, hl7
+from classifier.interop.result import ResultReport
 from classifier.models import ReportVersion, Specimen
 from classifier.specimens import selectors as specimen_selectors
+
+
+def _preliminary_report(specimen, result: dict) -> ResultReport:
+    """The specimen's result as it stands (no released version): issued when it last changed."""
+    return ResultReport(
+        specimen=specimen,
+        differential=result["differential"],
+        order=result["order"],
+        issued=result["last_modified"],
+        now=result["last_modified"],
+        model_versions=result["model_versions"],
+        comment=result["comment"],
+        images=result["images"],
+    )
 
 
 @extend_schema_view(
@@ -71,12 +86,13 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         asks for FHIR (``Accept: application/fhir+json``); others get the API's one JSON error shape."""
         if (
             getattr(self, "action", None) == "fhir"
-            and fhir.FHIR_MEDIA_TYPE in request.headers.get("Accept", "") and response.status_code >= 400
+            and fhir.FHIR_MEDIA_TYPE in request.headers.get("Accept", "")
+            and response.status_code >= 400
             and isinstance(response, Response)
             and isinstance(response.data, dict)
             and "detail" in response.data
         ):
-            response.data = fhir.operation_outcome(
+            response.data = fhir_server.operation_outcome(
                 str(response.data["detail"]), str(response.data.get("code", "error")), response.status_code
             )
             request.accepted_renderer = FHIRJSONRenderer()
@@ -137,11 +153,7 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         if result["version"] is not None:  # a released version, as it was sent
             body = result["version"].fhir
         else:
-            body = fhir.specimen_bundle(
-                specimen, result["differential"], order=result["order"], issued=result["last_modified"],
-                model_versions=result["model_versions"], comment=result["comment"],
-                images=result["images"], now=result["last_modified"],
-            )
+            body = fhir.specimen_bundle(_preliminary_report(specimen, result))
         return conditional(request, Response(body), json.dumps(body, sort_keys=True), result["last_modified"])
 
     @extend_schema(
@@ -164,9 +176,7 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
         else:
             differential, last_modified = result["differential"], result["last_modified"]
             text = hl7.oru_r01(
-                specimen, differential, order=result["order"], issued=last_modified,
-                model_versions=result["model_versions"], comment=result["comment"], now=last_modified,
-                images=result["images"],
+                _preliminary_report(specimen, result),
                 control_id=hl7.preliminary_control_id(specimen, differential, last_modified),
             )
         return conditional(request, Response(text), text, result["last_modified"])
