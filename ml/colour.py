@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.locate import NUCLEUS_THRESHOLD, centre_distance, crop_cell, nucleus_index
+
 CROP_SIDE_REF = 144  # the features read an unmasked crop of this side (reference px) ...
 CROP_SIZE = 192  # ... resized to this many pixels
 CELL_RADIUS_REF = 39.0  # cytoplasm statistics: within this radius (reference px) of the crop centre
@@ -25,8 +27,6 @@ FEATURE_NAMES = [
 
 def colour_crop(rgb: np.ndarray, box) -> np.ndarray:
     """The unmasked crop the features read (``rgb`` at the reference scale, ``box`` from the locator)."""
-    from ml.locate import crop_cell
-
     return crop_cell(rgb, box=box, side=CROP_SIDE_REF, out_size=CROP_SIZE)[0]
 
 
@@ -42,8 +42,6 @@ def colour_features(crops: np.ndarray, crop_side: float = CROP_SIDE_REF) -> np.n
     pale background; nucleus: every nucleus-purple pixel of the crop (lobes and large nuclei reach
     past the cytoplasm disk; this was better on validation than a disk, see ml/EXPERIMENTS.md).
     """
-    from ml.locate import NUCLEUS_THRESHOLD, centre_distance, nucleus_index
-
     crops = np.asarray(crops)
     disk = centre_distance(crops.shape[1]) * float(crop_side) < CELL_RADIUS_REF  # reference px
     out = np.zeros((len(crops), len(FEATURE_NAMES)), np.float32)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 
 @dataclass
@@ -54,3 +57,12 @@ class TrainConfig:
         d = asdict(self)
         d["classes"] = list(self.classes)
         return d
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and Keras's (with its backend's) random generators, from one seed."""
+    import keras  # Keras: imported when training starts (``import ml.config`` stays cheap)
+
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)

@@ -27,7 +27,7 @@ GROUP_SIMILARITY = 0.995
 
 
 def _crop_one(path: str, size: int = CACHE_SIZE):
-    from PIL import Image
+    from PIL import Image  # PIL: imported in the cropping worker processes
 
     try:
         with Image.open(path) as im:
@@ -133,7 +133,7 @@ def split_groups(crops: np.ndarray, meta: dict) -> np.ndarray:
 
 def centre_field(crops: np.ndarray, size: int) -> np.ndarray:
     """The canonical field (the centre 1/CACHE_MARGIN of cached crops) at ``size`` px: as served."""
-    from PIL import Image
+    from PIL import Image  # PIL: imported when crops are resized
 
     n = crops.shape[1]
     side = int(round(n / CACHE_MARGIN))

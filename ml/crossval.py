@@ -30,7 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.config import TrainConfig
+from ml import colour, ood, oodcal
+from ml.bundle import file_hash
+from ml.cache import colour_features_cached, crops_cached, pooled_features
+from ml.calibration import calibrate_flags, choose_colour_weight, fit_calibration
+from ml.card import BundleContents, colour_card_dict, data_record, finetune_record, write_bundle
+from ml.config import TrainConfig, seed_everything
+from ml.data import fields_per_class, group_folds, list_class_folders
+from ml.metrics import metrics_dict, source_balanced_accuracy
+from ml.model import build_classifier, set_weights_by_name
+from ml.predictor import tta_predict
+from ml.split import source_split
 
 
 def fold_models(folds_dir: Path) -> dict[int, Path]:
@@ -59,29 +69,8 @@ def check_fold(info: dict, k: int, keep: np.ndarray, fields: dict, n_folds: int,
 def crossval(
     files, labels, cfg: TrainConfig, folds_dir: Path, model_path: Path, out: Path, log=print
 ) -> dict:
-    import keras
+    import keras  # Keras and TensorFlow: imported when the models run
     import tensorflow as tf
-
-    from ml import colour, ood, oodcal
-    from ml.bundle import file_hash
-    from ml.data import fields_per_class, group_folds
-    from ml.finetune import set_weights_by_name
-    from ml.model import build_classifier
-    from ml.predictor import tta_predict
-    from ml.train import (
-        calibrate_flags,
-        choose_colour_weight,
-        colour_card_dict,
-        colour_features_cached,
-        crops_cached,
-        data_record,
-        finetune_record,
-        metrics_dict,
-        pooled_features,
-        source_balanced_accuracy,
-        source_split,
-        write_bundle,
-    )
 
     classes = list(cfg.classes)
     model = keras.saving.load_model(model_path, compile=False)
@@ -192,13 +181,8 @@ def crossval(
         },
     }
     cfg.init_model = os.path.relpath(model_path)
-    write_bundle(
-        model,
-        cfg,
-        out,
+    contents = BundleContents(
         stats=stats,
-        colour_model=colour_model,
-        colour_card=colour_card,
         calibration=calibration,
         val_metrics=val_metrics,
         val_predictions={
@@ -213,9 +197,11 @@ def crossval(
         data=data,
         history=info.get("history", {}),
         card_extra=extra,
+        colour_model=colour_model,
+        colour_card=colour_card,
         command="python -m ml.crossval " + " ".join(sys.argv[1:]),
-        log=log,
     )
+    write_bundle(model, cfg, out, contents, log=log)
     # The distance threshold, checked against non-blood images (disjoint from the test fixtures).
     return oodcal.apply(out, log=log)
 
@@ -223,9 +209,6 @@ def crossval(
 def nested_decisions(probs, labels, fold, cfg: TrainConfig) -> np.ndarray:
     """Each fold's decisions under the calibration (temperature, class offsets) fitted on the other
     folds' out-of-fold predictions: an estimate of the calibrated accuracy that is not in-sample."""
-    from ml import ood
-    from ml.train import fit_calibration
-
     pred = np.zeros(len(labels), np.int64)
     for k in np.unique(fold):
         rest, this = fold != k, fold == k
@@ -242,9 +225,6 @@ def _info(path: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from ml.data import list_class_folders
-    from ml.train import seed_everything
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="TRAIN folder with one sub-folder per class")
     ap.add_argument(

@@ -9,10 +9,14 @@ stays on one side of the train/validation split.
 
 from __future__ import annotations
 
+import csv
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from ml.locate import Box, crop_cell, locate_cells
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -40,7 +44,7 @@ def list_class_folders(data_dir: str | Path, classes: list[str]) -> tuple[list[P
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # PIL: imported in the cropping worker processes
 
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
@@ -77,8 +81,6 @@ def cell_crop(
     Augmentation: scale jitter (+-10 % crop side), small shift, dihedral
     transform, stain jitter. Same locator as serving (``ml.locate.crop_cell``).
     """
-    from ml.locate import Box, crop_cell, locate_cells
-
     boxes = locate_cells(rgb, max_cells=1)
     box = boxes[0] if boxes else None
     side = crop_side
@@ -94,18 +96,6 @@ def cell_crop(
     return np.ascontiguousarray(crop), box is not None
 
 
-def crop_files(files, crop_side: int, out_size: int, seed: int | None = None, progress: bool = True):
-    """Crop every file (plain when ``seed`` is None, else augmented). Returns (N,S,S,3) uint8, found."""
-    from tqdm import tqdm
-
-    rng = np.random.default_rng(seed) if seed is not None else None
-    out = np.zeros((len(files), out_size, out_size, 3), np.uint8)
-    found = np.zeros(len(files), bool)
-    for i, f in enumerate(tqdm(files, desc="crop", disable=not progress, mininterval=5)):
-        out[i], found[i] = cell_crop(read_rgb(f), crop_side, out_size, rng)
-    return out, found
-
-
 def group_near_duplicates(
     features: np.ndarray, labels: np.ndarray, threshold: float, min_group: int = 5
 ) -> np.ndarray:
@@ -116,6 +106,7 @@ def group_near_duplicates(
     drifted, e.g. strong rotations) is joined to the component of its nearest neighbour,
     so stray copies do not leak across the split.
     """
+    # SciPy: imported when images are grouped (import ml.data stays cheap)
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -220,7 +211,7 @@ def make_dataset(
 ):
     """tf.data over in-memory arrays (images or cached activations), optional random dihedral flips
     and, for 0..255 RGB images, a small stain jitter per batch (hue, saturation, brightness)."""
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow: imported when a dataset is made
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
@@ -247,8 +238,6 @@ def make_dataset(
 
 def read_original_labels(original_dir: str | Path) -> dict[int, str]:
     """``ORIGINAL/labels.csv`` as {image number: category text} for images present on disk."""
-    import csv
-
     d = Path(original_dir)
     out = {}
     with open(d / "labels.csv", newline="") as fh:
@@ -268,9 +257,7 @@ def original_cell_crops(original_dir: str | Path, crop_side: int, out_size: int,
     The 640x480 fields are halved to the 320x240 scale of TRAIN first. Returns
     (crops uint8 (M,S,S,3), image numbers (M,), categories list[str] (M)).
     """
-    from PIL import Image
-
-    from ml.locate import crop_cell, locate_cells
+    from PIL import Image  # PIL: imported when the fields are read
 
     d = Path(original_dir)
     crops, nums, cats = [], [], []
@@ -305,7 +292,6 @@ def group_by_original(
     at ``threshold``) then takes the majority source of its members. Images
     sharing a source field must stay on one side of a split.
     """
-    from collections import Counter
 
     def unit(a):
         a = np.asarray(a, np.float32)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.data import list_class_folders
+from ml.metrics import metrics_dict
+from ml.predictor import ImageDecodeError, ModelLoadError, load_predictor
+
 
 def evaluate(data_dir, model_path=None, batch: int = 64, progress: bool = True) -> tuple[dict, list[str]]:
-    from tqdm import tqdm
-
-    from ml.data import list_class_folders
-    from ml.predictor import load_predictor
-    from ml.train import metrics_dict
+    from tqdm import tqdm  # progress bar: imported when an evaluation runs
 
     pred = load_predictor(model_path)
     files, labels, skipped = list_class_folders(data_dir, pred.classes)
@@ -53,8 +53,6 @@ def evaluate(data_dir, model_path=None, batch: int = 64, progress: bool = True) 
 def _predict_readable(pred, chunk, unreadable: list):
     """``((path, label), prediction)`` for each readable file of ``chunk``; the others go to
     ``unreadable`` as ``{"path", "error"}`` (one bad file must not stop the batch or the run)."""
-    from ml.predictor import ImageDecodeError
-
     try:
         return list(zip(chunk, pred.predict([path.read_bytes() for path, _ in chunk]), strict=True))
     except (ImageDecodeError, OSError):
@@ -69,7 +67,7 @@ def _predict_readable(pred, chunk, unreadable: list):
 
 
 def plot_confusion(m: dict, classes: list[str], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # matplotlib: imported when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,8 +105,6 @@ def main(argv=None) -> int:
         "--update-card", action="store_true", help="store the metrics as test_metrics in the card"
     )
     args = ap.parse_args(argv)
-    from ml.predictor import ModelLoadError, load_predictor
-
     if not Path(args.data).is_dir():
         print(f"error: --data {args.data} is not a folder (one folder per class)", file=sys.stderr)
         return 2

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ml.fastmorph import binary_closing_disk, binary_opening_disk
+
 REF_WIDTH, REF_HEIGHT = 320, 240
 # Colour index thresholds (blue - green, on 0..255 RGB, after smoothing).
 NUCLEUS_THRESHOLD = 50.0
@@ -75,9 +77,7 @@ def locate_cells(
     whose score is below ``min_rel_score`` x the best one (fragments, platelet
     clumps) are dropped.
     """
-    from scipy import ndimage
-
-    from ml.fastmorph import binary_closing_disk, binary_opening_disk
+    from scipy import ndimage  # SciPy: imported when cells are located (import ml.locate stays cheap)
 
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:

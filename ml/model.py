@@ -8,7 +8,15 @@ cache lower activations and copy the trained weights into the whole model.
 
 from __future__ import annotations
 
-from ml.backbones import LITE0_NUM_BLOCKS, lite0_apply, lite0_input_scaling, load_lite0_imagenet_weights
+import numpy as np
+
+from ml.backbones import (
+    LITE0_NUM_BLOCKS,
+    build_mobilenet_v2,
+    lite0_apply,
+    lite0_input_scaling,
+    load_lite0_imagenet_weights,
+)
 
 FEATURES_LAYER = "avg_pool"  # pooled backbone features (OOD detector, head input)
 CONV_LAYER = "top_relu"  # last conv activation (Grad-CAM)
@@ -81,8 +89,6 @@ def build_classifier(
             load_lite0_imagenet_weights(model)
         return model
     if backbone == "mobilenet_v2":
-        from ml.backbones import build_mobilenet_v2
-
         feats, _ = build_mobilenet_v2(input_size, backbone_weights)
         x = feats(x)
         return keras.Model(inp, _head(x, n_classes, dropout), name=f"wbc_{backbone}")
@@ -96,5 +102,26 @@ def copy_weights_by_name(src, dst) -> int:
     for layer in src.layers:
         if layer.name in names and layer.weights:
             names[layer.name].set_weights(layer.get_weights())
+            n += 1
+    return n
+
+
+def weights_by_name(model, dtype=None, skip=()) -> dict:
+    """``{"layer:i": array}`` for every weighted layer (``skip``: layer names left out)."""
+    return {
+        f"{layer.name}:{i}": w if dtype is None else w.astype(dtype)
+        for layer in model.layers
+        if layer.name not in skip
+        for i, w in enumerate(layer.get_weights())
+    }
+
+
+def set_weights_by_name(model, weights) -> int:
+    """Load ``weights_by_name`` arrays (any float dtype) into same-named layers; returns the count."""
+    n = 0
+    for layer in model.layers:
+        ws = layer.get_weights()
+        if ws and f"{layer.name}:0" in weights:
+            layer.set_weights([np.asarray(weights[f"{layer.name}:{i}"], np.float32) for i in range(len(ws))])
             n += 1
     return n

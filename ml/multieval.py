@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from ml.cropcache import load_cache
+from ml.metrics import metrics_dict
 from ml.predictor import load_predictor
 from ml.taxonomy import CLASSES
-from ml.train import metrics_dict
 
 
 def figures(y: np.ndarray, probs: np.ndarray, flagged: np.ndarray, classes) -> dict:

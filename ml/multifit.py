@@ -20,11 +20,13 @@ import numpy as np
 from ml import normalize, ood
 from ml.augment import augment
 from ml.bundle import bundle_version
+from ml.calibration import fit_calibration
 from ml.cropcache import centre_field, load_cache, split_groups
 from ml.data import group_split
+from ml.model import FEATURES_LAYER, build_classifier, freeze_batchnorm
 from ml.multieval import figures
+from ml.predictor import tta_predict
 from ml.taxonomy import CLASSES
-from ml.train import fit_calibration
 
 
 @dataclass
@@ -75,7 +77,7 @@ def epoch_rows(meta: dict, train: np.ndarray, cfg: FitConfig, epoch: int) -> np.
 
 
 def _dataset(crops, meta, train, class_index, weights, cfg: FitConfig):
-    import keras
+    import keras  # Keras: imported when fitting starts; the dataset subclasses its PyDataset
 
     class Epochs(keras.utils.PyDataset):
         def __init__(self):
@@ -115,19 +117,14 @@ def features_and_probs(
     model, crops: np.ndarray, views: int, batch: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
     """TTA-averaged pooled features and probabilities of uint8 crops (as ``ml.predictor``)."""
-    import keras
-
-    from ml.model import FEATURES_LAYER
-    from ml.predictor import tta_predict
+    import keras  # Keras: imported when a model runs (import ml.multifit stays cheap)
 
     both = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
     return tta_predict(lambda x: both(x, training=False), crops, views, batch)
 
 
 def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
-    import keras
-
-    from ml.model import build_classifier, freeze_batchnorm
+    import keras  # Keras: imported when fitting starts (import ml.multifit stays cheap)
 
     t0 = time.time()
     crops, meta, cinfo = load_cache(cache_dir)

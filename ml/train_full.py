@@ -7,7 +7,7 @@ and time. Phase 1: frozen base (inference mode) + new head; phase 2: the top
 
 The split, the served crops and everything after training (validation through
 the serving path, colour opinion, calibration, flags, bundle and card) are the
-Lite0 path's own (``ml.train.source_split``, ``crops_cached``, ``finish``), so the
+Lite0 path's own (``ml.split.source_split``, ``ml.cache.crops_cached``, ``ml.finish``), so the
 two backbones are compared on the same validation fields.
 """
 
@@ -17,16 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.backbones import build_mobilenet_v2
+from ml.cache import crops_cached, pooled_features
 from ml.config import TrainConfig
+from ml.data import make_dataset
+from ml.finish import Trained, TrainingSet, finish
+from ml.model import FEATURES_LAYER, freeze_batchnorm
+from ml.split import source_split
 
 
 def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int = 30, log=print) -> dict:
-    import keras
-
-    from ml.backbones import build_mobilenet_v2
-    from ml.data import make_dataset
-    from ml.model import FEATURES_LAYER, freeze_batchnorm
-    from ml.train import crops_cached, finish, pooled_features, source_split
+    import keras  # Keras: imported when training starts (``import ml.train_full`` stays cheap)
 
     classes = list(cfg.classes)
     feats_model, base = build_mobilenet_v2(
@@ -67,7 +68,10 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     model.compile(keras.optimizers.Adam(cfg.finetune_lr), loss, metrics=["accuracy"])
     h2 = model.fit(tr_ds, epochs=cfg.finetune_epochs, **fit)
 
-    train_feats = pooled_features(model, np.asarray(crops[tr]), "train features")
-    extra = {"nucleus_found_fraction": float(found.mean()), "finetune_layers": finetune_layers}
-    history = {"phase1_head": h1.history, "phase2_finetune": h2.history}
-    return finish(model, cfg, files, labels, split, crops, train_feats, history, extra, {}, out, log)
+    trained = Trained(
+        model=model,
+        train_feats=pooled_features(model, np.asarray(crops[tr]), "train features"),
+        history={"phase1_head": h1.history, "phase2_finetune": h2.history},
+        card_extra={"nucleus_found_fraction": float(found.mean()), "finetune_layers": finetune_layers},
+    )
+    return finish(trained, TrainingSet(files, labels, split, crops), cfg, out, log=log)

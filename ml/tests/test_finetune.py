@@ -20,10 +20,10 @@ pytestmark = pytest.mark.realmodel  # builds the real backbone (ImageNet weights
 def test_pack_fit_and_adopt_on_tiny_data(tmp_path, monkeypatch):
     import keras
 
-    from ml import finetune, train
+    from ml import cache, finetune, train
     from ml.predictor import load_predictor
 
-    monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(cache, "CACHE_ROOT", tmp_path / "cache")
     data = _tiny_dataset(tmp_path)
     pack = tmp_path / "pack"
     assert finetune.main(["pack", "--data", str(data), "--out", str(pack)]) == 0
@@ -82,7 +82,7 @@ def test_pack_fit_and_adopt_on_tiny_data(tmp_path, monkeypatch):
 
 
 def test_augment_keeps_shape_and_is_seeded():
-    from ml.finetune import augment
+    from ml.finetune_fit import augment
 
     crop = np.asarray(Image.open(FIXTURES / "EOSINOPHIL_1.jpeg").convert("RGB").resize((144, 144)))
     a = augment(crop, np.random.default_rng(3), 96)
@@ -132,12 +132,12 @@ def test_group_folds_keep_groups_whole_and_balance_classes():
 def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, capsys):
     import keras
 
-    from ml import crossval, finetune, ood, train
+    from ml import cache, calibration, crossval, finetune, metrics, ood
     from ml.bundle import bundle_version
-    from ml.model import build_classifier
+    from ml.model import build_classifier, set_weights_by_name
     from ml.predictor import load_predictor, tta_predict
 
-    monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(cache, "CACHE_ROOT", tmp_path / "cache")
     data = _tiny_dataset(tmp_path)
     pack = tmp_path / "pack"
     assert finetune.main(["pack", "--data", str(data), "--out", str(pack), "--folds", "2"]) == 0
@@ -194,19 +194,19 @@ def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, c
     assert t == pytest.approx(max(min(base, 0.95 * min(oc["distances"].values())), floor), rel=1e-4)
     assert oc["missed_at_threshold"] == sorted(n for n, d in oc["distances"].items() if d <= t)
     # Temperature and class offsets: the NLL fit on the out-of-fold probabilities, as served.
-    t_fit, b_fit = train.fit_calibration(val["probs"], val["labels"])
+    t_fit, b_fit = calibration.fit_calibration(val["probs"], val["labels"])
     assert card["temperature"] == pytest.approx(t_fit, rel=1e-6)
     assert list(card["class_bias"]) == CLASSES
     assert list(card["class_bias"].values()) == pytest.approx(b_fit.tolist(), abs=1e-6)
     cal = ood.calibrate(val["probs"], card["temperature"], ood.card_class_bias(card))
     assert (
         vm["calibrated"]["confusion_matrix"]
-        == train.metrics_dict(val["labels"], cal.argmax(1), CLASSES)["confusion_matrix"]
+        == metrics.metrics_dict(val["labels"], cal.argmax(1), CLASSES)["confusion_matrix"]
     )
     # Nested: each fold decided by the calibration fitted on the other fold only.
     nested = np.zeros(32, int)
     for k in (0, 1):
-        tk, bk = train.fit_calibration(val["probs"][val["fold"] != k], val["labels"][val["fold"] != k])
+        tk, bk = calibration.fit_calibration(val["probs"][val["fold"] != k], val["labels"][val["fold"] != k])
         nested[val["fold"] == k] = ood.calibrate(val["probs"][val["fold"] == k], tk, bk).argmax(1)
     assert vm["calibrated_nested"]["accuracy"] == pytest.approx(np.mean(nested == val["labels"]))
     assert vm["calibrated_nested"]["by_fold"]["1"] == pytest.approx(
@@ -214,12 +214,12 @@ def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, c
     )
     flagged = (val["ood_distance"] > t) | (cal.max(1) < card["thresholds"]["min_confidence"])
     assert card["validation_flagged_rate"] == pytest.approx(flagged.mean())
-    crops, _ = train.crops_cached(_files(data), _cfg_96(tmp_path))  # the served crops, as crossval read them
+    crops, _ = cache.crops_cached(_files(data), _cfg_96(tmp_path))  # the served crops, as crossval read them
     in1 = np.flatnonzero(val["fold"] == 1)
     probs = {}
     for k in (0, 1):
         m = build_classifier("efficientnet_lite0", 96, 4, 0.3, imagenet=False)
-        finetune.set_weights_by_name(m, np.load(gpu / f"m_fold{k}.weights16.npz"))
+        set_weights_by_name(m, np.load(gpu / f"m_fold{k}.weights16.npz"))
         both = keras.Model(m.input, [m.get_layer("avg_pool").output, m.output])
         probs[k] = tta_predict(lambda x, b=both: b(x, training=False), np.asarray(crops[in1]), 4)[1]
     np.testing.assert_allclose(val["cnn_probs"][in1], probs[1], atol=1e-5)

@@ -41,11 +41,11 @@ def _tiny_dataset(root, fields_per_class=None):
 
 
 def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
-    from ml import train
+    from ml import cache, calibration, train
     from ml.bundle import bundle_version
     from ml.predictor import load_predictor
 
-    monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(cache, "CACHE_ROOT", tmp_path / "cache")
     data = _tiny_dataset(tmp_path)
     out = tmp_path / "model"
     assert train.main(["--data", str(data), "--out", str(out), "--epochs", "1"]) == 0
@@ -63,9 +63,9 @@ def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert card["data"]["n_train"] == card["data"]["n_val"] == 16
     val = np.load(out / "val_predictions.npz")
     assert len(set(val["groups"].tolist())) == 4 and val["probs"].shape == (16, 4)
-    assert card["colour"]["weight"] in train.COLOUR_WEIGHTS and (out / "colour_model.npz").exists()
+    assert card["colour"]["weight"] in calibration.COLOUR_WEIGHTS and (out / "colour_model.npz").exists()
     assert card["temperature"] > 0 and set(card["thresholds"]) == {"ood_distance", "min_confidence"}
-    t_fit, b_fit = train.fit_calibration(val["probs"], val["labels"])
+    t_fit, b_fit = calibration.fit_calibration(val["probs"], val["labels"])
     assert card["temperature"] == pytest.approx(t_fit, rel=1e-6)
     assert list(card["class_bias"]) == CLASSES
     assert list(card["class_bias"].values()) == pytest.approx(b_fit.tolist(), abs=1e-6)
@@ -83,11 +83,11 @@ def test_train_mobilenet_v2_backbone_end_to_end_on_tiny_data(tmp_path, monkeypat
     ImageNet file, so the test passes randomly initialised weights in that file's format."""
     import keras
 
-    from ml import train
+    from ml import cache, calibration, train
     from ml.bundle import bundle_version
     from ml.predictor import load_predictor
 
-    monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(cache, "CACHE_ROOT", tmp_path / "cache")
     weights = tmp_path / "mobilenet_v2_no_top.weights.h5"
     keras.applications.MobileNetV2(input_shape=(192, 192, 3), include_top=False, weights=None).save_weights(
         weights
@@ -108,7 +108,7 @@ def test_train_mobilenet_v2_backbone_end_to_end_on_tiny_data(tmp_path, monkeypat
     assert card["finetune_layers"] == 30 and 0 < card["nucleus_found_fraction"] <= 1
     assert set(card["history"]) == {"phase1_head", "phase2_finetune"}
     assert len(card["history"]["phase2_finetune"]["loss"]) == 1
-    assert list(card["class_bias"]) == CLASSES and card["colour"]["weight"] in train.COLOUR_WEIGHTS
+    assert list(card["class_bias"]) == CLASSES and card["colour"]["weight"] in calibration.COLOUR_WEIGHTS
     for f in ("ood_stats.npz", "colour_model.npz", "val_predictions.npz", "training_curves.png"):
         assert (out / f).stat().st_size > 0
     pred = load_predictor(out / "hematovision_wbc.keras", backend="keras")
@@ -132,9 +132,9 @@ def test_train_refuses_a_class_from_a_single_source_field(tmp_path, monkeypatch,
     """Validating a class needs a field that training never saw: with one MONOCYTE field, training
     stops before it starts and writes nothing (before, every field of such a class went to validation
     and the class was never trained)."""
-    from ml import train
+    from ml import cache, train
 
-    monkeypatch.setattr(train, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(cache, "CACHE_ROOT", tmp_path / "cache")
     data = _tiny_dataset(tmp_path, {"MONOCYTE": 1})
     assert train.main(["--data", str(data), "--out", str(tmp_path / "m"), "--epochs", "1"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
@@ -145,8 +145,8 @@ def test_train_refuses_a_class_from_a_single_source_field(tmp_path, monkeypatch,
 
 
 def test_cache_is_keyed_by_the_images_not_only_their_number(tmp_path):
+    from ml.cache import cache_dir
     from ml.config import TrainConfig
-    from ml.train import cache_dir
 
     a, b = tmp_path / "A" / "EOSINOPHIL", tmp_path / "B" / "EOSINOPHIL"
     for d in (a, b):
@@ -171,7 +171,7 @@ def test_fit_calibration_recovers_temperature_and_class_offsets():
     """Labels drawn from softmax(log p / T + b): the NLL fit finds T and the (centred) offsets, and
     ml.ood.calibrate applies them; without offsets it is temperature scaling, which keeps every argmax."""
     from ml import ood
-    from ml.train import fit_calibration
+    from ml.calibration import fit_calibration
 
     rng = np.random.default_rng(0)
     n, true_t, true_b = 40000, 1.6, np.array([0.6, -0.9, 1.2, -0.9])
