@@ -116,6 +116,7 @@ class _Epochs:
 def fit(
     pack_dir: Path,
     out: Path,
+    *,
     input_size: int = 192,
     epochs: int = 15,
     head_epochs: int = 2,

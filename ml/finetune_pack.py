@@ -26,6 +26,7 @@ def pack(
     data_dir: str,
     out: Path,
     cfg: TrainConfig,
+    *,
     folds: int | None = None,
     jpeg_quality: int = PACK_JPEG_QUALITY,
     log=print,
