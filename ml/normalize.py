@@ -73,6 +73,41 @@ def _planes(rgb: np.ndarray) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(rgb[::step, ::step, :3].transpose(2, 0, 1), dtype=np.float32), step
 
 
+def _grey_of_sum() -> np.ndarray:
+    """The channel mean of each 8-bit channel sum 0-765, computed as ``analyse`` computes it."""
+    lut = np.arange(766, dtype=np.float32)
+    np.true_divide(lut, np.intp(3), out=lut, casting="unsafe")
+    return lut
+
+
+_GREY_OF_SUM = _grey_of_sum()
+
+
+def _percentile_of_counts(counts: np.ndarray, values: np.ndarray, q: float):
+    """``np.percentile(x, q)``, bit for bit, of the x holding ``counts[k]`` copies of ``values[k]``
+    (``values`` non-decreasing): numpy's virtual index and float32 interpolation between the two
+    order statistics around it, which a cumulative count finds without sorting."""
+    n = int(counts.sum())
+    v = (n - 1) * np.true_divide(q, 100)
+    if n < 2 or not 0 <= v < n - 1:
+        return np.percentile(np.repeat(values, counts), q)
+    prev = np.floor(v)
+    i = int(prev)
+    cum = np.cumsum(counts)
+    lo, hi = values[np.searchsorted(cum, [i, i + 1], side="right")]
+    return np.quantile(np.array([lo, hi], values.dtype), float(v - prev))
+
+
+def _median_of_u8(x: np.ndarray) -> np.float32:
+    """``np.median(x)`` of float32 values that are integers 0-255, bit for bit (by counting)."""
+    n = len(x)
+    if n < 2:
+        return np.median(x)
+    cum = np.cumsum(np.bincount(x.astype(np.intp), minlength=256))
+    mid = np.searchsorted(cum, [(n - 1) // 2, n // 2], side="right").astype(np.float32)
+    return np.median(mid)  # the mean of the two middle values, or the middle one twice
+
+
 def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
     """Red-cell scale and white-cell nuclei of an HxWx3 uint8 image (see the module docstring)."""
     from scipy import ndimage as ndi
@@ -89,9 +124,17 @@ def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
     # divided (in float64, numpy's count being an intp) and stored as float32.
     grey = red + green
     grey += blue
-    np.true_divide(grey, np.intp(3), out=grey, casting="unsafe")
-    bright = valid & (grey >= np.percentile(grey[valid], 85))
-    background = np.median(planes[:, bright], axis=1)
+    if np.asarray(rgb).dtype == np.uint8:
+        # 8-bit channels: counting sorts (integer sums and channel values) give the same order
+        # statistics as the partitions of np.percentile and np.median, and so the same results.
+        sums = np.bincount(grey[valid].astype(np.intp), minlength=766)
+        np.true_divide(grey, np.intp(3), out=grey, casting="unsafe")
+        bright = valid & (grey >= _percentile_of_counts(sums, _GREY_OF_SUM, 85))
+        background = np.array([_median_of_u8(p[bright]) for p in planes], np.float32)
+    else:
+        np.true_divide(grey, np.intp(3), out=grey, casting="unsafe")
+        bright = valid & (grey >= np.percentile(grey[valid], 85))
+        background = np.median(planes[:, bright], axis=1)
     sq = np.square(red - background[0])
     sq += np.square(green - background[1])
     sq += np.square(blue - background[2])
@@ -109,8 +152,22 @@ def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
     nucleus = _dilate(_erode(index > thr, 1), 1)
     nucleus &= valid
 
+    # Morphology of the nucleus mask runs on its bounding box widened by the reach of the operation
+    # (nothing outside it can be set, and nothing outside it reaches in): the same masks, bit for bit.
+    rows, cols = np.flatnonzero(nucleus.any(1)), np.flatnonzero(nucleus.any(0))
+
+    def around(margin: int) -> tuple[slice, slice]:
+        return (
+            slice(max(0, rows[0] - margin), min(h, rows[-1] + margin + 1)),
+            slice(max(0, cols[0] - margin), min(w, cols[-1] + margin + 1)),
+        )
+
     # Red cells: foreground away from nuclei, pallor filled, largest inscribed radius per region.
-    rbc = foreground & ~_dilate(nucleus, max(2, int(0.02 * min(h, w))))
+    near_nucleus = np.zeros((h, w), bool)
+    if len(rows):
+        k = max(2, int(0.02 * min(h, w)))
+        near_nucleus[around(k)] = _dilate(nucleus[around(k)], k)
+    rbc = foreground & ~near_nucleus
     rbc = _fill_holes(_dilate(_erode(rbc, 2), 2))
     d = _red_cell_diameter(rbc)
     if min(h, w) / MAX_FIELD_RBC <= d <= min(h, w) / MIN_FIELD_RBC:
@@ -119,16 +176,14 @@ def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
         d, source = min(h, w) / FALLBACK_FIELD_RBC, "fallback"
 
     # Nuclei: lobes merged at a tenth of a red cell; candidates above a small platelet's area.
-    # Closed, labelled and summed on the nucleus pixels' bounding box widened by the closing radius
-    # (nothing outside it can be set): the same labels, in the same order, and the same sums.
+    # Closed, labelled and summed on the nucleus box widened by the closing radius: the same labels
+    # (numbered in the same raster order), the same sums.
     r = max(1, int(round(CLOSE_RBC * d)))
     closed = np.zeros((h, w), bool)
-    rows, cols = np.flatnonzero(nucleus.any(1)), np.flatnonzero(nucleus.any(0))
     y0 = x0 = 0
     if len(rows):
-        y0, y1 = max(0, rows[0] - r), min(h, rows[-1] + r + 1)
-        x0, x1 = max(0, cols[0] - r), min(w, cols[-1] + r + 1)
-        win = (slice(y0, y1), slice(x0, x1))
+        win = around(r)
+        y0, x0 = win[0].start, win[1].start
         closed[win] = binary_closing_disk(nucleus[win], r) & valid[win]
         lab, m = ndi.label(closed[win])
     else:
