@@ -20,16 +20,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ml.data import read_original_labels
+from ml.predictor import load_predictor
 from ml.taxonomy import CLASSES
 
 THUMB = (80, 60)
 
 
 def _thumb(path: Path) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         return np.asarray(im.convert("L").resize(THUMB, Image.BILINEAR), np.float32)
 
@@ -61,10 +61,6 @@ def match_fields(bccd: Path) -> list[dict]:
 
 
 def evaluate(bccd: Path, model_path=None, log=print) -> dict:
-    from PIL import Image
-
-    from ml.predictor import load_predictor
-
     pred = load_predictor(model_path, backend="keras")
     matches = match_fields(bccd)
     rows = []
