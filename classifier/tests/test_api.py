@@ -552,11 +552,23 @@ def test_image_and_heatmap_downloads(tech_api, other_api, reviewer_api, user):
     assert heatmap.status_code == 200
     assert heatmap["Content-Type"] == "image/png"
     assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG")
+    assert heatmap["Cache-Control"] == "private, no-store"
     for which in ("image", "heatmap"):
         hidden = other_api.get(f"/api/v1/classifications/{cell.pk}/{which}/", HTTP_ACCEPT="image/png")
         assert hidden.status_code == 404
         assert hidden["Content-Type"] == "application/json"
         assert hidden.json()["code"] == "not_found"
+
+
+def test_image_and_heatmap_downloads_are_never_cached(tech_api, tech_client, user):
+    """The views set no Cache-Control: PrivateResponsesMiddleware does, for a token and a session."""
+    cell = ClassificationFactory(owner=user)
+    for client in (tech_api, tech_client):
+        for which in ("image", "heatmap"):
+            response = client.get(f"/api/v1/classifications/{cell.pk}/{which}/", HTTP_ACCEPT="image/*")
+            assert response.status_code == 200, which
+            assert response["Cache-Control"] == "private, no-store", which
+            b"".join(response.streaming_content)
 
 
 # ------------------------------------------------------------------ specimens

@@ -215,8 +215,7 @@ class ClassificationViewSet(
         response = FileResponse(stored.open("rb"), content_type=content_type)
         filename = f"{field}-{classification.pk}{_suffix(stored.name)}"
         response["Content-Disposition"] = f'inline; filename="{filename}"'
-        response["Cache-Control"] = "private, no-store"
-        return response
+        return response  # Cache-Control: PrivateResponsesMiddleware
 
     @extend_schema(
         summary="Download the stored image",
