@@ -9,7 +9,7 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from classifier.tests.factories import ClassificationFactory
+from classifier.tests.factories import ClassificationFactory, SpecimenFactory
 
 
 def _token_client(key: str) -> APIClient:
@@ -85,11 +85,38 @@ def test_patient_data_and_tokens_are_never_cached(tech_client, user):
     api = _token_client(token.key)
     for url in (f"/api/v1/classifications/{cell.pk}/", "/api/v1/classifications/"):
         assert api.get(url)["Cache-Control"] == "private, no-store", url
-    # A view's own choice stays.
-    assert (
-        tech_client.get(reverse("classification-image", args=[cell.pk]))["Cache-Control"]
-        == "private, no-store"
+
+
+@pytest.mark.django_db
+def test_patient_downloads_are_never_cached_by_the_middleware(tech_client, user):
+    """Files, images and reports set no Cache-Control of their own: PrivateResponsesMiddleware marks
+    them, for a session (portal) and a token (API) alike."""
+    specimen = SpecimenFactory(accession="NS-1", created_by=user)
+    cell = ClassificationFactory(owner=user, specimen=specimen)
+    api = _token_client(Token.objects.create(user=user).key)
+    portal = (
+        reverse("classification-image", args=[cell.pk]),
+        reverse("classification-heatmap", args=[cell.pk]),
+        reverse("classification-export"),
+        reverse("specimen-cell-image", args=["NS-1", cell.pk]),
+        reverse("specimen-cell-thumb", args=["NS-1", cell.pk]),
+        reverse("specimen-report-pdf", args=["NS-1"]),
+        reverse("specimen-report-csv", args=["NS-1"]),
+        reverse("specimen-export"),
     )
+    lis = (
+        f"/api/v1/classifications/{cell.pk}/image/",
+        f"/api/v1/classifications/{cell.pk}/heatmap/",
+        "/api/v1/specimens/NS-1/report.pdf",
+        "/api/v1/specimens/NS-1/report.csv",
+    )
+    for client, urls in ((tech_client, portal), (api, lis)):
+        for url in urls:
+            response = client.get(url, HTTP_ACCEPT="*/*")
+            assert response.status_code == 200, url
+            assert response["Cache-Control"] == "private, no-store", url
+            if response.streaming:
+                b"".join(response.streaming_content)
 
 
 def test_var_folder_is_private(tmp_path):

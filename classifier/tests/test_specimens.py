@@ -274,6 +274,7 @@ def test_whole_field_upload_locates_classifies_and_draws_boxes(
     assert reverse("job-field-image", args=[job.pk, 1]) in page
     png = tech_client.get(reverse("job-field-image", args=[job.pk, 1]))
     assert png["Content-Type"] == "image/png"
+    assert png["Cache-Control"] == "private, no-store"  # PrivateResponsesMiddleware
     assert Image.open(io.BytesIO(png.content)).size == (640, 480)
     # A field where nothing was found is still shown, without boxes.
     assert tech_client.get(reverse("job-field-image", args=[job.pk, 2])).status_code == 200

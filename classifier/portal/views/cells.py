@@ -184,7 +184,6 @@ def classification_export_view(request):
 
     response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="hematovision-results.csv"'
-    response["Cache-Control"] = "private, no-store"
     return response
 
 

@@ -47,6 +47,5 @@ def private_file(field, download_name: str) -> FileResponse:
     content_type = mimetypes.types_map.get(suffix, "application/octet-stream")
     response = FileResponse(handle, content_type=content_type, filename=f"{download_name}{suffix}")
     response["Content-Disposition"] = f'inline; filename="{download_name}{suffix}"'
-    response["Cache-Control"] = "private, no-store"
     response["X-Content-Type-Options"] = "nosniff"
     return response

@@ -196,9 +196,7 @@ def specimen_cell_thumb_view(request, accession, pk):
             image = image.convert("RGB")
     except (OSError, ValueError, FileNotFoundError):
         raise Http404("No such file.") from None
-    response = HttpResponse(cell_thumbnail(image, cell.cell_box), content_type="image/jpeg")
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return HttpResponse(cell_thumbnail(image, cell.cell_box), content_type="image/jpeg")
 
 
 def cell_thumbnail(image: Image.Image, box, side: int = THUMB_PX) -> bytes:

@@ -93,7 +93,6 @@ def specimen_report_pdf_view(request, accession):
     pdf = reports.specimen_report_pdf(specimen=specimen)
     response = HttpResponse(pdf, content_type="application/pdf")
     response["Content-Disposition"] = f'inline; filename="{specimen.accession}-report.pdf"'
-    response["Cache-Control"] = "private, no-store"
     return response
 
 
@@ -198,9 +197,7 @@ class JobFieldImageView(View):
         row = next(r for r in job_selectors.job_progress(job=job)["items"] if r["position"] == item.position)
         with item.source.open("rb") as handle:
             png = fields.field_annotated_png(data=handle.read(), cells=row.get("cells", []))
-        response = HttpResponse(png, content_type="image/png")
-        response["Cache-Control"] = "private, no-store"
-        return response
+        return HttpResponse(png, content_type="image/png")
 
 
 JOB_PAGE_SIZE = 50
