@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 
-from classifier.cells import classes
+from classifier.cells import classes, heatmaps
 from classifier.cells.validation import check_size
 from classifier.models import (
     BatchJob,
@@ -98,7 +98,8 @@ class ClassificationSerializer(serializers.ModelSerializer):
     signed_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     image_url = serializers.SerializerMethodField(help_text="Authenticated download of the stored image.")
     heatmap_url = serializers.SerializerMethodField(
-        help_text="Authenticated download of the Grad-CAM heat map (PNG); null while pending."
+        help_text="Authenticated download of the Grad-CAM heat map (PNG, drawn on first request); null "
+        "while pending or when the model that classified the cell is no longer served."
     )
 
     class Meta:
@@ -122,7 +123,8 @@ class ClassificationSerializer(serializers.ModelSerializer):
 
     @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
     def get_heatmap_url(self, obj):
-        return self._url("api-classification-heatmap", obj.pk) if obj.heatmap else None
+        drawable = heatmaps.heatmap_state(obj) in ("stored", "drawable")
+        return self._url("api-classification-heatmap", obj.pk) if drawable else None
 
 
 class ClassificationUploadSerializer(serializers.Serializer):

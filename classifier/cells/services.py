@@ -36,17 +36,15 @@ def _apply_prediction(classification: Classification, prediction) -> None:
 
 
 def _predict(checked: CheckedImage):
-    """(prediction, heat-map PNG) or (None, None) when the model is unavailable."""
+    """The prediction, or None when the model is unavailable. The heat map is drawn when someone
+    first opens it (``classifier.cells.heatmaps``), not here."""
     try:
-        predictor = inference.get_predictor()
-        prediction = predictor.predict_one(checked.image)
-        heatmap = predictor.gradcam_png(checked.image, prediction.label)
+        return inference.get_predictor().predict_one(checked.image)
     except inference.PredictorUnavailable as exc:
         logger.error("model unavailable, keeping upload as pending: %s", exc)
-        return None, None
+        return None
     except inference.image_decode_errors() as exc:
         raise ImageRejected("not_an_image", f"The image could not be analysed: {exc}", 415) from exc
-    return prediction, heatmap
 
 
 def classification_create(
@@ -127,7 +125,7 @@ def _create(
         accession_validator(accession.strip())
     with limits.image_work():  # a few decoded images per process at a time, however many arrive
         checked = check_image(data, filename=filename)
-        prediction, heatmap_png = _predict(checked)
+        prediction = _predict(checked)
         content, extension, width, height = checked.content, checked.extension, checked.width, checked.height
         del checked  # the decoded pixels go now, before the slot is released
 
@@ -157,8 +155,6 @@ def _create(
             stored.append(classification.image.name)
             if prediction is not None:
                 _apply_prediction(classification, prediction)
-                classification.heatmap.save("x.png", ContentFile(heatmap_png), save=False)
-                stored.append(classification.heatmap.name)
             classification.save()
     except _ConcurrentRetry as race:
         return _retry(race.existing, data, accession), False
@@ -319,19 +315,16 @@ def classification_classify_pending(*, classification: Classification) -> Classi
         data = handle.read()
     with limits.image_work():
         checked = check_image(data, filename=classification.original_filename)
-        prediction, heatmap_png = _predict(checked)
+        prediction = _predict(checked)
         del checked
     if prediction is None:
         raise inference.PredictorUnavailable("The model is still unavailable.")
-    old_heatmap = classification.heatmap.name
     with transaction.atomic():
         locked = Classification.objects.select_for_update().get(pk=classification.pk)
         if locked.status != Status.PENDING:
             return locked
         _apply_prediction(locked, prediction)
-        locked.heatmap.save("x.png", ContentFile(heatmap_png), save=False)
         locked.save()
-    files.delete_files(old_heatmap)
     return locked
 
 

@@ -193,7 +193,17 @@ def test_upload_returns_the_classification(tech_api, user, settings):
     assert cell.owner == user
     assert cell.specimen.accession == "ACC-9"
     assert cell.specimen.created_by == user
+    # The upload stores the image; the heat map is drawn on its first download and kept.
+    assert stored_files(settings) == [cell.image.name]
+    first = tech_api.get(body["heatmap_url"])
+    assert first.status_code == 200
+    first_png = b"".join(first.streaming_content)
+    assert first_png.startswith(b"\x89PNG\r\n\x1a\n")
+    cell.refresh_from_db()
+    assert cell.heatmap.name.startswith("heatmaps/")
     assert stored_files(settings) == sorted([cell.image.name, cell.heatmap.name])
+    again = tech_api.get(f"{base}/{cell.pk}/heatmap/")
+    assert b"".join(again.streaming_content) == first_png == cell.heatmap.read()
 
 
 def test_flat_image_is_unidentified(tech_api):
@@ -270,6 +280,7 @@ def test_model_unavailable_keeps_the_image_pending_and_answers_503(tech_api, set
     body = done.json()
     assert (body["id"], body["status"], body["label"]) == (cell.pk, "classified", "EOSINOPHIL")
     assert done.json()["heatmap_url"] == f"http://testserver/api/v1/classifications/{cell.pk}/heatmap/"
+    assert not Classification.objects.get().heatmap  # drawn when first downloaded
     assert Classification.objects.count() == 1
 
 

@@ -114,10 +114,14 @@ def test_upload_result_history_review_and_sign(live_server, user, reviewer, pass
     # The image and heat map load through the permission-checked views.
     assert page.locator("#cell-image").evaluate("img => img.complete && img.naturalWidth") == 320
     heatmap = page.locator("#heatmap-image")
-    assert heatmap.evaluate("el => getComputedStyle(el).opacity") == "0"
+    expect(heatmap).to_be_hidden()
     tech.shot("03-result")
-    page.click("label[for=heatmap-toggle]")
-    expect(heatmap).to_have_css("opacity", "1")  # CSS-only toggle
+    # The heat map is drawn when first shown (a lazy image, not displayed until the toggle).
+    assert not Classification.objects.get().heatmap
+    page.click("label[for=heatmap-toggle]")  # CSS-only toggle
+    expect(heatmap).to_be_visible()
+    page.wait_for_function("() => document.querySelector('#heatmap-image').naturalWidth === 320")
+    assert Classification.objects.get().heatmap.name.startswith("heatmaps/")
     tech.shot("04-result-heatmap")
 
     page.click("#nav-history")

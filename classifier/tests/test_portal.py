@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 from django.urls import reverse
+from PIL import Image
 
+from classifier import inference
 from classifier.cells import review as cell_review
 from classifier.models import CellClass, Classification, ReviewEvent, ReviewState, Specimen, Status
 from classifier.specimens import signoff
@@ -59,7 +61,7 @@ def test_upload_one_real_cell_image_redirects_to_its_result(tech_client, user, s
     assert cell.model_version == "fake-0001"
     assert cell.predicted_label
     stored = sorted(p.relative_to(settings.MEDIA_ROOT).as_posix() for p in media_files(settings))
-    assert stored == sorted([cell.image.name, cell.heatmap.name])
+    assert stored == [cell.image.name]  # the heat map is drawn when first opened
     assert "EOSINOPHIL" not in cell.image.name  # stored names reveal nothing
 
 
@@ -225,9 +227,43 @@ def test_private_image_and_heatmap_served_with_no_store(tech_client, user):
         field.close()
 
 
-def test_missing_heatmap_is_404(tech_client, user):
-    cell = ClassificationFactory(owner=user, heatmap="")
-    assert tech_client.get(reverse("classification-heatmap", args=[cell.pk])).status_code == 404
+def test_heatmap_is_drawn_on_first_open_and_kept(tech_client, user, settings):
+    cell = ClassificationFactory(owner=user, heatmap="", image__data=image_bytes((120, 40, 160), fmt="PNG"))
+    page = tech_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
+    assert f'src="/classifications/{cell.pk}/heatmap/" loading="lazy"' in page
+    assert "(drawn when first shown)" in page
+    assert not Classification.objects.get(pk=cell.pk).heatmap  # the page itself draws nothing
+    first = tech_client.get(reverse("classification-heatmap", args=[cell.pk]))
+    assert (first.status_code, first["Content-Type"]) == (200, "image/png")
+    drawn = b"".join(first.streaming_content)
+    stored = Classification.objects.get(pk=cell.pk).heatmap
+    assert stored.name.startswith("heatmaps/")
+    assert (Path(settings.MEDIA_ROOT) / stored.name).read_bytes() == drawn
+    # The fake model's overlay of this image: the image's size, its red channel raised to >= 200.
+    overlay = Image.open(io.BytesIO(drawn))
+    assert overlay.size == Image.open(cell.image.path).size
+    assert overlay.getextrema()[0][0] >= 200
+    second = tech_client.get(reverse("classification-heatmap", args=[cell.pk]))
+    assert b"".join(second.streaming_content) == drawn
+    assert Classification.objects.get(pk=cell.pk).heatmap.name == stored.name  # not drawn again
+
+
+def test_no_heatmap_while_pending_or_from_a_model_no_longer_served(tech_client, user, settings):
+    pending = ClassificationFactory(owner=user, heatmap="", status=Status.PENDING, predicted_label="",
+                                    confidence=None, probabilities={}, model_version="")
+    old = ClassificationFactory(owner=user, heatmap="", model_version="c4b786827a603412")
+    inference.get_predictor()  # loaded: the page can tell the served version apart
+    for cell, note in (
+        (pending, "No heat map (the model has not run on this image)."),
+        (old, "No heat map: this cell was classified by model c4b786827a603412, which is no longer served."),
+    ):
+        page = tech_client.get(reverse("classification-detail", args=[cell.pk])).content.decode()
+        assert note in page
+        assert 'id="heatmap-toggle" autocomplete="off" disabled' in page
+        assert "heatmap-image" not in page
+        assert tech_client.get(reverse("classification-heatmap", args=[cell.pk])).status_code == 404
+        assert not Classification.objects.get(pk=cell.pk).heatmap
+    assert sorted(p.parent.name for p in media_files(settings)) == ["cells", "cells"]
 
 
 @pytest.mark.parametrize("name", ["classification-detail", "classification-image", "classification-heatmap",
@@ -312,10 +348,10 @@ def test_csv_export_of_filtered_history(tech_client, user, other_user):
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert response["Content-Disposition"] == 'attachment; filename="hematovision-results.csv"'
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert rows[0][:4] == ["id", "created_at", "original_filename", "accession"]
+    assert rows[0][:4] == ["accession", "cell_id", "original_filename", "created_at"]  # as report.csv
     assert len(rows) == 2
     row = dict(zip(rows[0], rows[1], strict=True))
-    assert row["id"] == str(keep.pk)
+    assert row["cell_id"] == str(keep.pk)
     assert row["original_filename"] == "'=cmd.jpg"
     assert row["external_id"] == "LIS-1"
     assert row["predicted_label"] == "NEUTROPHIL"

@@ -22,6 +22,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
+from classifier import inference
 from classifier.api.renderers import ImageRenderer
 from classifier.api.schema import (
     CLASSIFICATION_EXAMPLE,
@@ -38,6 +39,8 @@ from classifier.api.serializers import (
 )
 from classifier.api.throttling import UploadRateThrottle
 from classifier.api.views.base import CanSubmit, JSONErrorsMixin
+from classifier.api.views.model import ModelUnavailable
+from classifier.cells import heatmaps
 from classifier.cells import selectors as cell_selectors
 from classifier.cells import services as cell_services
 from classifier.cells.filters import ClassificationFilter
@@ -209,8 +212,13 @@ class ClassificationViewSet(
     def _download(self, field):
         classification = self.get_object()
         stored = getattr(classification, field)
-        if not stored:
-            raise NotFound("This result has no heat map yet (the model has not run).", code="not_found")
+        if field == "heatmap":
+            try:  # drawn on the first request, stored for the next
+                stored = heatmaps.classification_heatmap(classification=classification)
+            except heatmaps.HeatmapUnavailable as exc:
+                raise NotFound(str(exc), code="not_found") from None
+            except inference.PredictorUnavailable as exc:
+                raise ModelUnavailable(f"The model is unavailable: {exc}") from None
         content_type = mimetypes.guess_type(stored.name)[0] or "application/octet-stream"
         response = FileResponse(stored.open("rb"), content_type=content_type)
         filename = f"{field}-{classification.pk}{_suffix(stored.name)}"
@@ -232,8 +240,17 @@ class ClassificationViewSet(
 
     @extend_schema(
         summary="Download the heat map",
-        description="Grad-CAM heat map over the image (PNG): where the model looked. 404 while pending.",
-        responses={(200, "image/png"): OpenApiTypes.BINARY, **json_errors(READ_ERRORS)},
+        description="Grad-CAM heat map over the image (PNG): where the model looked for the predicted "
+        "class. Drawn by the model that classified the cell on the first request (about as long as a "
+        "classification), stored for the next. 404 while pending, or when the model that classified "
+        "the cell is no longer served; 503 while the model cannot load.",
+        responses={
+            (200, "image/png"): OpenApiTypes.BINARY,
+            **json_errors(READ_ERRORS),
+            (503, "application/json"): error_response(
+                "The model cannot be loaded.", "model_unavailable", ModelUnavailable.default_detail
+            ),
+        },
     )
     @action(detail=True, methods=["get"], renderer_classes=[ImageRenderer, JSONRenderer])
     def heatmap(self, request, pk=None):

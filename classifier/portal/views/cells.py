@@ -3,14 +3,14 @@
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views import View
 from django.views.decorators.http import require_POST
 
-from classifier import csvsafe
-from classifier.cells import classes
+from classifier import csvsafe, inference
+from classifier.cells import classes, export, heatmaps
 from classifier.cells import review as cell_review
 from classifier.cells import selectors as cell_selectors
 from classifier.cells import services as cell_services
@@ -20,7 +20,6 @@ from classifier.permissions import can_review, can_submit
 from classifier.portal.forms import ReviewForm
 from classifier.portal.views import common
 from classifier.specimens import selectors as specimen_selectors
-from classifier.specimens.reports import local_iso
 
 HISTORY_PAGE_SIZE = 25
 
@@ -39,6 +38,7 @@ class ClassificationDetailView(View):
     def get(self, request, pk):
         cell = _get_classification(request, pk)
         reviewer = can_review(request.user)
+        heatmap_state = heatmaps.heatmap_state(cell)
         return render(
             request,
             "classifier/classification_detail.html",
@@ -57,6 +57,8 @@ class ClassificationDetailView(View):
                 "can_delete": cell.owner_id == request.user.pk and cell.needs_review,
                 "neighbours": _specimen_neighbours(cell),
                 "classes": classes.TABLE,
+                "heatmap_state": heatmap_state,
+                "heatmap_drawable": heatmap_state in ("stored", "drawable"),
             },
         )
 
@@ -76,8 +78,15 @@ def classification_image_view(request, pk):
 
 
 def classification_heatmap_view(request, pk):
-    """The Grad-CAM overlay, under the same rule as the image."""
-    return common.private_file(_get_classification(request, pk).heatmap, f"cell-{pk}-heatmap")
+    """The Grad-CAM overlay, under the same rule as the image; drawn on the first request."""
+    cell = _get_classification(request, pk)
+    try:
+        stored = heatmaps.classification_heatmap(classification=cell)
+    except heatmaps.HeatmapUnavailable as exc:
+        raise Http404(str(exc)) from None
+    except inference.PredictorUnavailable as exc:
+        return HttpResponse(f"The model is unavailable: {exc}", status=503, content_type="text/plain")
+    return common.private_file(stored, f"cell-{pk}-heatmap")
 
 
 def _filtered_history(request) -> ClassificationFilter:
@@ -122,52 +131,6 @@ class _Echo:
         return value
 
 
-CSV_HEADER = [
-    "id",
-    "created_at",
-    "original_filename",
-    "accession",
-    "external_id",
-    "owner",
-    "status",
-    "predicted_label",
-    "confidence",
-    "final_label",
-    "review_state",
-    "reviewed_by",
-    "signed_by",
-    "signed_at",
-    "flag_reason",
-    "model_version",
-]
-
-
-def _csv_row(cell: Classification) -> list:
-    return [
-        cell.pk,
-        local_iso(cell.created_at),
-        cell.original_filename,
-        cell.specimen.accession if cell.specimen else "",
-        cell.external_id or "",
-        cell.owner.get_username(),
-        cell.status,
-        cell.predicted_label,
-        "" if cell.confidence is None else f"{cell.confidence:.4f}",
-        cell.final_label,
-        cell.review_state,
-        cell.reviewed_by.get_username() if cell.reviewed_by else "",
-        cell.signed_by.get_username() if cell.signed_by else "",
-        local_iso(cell.signed_at),
-        cell.flag_reason,
-        cell.model_version,
-    ]
-
-
-def _csv_safe(value):
-    """Neutralise spreadsheet formulas in user-supplied text (CSV injection; ``csvsafe.cell``)."""
-    return csvsafe.cell(value)
-
-
 def classification_export_view(request):
     """The filtered history as CSV, streamed; an invalid filter answers 400 and exports nothing."""
     filterset = _filtered_history(request)
@@ -178,9 +141,9 @@ def classification_export_view(request):
     writer = csvsafe.writer(_Echo())  # every field quoted
 
     def rows():
-        yield writer.writerow(CSV_HEADER)
+        yield writer.writerow(export.HEADER)  # the columns of a specimen's report.csv
         for cell in filterset.qs.iterator(chunk_size=500):
-            yield writer.writerow([_csv_safe(value) for value in _csv_row(cell)])
+            yield writer.writerow(export.cell_row(cell))
 
     response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="hematovision-results.csv"'
