@@ -29,7 +29,7 @@ from classifier.cells.validation import ImageRejected, check_image, decoded_byte
 from classifier.jobs import services as job_services
 from classifier.jobs import tasks
 from classifier.models import BatchJob, Classification, Specimen
-from classifier.specimens import reports
+from classifier.specimens import report_csv, report_pdf
 from classifier.tests.factories import image_bytes
 from classifier.tests.specimen_helpers import cell_png
 
@@ -365,7 +365,7 @@ def test_api_urls_that_match_nothing_answer_json_404(tech_api, api_client):
 def test_lab_name_is_text_in_the_pdf_not_markup(user, settings):
     settings.HEMATOVISION_LAB_NAME = "St. Mary's <Haematology> & <b>Co"
     specimen = cell_services.classification_create(user=user, data=cell_png(), accession="PDF-1").specimen
-    pdf = reports.specimen_report_pdf(specimen=specimen)  # was: ValueError from ReportLab's parser
+    pdf = report_pdf.specimen_report_pdf(specimen=specimen)  # was: ValueError from ReportLab's parser
     assert pdf.startswith(b"%PDF-")
     if shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True, check=True).stdout
@@ -378,10 +378,10 @@ def test_csv_cells_with_formula_characters_anywhere_are_quoted_and_defused(user,
     assert "\"x;'=1+1.png\"" in history
     assert ";=1+1" not in history
     specimen = Specimen.objects.get()
-    for text in (reports.specimen_report_csv(specimen=specimen), reports.specimens_csv(
+    for text in (report_csv.specimen_report_csv(specimen=specimen), report_csv.specimens_csv(
             specimens=Specimen.objects.all())):
         assert all(line.startswith('"') for line in text.splitlines() if line)
-    assert "\"x;'=1+1.png\"" in reports.specimen_report_csv(specimen=specimen)
+    assert "\"x;'=1+1.png\"" in report_csv.specimen_report_csv(specimen=specimen)
 
 
 def test_jobs_module_rejects_unusable_batches_before_opening_anything(user):

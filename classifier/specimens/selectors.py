@@ -1,6 +1,7 @@
 """Reads of specimens: lists, the differential, the gallery, released versions, the result as sent."""
 
 import hashlib
+from datetime import date
 
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
@@ -59,6 +60,16 @@ def specimen_list(*, user) -> QuerySet[Specimen]:
     if can_submit(user):
         return qs.filter(created_by=user)
     return qs.none()
+
+
+def specimens_in_range(*, user, start: date | None, end: date | None) -> QuerySet[Specimen]:
+    """The specimens the user may see, received between ``start`` and ``end`` (inclusive, local dates)."""
+    qs = specimen_list(user=user)
+    if start:
+        qs = qs.filter(created_at__date__gte=start)
+    if end:
+        qs = qs.filter(created_at__date__lte=end)
+    return qs.order_by("created_at", "id")
 
 
 def specimen_get(*, user, accession: str) -> Specimen:

@@ -21,7 +21,7 @@ from PIL import Image
 from classifier.cells import classes
 from classifier.cells.differential import build, largest_remainder
 from classifier.models import Classification, ReviewState, Specimen, Status
-from classifier.specimens import reports, signoff
+from classifier.specimens import report_csv, report_pdf, signoff
 from classifier.specimens import selectors as specimen_selectors
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory, probabilities_for
 
@@ -342,11 +342,11 @@ def test_eight_class_model_basophil_through_api_fhir_hl7_reports_and_history(
 
     # PDF and CSV.
     specimen = Specimen.objects.get(accession="ACC-8")
-    text = _pdf_strings(reports.specimen_report_pdf(specimen=specimen))
+    text = _pdf_strings(report_pdf.specimen_report_pdf(specimen=specimen))
     assert "Basophil" in text
     assert "Nucleated red cell" in text
     assert "Platelet (not counted)" in text
-    export = list(csv.DictReader(io.StringIO(reports.specimens_csv(specimens=Specimen.objects.all()))))
+    export = list(csv.DictReader(io.StringIO(report_csv.specimens_csv(specimens=Specimen.objects.all()))))
     assert (export[0]["basophil_count"], export[0]["basophil_percent"]) == ("1", "25.0")
     assert export[0]["erythroblast_per_100_white_cells"] == "25.0"
     assert export[0]["platelet_count"] == "1"

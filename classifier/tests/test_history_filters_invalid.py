@@ -42,7 +42,7 @@ def test_export_with_a_valid_filter_still_exports(tech_client, three_results):
     response = tech_client.get(f"{reverse('classification-export')}?created_after={today}")
     assert response.status_code == 200
     lines = b"".join(response.streaming_content).decode().splitlines()
-    assert lines[0].startswith('"id","created_at",')
+    assert lines[0].startswith('"accession","cell_id",')
     assert len(lines) == 1 + 3
 
 

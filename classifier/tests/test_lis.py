@@ -252,9 +252,9 @@ def test_signed_result_carries_the_order_identity_in_hl7(ordered, signer, settin
         "the percentages are imprecise.",
         f"Images (external_id = cell): LIS-IMG-7 = #{first.pk}",
     ]
-    from classifier.specimens import reports
+    from classifier.specimens import report_csv
 
-    csv_rows = list(csv.DictReader(io.StringIO(reports.specimen_report_csv(specimen=ordered))))
+    csv_rows = list(csv.DictReader(io.StringIO(report_csv.specimen_report_csv(specimen=ordered))))
     assert [r["external_id"] for r in csv_rows] == ["LIS-IMG-7", "", "", ""]
     rows = [
         (
@@ -408,12 +408,11 @@ def test_amendment_is_a_corrected_version_and_the_first_is_kept(ordered, signer,
     assert [v["number"] for v in api.get("/api/v1/specimens/ACC-LIS-1/versions/").json()] == [1, 2]
     assert api.get("/api/v1/specimens/ACC-LIS-1/fhir/?version=9").status_code == 404
     # The PDF says Amended, with the reason.
-    from classifier.specimens import reports
+    from classifier.specimens import report_pdf
     from classifier.tests.test_reports import pdf_text
 
-    text = " ".join(
-        pdf_text(reports.specimen_report_pdf(specimen=Specimen.objects.get(pk=ordered.pk)), tmp_path).split()
-    )
+    pdf = report_pdf.specimen_report_pdf(specimen=Specimen.objects.get(pk=ordered.pk))
+    text = " ".join(pdf_text(pdf, tmp_path).split())
     assert "AMENDED — report version 2" in text
     assert "Reason: Cell was a monocyte." in text
 

@@ -13,11 +13,12 @@ from django.core.exceptions import ValidationError
 from PIL import Image
 
 from classifier.cells import classes as cell_classes
+from classifier.cells import export
 from classifier.cells import review as cell_review
 from classifier.jobs import runner
 from classifier.jobs import services as job_services
 from classifier.models import Classification, ReviewState, Status
-from classifier.specimens import reports, signoff
+from classifier.specimens import report_csv, report_pdf, signoff
 from classifier.specimens import selectors as specimen_selectors
 from classifier.tests.specimen_helpers import (
     FIXTURE_CELLS,
@@ -112,7 +113,7 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     assert not Classification.objects.filter(review_state=ReviewState.SIGNED).exists()
 
     # The preliminary report: every page checked as an image.
-    pdf = reports.specimen_report_pdf(specimen=specimen)
+    pdf = report_pdf.specimen_report_pdf(specimen=specimen)
     assert pdf.startswith(b"%PDF-")
     pages = pdf_pages(pdf, tmp_path)
     assert len(pages) >= 1
@@ -143,7 +144,7 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     assert differential.signed is True
     assert differential.signed_by == "reviewer"
 
-    signed_pdf = reports.specimen_report_pdf(specimen=specimen)
+    signed_pdf = report_pdf.specimen_report_pdf(specimen=specimen)
     signed_dir = tmp_path / "signed"
     signed_dir.mkdir()
     pages = pdf_pages(signed_pdf, signed_dir)
@@ -166,11 +167,11 @@ def test_csv_per_specimen_and_for_a_date_range(user, other_user, reviewer):
             enqueue=False,
         ).pk
     )
-    (row,) = csv.DictReader(io.StringIO(reports.specimen_report_csv(specimen=other.specimen)))
+    (row,) = csv.DictReader(io.StringIO(report_csv.specimen_report_csv(specimen=other.specimen)))
     assert row["original_filename"] == "'=cmd.png"  # a spreadsheet will not run it as a formula
-    rows = list(csv.DictReader(io.StringIO(reports.specimen_report_csv(specimen=specimen))))
+    rows = list(csv.DictReader(io.StringIO(report_csv.specimen_report_csv(specimen=specimen))))
     assert len(rows) == 12
-    assert list(rows[0]) == reports.CELL_COLUMNS
+    assert list(rows[0]) == export.HEADER
     assert {r["accession"] for r in rows} == {"TEST-12"}
     assert {r["review_state"] for r in rows} == {"unreviewed"}
     assert Counter(r["label"] for r in rows) == Counter(c.label for c in specimen.cells.all())
@@ -178,28 +179,23 @@ def test_csv_per_specimen_and_for_a_date_range(user, other_user, reviewer):
     from django.utils import timezone
 
     today = timezone.localdate()
-    mine = list(
-        csv.DictReader(
-            io.StringIO(
-                reports.specimens_csv(specimens=reports.specimens_in_range(user=user, start=today, end=today))
-            )
-        )
-    )
+    in_range = specimen_selectors.specimens_in_range(user=user, start=today, end=today)
+    mine = list(csv.DictReader(io.StringIO(report_csv.specimens_csv(specimens=in_range))))
     assert [r["accession"] for r in mine] == ["TEST-12"]  # not the other technologist's specimen
     assert mine[0]["total_cells"] == "12"
     assert mine[0]["signed_by"] == ""
     everything = list(
         csv.DictReader(
             io.StringIO(
-                reports.specimens_csv(
-                    specimens=reports.specimens_in_range(user=reviewer, start=None, end=None)
+                report_csv.specimens_csv(
+                    specimens=specimen_selectors.specimens_in_range(user=reviewer, start=None, end=None)
                 )
             )
         )
     )
     assert [r["accession"] for r in everything] == ["TEST-12", "OTHER-1"]
     assert (
-        reports.specimens_in_range(
+        specimen_selectors.specimens_in_range(
             user=user, start=today.replace(year=today.year - 1), end=today.replace(year=today.year - 1)
         ).count()
         == 0
@@ -227,4 +223,4 @@ def test_real_model_differential_matches_its_predictions(user, settings, tmp_pat
         1 for c in cells if c.status == Status.CLASSIFIED and c.predicted_label == truth[c.original_filename]
     )
     assert correct >= 6, f"only {correct}/12 TEST cells right"
-    assert_pages_look_right(pdf_pages(reports.specimen_report_pdf(specimen=specimen), tmp_path))
+    assert_pages_look_right(pdf_pages(report_pdf.specimen_report_pdf(specimen=specimen), tmp_path))

@@ -18,7 +18,7 @@ from classifier.cells import references
 from classifier.cells import review as cell_review
 from classifier.cells import services as cell_services
 from classifier.models import Classification, ReviewEvent, Specimen
-from classifier.specimens import reports, signoff
+from classifier.specimens import report_pdf, signoff
 from classifier.specimens import selectors as specimen_selectors
 from classifier.tests.factories import ClassificationFactory, ReviewerFactory, SpecimenFactory, image_bytes
 
@@ -371,7 +371,7 @@ def test_pdf_has_comment_signer_name_and_role_page_numbers_address_and_the_porta
     reviewer.first_name, reviewer.last_name = "Grace", "Hopper"
     reviewer.save()
     specimen, cells = _specimen(user, NEUTROPHIL=20, EOSINOPHIL=2, unidentified=1)
-    text = _pdf_text(reports.specimen_report_pdf(specimen=specimen), tmp_path)
+    text = _pdf_text(report_pdf.specimen_report_pdf(specimen=specimen), tmp_path)
     assert text.index("Unidentified — 1 cell(s)") < text.index("Neutrophil — 20 cell(s)")  # as the portal
     assert "2 Lab Road" in text
     assert "Sample City 1234" in text
@@ -380,7 +380,7 @@ def test_pdf_has_comment_signer_name_and_role_page_numbers_address_and_the_porta
     cell_review.classification_review(classification=cells[22], reviewer=reviewer, label="ARTEFACT")
     signoff.specimen_sign(specimen=specimen, reviewer=reviewer, comment="Platelets clumped <b>x</b>.")
     specimen.refresh_from_db()
-    text = _pdf_text(reports.specimen_report_pdf(specimen=specimen), tmp_path)
+    text = _pdf_text(report_pdf.specimen_report_pdf(specimen=specimen), tmp_path)
     assert "FINAL — signed by Grace Hopper (Reviewer)" in text
     assert "Reviewer's comment: Platelets clumped <b>x</b>." in text  # text, not markup
     assert "Reviewed by: Grace Hopper" in text

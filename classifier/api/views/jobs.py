@@ -37,7 +37,7 @@ from classifier.jobs import services as job_services
 from classifier.lookups import job_or_404, specimen_or_404
 from classifier.models import BatchJob
 from classifier.responses import private_attachment
-from classifier.specimens import reports, signoff
+from classifier.specimens import report_csv, report_pdf, signoff
 from classifier.specimens import selectors as specimen_selectors
 from classifier.specimens import services as specimen_services
 
@@ -234,7 +234,7 @@ class SpecimenReportPdfView(JSONErrorsMixin, APIView):
     def get(self, request, accession):
         specimen = specimen_or_404(request, accession)
         return private_attachment(
-            reports.specimen_report_pdf(specimen=specimen),
+            report_pdf.specimen_report_pdf(specimen=specimen),
             "application/pdf",
             f"{specimen.accession}-report.pdf",
         )
@@ -250,7 +250,7 @@ class SpecimenReportCsvView(JSONErrorsMixin, APIView):
     def get(self, request, accession):
         specimen = specimen_or_404(request, accession)
         return private_attachment(
-            reports.specimen_report_csv(specimen=specimen),
+            report_csv.specimen_report_csv(specimen=specimen),
             "text/csv; charset=utf-8",
             f"{specimen.accession}-cells.csv",
         )

@@ -26,7 +26,7 @@ from classifier.permissions import can_review, can_submit
 from classifier.portal.forms import BatchUploadForm, DateRangeForm
 from classifier.portal.views import common
 from classifier.responses import private_attachment
-from classifier.specimens import reports
+from classifier.specimens import report_csv, report_pdf
 from classifier.specimens import selectors as specimen_selectors
 
 
@@ -90,7 +90,7 @@ def specimen_cell_image_view(request, accession, pk):
 
 def specimen_report_pdf_view(request, accession):
     specimen = specimen_or_404(request, accession)
-    pdf = reports.specimen_report_pdf(specimen=specimen)
+    pdf = report_pdf.specimen_report_pdf(specimen=specimen)
     response = HttpResponse(pdf, content_type="application/pdf")
     response["Content-Disposition"] = f'inline; filename="{specimen.accession}-report.pdf"'
     return response
@@ -99,7 +99,7 @@ def specimen_report_pdf_view(request, accession):
 def specimen_report_csv_view(request, accession):
     specimen = specimen_or_404(request, accession)
     return private_attachment(
-        reports.specimen_report_csv(specimen=specimen),
+        report_csv.specimen_report_csv(specimen=specimen),
         "text/csv; charset=utf-8",
         f"{specimen.accession}-cells.csv",
     )
@@ -112,9 +112,9 @@ def specimens_export_csv_view(request):
         response.status_code = 400
         return response
     start, end = form.cleaned_data["start"], form.cleaned_data["end"]
-    specimens = reports.specimens_in_range(user=request.user, start=start, end=end)
+    specimens = specimen_selectors.specimens_in_range(user=request.user, start=start, end=end)
     name = f"specimens-{start or 'start'}-to-{end or timezone.localdate()}.csv"
-    return private_attachment(reports.specimens_csv(specimens=specimens), "text/csv; charset=utf-8", name)
+    return private_attachment(report_csv.specimens_csv(specimens=specimens), "text/csv; charset=utf-8", name)
 
 
 class BatchUploadView(FormView):

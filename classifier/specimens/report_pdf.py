@@ -1,4 +1,4 @@
-"""Specimen reports: a PDF (reportlab) and CSV exports, built from the selectors' data.
+"""A specimen's PDF report (reportlab), built from the selectors' data.
 
 The PDF carries the lab header, the accession, the differential with reference
 flags, a gallery of the cells grouped by class, the model version(s), the
@@ -7,23 +7,28 @@ signed.
 """
 
 import io
-from collections import defaultdict
-from datetime import date
 from xml.sax.saxutils import escape
 
 from django.conf import settings
-from django.db.models import QuerySet
 from django.utils import timezone
 from PIL import Image as PILImage
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.styles import ParagraphStyle, StyleSheet1, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
-from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus import (
+    Flowable,
+    Image,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
-from classifier import csvsafe
-from classifier.cells import classes
+from classifier.cells.differential import Differential
 from classifier.models import Classification, ReviewState, Specimen
 from classifier.specimens import selectors as specimen_selectors
 
@@ -32,18 +37,8 @@ GALLERY_LIMIT_PER_CLASS = 64
 THUMB_MM = 20
 
 
-def local_iso(value) -> str:
-    """A timestamp for CSV exports: ISO 8601 in the lab's time zone (TIME_ZONE), with its offset,
-    so the date in the file is the lab's date; empty for None."""
-    return timezone.localtime(value).isoformat() if value else ""
-
-
 def _when(value) -> str:
     return timezone.localtime(value).strftime("%Y-%m-%d %H:%M %Z") if value else ""
-
-
-def _cells(specimen: Specimen) -> list[Classification]:
-    return list(specimen.cells.select_related("reviewed_by", "signed_by").order_by("created_at", "id"))
 
 
 def _thumbnail(cell: Classification, side_px: int = 160):
@@ -144,19 +139,11 @@ def _total(differential) -> str:
     return "100.0" if differential.counted_cells else ""
 
 
-def specimen_report_pdf(*, specimen: Specimen) -> bytes:  # noqa: C901 - TODO(issue 17): split into header, differential table, gallery flowables
-    """The specimen's report as PDF bytes (the caller has checked the user may see it)."""
-    differential = specimen_selectors.specimen_differential(specimen=specimen)
-    cells = _cells(specimen)
-    lab = settings.HEMATOVISION_LAB_NAME
-    styles = getSampleStyleSheet()
-    small = ParagraphStyle("small", parent=styles["BodyText"], fontSize=8, leading=10)
-    banner = ParagraphStyle("banner", parent=styles["Heading2"], textColor=colors.white, alignment=1)
+def _header(specimen: Specimen, differential: Differential, lab: str, styles: StyleSheet1) -> list[Flowable]:
+    """The lab's name and address, the title, the accession and the times."""
     address_style = ParagraphStyle("address", parent=styles["BodyText"], alignment=1, fontSize=9, leading=11)
     address = lab_address_lines()
-    signer = _signer(specimen)
-
-    story = [
+    return [
         Paragraph(escape(lab), styles["Title"]),  # the lab name is text, not ReportLab markup
         Paragraph(
             "<br/>".join(escape(line) for line in address)
@@ -179,21 +166,25 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:  # noqa: C901 - TODO(is
         ),
         Spacer(1, 4 * mm),
     ]
+
+
+def _status(specimen: Specimen, differential: Differential, styles: StyleSheet1) -> list[Flowable]:
+    """FINAL or PRELIMINARY as a coloured banner; an amendment and a too-few-cells note (issue 19)."""
+    banner = ParagraphStyle("banner", parent=styles["Heading2"], textColor=colors.white, alignment=1)
     if specimen.is_signed:
-        status_text = f"FINAL — signed by {escape(signer)} on {_when(specimen.signed_at)}"
+        status_text = f"FINAL — signed by {escape(_signer(specimen))} on {_when(specimen.signed_at)}"
         status_colour = colors.HexColor("#198754")
     else:
         status_text = "PRELIMINARY — not signed; not for clinical use until a reviewer signs it"
         status_colour = colors.HexColor("#dc3545")
-    story.append(
+    story: list[Flowable] = [
         Table(
             [[Paragraph(status_text, banner)]],
             colWidths=[180 * mm],
             style=TableStyle([("BACKGROUND", (0, 0), (-1, -1), status_colour)]),
-        )
-    )
-    story.append(Spacer(1, 4 * mm))
-    # Issue 19: a corrected report says so, with why; too few cells for flags says that too.
+        ),
+        Spacer(1, 4 * mm),
+    ]
     amended = specimen.report_versions.filter(kind="corrected").order_by("-number").first()
     if amended is not None:
         story.append(Paragraph(
@@ -202,9 +193,13 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:  # noqa: C901 - TODO(is
         ))
     if differential.flag_comment:
         story.append(Paragraph(escape(differential.flag_comment), styles["BodyText"]))
+    return story
 
-    rows = [["Cell class", "Count", "%", "Adult reference", "Flag"]]
-    flagged = []
+
+def _differential_rows(differential: Differential) -> tuple[list[list[str]], list]:
+    """The table's rows under its header, and each row's flag (the flagged ones print red)."""
+    rows: list[list[str]] = []
+    flagged: list = []
     for row in differential.classes:
         rows.append(_pdf_row(row, "%"))
         flagged.append(row.flag)
@@ -221,6 +216,11 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:  # noqa: C901 - TODO(is
     if differential.pending:
         rows.append(["Pending (model unavailable)", str(differential.pending), "", "", ""])
         flagged.append(None)
+    return rows, flagged
+
+
+def _differential_table(differential: Differential, styles: StyleSheet1) -> list[Flowable]:
+    rows, flagged = _differential_rows(differential)
     table_style = [
         ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
         ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e9ecef")),
@@ -233,36 +233,36 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:  # noqa: C901 - TODO(is
                 ("TEXTCOLOR", (4, i), (4, i), colors.red),
                 ("FONTNAME", (4, i), (4, i), "Helvetica-Bold"),
             ]
-    story += [
+    header = ["Cell class", "Count", "%", "Adult reference", "Flag"]
+    return [
         Paragraph("Differential", styles["Heading2"]),
-        Table(rows, colWidths=[60 * mm, 20 * mm, 20 * mm, 45 * mm, 25 * mm], style=TableStyle(table_style)),
+        Table(
+            [header, *rows],
+            colWidths=[60 * mm, 20 * mm, 20 * mm, 45 * mm, 25 * mm],
+            style=TableStyle(table_style),
+        ),
         Spacer(1, 3 * mm),
     ]
 
+
+def _signoff_notes(
+    specimen: Specimen, cells: list[Classification], differential: Differential, small: ParagraphStyle
+) -> list[Flowable]:
+    """Model version(s), reviewers, the signer, the reviewer's comment and what the ranges mean."""
     versions = sorted({c.model_version for c in cells if c.model_version}) or ["(none)"]
     reviewers = sorted({escape(_person(c.reviewed_by)) for c in cells if c.reviewed_by})
     unreviewed = differential.unreviewed
-    story += [
+    signed = f"{escape(_signer(specimen))}, {_when(specimen.signed_at)}" if specimen.is_signed else ""
+    comment = escape(specimen.review_comment).replace("\n", "<br/>") if specimen.review_comment else "none"
+    return [
         Paragraph(f"<b>Model version:</b> {', '.join(versions)}", small),
         Paragraph(
             f"<b>Reviewed by:</b> {', '.join(reviewers) or 'nobody yet'}"
             + (f" · {unreviewed} cell(s) not reviewed yet" if unreviewed else ""),
             small,
         ),
-        Paragraph(
-            "<b>Signed:</b> "
-            + (
-                f"{escape(signer)}, {_when(specimen.signed_at)}"
-                if specimen.is_signed
-                else "not signed (PRELIMINARY)"
-            ),
-            small,
-        ),
-        Paragraph(
-            "<b>Reviewer's comment:</b> "
-            + (escape(specimen.review_comment).replace("\n", "<br/>") if specimen.review_comment else "none"),
-            small,
-        ),
+        Paragraph("<b>Signed:</b> " + (signed or "not signed (PRELIMINARY)"), small),
+        Paragraph("<b>Reviewer's comment:</b> " + comment, small),
         Paragraph(
             "Reference ranges: typical adult values, % of white cells (nucleated red cells: per 100 white "
             "cells). Platelets, smudge cells and artefacts are listed, not counted.",
@@ -270,39 +270,59 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:  # noqa: C901 - TODO(is
         ),
     ]
 
-    groups: dict[str, list[Classification]] = defaultdict(list)
-    for cell in cells:
-        groups[specimen_selectors.cell_group(cell)].append(cell)
-    order = specimen_selectors.gallery_order(groups)  # as the portal's gallery: unidentified first
-    names = specimen_selectors.GROUP_NAMES
-    if cells:
-        story += [Spacer(1, 4 * mm), Paragraph("Cell gallery", styles["Heading2"])]
-    for key in order:
-        members = groups.get(key, [])
-        if not members:
-            continue
+
+def _gallery_grid(members: list[Classification], small: ParagraphStyle) -> list[list]:
+    """Thumbnails with their ids, GALLERY_COLUMNS to a row, the last row padded."""
+    grid, line = [], []
+    for cell in members:
+        state = "" if cell.review_state == ReviewState.UNREVIEWED else " (rev.)"
+        line.append([_thumbnail(cell), Paragraph(f"#{cell.pk}{state}", small)])
+        if len(line) == GALLERY_COLUMNS:
+            grid.append(line)
+            line = []
+    if line:
+        grid.append(line + [""] * (GALLERY_COLUMNS - len(line)))
+    return grid
+
+
+def _gallery(specimen: Specimen, styles: StyleSheet1, small: ParagraphStyle) -> list[Flowable]:
+    """The cells by section, as the portal's gallery (unidentified first); at most
+    GALLERY_LIMIT_PER_CLASS of each; a short section kept on one page with its heading."""
+    sections = specimen_selectors.specimen_gallery(specimen=specimen)
+    if not sections:
+        return []
+    story: list[Flowable] = [Spacer(1, 4 * mm), Paragraph("Cell gallery", styles["Heading2"])]
+    for _key, name, members in sections:
         shown = members[:GALLERY_LIMIT_PER_CLASS]
-        grid, line = [], []
-        for cell in shown:
-            state = "" if cell.review_state == ReviewState.UNREVIEWED else " (rev.)"
-            line.append([_thumbnail(cell), Paragraph(f"#{cell.pk}{state}", small)])
-            if len(line) == GALLERY_COLUMNS:
-                grid.append(line)
-                line = []
-        if line:
-            grid.append(line + [""] * (GALLERY_COLUMNS - len(line)))
+        grid = _gallery_grid(shown, small)
         more = f" (first {len(shown)} shown)" if len(members) > len(shown) else ""
-        name = names.get(key) or classes.display_name(key)
         heading = Paragraph(f"{name} — {len(members)} cell(s){more}", styles["Heading4"])
         gallery = Table(
             grid,
             colWidths=[22.5 * mm] * GALLERY_COLUMNS,
             style=TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]),
         )
-        story.append(KeepTogether([heading, gallery]) if len(grid) <= 3 else heading)
-        if len(grid) > 3:
-            story.append(gallery)
+        if len(grid) <= 3:
+            story.append(KeepTogether([heading, gallery]))
+        else:
+            story += [heading, gallery]
+    return story
 
+
+def specimen_report_pdf(*, specimen: Specimen) -> bytes:
+    """The specimen's report as PDF bytes (the caller has checked the user may see it)."""
+    differential = specimen_selectors.specimen_differential(specimen=specimen)
+    cells = list(specimen_selectors.specimen_cells(specimen=specimen))
+    lab = settings.HEMATOVISION_LAB_NAME
+    styles = getSampleStyleSheet()
+    small = ParagraphStyle("small", parent=styles["BodyText"], fontSize=8, leading=10)
+    story = [
+        *_header(specimen, differential, lab, styles),
+        *_status(specimen, differential, styles),
+        *_differential_table(differential, styles),
+        *_signoff_notes(specimen, cells, differential, small),
+        *_gallery(specimen, styles, small),
+    ]
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(
         buffer,
@@ -318,109 +338,3 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:  # noqa: C901 - TODO(is
     decorate = _page_decorations(specimen.is_signed, lab, specimen.accession)
     doc.build(story, onFirstPage=decorate, onLaterPages=decorate, canvasmaker=_NumberedCanvas)
     return buffer.getvalue()
-
-
-def _safe(value) -> str:
-    """Text for a CSV cell that a spreadsheet will not run as a formula (``csvsafe.cell``)."""
-    return csvsafe.cell(value)
-
-
-CELL_COLUMNS = [
-    "accession",
-    "cell_id",
-    "original_filename",
-    "created_at",
-    "status",
-    "predicted_label",
-    "confidence",
-    "flag_reason",
-    "final_label",
-    "label",
-    "review_state",
-    "reviewed_by",
-    "reviewed_at",
-    "signed_at",
-    "model_version",
-    "external_id",  # the LIS's id for the image (issue 19)
-]
-
-
-def specimen_report_csv(*, specimen: Specimen) -> str:
-    """One row per cell of the specimen."""
-    out = io.StringIO()
-    writer = csvsafe.writer(out)  # every field quoted
-    writer.writerow(CELL_COLUMNS)
-    for cell in _cells(specimen):
-        writer.writerow(
-            [
-                _safe(v)
-                for v in [
-                    specimen.accession,
-                    cell.pk,
-                    cell.original_filename,
-                    local_iso(cell.created_at),
-                    cell.status,
-                    cell.predicted_label,
-                    "" if cell.confidence is None else f"{cell.confidence:.4f}",
-                    cell.flag_reason,
-                    cell.final_label,
-                    cell.label,
-                    cell.review_state,
-                    cell.reviewed_by.get_username() if cell.reviewed_by else "",
-                    local_iso(cell.reviewed_at),
-                    local_iso(cell.signed_at),
-                    cell.model_version,
-                    cell.external_id or "",
-                ]
-            ]
-        )
-    return out.getvalue()
-
-
-def specimens_in_range(*, user, start: date | None, end: date | None) -> QuerySet[Specimen]:
-    """The specimens the user may see, received between ``start`` and ``end`` (inclusive, local dates)."""
-    qs = specimen_selectors.specimen_list(user=user)
-    if start:
-        qs = qs.filter(created_at__date__gte=start)
-    if end:
-        qs = qs.filter(created_at__date__lte=end)
-    return qs.order_by("created_at", "id")
-
-
-def specimens_csv(*, specimens) -> str:
-    """One row per specimen: its differential (a fixed column set for every class of the table, empty
-    where a class is not reported), unidentified count and sign-off."""
-    out = io.StringIO()
-    writer = csvsafe.writer(out)  # every field quoted
-    header = ["accession", "received_at", "total_cells", "counted_cells"]
-    for cell in classes.TABLE:
-        code = cell.code.lower()
-        if cell.counting is classes.Counting.WHITE:
-            header += [f"{code}_count", f"{code}_percent", f"{code}_flag"]
-        elif cell.counting is classes.Counting.PER_100_WHITE:
-            header += [f"{code}_count", f"{code}_per_100_white_cells", f"{code}_flag"]
-        else:
-            header += [f"{code}_count"]
-    header += ["unidentified", "pending", "unreviewed", "signed_by", "signed_at"]
-    writer.writerow(header)
-    for specimen in specimens.prefetch_related("cells"):
-        d = specimen_selectors.specimen_differential(specimen=specimen)
-        rows = {row.label: row for row in (*d.classes, *d.per_100_white_cells, *d.not_counted)}
-        line = [specimen.accession, local_iso(specimen.created_at), d.total_cells, d.counted_cells]
-        for cell in classes.TABLE:
-            row = rows.get(cell.code)
-            if cell.counting is classes.Counting.NOT_COUNTED:
-                line += [row.count if row else ""]
-            elif row is None:
-                line += ["", "", ""]
-            else:
-                line += [row.count, "" if row.value is None else row.value, row.flag or ""]
-        line += [
-            d.unidentified,
-            d.pending,
-            d.unreviewed,
-            d.signed_by or "",
-            local_iso(d.signed_at),
-        ]
-        writer.writerow([_safe(v) for v in line])
-    return out.getvalue()
