@@ -38,17 +38,22 @@ def _run_bulk(modeladmin, request, objects, action, verb: str) -> None:
         modeladmin.message_user(request, line, messages.WARNING)
 
 
-class ReviewEventInline(admin.TabularInline):
-    model = ReviewEvent
+class _ReadOnlyInline(admin.TabularInline):
+    """Rows shown under their parent, never added, changed or deleted there."""
+
     extra = 0
     can_delete = False
-    fields = readonly_fields = ("created_at", "actor", "action", "from_label", "to_label")
 
     def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+class ReviewEventInline(_ReadOnlyInline):
+    model = ReviewEvent
+    fields = readonly_fields = ("created_at", "actor", "action", "from_label", "to_label")
 
 
 @admin.register(Classification)
@@ -99,10 +104,8 @@ class ClassificationAdmin(admin.ModelAdmin):
         )
 
 
-class CellInline(admin.TabularInline):
+class CellInline(_ReadOnlyInline):
     model = Classification
-    extra = 0
-    can_delete = False
     show_change_link = True
     fields = readonly_fields = ("thumbnail", "predicted_label", "confidence", "status", "final_label",
                                 "review_state")
@@ -110,12 +113,6 @@ class CellInline(admin.TabularInline):
     @admin.display(description="Image")
     def thumbnail(self, obj):
         return _thumbnail(obj, size=48)
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Specimen)

@@ -124,6 +124,18 @@ def _referenced() -> set[str]:
     return names
 
 
+def _lock_if_free(lock: Path) -> int | None:
+    """The open, locked ``fd`` of a staging's lock file when no process holds it (that staging is
+    gone; the caller closes ``fd``), None while its staging runs. OSError: the file cannot be opened."""
+    fd = os.open(lock, os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: that staging is running now
+        os.close(fd)
+        return None
+    return fd
+
+
 def _crashed_stagings() -> list[tuple[str, Path, int]]:
     """``(token, lock path, fd)`` for every staging whose process is gone; the caller closes ``fd``."""
     root = _local_path(LOCK_DIR)
@@ -132,15 +144,11 @@ def _crashed_stagings() -> list[tuple[str, Path, int]]:
     crashed = []
     for lock in sorted(root.glob("*.lock")):
         try:
-            fd = os.open(lock, os.O_WRONLY)
+            fd = _lock_if_free(lock)
         except OSError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: that staging is running now
-            os.close(fd)
-            continue
-        crashed.append((lock.stem, lock, fd))
+        if fd is not None:
+            crashed.append((lock.stem, lock, fd))
     return crashed
 
 
@@ -210,14 +218,12 @@ def _live_staging_dirs(skip=frozenset()) -> set[str]:
         if lock.stem in skip:
             continue
         try:
-            fd = os.open(lock, os.O_WRONLY)
+            fd = _lock_if_free(lock)
         except OSError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if fd is None:
             live.add(f"batches/{lock.stem}/")
-        finally:
+        else:
             os.close(fd)
     return live
 

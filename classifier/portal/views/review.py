@@ -20,7 +20,7 @@ from PIL import Image
 
 from classifier.cells import classes, references
 from classifier.cells import selectors as cell_selectors
-from classifier.lookups import specimen_or_404
+from classifier.lookups import specimen_cell_or_404, specimen_or_404
 from classifier.models import Classification
 from classifier.permissions import can_review
 from classifier.specimens import selectors as specimen_selectors
@@ -184,12 +184,7 @@ def specimen_review_cells_view(request, accession):
 
 def specimen_cell_thumb_view(request, accession, pk):
     """The located cell (around its nucleus box), with a little context, scaled to THUMB_PX (JPEG)."""
-    try:
-        cell = cell_selectors.classification_get(user=request.user, pk=pk)
-    except Classification.DoesNotExist:
-        raise Http404("No such cell.") from None
-    if cell.specimen is None or cell.specimen.accession.upper() != accession.strip().upper():
-        raise Http404("No such cell.")
+    cell = specimen_cell_or_404(request, accession, pk)
     try:
         with cell.image.open("rb") as handle:
             image = Image.open(handle)

@@ -16,12 +16,11 @@ from django.views import View
 from django.views.decorators.http import require_POST
 from django.views.generic import FormView, ListView, TemplateView
 
-from classifier.cells import selectors as cell_selectors
 from classifier.jobs import fields
 from classifier.jobs import selectors as job_selectors
 from classifier.jobs import services as job_services
-from classifier.lookups import job_or_404, specimen_or_404
-from classifier.models import BatchItem, BatchJob, Classification, ReviewState
+from classifier.lookups import job_or_404, specimen_cell_or_404, specimen_or_404
+from classifier.models import BatchItem, BatchJob, ReviewState
 from classifier.permissions import can_review, can_submit
 from classifier.portal.forms import BatchUploadForm, DateRangeForm
 from classifier.portal.views import common
@@ -78,12 +77,7 @@ class SpecimenDetailView(TemplateView):
 
 def specimen_cell_image_view(request, accession, pk):
     """A cell image of the specimen's gallery, for users who may see the cell."""
-    try:
-        cell = cell_selectors.classification_get(user=request.user, pk=pk)
-    except Classification.DoesNotExist:
-        raise Http404("No such cell.") from None
-    if cell.specimen is None or cell.specimen.accession.upper() != accession.strip().upper():
-        raise Http404("No such cell.")
+    cell = specimen_cell_or_404(request, accession, pk)
     # As every patient image: never kept by a cache, 404 when the stored file is gone.
     return common.private_file(cell.image, f"cell-{cell.pk}")
 
