@@ -10,6 +10,8 @@ portal shows ``readiness()``.
 
 import functools
 import threading
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -18,6 +20,35 @@ from django.dispatch import receiver
 
 class PredictorUnavailable(RuntimeError):
     """The model cannot be loaded; uploads are kept as pending."""
+
+
+class Prediction(Protocol):
+    """One image's answer, as the web stores it (``ml.predictor.Prediction``, the fake's)."""
+
+    label: str  # the top class, kept even when flagged
+    confidence: float
+    probabilities: dict[str, float]
+    status: str  # "classified" or "unidentified"
+    flag_reason: str | None
+    flag_message: str | None
+    model_version: str
+    cell_box: tuple | None
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What the web needs of a model: the served ``ml.predictor.Predictor`` and the tests'
+    ``classifier.testing.fake_predictor.FakePredictor`` both implement it."""
+
+    version: str  # the bundle hash every result records
+    classes: list[str]  # model output order
+    card: dict
+
+    def predict_one(self, image) -> Prediction: ...
+
+    def gradcam_png(self, image, class_name: str | None = None) -> bytes: ...
+
+    def field_cells(self, image, max_cells: int = 10) -> Sequence[tuple[tuple[int, ...], object]]: ...
 
 
 _lock = threading.Lock()
@@ -45,7 +76,7 @@ def _build(kind: str, model_path: str | None, backend: str):
 _readiness = {"state": "idle", "detail": ""}
 
 
-def get_predictor():
+def get_predictor() -> Predictor:
     """The process-wide predictor; raises PredictorUnavailable if the model cannot load."""
     if _readiness["state"] != "ready":
         _readiness.update(state="loading", detail="")
