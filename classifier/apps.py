@@ -10,6 +10,7 @@ class ClassifierConfig(AppConfig):
         from django.db.models.signals import post_save
 
         from classifier import inference  # noqa: F401  (connects setting_changed; loads no model)
+        from classifier.interop import codes  # noqa: F401  (registers the local-codes system check)
         from classifier.models import Specimen
         from classifier.specimens import amend
 

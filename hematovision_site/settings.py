@@ -294,6 +294,11 @@ HEMATOVISION_REQUIRE_ORDER = env.bool("HEMATOVISION_REQUIRE_ORDER", default=Fals
 # MSH-4 (HD): namespace id (default: the lab name cut to 20 characters) and ISO OID universal id.
 HEMATOVISION_HL7_FACILITY = env.str("HEMATOVISION_HL7_FACILITY", default="")
 HEMATOVISION_HL7_FACILITY_OID = env.str("HEMATOVISION_HL7_FACILITY_OID", default="")
+# The lab's own codes, sent beside LOINC (HL7 CWE.4-6, a second FHIR coding): a JSON object of
+# "PANEL" or a class code -> ["local code", "display"]; their HL7 coding system (99zzz) and FHIR system.
+HEMATOVISION_LOCAL_CODES = env.json("HEMATOVISION_LOCAL_CODES", default={})
+HEMATOVISION_LOCAL_CODE_SYSTEM = env.str("HEMATOVISION_LOCAL_CODE_SYSTEM", default="99LAB")
+HEMATOVISION_LOCAL_CODE_URI = env.str("HEMATOVISION_LOCAL_CODE_URI", default="")
 # MSH-5/MSH-6 of the results sent: the LIS application and facility.
 HEMATOVISION_LIS_APPLICATION = env.str("HEMATOVISION_LIS_APPLICATION", default="")
 HEMATOVISION_LIS_FACILITY = env.str("HEMATOVISION_LIS_FACILITY", default="")

@@ -174,7 +174,9 @@ class ClassRowSerializer(NotCountedRowSerializer):
         ),
     )
     reference_low = serializers.FloatField(
-        allow_null=True, help_text="Adult reference range, % of white cells; null where none is agreed."
+        allow_null=True,
+        help_text="Reference range, % of white cells, for the ordered patient's age and sex (adult when "
+        "the age is unknown; see reference_note); null where none is agreed.",
     )
     reference_high = serializers.FloatField(allow_null=True)
     flag = serializers.ChoiceField(
@@ -188,7 +190,7 @@ class Per100RowSerializer(NotCountedRowSerializer):
         allow_null=True, help_text="Cells per 100 white cells counted; null when none is counted yet."
     )
     reference_low = serializers.FloatField(
-        allow_null=True, help_text="Adult reference range, per 100 white cells."
+        allow_null=True, help_text="Reference range per 100 white cells (as for classes); null: none."
     )
     reference_high = serializers.FloatField(allow_null=True)
     flag = serializers.ChoiceField(choices=[("H", "High"), ("L", "Low")], allow_null=True)
@@ -213,6 +215,10 @@ class DifferentialSerializer(serializers.Serializer):
     flag_comment = serializers.CharField(
         help_text="Why no row is flagged H/L: fewer white cells counted than the lab's minimum "
         "(HEMATOVISION_MIN_CELLS_FOR_FLAGS); empty when flags are given."
+    )
+    reference_note = serializers.CharField(
+        help_text="Which reference ranges the rows carry: those for the ordered patient's age (and sex), "
+        "or the adult ones when the age is not known."
     )
 
 

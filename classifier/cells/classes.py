@@ -17,15 +17,24 @@ How a class counts in the differential (``counting``):
 * ``NOT_COUNTED``: platelets, smudge cells and artefacts, listed apart and never counted.
 
 LOINC: each code below was checked against published LOINC tables (FHIR implementation guides'
-value sets and examples, LIS mapping tables) and is cited with its LOINC long name. The model's
-classes carry the "by Automated count" code (the count is a machine pre-classification that a human
-verifies), the same family as panel 57023-4 "Auto Differential panel - Blood". Reviewer-only classes
-are identified by a person, not by an analyser, so they carry the method-less code of the
-"Differential panel, method unspecified - Blood" (69738-3) family. Newer LOINC releases print
-"/100 leukocytes" as "/Leukocytes"; the codes are the same. Where no code fits, the field is None.
+value sets and examples, LIS mapping tables) and is cited with its LOINC long name. Codes by method
+(issue 19): an unsigned result is the model's pre-classification, so the model's classes carry the
+"by Automated count" code (``loinc``), the same family as panel 57023-4 "Auto Differential panel -
+Blood". Once a reviewer has verified and signed the differential it is sent the way labs send a
+verified digital-morphology differential, as a manual one: panel 24318-8 "Manual Differential panel
+- Blood" (loinc.org/24318-8) and the "by Manual count" codes (``loinc_reviewed``; each checked in the
+eHealth Suisse LOINC list for external quality control, ehealth_connector ``LabObsList``, and cited
+below). Reviewer-only classes are identified by a person, so they carry the method-less code of the
+"Differential panel, method unspecified - Blood" (69738-3) family until signed. Newer LOINC
+releases print "/100 leukocytes" as "/Leukocytes"; the codes are the same. Where no code fits, the
+field is None.
 
-Reference ranges: typical adult values from textbook tables (% of leukocytes; nucleated red cells
-per 100 leukocytes). A lab validates its own; the table is where it would change them.
+Reference ranges: the adult range of each class is here (``reference``); ``classifier.cells.ranges``
+picks the range for the ordered patient's age and sex (children's bands, cited there) and falls back
+to this one when the age is unknown.
+
+Adult reference ranges: typical adult values from textbook tables (% of leukocytes; nucleated red
+cells per 100 leukocytes). A lab validates its own; the table is where it would change them.
 """
 
 from __future__ import annotations
@@ -58,6 +67,14 @@ class CellType:
     counting: Counting
     model: bool  # one of the model's eight classes (else reviewer-only)
     first_model: bool = False  # one of the four classes of the first shipped model (BCCD's)
+    # The code of a reviewed count (a reviewer signed: the panel is 24318-8 "Manual Differential
+    # panel - Blood"); None: the same code as ``loinc`` (``code_for``).
+    loinc_reviewed: Loinc | None = None
+
+    def code_for(self, *, reviewed: bool) -> Loinc | None:
+        """The LOINC code of this class's /100 leukocytes result, by method: the model's unreviewed
+        pre-classification (``loinc``) or a differential a reviewer verified and signed."""
+        return (self.loinc_reviewed or self.loinc) if reviewed else self.loinc
 
     @property
     def counts_in_white_total(self) -> bool:
@@ -106,6 +123,9 @@ TABLE: tuple[CellType, ...] = (
         Loinc("770-8", "Neutrophils/100 leukocytes in Blood by Automated count"),
         Loinc("751-8", "Neutrophils [#/volume] in Blood by Automated count"),
         (40.0, 75.0), Counting.WHITE, model=True, first_model=True,
+        # Reviewed: 769-0 "Neutrophils.segmented/100 leukocytes in Blood by Manual count" (bands are
+        # their own class, BAND, in a reviewed differential).
+        loinc_reviewed=Loinc("769-0", "Neutrophils.segmented/100 leukocytes in Blood by Manual count"),
     ),
     CellType(
         "EOSINOPHIL", "Eosinophil", "#c0392b", "2",
@@ -114,6 +134,8 @@ TABLE: tuple[CellType, ...] = (
         Loinc("713-8", "Eosinophils/100 leukocytes in Blood by Automated count"),
         Loinc("711-2", "Eosinophils [#/volume] in Blood by Automated count"),
         (1.0, 6.0), Counting.WHITE, model=True, first_model=True,
+        # Reviewed: 714-6 "Eosinophils/100 leukocytes in Blood by Manual count".
+        loinc_reviewed=Loinc("714-6", "Eosinophils/100 leukocytes in Blood by Manual count"),
     ),
     CellType(
         "BASOPHIL", "Basophil", "#5b2c6f", "3",
@@ -122,6 +144,8 @@ TABLE: tuple[CellType, ...] = (
         Loinc("706-2", "Basophils/100 leukocytes in Blood by Automated count"),
         Loinc("704-7", "Basophils [#/volume] in Blood by Automated count"),
         (0.0, 2.0), Counting.WHITE, model=True,
+        # Reviewed: 707-0 "Basophils/100 leukocytes in Blood by Manual count".
+        loinc_reviewed=Loinc("707-0", "Basophils/100 leukocytes in Blood by Manual count"),
     ),
     CellType(
         "LYMPHOCYTE", "Lymphocyte", "#2f62d0", "4",
@@ -130,6 +154,8 @@ TABLE: tuple[CellType, ...] = (
         Loinc("736-9", "Lymphocytes/100 leukocytes in Blood by Automated count"),
         Loinc("731-0", "Lymphocytes [#/volume] in Blood by Automated count"),
         (20.0, 45.0), Counting.WHITE, model=True, first_model=True,
+        # Reviewed: 737-7 "Lymphocytes/100 leukocytes in Blood by Manual count".
+        loinc_reviewed=Loinc("737-7", "Lymphocytes/100 leukocytes in Blood by Manual count"),
     ),
     CellType(
         "MONOCYTE", "Monocyte", "#6f4bb5", "5",
@@ -138,6 +164,8 @@ TABLE: tuple[CellType, ...] = (
         Loinc("5905-5", "Monocytes/100 leukocytes in Blood by Automated count"),
         Loinc("742-7", "Monocytes [#/volume] in Blood by Automated count"),
         (2.0, 10.0), Counting.WHITE, model=True, first_model=True,
+        # Reviewed: 744-3 "Monocytes/100 leukocytes in Blood by Manual count" (also loinc.org).
+        loinc_reviewed=Loinc("744-3", "Monocytes/100 leukocytes in Blood by Manual count"),
     ),
     CellType(
         "IG", "Immature granulocyte", "#0e7c7b", "6",
@@ -147,6 +175,9 @@ TABLE: tuple[CellType, ...] = (
         Loinc("71695-1", "Immature granulocytes/100 leukocytes in Blood by Automated count"),
         Loinc("53115-2", "Immature granulocytes [#/volume] in Blood by Automated count"),
         (0.0, 0.5), Counting.WHITE, model=True,
+        # Reviewed: the method-less 38518-7 (a manual count reports promyelocytes, myelocytes and
+        # metamyelocytes apart; LOINC has no manual-count code for them together).
+        loinc_reviewed=Loinc("38518-7", "Immature granulocytes/100 leukocytes in Blood"),
     ),
     CellType(
         "ERYTHROBLAST", "Nucleated red cell", "#a8326e", "7",
@@ -156,6 +187,9 @@ TABLE: tuple[CellType, ...] = (
         Loinc("58413-6", "Nucleated erythrocytes/100 leukocytes [Ratio] in Blood by Automated count"),
         Loinc("771-6", "Nucleated erythrocytes [#/volume] in Blood by Automated count"),
         (0.0, 0.0), Counting.PER_100_WHITE, model=True,
+        # Reviewed: the same code. LOINC's mapping guidance (loinc.org/58413-6) names the method-less
+        # 19048-8 for counts not made by an analyser, but lists it as deprecated; no manual-count
+        # ratio code for blood was verified.
     ),
     CellType(
         "PLATELET", "Platelet", "#95a5a6", "8",
@@ -171,6 +205,8 @@ TABLE: tuple[CellType, ...] = (
         Loinc("26508-2", "Band form neutrophils/100 leukocytes in Blood"),
         Loinc("26507-4", "Band form neutrophils [#/volume] in Blood"),
         (0.0, 5.0), Counting.WHITE, model=False,
+        # Reviewed: 764-1 "Neutrophils.band form/100 leukocytes in Blood by Manual count".
+        loinc_reviewed=Loinc("764-1", "Neutrophils.band form/100 leukocytes in Blood by Manual count"),
     ),
     CellType(
         "BLAST", "Blast", "#343a40", "0",
@@ -179,6 +215,8 @@ TABLE: tuple[CellType, ...] = (
         Loinc("26446-5", "Blasts/100 leukocytes in Blood"),
         Loinc("30376-8", "Blasts [#/volume] in Blood"),
         (0.0, 0.0), Counting.WHITE, model=False,
+        # Reviewed: 709-6 "Blasts/100 leukocytes in Blood by Manual count".
+        loinc_reviewed=Loinc("709-6", "Blasts/100 leukocytes in Blood by Manual count"),
     ),
     CellType(
         "VARIANT_LYMPHOCYTE", "Variant lymphocyte", "#7fb3f5", "v",

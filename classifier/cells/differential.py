@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from classifier.cells import classes
+from classifier.cells import classes, ranges
 from classifier.cells.classes import Counting
 
 ONE_DECIMAL = 10  # percentages are shown to one decimal: 1000 tenths make 100 %
@@ -40,6 +40,9 @@ class Row:
     reference_low: float | None
     reference_high: float | None
     flag: str | None  # "H" above, "L" below the reference range
+    # The range applied (``cells.ranges``: by the patient's age and sex, else adult); its bounds are
+    # reference_low/high. None where none is agreed.
+    reference: ranges.Range | None = None
 
     @property
     def cell_type(self) -> classes.CellType | None:
@@ -79,6 +82,16 @@ class Differential:
     # Below this many white cells counted no H/L flag is given (HEMATOVISION_MIN_CELLS_FOR_FLAGS):
     # one cell of four is 25 %, which says nothing about the patient (issue 19).
     min_count_for_flags: int = 0
+    patient: ranges.Patient | None = None  # age and sex the reference ranges were chosen for
+
+    @property
+    def reference_note(self) -> str:
+        """Which reference ranges the rows carry, for the page's and the report's footnote."""
+        patient = self.patient
+        if patient is None or patient.age_months is None:
+            return "Adult reference ranges (the patient's age is not known)."
+        sex = ranges.SEX_NAMES.get(patient.sex or "")
+        return f"Reference ranges for the patient's age ({patient.age_text}{', ' + sex if sex else ''})."
 
     @property
     def flags_withheld(self) -> bool:
@@ -117,35 +130,47 @@ def largest_remainder(counts: list[int], *, total: int, scale: int = 100, decima
     return [f / unit for f in floors]
 
 
-def _flag(value: float | None, reference: tuple[float, float] | None) -> str | None:
+def _flag(value: float | None, reference: ranges.Range | None) -> str | None:
     if value is None or reference is None:
         return None
-    low, high = reference
-    return "L" if value < low else "H" if value > high else None
+    return "L" if value < reference.low else "H" if value > reference.high else None
 
 
 def _row(
-    cell: classes.CellType | None, label: str, count: int, value: float | None, *, flags: bool = True
+    cell: classes.CellType | None,
+    label: str,
+    count: int,
+    value: float | None,
+    *,
+    flags: bool = True,
+    patient: ranges.Patient | None = None,
 ) -> Row:
-    reference = cell.reference if cell else None
+    reference = ranges.applicable(cell, patient)
     return Row(
         label=label,
         name=cell.name if cell else label,
         count=count,
         value=value,
-        reference_low=reference[0] if reference else None,
-        reference_high=reference[1] if reference else None,
+        reference_low=reference.low if reference else None,
+        reference_high=reference.high if reference else None,
         flag=_flag(value, reference) if flags else None,
+        reference=reference,
     )
 
 
 def build(
-    *, labels: Iterable[str], model_classes: Iterable[str], min_count_for_flags: int = 0, **facts
+    *,
+    labels: Iterable[str],
+    model_classes: Iterable[str],
+    min_count_for_flags: int = 0,
+    patient: ranges.Patient | None = None,
+    **facts,
 ) -> Differential:
     """The differential from the counted cells' labels and the classes their models knew.
 
     ``facts`` are the record's other fields (accession, total_cells, unidentified, ...). With fewer
-    than ``min_count_for_flags`` white cells counted no row is flagged (``flags_withheld``).
+    than ``min_count_for_flags`` white cells counted no row is flagged (``flags_withheld``). Each
+    row's reference range is the one for ``patient`` (age, sex), the adult one when unknown.
     """
     counts = Counter(labels)
     known = set(model_classes) or set(classes.MODEL_CODES)
@@ -163,7 +188,7 @@ def build(
     types = [*white, *[None] * len(unknown)]
     labels_ = [*(c.code for c in white), *unknown]
     white_rows = tuple(
-        _row(cell, label, count, value, flags=flags)
+        _row(cell, label, count, value, flags=flags, patient=patient)
         for cell, label, count, value in zip(types, labels_, white_counts, percents, strict=True)
     )
     per_100 = tuple(
@@ -173,12 +198,13 @@ def build(
             counts.get(c.code, 0),
             round(100.0 * counts.get(c.code, 0) / white_total, 1) if white_total else None,
             flags=flags,
+            patient=patient,
         )
         for c in shown
         if c.counting is Counting.PER_100_WHITE
     )
     apart = tuple(
-        _row(c, c.code, counts[c.code], None)
+        _row(c, c.code, counts[c.code], None, patient=patient)
         for c in shown
         if c.counting is Counting.NOT_COUNTED and counts.get(c.code)
     )
@@ -190,5 +216,6 @@ def build(
         model_classes=tuple(c for c in classes.CODES if c in known)
         + tuple(sorted(known - set(classes.CODES))),
         min_count_for_flags=min_count_for_flags,
+        patient=patient,
         **facts,
     )

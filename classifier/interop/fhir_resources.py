@@ -10,7 +10,8 @@ import uuid
 from django.utils import timezone
 
 from classifier.cells.differential import Differential, Row
-from classifier.interop import Release, lab_name
+from classifier.cells.ranges import Range
+from classifier.interop import Release, codes, lab_name
 from classifier.interop.codes import (
     COUNTED,
     LOINC,
@@ -37,6 +38,18 @@ IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown"}
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 FLAG_DISPLAY = {"H": "High", "L": "Low", "N": "Normal"}
+SNOMED = "http://snomed.info/sct"
+SNOMED_SEX = {"F": ("248152002", "Female (finding)"), "M": ("248153007", "Male (finding)")}
+REFERENCE_NORMAL = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/referencerange-meaning",
+            "code": "normal",
+            "display": "Normal Range",
+        }
+    ]
+}
+AGE_UNITS = {"mo": "months", "a": "years"}  # UCUM code -> unit as people read it
 LABORATORY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}]
 
 _NAMESPACE = uuid.UUID("5b0f3c1e-7d0a-4d51-9a8e-2f6f3f1b9e21")
@@ -62,6 +75,12 @@ def authority_system(authority: str) -> str:
 
 def placer_system(order) -> str:
     return f"urn:hematovision:placer:{order.placer_namespace or 'LIS'}"
+
+
+def local_coding(key: str) -> list[dict]:
+    """The lab's own code for the panel or a class as a second coding (``HEMATOVISION_LOCAL_CODES``)."""
+    local = codes.local_code(key)
+    return [{"system": codes.local_system_fhir(), "code": local[0], "display": local[1]}] if local else []
 
 
 def _percent(value: float) -> dict:
@@ -118,12 +137,13 @@ def observation(report: ResultReport, row: Row, refs: dict) -> dict:
     quantity = _per_100_white if per_100 else _percent
     resource = _observation_base(report, refs, row.label)
     resource["code"] = {"text": row.name + (" per 100 white cells" if per_100 else " %")}
-    if row.loinc:  # every reported class has one today; a future class without one is sent as text
-        resource["code"]["coding"] = [{"system": LOINC, "code": row.loinc.code, "display": row.loinc.name}]
-    if row.reference_low is not None:
-        resource["referenceRange"] = [
-            {"low": quantity(row.reference_low), "high": quantity(row.reference_high)}
-        ]
+    loinc = report.code(row)  # every reported class has one today; a future class's is text only
+    coding = [{"system": LOINC, "code": loinc.code, "display": loinc.name}] if loinc else []
+    coding += local_coding(row.label)
+    if coding:
+        resource["code"]["coding"] = coding
+    if row.reference is not None:
+        resource["referenceRange"] = [reference_range(row.reference, quantity)]
     if row.value is None:
         resource["dataAbsentReason"] = {
             "coding": [{"system": DATA_ABSENT, "code": "temp-unknown", "display": "Temporarily Unknown"}],
@@ -131,13 +151,39 @@ def observation(report: ResultReport, row: Row, refs: dict) -> dict:
         }
         return resource
     resource["valueQuantity"] = quantity(row.value)
-    if row.reference_low is not None and not report.differential.flags_withheld:
+    if row.reference is not None and not report.differential.flags_withheld:
         flag = row.flag or "N"
         resource["interpretation"] = [
             {"coding": [{"system": INTERPRETATION, "code": flag, "display": FLAG_DISPLAY[flag]}]}
         ]
     resource["note"] = [{"text": report.row_note(row) + "."}]
     return resource
+
+
+def _age(value: int, unit: str) -> dict:
+    return {"value": value, "unit": AGE_UNITS[unit], "system": UCUM, "code": unit}
+
+
+def reference_range(reference: Range, quantity) -> dict:
+    """Observation.referenceRange: the bounds applied, whom they apply to (``appliesTo``: the sex,
+    SNOMED CT, when the range is sex-specific, and the population in words), the ``age`` band."""
+    applies = {"text": reference.text}
+    if reference.sex:
+        applies["coding"] = [{"system": SNOMED, "code": SNOMED_SEX[reference.sex][0],
+                              "display": SNOMED_SEX[reference.sex][1]}]
+    result = {
+        "low": quantity(reference.low),
+        "high": quantity(reference.high),
+        "type": REFERENCE_NORMAL,
+        "appliesTo": [applies],
+    }
+    band = reference.band
+    if band is not None:
+        result["age"] = {"low": _age(band.low, band.unit)}
+        if band.high is not None:
+            result["age"]["high"] = _age(band.high, band.unit)
+    result["text"] = reference.text
+    return result
 
 
 def counts_observation(report: ResultReport, refs: dict) -> dict:
@@ -275,7 +321,10 @@ def diagnostic_report(report: ResultReport, refs: dict, *, results: list, media_
         "status": report.status,
         "category": [{"coding": [{"system": DIAGNOSTIC_SERVICE, "code": "HM", "display": "Hematology"}]}],
         "code": {
-            "coding": [{"system": LOINC, "code": PANEL[0], "display": PANEL[1]}],
+            "coding": [
+                {"system": LOINC, "code": report.panel[0], "display": report.panel[1]},
+                *local_coding(codes.LOCAL_PANEL_KEY),
+            ],
             "text": "White-cell differential",
         },
         **({"subject": refs["patient"]} if report.order is not None else {}),

@@ -51,8 +51,8 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
 from classifier.cells.differential import Differential
-from classifier.interop import APPLICATION, lab_name
-from classifier.interop.codes import COUNTED, NOT_COUNTED_SUFFIX, PANEL, PER_100_WHITE_UNIT, UNIDENTIFIED
+from classifier.interop import APPLICATION, codes, lab_name
+from classifier.interop.codes import COUNTED, NOT_COUNTED_SUFFIX, PER_100_WHITE_UNIT, UNIDENTIFIED
 from classifier.interop.result import ResultReport
 
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
@@ -107,6 +107,17 @@ def facility() -> str:
     namespace = _escape(settings.HEMATOVISION_HL7_FACILITY.strip()[:HD1_LENGTH]) or _facility(lab_name())
     oid = settings.HEMATOVISION_HL7_FACILITY_OID.strip()
     return f"{namespace}^{_escape(oid)}^ISO" if oid else namespace
+
+
+def _cwe(loinc: str, local_key: str) -> str:
+    """A coded element: the LOINC code (CWE.1-3), and the lab's own code as the alternate
+    (CWE.4-6, ``HEMATOVISION_LOCAL_CODES``) where it has one."""
+    local = codes.local_code(local_key)
+    if local is None:
+        return loinc
+    parts = (loinc.split("^") + ["", "", ""])[:3]
+    alternate = [_escape(local[0]), _escape(local[1]), codes.local_system_hl7()]
+    return "^".join(parts + alternate)
 
 
 def _date(value) -> str:
@@ -185,7 +196,7 @@ def _order(group, report: ResultReport) -> None:
     if placer:
         obr.obr_2 = placer
     obr.obr_3 = filler
-    obr.obr_4 = f"{PANEL[0]}^{PANEL[1]}^LN"
+    obr.obr_4 = _cwe(f"{report.panel[0]}^{report.panel[1]}^LN", codes.LOCAL_PANEL_KEY)
     obr.obr_7 = _ts(report.collected_at)
     if provider:
         obr.obr_16 = provider
@@ -248,19 +259,28 @@ class _Observations:
         return segment
 
 
+def _nature(reference) -> str:
+    """OBX-10, nature of abnormal test (HL7 table 0080): ``A`` an age-based population, ``S`` a
+    sex-based one (both repeat), ``N`` the generic range (the adult one, also for an unknown age)."""
+    natures = [code for code, on in (("A", reference.age_based), ("S", bool(reference.sex))) if on]
+    return "~".join(natures) or "N"
+
+
 def _results(observations: _Observations, report: ResultReport) -> None:
     """One OBX per reported class, then the counts behind the percentages (local codes)."""
     differential = report.differential
     for row in differential.reported:
-        code = f"{row.loinc.code}^{row.loinc.name}^LN" if row.loinc else f"^{_escape(row.name)}"
+        loinc = report.code(row)
+        code = _cwe(f"{loinc.code}^{loinc.name}^LN" if loinc else f"^{_escape(row.name)}", row.label)
         unit = f"{PER_100_WHITE_UNIT[0]}^{PER_100_WHITE_UNIT[1]}" if report.per_100(row) else "%^percent"
         value = None if row.value is None else _number(row.value)
         note = "" if row.value is None else report.row_note(row)
         segment = observations.add(code, f"{unit}^UCUM", value, note)
-        if row.reference_low is not None:
-            segment.obx_7 = f"{_number(row.reference_low)}-{_number(row.reference_high)}"
+        if row.reference is not None:
+            segment.obx_7 = f"{_number(row.reference.low)}-{_number(row.reference.high)}"
             if row.value is not None and not differential.flags_withheld:
                 segment.obx_8 = row.flag or "N"
+            segment.obx_10 = _nature(row.reference)
     cells_unit = "{cells}^cells^UCUM"
     observations.add(f"{COUNTED[0]}^{COUNTED[1]}^{LOCAL_CODES}", cells_unit, str(differential.counted_cells))
     observations.add(

@@ -12,8 +12,9 @@ from typing import Any
 
 from django.utils import timezone
 
+from classifier.cells.classes import Loinc
 from classifier.cells.differential import Differential, Row
-from classifier.interop import Release
+from classifier.interop import Release, codes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +51,20 @@ class ResultReport:
         if self.release:
             return "corrected" if self.release.corrected else "final"
         return "final" if self.differential.signed else "preliminary"
+
+    @property
+    def reviewed(self) -> bool:
+        """A reviewer verified and signed this version: it is sent as a manual differential (panel
+        24318-8, "by Manual count" codes); else as the model's automated pre-classification."""
+        return self.status != "preliminary"
+
+    @property
+    def panel(self) -> tuple[str, str]:
+        return codes.panel(reviewed=self.reviewed)
+
+    def code(self, row: Row) -> Loinc | None:
+        """The row's LOINC code for this report's method."""
+        return codes.class_code(row.label, reviewed=self.reviewed)
 
     @property
     def issued_at(self) -> datetime:

@@ -233,7 +233,7 @@ def _differential_table(differential: Differential, styles: StyleSheet1) -> list
                 ("TEXTCOLOR", (4, i), (4, i), colors.red),
                 ("FONTNAME", (4, i), (4, i), "Helvetica-Bold"),
             ]
-    header = ["Cell class", "Count", "%", "Adult reference", "Flag"]
+    header = ["Cell class", "Count", "%", "Reference", "Flag"]
     return [
         Paragraph("Differential", styles["Heading2"]),
         Table(
@@ -264,8 +264,8 @@ def _signoff_notes(
         Paragraph("<b>Signed:</b> " + (signed or "not signed (PRELIMINARY)"), small),
         Paragraph("<b>Reviewer's comment:</b> " + comment, small),
         Paragraph(
-            "Reference ranges: typical adult values, % of white cells (nucleated red cells: per 100 white "
-            "cells). Platelets, smudge cells and artefacts are listed, not counted.",
+            escape(differential.reference_note) + " Ranges in % of white cells (nucleated red cells: per "
+            "100 white cells). Platelets, smudge cells and artefacts are listed, not counted.",
             small,
         ),
     ]

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 
 from classifier.cells import differential as differentials
+from classifier.cells import ranges
 from classifier.cells import selectors as cell_selectors
 from classifier.cells.classes import CODES
 from classifier.models import Classification, ReviewState, Specimen, Status
@@ -83,12 +84,29 @@ def specimen_cells(*, specimen: Specimen) -> QuerySet[Classification]:
     return cell_selectors.cells_shown().filter(specimen=specimen).order_by("created_at", "id")
 
 
+def specimen_patient(*, specimen: Specimen) -> ranges.Patient | None:
+    """The patient's age at collection and sex, from the LIS order; None without an order."""
+    from django.utils import timezone
+
+    from classifier.models import Order
+
+    order = Order.objects.filter(specimen=specimen).first()
+    if order is None:
+        return None
+    collected = timezone.localdate(order.collected_at or specimen.created_at)
+    return ranges.Patient(
+        age_months=ranges.age_in_months(order.patient_birth_date, collected),
+        sex=order.patient_sex if order.patient_sex in ranges.SEX_NAMES else None,
+    )
+
+
 def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
     """The specimen's differential (``cells.differential``): white cells to 100 %, nucleated red
     cells per 100 white cells, platelets, smudge cells and artefacts apart.
 
     A cell counts under its final label when reviewed; unreviewed unidentified cells are counted
-    apart. The classes its models knew are the keys of each cell's probabilities (the card's).
+    apart. The classes its models knew are the keys of each cell's probabilities (the card's). The
+    reference ranges are those for the ordered patient's age and sex (``specimen_patient``).
     """
     cells = list(specimen.cells.all())
     counted = [
@@ -101,6 +119,7 @@ def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
         labels=[c.label for c in counted],
         model_classes={name for c in cells for name in (c.probabilities or {})},
         min_count_for_flags=settings.HEMATOVISION_MIN_CELLS_FOR_FLAGS,
+        patient=specimen_patient(specimen=specimen),
         accession=specimen.accession,
         total_cells=len(cells),
         unidentified=sum(

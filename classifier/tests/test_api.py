@@ -632,6 +632,7 @@ def test_specimen_detail_has_cells_differential_and_state(tech_api, user, review
             "per_100_white_cells": [],
             "not_counted": [],
             "flag_comment": "",
+            "reference_note": "Adult reference ranges (the patient's age is not known).",
         },
     }
 

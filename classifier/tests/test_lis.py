@@ -246,6 +246,7 @@ def test_signed_result_carries_the_order_identity_in_hl7(ordered, signer, settin
         "F",
     )
     assert obr.obr_32.to_er7() == "drsmith&Smith&Anna"
+    assert obr.obr_4.to_er7() == "24318-8^Manual Differential panel - Blood^LN"
     first = ordered.cells.order_by("id").first()
     assert [n.nte_3.to_er7() for n in group.children if n.name == "NTE"] == [
         "Only 3 white cells counted (fewer than 100): no high/low flags are given; "
@@ -269,10 +270,11 @@ def test_signed_result_carries_the_order_identity_in_hl7(ordered, signer, settin
     ]
     signer_xcn, model = "drsmith^Smith^Anna", "fake-0001^HEMATOVISION"
     assert rows == [
-        ("770-8", "66.7", "", "F", signer_xcn, model),  # 2 of 3 (largest remainder: 66.7 + 33.3 = 100)
-        ("713-8", "0", "", "F", signer_xcn, model),
-        ("736-9", "33.3", "", "F", signer_xcn, model),
-        ("5905-5", "0", "", "F", signer_xcn, model),
+        # Signed: the "by Manual count" codes of a verified differential (panel 24318-8 in OBR-4).
+        ("769-0", "66.7", "", "F", signer_xcn, model),  # 2 of 3 (largest remainder: 66.7 + 33.3 = 100)
+        ("714-6", "0", "", "F", signer_xcn, model),
+        ("737-7", "33.3", "", "F", signer_xcn, model),
+        ("744-3", "0", "", "F", signer_xcn, model),
         ("WBC-COUNTED", "3", "", "F", signer_xcn, model),
         ("UNIDENTIFIED", "0", "", "F", signer_xcn, model),
         ("PLATELET", "1", "", "F", signer_xcn, model),

@@ -133,13 +133,22 @@ class SpecimenViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVi
 
     @extend_schema(
         summary="FHIR R4 result bundle",
-        description="A FHIR R4 `collection` Bundle: a DiagnosticReport (LOINC 57023-4; `preliminary` "
-        "until a reviewer signs the specimen, then `final`), the Specimen (accession number) and one "
-        "Observation per reported white-cell class with its LOINC code ("
+        description="A FHIR R4 `transaction` Bundle: a DiagnosticReport (`preliminary` until a "
+        "reviewer signs the specimen, then `final`, `corrected` after an amendment), the Specimen "
+        "(accession number), Patient and ServiceRequest with an order, and one Observation per "
+        "reported white-cell class. Codes by method: unsigned, the model's pre-classification (panel "
+        "LOINC 57023-4, "
         + ", ".join(f"{c.loinc.code} {c.name.lower()}s" for c in classes.TABLE if c.loinc and c.model)
-        + " per 100 leukocytes; reviewer-only classes such as bands and blasts with their codes), value "
-        "in UCUM `%` (the white-cell values add up to 100), nucleated red cells per 100 white cells "
-        "(`/100{WBCs}`), reference range and H/L/N interpretation; platelets, smudge cells and "
+        + " by Automated count); signed, a verified manual differential (panel 24318-8, "
+        + ", ".join(
+            f"{c.loinc_reviewed.code} {c.name.lower()}s"
+            for c in classes.TABLE
+            if c.loinc_reviewed and c.model
+        )
+        + " by Manual count), plus the lab's own codes (`HEMATOVISION_LOCAL_CODES`). Values in UCUM "
+        "`%` (the white-cell values add up to 100), nucleated red cells per 100 white cells "
+        "(`/100{WBCs}`), the reference range for the ordered patient's age and sex (adult when "
+        "unknown) with `appliesTo` and `age`, and H/L/N interpretation; platelets, smudge cells and "
         "artefacts are listed in the conclusion, not counted. Served as `application/fhir+json`.",
         responses={
             (200, fhir.FHIR_MEDIA_TYPE): FHIR_BUNDLE,
