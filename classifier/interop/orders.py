@@ -12,6 +12,12 @@ OBR, ..., {SPECIMEN: SPM, ...}]}; ORM_O01 alike without SPM):
   order number. Required: results are filed and returned under it.
 * ORC-12 (else OBR-16) the ordering provider (XCN id ^ family ^ given); SPM-17 (else OBR-7) the
   collection time.
+* The white-cell count, optional: an OBX of the order (OML_O21 OBSERVATION_REQUEST's OBSERVATION,
+  ORM_O01's likewise) coded LOINC 6690-2 "Leukocytes [#/volume] in Blood by Automated count" or
+  26464-8 "Leukocytes [#/volume] in Blood" (OBX-3, as CWE.1 or the alternate CWE.4), value type NM,
+  OBX-5 the count and OBX-6 its unit: ``10*9/L``, ``10*3/uL`` (or ``10^9/L``, ``10^3/uL``, ``/nL``,
+  ``K/uL``) as they are, ``/uL`` (cells per microlitre) divided by 1000. Stored in 10^9/L as the REST
+  order's ``wbc_count``; a count that is not a number, negative, or in another unit is refused (AE 102).
 
 Answers (original mode, HL7 table 0008): ``AA`` filed (or the same order again), ``AE`` understood
 but refused (a required field missing, a conflict with a stored order: ERR-3 from table 0357 and
@@ -21,6 +27,7 @@ the reason in ERR-8), ``AR`` not processable (not OML^O21/ORM^O01, an unsupporte
 from __future__ import annotations
 
 import logging
+import re
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -38,6 +45,32 @@ class Refused(Exception):
     def __init__(self, code: str, reason: str, error_code: str):
         super().__init__(reason)
         self.code, self.reason, self.error_code = code, reason, error_code
+
+
+# LOINC: 6690-2 (loinc.org mapping guidance: "most leukocyte counts ... will be reported under 6690-2")
+# and 26464-8 (the count in panel 24318-8 "Manual Differential panel - Blood", loinc.org/24318-8).
+WBC_CODES = {"6690-2", "26464-8"}
+WBC_UNITS = {  # OBX-6 unit -> factor to 10^9/L
+    **dict.fromkeys(("10*9/L", "10^9/L", "10*3/uL", "10^3/uL", "/nL", "K/uL", "10*3/ul", "10^3/ul"), 1.0),
+    **dict.fromkeys(("/uL", "{cells}/uL", "/ul"), 0.001),
+}
+
+
+def _wbc_count(message: Er7) -> float | None:
+    """The white-cell count in 10^9/L from the order's OBX coded 6690-2 or 26464-8; None without one."""
+    for index, _ in enumerate(message.all("OBX")):
+        code = {message.get("OBX", 3, 1, occurrence=index), message.get("OBX", 3, 4, occurrence=index)}
+        if not code & WBC_CODES:
+            continue
+        raw = message.get("OBX", 5, occurrence=index)
+        unit = message.get("OBX", 6, 1, occurrence=index)
+        if message.get("OBX", 2, occurrence=index) not in ("NM", "") or not re.fullmatch(r"\d+(\.\d+)?", raw):
+            raise Refused("AE", f"OBX-5 white-cell count {raw!r} is not a number (value type NM).", "102")
+        if unit not in WBC_UNITS:
+            reason = f"OBX-6 unit {unit!r} of the white-cell count is not understood; send 10*9/L or 10*3/uL."
+            raise Refused("AE", reason, "102")
+        return round(float(raw) * WBC_UNITS[unit], 3)
+    return None
 
 
 def parse_order(text: str) -> dict:
@@ -108,6 +141,7 @@ def parse_order(text: str) -> dict:
         "ordering_provider_family_name": message.get(provider, provider_field, 2, 1),
         "ordering_provider_given_name": message.get(provider, provider_field, 3),
         "collected_at": collected,
+        "wbc_count": _wbc_count(message),
         "source": "hl7",
         "message_control_id": message.get("MSH", 10),
     }
