@@ -100,7 +100,6 @@ def test_password_change(tech_client, user, password):
     assert user.check_password(new)
 
 
-@pytest.mark.django_db
 def _all_patterns(patterns, prefix=""):
     """Every URL pattern of the site as (route, name, view), includes flattened."""
     from django.urls import URLPattern, URLResolver
@@ -146,6 +145,31 @@ def test_an_anonymous_post_creates_no_user(client, path):
         "password2": "correct-horse-battery-9",
     })
     assert User.objects.count() == before
+    assert not User.objects.filter(username="newcomer").exists()
+
+
+@pytest.mark.django_db
+def test_no_url_of_the_site_creates_a_user_for_an_anonymous_post(client):
+    """Every route without parameters (admin and API included), posted a sign-up form anonymously:
+    none adds a user. Catches a sign-up view whatever its URL is called."""
+    from django.urls import get_resolver
+
+    User = get_user_model()  # noqa: N806
+    before = User.objects.count()
+    routes = sorted({
+        "/" + route.replace("^", "").replace("$", "")
+        for route, _, _ in _all_patterns(get_resolver().url_patterns)
+        if "<" not in route and "(" not in route and "\\" not in route
+    })
+    assert {"/accounts/login/", "/api/v1/auth/token/"} <= set(routes)  # the walk reached them
+    client.raise_request_exception = False  # a 500 is an answer here, not a crash of the test
+    for path in routes:
+        client.post(path, {
+            "username": "newcomer", "email": "newcomer@example.org",
+            "password": "correct-horse-battery-9", "password1": "correct-horse-battery-9",
+            "password2": "correct-horse-battery-9",
+        })
+        assert User.objects.count() == before, path
     assert not User.objects.filter(username="newcomer").exists()
 
 

@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from classifier.cells import export
 from classifier.cells import review as cell_review
-from classifier.models import ReviewState
+from classifier.models import Classification, ReviewState
+from classifier.tests.bad_input import jpeg, post_file
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory
 
 pytestmark = pytest.mark.django_db
@@ -65,3 +66,15 @@ def test_every_value_of_a_row_is_defused(user):
     row = dict(zip(export.HEADER, export.cell_row(cell), strict=True))
     assert (row["original_filename"], row["flag_reason"], row["model_version"], row["external_id"],
             row["owner"], row["created_at"]) == ("a;'=1+1", "'@x", "'-1", "'+2", "tech", "")
+
+
+@pytest.mark.usefixtures("bad_input_settings")
+def test_formula_in_a_file_name_is_kept_but_defused_in_csv_exports(clients, settings):
+    response = post_file("api", clients, "=1+2*cmd|A0.jpg", jpeg())
+    assert response.status_code == 201
+    assert Classification.objects.get().original_filename == "=1+2*cmd|A0.jpg"
+    history = clients.portal.get("/classifications/export.csv")
+    text = b"".join(history.streaming_content).decode()
+    assert "\"'=1+2*cmd|A0.jpg\"" in text
+    assert ",=1+2*cmd" not in text
+    assert '"=1+2*cmd' not in text
