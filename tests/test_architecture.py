@@ -16,7 +16,7 @@ def test_import_contracts_hold():
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 2 kept, 0 broken." in result.stdout
+    assert "Contracts: 3 kept, 0 broken." in result.stdout
 
 
 def test_a_broken_contract_is_reported(tmp_path):
@@ -38,3 +38,28 @@ def test_a_broken_contract_is_reported(tmp_path):
     assert result.returncode == 1
     assert "the web app reaches ml only through classifier.inference BROKEN" in result.stdout
     assert "classifier.inference -> ml." in result.stdout
+
+
+def test_a_cli_below_the_library_breaks_the_ml_layers(tmp_path):
+    """The ml layers contract is not vacuous: with ``ml.predict`` (a CLI) put under the library it
+    composes, the checker reports it."""
+    config = (REPO / ".importlinter").read_text()
+    config = config.replace(" | predict | ", " | ")
+    config = config.replace(" : _torchpickle\n", " : _torchpickle : predict\n")
+    assert ": predict\n" in config
+    (tmp_path / "contracts.ini").write_text(config)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lint-imports"),
+            "--no-cache",
+            "--config",
+            str(tmp_path / "contracts.ini"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "no library module imports a CLI) BROKEN" in result.stdout
+    assert "ml.predict -> ml.predictor" in result.stdout
