@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from classifier.api.views import auth, cells, jobs, lis, model, specimens
+from classifier.api.views import auth, cells, jobs, lis, model, review, specimens
 
 router = DefaultRouter()
 router.register("classifications", cells.ClassificationViewSet, basename="api-classification")
@@ -35,4 +35,10 @@ urlpatterns = [
         name="api-specimen-versions",
     ),
     path("fhir/metadata", lis.FHIRMetadataView.as_view(), name="api-fhir-metadata"),
+    # Review for middleware (issue 19): reviewers only; signing is sign/ above.
+    path("specimens/<str:accession>/cells/", review.SpecimenCellsView.as_view(), name="api-specimen-cells"),
+    path(
+        "specimens/<str:accession>/cells/<int:pk>/review/", review.CellReviewView.as_view(),
+        name="api-specimen-cell-review",
+    ),
 ]
