@@ -13,7 +13,7 @@ help:
 	@echo "make run    - install, migrate and serve the portal on http://$(HOST):$(PORT)/"
 	@echo "make test   - install test tools and run the whole suite"
 	@echo "make test-fast - the suite without a browser, servers (Redis, Celery, PostgreSQL) or the real model"
-	@echo "make lint   - ruff and the import contracts (.importlinter: ml is plain Python, one bridge to it)"
+	@echo "make lint   - ruff, the import contracts (.importlinter: ml is plain Python, one bridge to it) and mypy"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,7 @@ loadtest-hostile: setup-dev
 lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) var/staticfiles .pytest_cache

@@ -36,7 +36,7 @@ def augment(crop: np.ndarray, rng: np.random.Generator, size: int, scale_jitter:
     cx = int(np.clip((n - side) // 2 + rng.integers(-jit, jit + 1), 0, n - side))
     cy = int(np.clip((n - side) // 2 + rng.integers(-jit, jit + 1), 0, n - side))
     im = Image.fromarray(np.asarray(crop[cy : cy + side, cx : cx + side])).resize(
-        (size, size), Image.BILINEAR
+        (size, size), Image.Resampling.BILINEAR
     )
     if rng.random() < 0.3:
         im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))

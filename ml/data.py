@@ -263,7 +263,7 @@ def original_cell_crops(original_dir: str | Path, crop_side: int, out_size: int,
     crops, nums, cats = [], [], []
     for n, cat in sorted(read_original_labels(d).items()):
         with Image.open(d / f"BloodImage_{n:05d}.jpg") as im:
-            rgb = np.asarray(im.convert("RGB").resize((320, 240), Image.BILINEAR))
+            rgb = np.asarray(im.convert("RGB").resize((320, 240), Image.Resampling.BILINEAR))
         for box in locate_cells(rgb, max_cells=max_cells):
             c, _ = crop_cell(rgb, box=box, side=crop_side, out_size=out_size)
             for k in range(8):

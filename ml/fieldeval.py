@@ -31,7 +31,7 @@ THUMB = (80, 60)
 
 def _thumb(path: Path) -> np.ndarray:
     with Image.open(path) as im:
-        return np.asarray(im.convert("L").resize(THUMB, Image.BILINEAR), np.float32)
+        return np.asarray(im.convert("L").resize(THUMB, Image.Resampling.BILINEAR), np.float32)
 
 
 def match_fields(bccd: Path) -> list[dict]:

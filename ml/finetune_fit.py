@@ -29,7 +29,8 @@ def augment(crop: np.ndarray, rng: np.random.Generator, out_size: int) -> np.nda
     n = crop.shape[0]
     side = int(round(n * rng.uniform(0.85, 1.0)))
     x0, y0 = (int(v) for v in rng.integers(0, n - side + 1, 2))
-    im = Image.fromarray(crop[y0 : y0 + side, x0 : x0 + side]).resize((out_size, out_size), Image.BILINEAR)
+    im = Image.fromarray(crop[y0 : y0 + side, x0 : x0 + side])
+    im = im.resize((out_size, out_size), Image.Resampling.BILINEAR)
     return stain_jitter(np.ascontiguousarray(dihedral(np.asarray(im), int(rng.integers(8)))), rng)
 
 

@@ -76,10 +76,8 @@ class GradCam:
         weights = grads.mean(axis=(0, 1))
         cam = np.maximum((conv * weights).sum(-1), 0)
         cam = cam / (cam.max() + 1e-9)
-        cam = (
-            np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize(crop.shape[1::-1], Image.BICUBIC))
-            / 255.0
-        )
+        cam_image = Image.fromarray((cam * 255).astype(np.uint8))
+        cam = np.asarray(cam_image.resize(crop.shape[1::-1], Image.Resampling.BICUBIC)) / 255.0
         return cam, k
 
 
@@ -101,7 +99,7 @@ def cell_window(
     masked = crop.mask_radius
     win = crop_box(rgb, box, side=crop.crop_side, centred=bool(masked))
     native, _ = crop_cell(rgb, box=box, side=crop.crop_side, mask_radius=masked)
-    cell = np.asarray(Image.fromarray(native).resize((crop.input_size,) * 2, Image.BILINEAR))
+    cell = np.asarray(Image.fromarray(native).resize((crop.input_size,) * 2, Image.Resampling.BILINEAR))
     return box, win, cell
 
 
@@ -114,9 +112,8 @@ def overlay_png(rgb: np.ndarray, cam: np.ndarray, win, box: Box | None) -> bytes
     from PIL import Image, ImageDraw
 
     side = win[2] - win[0]
-    cam = (
-        np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)) / 255.0
-    )
+    cam_image = Image.fromarray((cam * 255).astype(np.uint8))
+    cam = np.asarray(cam_image.resize((side, side), Image.Resampling.BILINEAR)) / 255.0
     h, w = rgb.shape[:2]
     full = np.zeros((h, w), np.float32)
     x0, y0 = win[0], win[1]

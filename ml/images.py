@@ -127,5 +127,6 @@ def downscale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     f = max(h, w) / MAX_SIDE
     if f <= 1:
         return rgb, 1.0
-    small = Image.fromarray(rgb).resize((max(1, round(w / f)), max(1, round(h / f))), Image.BILINEAR)
+    size = (max(1, round(w / f)), max(1, round(h / f)))
+    small = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)
     return np.asarray(small), f

@@ -188,7 +188,7 @@ def crop_cell(
     src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
     crop = src[y0 + pad : y1 + pad, x0 + pad : x1 + pad]
     if out_size and crop.shape[0] != out_size:
-        crop = np.asarray(Image.fromarray(crop).resize((out_size, out_size), Image.BILINEAR))
+        crop = np.asarray(Image.fromarray(crop).resize((out_size, out_size), Image.Resampling.BILINEAR))
     if mask_radius:
         crop = mask_background(crop, float(mask_radius) / float(side))
     return crop, (box.as_tuple() if box is not None else None)

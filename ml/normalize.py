@@ -349,7 +349,7 @@ def canonical_crop(
         box = frame.boxes[0]
     crop = _window(rgb, crop_window(frame, box, rgb.shape, field_rbc))
     if crop.shape[0] != out_size:
-        crop = np.asarray(Image.fromarray(crop).resize((out_size, out_size), Image.BILINEAR))
+        crop = np.asarray(Image.fromarray(crop).resize((out_size, out_size), Image.Resampling.BILINEAR))
     return crop
 
 

@@ -64,7 +64,7 @@ def calibration_images(seed: int = 0) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
 
     def fit(a: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(a).convert("RGB").resize(SIZE, Image.BILINEAR))
+        return np.asarray(Image.fromarray(a).convert("RGB").resize(SIZE, Image.Resampling.BILINEAR))
 
     for name, a in photos.items():
         out[name] = fit(a)

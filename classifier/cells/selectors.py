@@ -69,8 +69,8 @@ def dashboard_stats(*, user) -> dict:
     return {
         "total": qs.count(),
         "by_label": {code: by_label.get(code, 0) for code in CODES},
-        "by_state": {state.value: by_state.get(state.value, 0) for state in ReviewState},
-        "by_status": {status.value: by_status.get(status.value, 0) for status in Status},
+        "by_state": {state: by_state.get(state, 0) for state in ReviewState.values},
+        "by_status": {status: by_status.get(status, 0) for status in Status.values},
         "latest": list(qs[:8]),
         # Reviewers: what /review/ lists (unsigned results); technologists: their results awaiting review.
         "queue_size": review_queue(user=user).count()

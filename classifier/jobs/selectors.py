@@ -31,7 +31,7 @@ def job_progress(*, job: BatchJob) -> dict:
     items = list(job.items.select_related("classification").order_by("position"))
     field_ids = {c["classification_id"] for item in items for c in item.cells}
     field_cells = {c.pk: c for c in Classification.objects.filter(pk__in=field_ids)}
-    counts = {state.value: 0 for state in BatchItem.State}
+    counts = {state: 0 for state in BatchItem.State.values}
     rows = []
     for item in items:
         counts[item.state] += 1

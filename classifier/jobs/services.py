@@ -39,7 +39,7 @@ def job_create(  # noqa: C901 - TODO(issue 17): the staging loop could move to b
     accession: str,
     files: Iterable = (),
     archive=None,
-    kind: str = BatchJob.Kind.CELLS,
+    kind: str = BatchJob.Kind.CELLS,  # type: ignore[assignment]  # a str member; no Django stubs here
     enqueue: bool = True,
 ) -> BatchJob:
     """Stage the uploaded files as a job for ``accession`` and queue it once committed.
