@@ -110,21 +110,46 @@ def _median_of_u8(x: np.ndarray) -> np.float32:
 
 def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
     """Red-cell scale and white-cell nuclei of an HxWx3 uint8 image (see the module docstring)."""
-    from scipy import ndimage as ndi
-
-    planes, step = _planes(np.asarray(rgb))
+    rgb = np.asarray(rgb)
+    planes, step = _planes(rgb)
     red, green, blue = planes
     h, w = red.shape
+    no_cell = Frame(min(h, w) * step / FALLBACK_FIELD_RBC, "fallback", (), "no_cell_found")
     # Rotated or padded images carry black corners: not part of the smear.
     valid = np.maximum(np.maximum(red, green), blue) > 30
     if np.count_nonzero(valid) < 0.2 * h * w or min(h, w) < 16:
-        return Frame(min(h, w) * step / FALLBACK_FIELD_RBC, "fallback", (), "no_cell_found")
+        return no_cell
     valid = _erode(valid, 2)
+    grey, background = _grey_and_background(planes, valid, eight_bit=rgb.dtype == np.uint8)
+    foreground = _foreground(planes, background, valid)
+    index = (blue - green) + 0.5 * (background.mean() - grey)
+    if np.count_nonzero(foreground) < 0.002 * h * w:
+        return no_cell
+    thr = _nucleus_threshold(index, valid, foreground)
+    nucleus = _dilate(_erode(index > thr, 1), 1)
+    nucleus &= valid
+    extent = _Extent.of(nucleus)
+    d, source = _red_cell_scale(foreground, nucleus, extent)
+    closed = _closed_nuclei(nucleus, valid, extent, d)
+    boxes = _nucleus_boxes(closed, extent, index, thr, d, max_cells)
+    if not boxes:
+        reason: str | None = "no_cell_found"
+    elif float(closed[valid].mean()) > MAX_NUCLEUS_FRACTION:
+        reason = "not_blood_smear"
+    else:
+        reason = None
+    return Frame(d * step, source, tuple(_scaled(box, step) for box in boxes), reason)
+
+
+def _grey_and_background(planes: np.ndarray, valid: np.ndarray, *, eight_bit: bool):
+    """The channel mean of every pixel and the background colour: the per-channel median of the
+    brightest 15 % of the valid pixels (float32 (h, w) and (3,))."""
+    red, green, blue = planes
     # The channel mean as ``rgb.mean(2)`` computes it, bit for bit: float32 sum in channel order,
     # divided (in float64, numpy's count being an intp) and stored as float32.
     grey = red + green
     grey += blue
-    if np.asarray(rgb).dtype == np.uint8:
+    if eight_bit:
         # 8-bit channels: counting sorts (integer sums and channel values) give the same order
         # statistics as the partitions of np.percentile and np.median, and so the same results.
         sums = np.bincount(grey[valid].astype(np.intp), minlength=766)
@@ -135,91 +160,126 @@ def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
         np.true_divide(grey, np.intp(3), out=grey, casting="unsafe")
         bright = valid & (grey >= np.percentile(grey[valid], 85))
         background = np.median(planes[:, bright], axis=1)
+    return grey, background
+
+
+def _foreground(planes: np.ndarray, background: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Valid pixels whose colour is far from the background's (Otsu over the colour distances)."""
+    red, green, blue = planes
     sq = np.square(red - background[0])
     sq += np.square(green - background[1])
     sq += np.square(blue - background[2])
     dist_bg = np.sqrt(sq, out=sq)
-    foreground = valid & (dist_bg > 0.8 * _otsu(dist_bg[valid]))
-    index = (blue - green) + 0.5 * (background.mean() - grey)
-    if np.count_nonzero(foreground) < 0.002 * h * w:
-        return Frame(min(h, w) * step / FALLBACK_FIELD_RBC, "fallback", (), "no_cell_found")
-    # Otsu over the foreground splits red cells from nuclei; with no red cells (a bare nucleus on
-    # plain background) it would split the nuclei themselves: capped two thirds of the way to their core.
-    # (Two calls with scalar q, as before: an array q makes numpy interpolate in float64, not float32.)
+    return valid & (dist_bg > 0.8 * _otsu(dist_bg[valid]))
+
+
+def _nucleus_threshold(index: np.ndarray, valid: np.ndarray, foreground: np.ndarray) -> float:
+    """The nucleus-index threshold of one image.
+
+    Otsu over the foreground splits red cells from nuclei; with no red cells (a bare nucleus on
+    plain background) it would split the nuclei themselves: capped two thirds of the way to their core.
+    (Two calls with scalar q, as before: an array q makes numpy interpolate in float64, not float32.)
+    """
     inside = index[valid]
     median, core = float(np.percentile(inside, 50)), float(np.percentile(inside, 99.5))
-    thr = max(min(_otsu(index[foreground]), (median + 2 * core) / 3), median + 20.0)
-    nucleus = _dilate(_erode(index > thr, 1), 1)
-    nucleus &= valid
+    return max(min(_otsu(index[foreground]), (median + 2 * core) / 3), median + 20.0)
 
-    # Morphology of the nucleus mask runs on its bounding box widened by the reach of the operation
-    # (nothing outside it can be set, and nothing outside it reaches in): the same masks, bit for bit.
-    rows, cols = np.flatnonzero(nucleus.any(1)), np.flatnonzero(nucleus.any(0))
 
-    def around(margin: int) -> tuple[slice, slice]:
+@dataclass(frozen=True)
+class _Extent:
+    """The rows and columns where a mask is set. Morphology of the nucleus mask runs on its bounding
+    box widened by the reach of the operation (nothing outside it can be set, and nothing outside it
+    reaches in): the same masks, bit for bit."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> _Extent:
+        return cls(np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0)), mask.shape)
+
+    def __bool__(self) -> bool:
+        return bool(len(self.rows))
+
+    def around(self, margin: int) -> tuple[slice, slice]:
+        h, w = self.shape
         return (
-            slice(max(0, rows[0] - margin), min(h, rows[-1] + margin + 1)),
-            slice(max(0, cols[0] - margin), min(w, cols[-1] + margin + 1)),
+            slice(max(0, self.rows[0] - margin), min(h, self.rows[-1] + margin + 1)),
+            slice(max(0, self.cols[0] - margin), min(w, self.cols[-1] + margin + 1)),
         )
 
-    # Red cells: foreground away from nuclei, pallor filled, largest inscribed radius per region.
+
+def _red_cell_scale(foreground: np.ndarray, nucleus: np.ndarray, extent: _Extent) -> tuple[float, str]:
+    """The red-cell diameter (analysis pixels) and its source, ``"red_cells"`` or ``"fallback"``.
+
+    Red cells: foreground away from nuclei, pallor filled, largest inscribed radius per region.
+    """
+    h, w = foreground.shape
     near_nucleus = np.zeros((h, w), bool)
-    if len(rows):
+    if extent:
         k = max(2, int(0.02 * min(h, w)))
-        near_nucleus[around(k)] = _dilate(nucleus[around(k)], k)
+        near_nucleus[extent.around(k)] = _dilate(nucleus[extent.around(k)], k)
     rbc = foreground & ~near_nucleus
     rbc = _fill_holes(_dilate(_erode(rbc, 2), 2))
     d = _red_cell_diameter(rbc)
     if min(h, w) / MAX_FIELD_RBC <= d <= min(h, w) / MIN_FIELD_RBC:
-        source = "red_cells"
-    else:  # none measured, or an implausible size (fragments of pale cells): assume the framing
-        d, source = min(h, w) / FALLBACK_FIELD_RBC, "fallback"
+        return d, "red_cells"
+    # None measured, or an implausible size (fragments of pale cells): assume the framing.
+    return min(h, w) / FALLBACK_FIELD_RBC, "fallback"
 
-    # Nuclei: lobes merged at a tenth of a red cell; candidates above a small platelet's area.
-    # Closed, labelled and summed on the nucleus box widened by the closing radius: the same labels
-    # (numbered in the same raster order), the same sums.
-    r = max(1, int(round(CLOSE_RBC * d)))
-    closed = np.zeros((h, w), bool)
-    y0 = x0 = 0
-    if len(rows):
-        win = around(r)
-        y0, x0 = win[0].start, win[1].start
+
+def _closed_nuclei(nucleus: np.ndarray, valid: np.ndarray, extent: _Extent, d: float) -> np.ndarray:
+    """The nucleus mask with lobes merged at a tenth of a red cell (closed on the nucleus box widened
+    by the closing radius, so that its components keep the same raster order)."""
+    closed = np.zeros(nucleus.shape, bool)
+    if extent:
+        r = max(1, int(round(CLOSE_RBC * d)))
+        win = extent.around(r)
         closed[win] = binary_closing_disk(nucleus[win], r) & valid[win]
-        lab, m = ndi.label(closed[win])
-    else:
-        m = 0
+    return closed
+
+
+def _nucleus_boxes(
+    closed: np.ndarray, extent: _Extent, index: np.ndarray, thr: float, d: float, max_cells: int
+) -> list[Box]:
+    """Boxes (analysis pixels) of the nucleus candidates, largest stained mass first: components of
+    ``closed`` above a small platelet's area, at most ``max_cells``, none under ``MIN_REL_SCORE`` of
+    the best. Labelled and summed on the nucleus box widened by the closing radius: the same labels
+    (numbered in the same raster order), the same sums."""
+    from scipy import ndimage as ndi
+
+    if not extent:
+        return []
+    win = extent.around(max(1, int(round(CLOSE_RBC * d))))
+    y0, x0 = win[0].start, win[1].start
+    lab, m = ndi.label(closed[win])
+    if not m:
+        return []
+    ids = np.arange(1, m + 1)
+    areas = np.asarray(ndi.sum(closed[win], lab, ids))
+    mass = np.asarray(ndi.sum(np.clip(index[win] - thr, 0, None) + thr, lab, ids))
+    slices = ndi.find_objects(lab)
+    min_area = MIN_NUCLEUS_RBC2 * np.pi / 4 * d * d
     boxes: list[Box] = []
-    reason = None
-    if m:
-        ids = np.arange(1, m + 1)
-        areas = np.asarray(ndi.sum(closed[win], lab, ids))
-        mass = np.asarray(ndi.sum(np.clip(index[win] - thr, 0, None) + thr, lab, ids))
-        slices = ndi.find_objects(lab)
-        min_area = MIN_NUCLEUS_RBC2 * np.pi / 4 * d * d
-        best = None
-        for k in np.argsort(-mass):
-            if areas[k] < min_area:
-                continue
-            if best is not None and mass[k] < MIN_REL_SCORE * best:
-                break
-            best = best or mass[k]
-            sl = slices[k]
-            boxes.append(
-                Box(
-                    int((sl[1].start + x0) * step),
-                    int((sl[0].start + y0) * step),
-                    int((sl[1].stop + x0) * step),
-                    int((sl[0].stop + y0) * step),
-                    float(mass[k] / (d * d)),
-                )
-            )
-            if len(boxes) >= max_cells:
-                break
-    if not boxes:
-        reason = "no_cell_found"
-    elif float(closed[valid].mean()) > MAX_NUCLEUS_FRACTION:
-        reason = "not_blood_smear"
-    return Frame(d * step, source, tuple(boxes), reason)
+    best = None
+    for k in np.argsort(-mass):
+        if areas[k] < min_area:
+            continue
+        if best is not None and mass[k] < MIN_REL_SCORE * best:
+            break
+        best = best or mass[k]
+        sl = slices[k]
+        score = float(mass[k] / (d * d))
+        boxes.append(Box(sl[1].start + x0, sl[0].start + y0, sl[1].stop + x0, sl[0].stop + y0, score))
+        if len(boxes) >= max_cells:
+            break
+    return boxes
+
+
+def _scaled(box: Box, step: int) -> Box:
+    """A box of the analysis copy in input-image pixels."""
+    return Box(int(box.x0 * step), int(box.y0 * step), int(box.x1 * step), int(box.y1 * step), box.score)
 
 
 def _red_cell_diameter(rbc: np.ndarray) -> float:
@@ -256,8 +316,8 @@ def _red_cell_diameter(rbc: np.ndarray) -> float:
             boxes.append((i, y0, y1, x0, x1))
             area += (y1 - y0) * (x1 - x0)
     if area <= 1.2 * h * w:
-        radii = [ndi.distance_transform_edt(labels[y0:y1, x0:x1] == i).max() for i, y0, y1, x0, x1 in boxes]
-        radii = np.asarray(radii, dtype=np.float64)
+        per_box = [ndi.distance_transform_edt(labels[y0:y1, x0:x1] == i).max() for i, y0, y1, x0, x1 in boxes]
+        radii = np.asarray(per_box, dtype=np.float64)
         radii = radii[radii >= 4]
     else:
         ft = ndi.distance_transform_edt(rbc, return_distances=False, return_indices=True)

@@ -53,7 +53,8 @@ def test_evaluate_cli_on_tiny_folder(tmp_path):
         "model_version",
         "unidentified_rate",
     } <= set(m)
-    assert m["n_images"] == 12 and m["accuracy"] >= 0.75
+    assert m["n_images"] == 12
+    assert m["accuracy"] >= 0.75
     assert sum(map(sum, m["confusion_matrix"])) == 12
     assert (tmp_path / "plots" / "confusion_matrix.png").stat().st_size > 1000
 
@@ -63,7 +64,8 @@ def test_predict_cli():
     r = subprocess.run([sys.executable, "-m", "ml.predict", str(f)], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout.strip().splitlines()[-1])
-    assert obj["label"] in CLASSES and list(obj["probabilities"]) == list(CLASSES)
+    assert obj["label"] in CLASSES
+    assert list(obj["probabilities"]) == list(CLASSES)
 
 
 def test_evaluate_counts_readable_images_and_lists_the_others(tmp_path):
@@ -83,17 +85,19 @@ def test_evaluate_counts_readable_images_and_lists_the_others(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
     n = len(list(FIXTURES.glob("NEUTROPHIL_*.jpeg")))
-    assert m["n_images"] == n and sum(map(sum, m["confusion_matrix"])) == n
+    assert m["n_images"] == n
+    assert sum(map(sum, m["confusion_matrix"])) == n
     assert [u["path"] for u in m["unreadable_files"]] == [str(data / "NEUTROPHIL" / "broken.jpeg")]
     assert f"not counted, not one readable image: {data / 'NEUTROPHIL' / 'broken.jpeg'}: " in r.stderr
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("module, args", [("ml.evaluate", ["--data"]), ("ml.export", ["--model"])])
+@pytest.mark.parametrize(("module", "args"), [("ml.evaluate", ["--data"]), ("ml.export", ["--model"])])
 def test_cli_user_errors_are_one_line_not_a_traceback(tmp_path, module, args):
     missing = tmp_path / "nope.keras"
     r = subprocess.run(
         [sys.executable, "-m", module, *args, str(missing)], capture_output=True, text=True, cwd=REPO
     )
     assert r.returncode == 2
-    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ")
+    assert "Traceback" not in r.stderr

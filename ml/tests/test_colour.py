@@ -22,13 +22,16 @@ def _cell(cytoplasm_rgb, size=192):
 def test_features_read_cytoplasm_and_nucleus_colour():
     eos_like, neu_like = _cell((215, 140, 120)), _cell((190, 160, 200))
     f = colour.colour_features(np.stack([eos_like, neu_like]))
-    assert f.shape == (2, len(colour.FEATURE_NAMES)) and f.dtype == np.float32
+    assert f.shape == (2, len(colour.FEATURE_NAMES))
+    assert f.dtype == np.float32
     names = colour.FEATURE_NAMES
     rb = names.index("cytoplasm_r_minus_b")
-    assert f[0, rb] == pytest.approx(95.0, abs=1) and f[1, rb] == pytest.approx(-10.0, abs=1)
+    assert f[0, rb] == pytest.approx(95.0, abs=1)
+    assert f[1, rb] == pytest.approx(-10.0, abs=1)
     assert f[0, names.index("nucleus_b")] == pytest.approx(170.0, abs=1)
     nf = names.index("nucleus_fraction")  # nucleus area / cytoplasm-disk area
-    assert f[0, nf] == pytest.approx(f[1, nf]) and 0 < f[0, nf] < 1
+    assert f[0, nf] == pytest.approx(f[1, nf])
+    assert 0 < f[0, nf] < 1
 
 
 def test_fit_and_fuse():
@@ -37,11 +40,13 @@ def test_fit_and_fuse():
     y = np.repeat(np.arange(4), 40)
     model = colour.fit(x, y, 4)
     lp = colour.log_probs(model, x)
-    assert np.allclose(np.exp(lp).sum(1), 1.0) and np.mean(lp.argmax(1) == y) > 0.95
+    assert np.allclose(np.exp(lp).sum(1), 1.0)
+    assert np.mean(lp.argmax(1) == y) > 0.95
     cnn = np.full((160, 4), 0.25)
     assert np.allclose(colour.fuse(cnn, lp, 0.0), cnn)  # weight 0: the CNN alone
     fused = colour.fuse(cnn, lp, 1.0)
-    assert np.allclose(fused.sum(1), 1.0) and np.allclose(fused, np.exp(lp))  # flat CNN: colour decides
+    assert np.allclose(fused.sum(1), 1.0)
+    assert np.allclose(fused, np.exp(lp))  # flat CNN: colour decides
     with pytest.raises(ValueError, match="every class"):
         colour.fit(x[:80], y[:80], 4)
 

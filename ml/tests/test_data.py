@@ -63,7 +63,8 @@ def test_mask_background_fades_corners_to_grey_and_keeps_the_centre():
 
     crop = np.full((64, 64, 3), 200, np.uint8)
     out = mask_background(crop, 0.3)
-    assert out.dtype == np.uint8 and out.shape == crop.shape
+    assert out.dtype == np.uint8
+    assert out.shape == crop.shape
     assert out[32, 32].tolist() == [200, 200, 200]
     assert out[0, 0].tolist() == [MASK_FILL] * 3
     row = out[32, 32:, 0].astype(int)
@@ -85,8 +86,10 @@ def test_masked_crop_stays_centred_on_a_nucleus_at_the_image_edge():
     assert box is not None
     purple = (centred[..., 2].astype(int) - centred[..., 1]) > 80
     ys, xs = np.nonzero(purple)
-    assert abs(xs.mean() - 63.5) < 2 and abs(ys.mean() - 63.5) < 2
+    assert abs(xs.mean() - 63.5) < 2
+    assert abs(ys.mean() - 63.5) < 2
     assert centred[0, 0].tolist() == [128, 128, 128]
     shifted, _ = crop_cell(rgb, side=128, out_size=128)  # unmasked: window shifted inside the image
     ys, xs = np.nonzero((shifted[..., 2].astype(int) - shifted[..., 1]) > 80)
-    assert xs.mean() < 30 and ys.mean() < 35
+    assert xs.mean() < 30
+    assert ys.mean() < 35

@@ -30,7 +30,8 @@ def test_pack_fit_and_adopt_on_tiny_data(tmp_path, monkeypatch):
 
     # Only the training side travels: one whole source field per class, 4 copies each.
     meta = json.loads((pack / "pack.json").read_text())
-    assert meta["classes"] == CLASSES and meta["n_images"] == 16
+    assert meta["classes"] == CLASSES
+    assert meta["n_images"] == 16
     assert meta["source_fields"] == dict.fromkeys(CLASSES, 1)
     idx = np.load(pack / "index.npz")
     assert idx["offsets"][-1] == (pack / "crops.bin").stat().st_size
@@ -38,15 +39,19 @@ def test_pack_fit_and_adopt_on_tiny_data(tmp_path, monkeypatch):
     assert len(set(idx["groups"].tolist())) == 4
     raw = (pack / "crops.bin").read_bytes()
     first = Image.open(io.BytesIO(raw[: idx["offsets"][1]]))
-    assert first.format == "JPEG" and first.size == (144, 144)
+    assert first.format == "JPEG"
+    assert first.size == (144, 144)
     init = np.load(pack / "init_weights.npz")
-    assert init["stem_conv:0"].dtype == np.float16 and not any(k.startswith("predictions") for k in init)
+    assert init["stem_conv:0"].dtype == np.float16
+    assert not any(k.startswith("predictions") for k in init)
 
     out = tmp_path / "gpu"
     argv = ["fit", "--pack", str(pack), "--out", str(out), "--input-size", "96", "--epochs", "1"]
     assert finetune.main([*argv, "--head-epochs", "1", "--batch", "8", "--name", "ft"]) == 0
     info = json.loads((out / "ft.json").read_text())
-    assert info["complete"] and info["backend"] == "tensorflow" and info["config"]["input_size"] == 96
+    assert info["complete"]
+    assert info["backend"] == "tensorflow"
+    assert info["config"]["input_size"] == 96
     assert info["config"]["jit_compile"] == "auto"
     assert len(info["history"]["phase2_finetune"]["loss"]) == 1
     fitted = keras.saving.load_model(out / "ft.keras", compile=False)
@@ -61,10 +66,13 @@ def test_pack_fit_and_adopt_on_tiny_data(tmp_path, monkeypatch):
     adopt = ["--data", str(data), "--out", str(served), "--init-model", str(out / "ft.keras")]
     assert train.main(adopt) == 0
     card = json.loads((served / "model_card.json").read_text())
-    assert card["input"]["input_size"] == 96 and card["config"]["init_model"] == str(out / "ft.keras")
-    assert card["finetune"]["name"] == "ft" and card["finetune"]["pack"]["n_images"] == 16
+    assert card["input"]["input_size"] == 96
+    assert card["config"]["init_model"] == str(out / "ft.keras")
+    assert card["finetune"]["name"] == "ft"
+    assert card["finetune"]["pack"]["n_images"] == 16
     assert card["data"]["source_fields"]["val"] == dict.fromkeys(CLASSES, 1)
-    assert card["temperature"] > 0 and (served / "colour_model.npz").exists()
+    assert card["temperature"] > 0
+    assert (served / "colour_model.npz").exists()
     # A model fitted on another training side is refused: its validation would leak.
     info["pack"]["n_images"] = 15
     (out / "ft.json").write_text(json.dumps(info))
@@ -78,7 +86,8 @@ def test_pack_fit_and_adopt_on_tiny_data(tmp_path, monkeypatch):
     p = load_predictor(served / "hematovision_wbc.keras", backend="keras").predict_one(
         (FIXTURES / "MONOCYTE_2.jpeg").read_bytes()
     )
-    assert p.label in CLASSES and p.model_version == card["version"]
+    assert p.label in CLASSES
+    assert p.model_version == card["version"]
 
 
 def test_augment_keeps_shape_and_is_seeded():
@@ -88,8 +97,10 @@ def test_augment_keeps_shape_and_is_seeded():
     a = augment(crop, np.random.default_rng(3), 96)
     b = augment(crop, np.random.default_rng(3), 96)
     c = augment(crop, np.random.default_rng(4), 96)
-    assert a.shape == (96, 96, 3) and a.dtype == np.uint8
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.shape == (96, 96, 3)
+    assert a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
 
 
 def test_pack_needs_the_original_fields(tmp_path, capsys):
@@ -143,7 +154,8 @@ def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, c
     assert finetune.main(["pack", "--data", str(data), "--out", str(pack), "--folds", "2"]) == 0
     meta = json.loads((pack / "pack.json").read_text())
     # Every image travels, with its fold: one whole source field of each class per fold.
-    assert meta["n_images"] == 32 and meta["folds"] == 2
+    assert meta["n_images"] == 32
+    assert meta["folds"] == 2
     one_each = {"n_images": 16, "source_fields": dict.fromkeys(CLASSES, 1)}
     assert meta["per_fold"] == {"0": one_each, "1": one_each}
     idx = np.load(pack / "index.npz")
@@ -158,10 +170,12 @@ def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, c
     for k in (0, 1):
         assert finetune.main([*fit, "--fold", str(k), "--save", "weights16", "--name", f"m_fold{k}"]) == 0
         info = json.loads((gpu / f"m_fold{k}.json").read_text())
-        assert info["pack"]["fold"] == k and info["pack"]["n_images"] == 16
+        assert info["pack"]["fold"] == k
+        assert info["pack"]["n_images"] == 16
         assert info["pack"]["source_fields"] == dict.fromkeys(CLASSES, 1)
         w = np.load(gpu / f"m_fold{k}.weights16.npz")
-        assert w["predictions:0"].dtype == np.float16 and not (gpu / f"m_fold{k}.keras").exists()
+        assert w["predictions:0"].dtype == np.float16
+        assert not (gpu / f"m_fold{k}.keras").exists()
     assert finetune.main([*fit, "--name", "m"]) == 0
     assert json.loads((gpu / "m.json").read_text())["pack"]["n_images"] == 32
 
@@ -172,23 +186,28 @@ def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, c
     assert card["data"]["n_train"] == card["data"]["n_val"] == 32
     assert card["data"]["split"].startswith("2-fold cross-validation by source field")
     vm = card["validation_metrics"]
-    assert vm["out_of_fold"] is True and set(vm["folds"]) == {"0", "1"}
+    assert vm["out_of_fold"] is True
+    assert set(vm["folds"]) == {"0", "1"}
     assert {f["n_images"] for f in vm["folds"].values()} == {16}
-    assert vm["tta4"]["n_images"] == 32 and sum(map(sum, vm["tta4"]["confusion_matrix"])) == 32
-    assert card["temperature"] > 0 and set(card["thresholds"]) == {"ood_distance", "min_confidence"}
+    assert vm["tta4"]["n_images"] == 32
+    assert sum(map(sum, vm["tta4"]["confusion_matrix"])) == 32
+    assert card["temperature"] > 0
+    assert set(card["thresholds"]) == {"ood_distance", "min_confidence"}
     assert card["crossval"]["fold_models"]["1"]["file"] == "m_fold1.weights16.npz"
     assert card["command"].startswith("python -m ml.crossval")
     # ml.oodcal moved the thresholds after the bundle was written: the version follows them.
     assert card["version"] == bundle_version(card, out / "hematovision_wbc.keras")
     # Out of fold: each image's CNN probabilities come from the model that did not see its field.
     val = np.load(out / "val_predictions.npz")
-    assert val["cnn_probs"].shape == (32, 4) and np.array_equal(val["fold"], idx["folds"])
+    assert val["cnn_probs"].shape == (32, 4)
+    assert np.array_equal(val["fold"], idx["folds"])
     # The distance threshold: the in-distribution rule on these out-of-fold distances (99th percentile
     # x 1.1), lowered by ml.oodcal to flag every calibration non-blood image, within its floor.
     oc = card["ood_calibration"]
     base = 1.1 * np.percentile(val["ood_distance"], 99)
     assert oc["thresholds_before"]["ood_distance"] == pytest.approx(base, rel=1e-5)
-    assert oc["images"] == oc["flagged_by_locator_gates"] + oc["measured"] and oc["measured"] > 0
+    assert oc["images"] == oc["flagged_by_locator_gates"] + oc["measured"]
+    assert oc["measured"] > 0
     t = card["thresholds"]["ood_distance"]
     floor = np.quantile(val["ood_distance"], 0.98)
     assert t == pytest.approx(max(min(base, 0.95 * min(oc["distances"].values())), floor), rel=1e-4)
@@ -232,7 +251,8 @@ def test_kfold_pack_fold_fits_and_crossval_on_tiny_data(tmp_path, monkeypatch, c
     p = load_predictor(out / "hematovision_wbc.keras", backend="keras").predict_one(
         (FIXTURES / "LYMPHOCYTE_1.jpeg").read_bytes()
     )
-    assert p.label in CLASSES and p.model_version == card["version"]
+    assert p.label in CLASSES
+    assert p.model_version == card["version"]
 
     # A fold model that saw its own fold is refused, and nothing is written.
     info = json.loads((gpu / "m_fold1.json").read_text())
@@ -267,7 +287,8 @@ def test_ood_calibration_images_are_not_the_test_fixtures():
     from ml.tests.nonblood import nonblood_images
 
     cal = calibration_images()
-    assert len(cal) >= 60 and all(a.shape == (240, 320, 3) and a.dtype == np.uint8 for a in cal.values())
+    assert len(cal) >= 60
+    assert all(a.shape == (240, 320, 3) and a.dtype == np.uint8 for a in cal.values())
     fixtures = nonblood_images()
     # No source image in common: calibration names start with their source's name.
     sources = {n.split("_tile")[0].rsplit("_", 1)[0] if "_" in n else n for n in cal}

@@ -27,11 +27,13 @@ def test_shipped_card_class_order():
 
     card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
     assert card["classes"] == list(CLASSES)
-    assert card["crop"]["method"] == "rbc_scale" and card["crop"]["field_rbc"] > 0
+    assert card["crop"]["method"] == "rbc_scale"
+    assert card["crop"]["field_rbc"] > 0
     from ml.bundle import bundle_version
 
     assert card["version"] == bundle_version(card, DEFAULT_MODEL_PATH)
-    assert card["input"]["input_size"] > 0 and card["temperature"] > 0
+    assert card["input"]["input_size"] > 0
+    assert card["temperature"] > 0
 
 
 def test_model_summary_of_the_shipped_card():
@@ -46,7 +48,8 @@ def test_model_summary_of_the_shipped_card():
         card["classes"],
         card["tta_views"],
     )
-    assert s["calibration"]["class_bias"] == card["class_bias"] and s["thresholds"] == card["thresholds"]
+    assert s["calibration"]["class_bias"] == card["class_bias"]
+    assert s["thresholds"] == card["thresholds"]
     cal = card["validation_metrics"]["calibrated"]
     assert s["validation"] == {
         "n_images": cal["n_images"],
@@ -97,13 +100,16 @@ def test_locator_finds_cell_in_fixture_and_whole_field():
 
     rgb = np.asarray(Image.open(FIXTURES / "NEUTROPHIL_1.jpeg").convert("RGB"))
     boxes = locate_cells(rgb)
-    assert boxes and boxes[0].x1 > boxes[0].x0
+    assert boxes
+    assert boxes[0].x1 > boxes[0].x0
     crop, box = crop_cell(rgb, out_size=96)
-    assert crop.shape == (96, 96, 3) and box == boxes[0].as_tuple()
+    assert crop.shape == (96, 96, 3)
+    assert box == boxes[0].as_tuple()
     # A 640x480 "whole field" (the same image at twice the size) gives the same cell at twice the coordinates.
     big = np.asarray(Image.fromarray(rgb).resize((640, 480)))
     b2 = locate_cells(big)[0]
-    assert abs(b2.center[0] - 2 * boxes[0].center[0]) < 8 and abs(b2.center[1] - 2 * boxes[0].center[1]) < 8
+    assert abs(b2.center[0] - 2 * boxes[0].center[0]) < 8
+    assert abs(b2.center[1] - 2 * boxes[0].center[1]) < 8
     assert locate_cells(np.full((240, 320, 3), 255, np.uint8)) == []
 
 
@@ -136,14 +142,16 @@ def test_bundle_version_follows_every_serving_change(tmp_path, capsys):
         load_predictor(path, backend="keras")
     assert bundle.main([str(tmp_path), "--write"]) == 0
     new = json.loads((tmp_path / "model_card.json").read_text())["version"]
-    assert new != card["version"] and new == bundle.bundle_version(changed, path)
+    assert new != card["version"]
+    assert new == bundle.bundle_version(changed, path)
     assert json.loads(capsys.readouterr().out.splitlines()[0]) == {
         "card": card["version"],
         "computed": new,
         "matches": False,
     }
     pred = load_predictor(path, backend="keras")
-    assert pred.version == new and pred.thresholds["min_confidence"] == 0.9
+    assert pred.version == new
+    assert pred.thresholds["min_confidence"] == 0.9
     stats_file = tmp_path / card["ood_stats_file"]
     stats_file.write_bytes(stats_file.read_bytes() + b"\0")
     assert bundle.bundle_version(changed, path) != new

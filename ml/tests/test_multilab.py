@@ -60,13 +60,15 @@ def test_nucleus_found_without_a_fixed_stain_threshold(cells):
     rgb = cells["LYMPHOCYTE_1"]
     pale = np.clip(rgb.astype(float) * [0.85, 0.95, 1.0] + [30, 20, 0], 0, 255).astype(np.uint8)
     a, b = normalize.analyse(rgb).boxes[0], normalize.analyse(pale).boxes[0]
-    assert abs(a.center[0] - b.center[0]) < 10 and abs(a.center[1] - b.center[1]) < 10
+    assert abs(a.center[0] - b.center[0]) < 10
+    assert abs(a.center[1] - b.center[1]) < 10
 
 
 def test_blank_and_black_images_find_no_cell():
     for img in (np.full((240, 320, 3), 230, np.uint8), np.zeros((240, 320, 3), np.uint8)):
         frame = normalize.analyse(img)
-        assert frame.boxes == () and frame.smear_reason == "no_cell_found"
+        assert frame.boxes == ()
+        assert frame.smear_reason == "no_cell_found"
         assert normalize.canonical_crop(img, frame, out_size=32).shape == (32, 32, 3)
 
 
@@ -116,7 +118,9 @@ def test_radial_profile_groups_rotated_copies():
     views = [lambda x, k=k: np.rot90(x, k % 4)[:, ::-1] if k >= 4 else np.rot90(x, k) for k in range(8)]
     crops = np.stack([v(a) for v in views] + [v(b) for v in views])
     g = bccd_groups(crops, np.zeros(16, int))
-    assert len(set(g[:8])) == 1 and len(set(g[8:])) == 1 and g[0] != g[8]
+    assert len(set(g[:8])) == 1
+    assert len(set(g[8:])) == 1
+    assert g[0] != g[8]
 
 
 def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
@@ -126,7 +130,8 @@ def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
 
     info = cropcache.cache({"bccd": str(BCCD)}, tmp_path / "cache", limit=6, size=64)
     assert info["per_source"] == {"bccd": {"train": 24, "test": 24}}
-    assert info["crop_size"] == 64 and info["field_px"] == 51
+    assert info["crop_size"] == 64
+    assert info["field_px"] == 51
     cfg = multifit.FitConfig(sources=("bccd",), input_size=48, epochs=1, batch=16, tta_views=1)
     card = multifit.fit(tmp_path / "cache", tmp_path / "model", cfg, log=lambda *_: None)
     assert card["classes"] == ["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE"]  # ml.taxonomy order

@@ -72,10 +72,13 @@ def test_odd_inputs(predictor, cell_images):
     assert len(preds) == len(inputs)
     for p in preds:
         _check(p, predictor.classes)
-    assert preds[1].label == ref.label and preds[1].cell_box == ref.cell_box  # RGBA == RGB
+    assert preds[1].label == ref.label
+    assert preds[1].cell_box == ref.cell_box  # RGBA == RGB
     exif_p = preds[7]
-    assert exif_p.label == ref.label and exif_p.cell_box is not None
-    assert preds[5].cell_box is not None and preds[5].cell_box[2] > 320  # huge: box in input coordinates
+    assert exif_p.label == ref.label
+    assert exif_p.cell_box is not None
+    assert preds[5].cell_box is not None
+    assert preds[5].cell_box[2] > 320  # huge: box in input coordinates
 
 
 def test_garbage_bytes_raise_decode_error(predictor):
@@ -159,7 +162,8 @@ def test_card_serving_settings_are_checked(tmp_path, predictor, capsys):
     # A valid but changed card: the check fails (exit 1) until --write versions it.
     (tmp_path / "model_card.json").write_text(json.dumps(card | {"tta_views": 8}))
     assert bundle.main([str(tmp_path)]) == 1
-    assert bundle.main([str(tmp_path), "--write"]) == 0 and bundle.main([str(tmp_path)]) == 0
+    assert bundle.main([str(tmp_path), "--write"]) == 0
+    assert bundle.main([str(tmp_path)]) == 0
 
 
 def test_model_load_errors(tmp_path):
@@ -214,7 +218,8 @@ def test_class_bias_shifts_probabilities_as_the_card_says(predictor, cell_images
     assert got == pytest.approx(expect / expect.sum(), rel=1e-4)
     assert shifted.label == predictor.classes[int(np.argmax(expect))]
     p = with_bias(dict.fromkeys(predictor.classes, 0.0) | {"MONOCYTE": 40.0})
-    assert p.label == "MONOCYTE" and p.confidence == pytest.approx(1.0)
+    assert p.label == "MONOCYTE"
+    assert p.confidence == pytest.approx(1.0)
 
 
 def test_non_blood_images_are_flagged(predictor):
@@ -230,10 +235,11 @@ def test_non_blood_images_are_flagged(predictor):
 def test_gradcam_png(predictor, cell_images):
     png = predictor.gradcam_png(cell_images["EOSINOPHIL_1"])
     im = Image.open(io.BytesIO(png))
-    assert im.format == "PNG" and im.size == (320, 240)
+    assert im.format == "PNG"
+    assert im.size == (320, 240)
     png2 = predictor.gradcam_png(cell_images["EOSINOPHIL_1"], class_name="NEUTROPHIL")
     assert png2[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown class 'NOT_A_CLASS'"):
         predictor.gradcam_png(cell_images["EOSINOPHIL_1"], class_name="NOT_A_CLASS")
     # By default it explains the class the predictor answers (views, colour opinion, calibration).
     for name in ("EOSINOPHIL_1", "MONOCYTE_2"):
@@ -264,7 +270,8 @@ def test_gradcam_map_matches_an_eager_reference(predictor, cell_images):
         ref = Image.fromarray((ref * 255).astype(np.uint8)).resize(crop.shape[1::-1], Image.BICUBIC)
         ref = np.asarray(ref)
         cam, used = predictor.gradcam_map(crop, asked)
-        assert used == k and cam.shape == crop.shape[:2]
+        assert used == k
+        assert cam.shape == crop.shape[:2]
         assert np.abs(cam - ref / 255.0).max() <= 2 / 255
         maps[asked] = cam
     assert np.abs(maps[0] - maps[3]).max() > 0.1  # the map depends on the class asked for

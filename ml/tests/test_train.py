@@ -62,9 +62,12 @@ def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     }
     assert card["data"]["n_train"] == card["data"]["n_val"] == 16
     val = np.load(out / "val_predictions.npz")
-    assert len(set(val["groups"].tolist())) == 4 and val["probs"].shape == (16, 4)
-    assert card["colour"]["weight"] in calibration.COLOUR_WEIGHTS and (out / "colour_model.npz").exists()
-    assert card["temperature"] > 0 and set(card["thresholds"]) == {"ood_distance", "min_confidence"}
+    assert len(set(val["groups"].tolist())) == 4
+    assert val["probs"].shape == (16, 4)
+    assert card["colour"]["weight"] in calibration.COLOUR_WEIGHTS
+    assert (out / "colour_model.npz").exists()
+    assert card["temperature"] > 0
+    assert set(card["thresholds"]) == {"ood_distance", "min_confidence"}
     t_fit, b_fit = calibration.fit_calibration(val["probs"], val["labels"])
     assert card["temperature"] == pytest.approx(t_fit, rel=1e-6)
     assert list(card["class_bias"]) == CLASSES
@@ -73,7 +76,8 @@ def test_train_end_to_end_on_tiny_data(tmp_path, monkeypatch):
 
     pred = load_predictor(out / "hematovision_wbc.keras", backend="keras")
     p = pred.predict_one((FIXTURES / "LYMPHOCYTE_3.jpeg").read_bytes())
-    assert p.label in CLASSES and abs(sum(p.probabilities.values()) - 1) < 1e-5
+    assert p.label in CLASSES
+    assert abs(sum(p.probabilities.values()) - 1) < 1e-5
     assert p.model_version == card["version"]
 
 
@@ -98,22 +102,26 @@ def test_train_mobilenet_v2_backbone_end_to_end_on_tiny_data(tmp_path, monkeypat
     assert train.main(args + ["--backbone-weights", str(weights)]) == 0
 
     card = json.loads((out / "model_card.json").read_text())
-    assert card["backbone"] == "mobilenet_v2" and card["classes"] == CLASSES
+    assert card["backbone"] == "mobilenet_v2"
+    assert card["classes"] == CLASSES
     assert card["version"] == bundle_version(card, out / "hematovision_wbc.keras")
     assert card["data"]["source_fields"] == {
         "train": dict.fromkeys(CLASSES, 1),
         "val": dict.fromkeys(CLASSES, 1),
     }
     assert card["data"]["n_train"] == card["data"]["n_val"] == 16
-    assert card["finetune_layers"] == 30 and 0 < card["nucleus_found_fraction"] <= 1
+    assert card["finetune_layers"] == 30
+    assert 0 < card["nucleus_found_fraction"] <= 1
     assert set(card["history"]) == {"phase1_head", "phase2_finetune"}
     assert len(card["history"]["phase2_finetune"]["loss"]) == 1
-    assert list(card["class_bias"]) == CLASSES and card["colour"]["weight"] in calibration.COLOUR_WEIGHTS
+    assert list(card["class_bias"]) == CLASSES
+    assert card["colour"]["weight"] in calibration.COLOUR_WEIGHTS
     for f in ("ood_stats.npz", "colour_model.npz", "val_predictions.npz", "training_curves.png"):
         assert (out / f).stat().st_size > 0
     pred = load_predictor(out / "hematovision_wbc.keras", backend="keras")
     p = pred.predict_one((FIXTURES / "NEUTROPHIL_3.jpeg").read_bytes())
-    assert p.label in CLASSES + ["UNIDENTIFIED"] and abs(sum(p.probabilities.values()) - 1) < 1e-5
+    assert p.label in CLASSES + ["UNIDENTIFIED"]
+    assert abs(sum(p.probabilities.values()) - 1) < 1e-5
     assert p.model_version == card["version"]
 
 
@@ -125,7 +133,8 @@ def test_train_mobilenet_v2_without_weights_says_how_to_pass_them(tmp_path, caps
     assert train.main(args + ["--backbone-weights", str(tmp_path / "missing.h5")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cannot train: MobileNetV2 ImageNet weights are not available")
-    assert "--backbone-weights" in err and not (tmp_path / "m").exists()
+    assert "--backbone-weights" in err
+    assert not (tmp_path / "m").exists()
 
 
 def test_train_refuses_a_class_from_a_single_source_field(tmp_path, monkeypatch, capsys):
@@ -180,11 +189,13 @@ def test_fit_calibration_recovers_temperature_and_class_offsets():
     labels = (target.cumsum(1) < rng.random((n, 1))).sum(1)
     t, b = fit_calibration(probs, labels)
     assert t == pytest.approx(true_t, rel=0.05)
-    assert b == pytest.approx(true_b, abs=0.06) and b.sum() == pytest.approx(0.0, abs=1e-9)
+    assert b == pytest.approx(true_b, abs=0.06)
+    assert b.sum() == pytest.approx(0.0, abs=1e-9)
     z = np.log(probs) / t + b
     assert ood.calibrate(probs, t, b) == pytest.approx(np.exp(z) / np.exp(z).sum(1, keepdims=True), rel=1e-5)
     t0, b0 = fit_calibration(probs, labels, class_bias=False)
-    assert t0 > 0 and not b0.any()
+    assert t0 > 0
+    assert not b0.any()
     assert np.array_equal(ood.calibrate(probs, t0, b0).argmax(1), probs.argmax(1))
     # The offsets move decisions towards the classes the probabilities under-call.
     assert np.mean(ood.calibrate(probs, t, b).argmax(1) == labels) > np.mean(probs.argmax(1) == labels)
