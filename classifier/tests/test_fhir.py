@@ -145,7 +145,8 @@ def test_report_is_final_once_signed(api_client, user, reviewer, specimen):
     assert report.issued.isoformat().startswith(signed.signed_at.replace(microsecond=0).isoformat()[:19])
     assert {obs.status for obs in resources(bundle, Observation)} == {"final"}
     # Signed: a verified manual differential (panel 24318-8, "by Manual count" codes), not 57023-4.
-    assert [(c.code, c.display) for c in report.code.coding] == [("24318-8", "Manual Differential panel - Blood")]
+    panel = [(c.code, c.display) for c in report.code.coding]
+    assert panel == [("24318-8", "Manual Differential panel - Blood")]
     eosinophils = next(o for o in resources(bundle, Observation) if o.code.coding[0].code == "714-6")
     assert eosinophils.code.coding[0].display == "Eosinophils/100 leukocytes in Blood by Manual count"
     # The reviewed unidentified cell now counts: 4 of 9 (44.44 %); largest-remainder rounding gives the
