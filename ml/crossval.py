@@ -26,6 +26,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,16 +67,87 @@ def check_fold(info: dict, k: int, keep: np.ndarray, fields: dict, n_folds: int,
         )
 
 
-def crossval(
-    files, labels, cfg: TrainConfig, folds_dir: Path, model_path: Path, out: Path, log=print
-) -> dict:
-    import keras  # Keras and TensorFlow: imported when the models run
-    import tensorflow as tf
+@dataclass(frozen=True)
+class Folds:
+    """The fold models and the split they were fitted on (recomputed here, checked against theirs)."""
 
-    classes = list(cfg.classes)
+    paths: dict[int, Path]  # fold k -> <name>_fold<k>.weights16.npz
+    infos: dict[int, dict]  # fold k -> its ``ml.finetune fit`` record
+    groups: np.ndarray  # source field of each image
+    fold: np.ndarray  # fold of each image
+    all_fields: dict  # source fields per class, every fold together
+    gdir: Path  # the grouping cache (unmasked crops, colour features)
+
+
+@dataclass
+class OutOfFold:
+    """Each image predicted by the fold model that never saw it."""
+
+    probs: np.ndarray  # CNN probabilities (test-time augmentation)
+    dist: np.ndarray  # OOD distance against that fold's own training side
+    colour_log_probs: np.ndarray  # the colour opinion fitted on that fold's training side
+    per_fold: dict  # "k" -> that fold's size, fields and accuracy
+
+
+@dataclass(frozen=True)
+class Models:
+    """What ``ml.finetune fit`` produced: the model fitted on every field and the folder of fold models."""
+
+    refit: Path  # the .keras model fitted on every fold (fit without --fold)
+    folds_dir: Path  # <name>_fold<k>.weights16.npz + .json per fold (fit --fold k --save weights16)
+
+
+def crossval(files, labels, cfg: TrainConfig, *, models: Models, out: Path, log=print) -> dict:
+    """Out-of-fold validation of the fold models, the refit model shipped in ``out`` with what they chose."""
+    import keras  # Keras and TensorFlow: imported when the models run
+
+    model_path, folds_dir = models.refit, models.folds_dir
     model = keras.saving.load_model(model_path, compile=False)
     info = _info(model_path)
     cfg.input_size = int(model.get_layer("resize").output.shape[1])  # the model fixes its input size
+    folds = _checked_folds(files, labels, cfg, folds_dir, model_path, info)
+    n_folds = len(folds.paths)
+    sizes = np.bincount(folds.fold).tolist()
+    log(f"{len(files)} images, {n_folds} folds of {sizes} images; refit {model_path}")
+
+    crops, found = crops_cached(files, cfg)
+    cfeat = colour_features_cached(folds.gdir) if cfg.colour else None
+    oof = _out_of_fold(crops, cfeat, labels, cfg, folds, log)
+    val_metrics, probs, calibration, colour_card, colour_model = _choose_decisions(
+        oof, cfeat, labels, cfg, folds, log
+    )
+    # The shipped model: OOD statistics of its own training side, which is every field.
+    stats = ood.fit(pooled_features(model, crops, "refit train features"), labels, len(cfg.classes))
+    cfg.init_model = os.path.relpath(model_path)
+    contents = BundleContents(
+        stats=stats,
+        calibration=calibration,
+        val_metrics=val_metrics,
+        val_predictions={
+            "index": np.arange(len(files)),
+            "labels": labels,
+            "probs": probs,  # out of fold, with the colour opinion (uncalibrated)
+            "cnn_probs": oof.probs,  # out of fold, the CNN alone
+            "ood_distance": oof.dist,  # out of fold: each fold model against its own training side
+            "groups": folds.groups,
+            "fold": folds.fold,
+        },
+        data=_data_record(files, labels, cfg, folds),
+        history=info.get("history", {}),
+        card_extra=_card_extra(info, folds, float(found.mean())),
+        colour_model=colour_model,
+        colour_card=colour_card,
+        command="python -m ml.crossval " + " ".join(sys.argv[1:]),
+    )
+    write_bundle(model, cfg, out, contents, log=log)
+    # The distance threshold, checked against non-blood images (disjoint from the test fixtures).
+    return oodcal.apply(out, log=log)
+
+
+def _checked_folds(files, labels, cfg: TrainConfig, folds_dir: Path, model_path: Path, info: dict) -> Folds:
+    """The fold models of ``folds_dir`` and this data's split, refused unless the refit model saw every
+    field of the same K-fold pack and each fold model exactly its own training side."""
+    classes = list(cfg.classes)
     paths = fold_models(folds_dir)
     n_folds = len(paths)
     if n_folds < 2 or sorted(paths) != list(range(n_folds)):
@@ -98,16 +170,24 @@ def crossval(
         infos[k] = _info(p)
         keep = fold != k
         check_fold(infos[k], k, keep, fields_per_class(groups[keep], labels[keep], classes), n_folds, p)
-    log(f"{len(files)} images, {n_folds} folds of {np.bincount(fold).tolist()} images; refit {model_path}")
+    return Folds(paths, infos, groups, fold, all_fields, gdir)
 
-    crops, found = crops_cached(files, cfg)
-    cfeat = colour_features_cached(gdir) if cfg.colour else None
-    n = len(files)
-    oof_probs = np.zeros((n, len(classes)), np.float32)
-    oof_dist = np.zeros(n, np.float32)
-    oof_clp = np.zeros((n, len(classes)), np.float32)
-    per_fold = {}
-    for k, p in paths.items():
+
+def _out_of_fold(crops, cfeat, labels, cfg: TrainConfig, folds: Folds, log) -> OutOfFold:
+    """Each fold's images predicted by its fold model; OOD statistics, colour model of its training side."""
+    import keras
+    import tensorflow as tf
+
+    classes = list(cfg.classes)
+    n = len(labels)
+    oof = OutOfFold(
+        probs=np.zeros((n, len(classes)), np.float32),
+        dist=np.zeros(n, np.float32),
+        colour_log_probs=np.zeros((n, len(classes)), np.float32),
+        per_fold={},
+    )
+    groups, fold = folds.groups, folds.fold
+    for k, p in folds.paths.items():
         fm = build_classifier(cfg.backbone, cfg.input_size, len(classes), cfg.dropout, imagenet=False)
         set_weights_by_name(fm, np.load(p))
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
@@ -116,34 +196,44 @@ def crossval(
         train_feats = pooled_features(fm, crops[tr], f"fold {k} train features")
         va_feats, va_probs = tta_predict(bfn, np.asarray(crops[va]), cfg.tta_views)
         stats = ood.fit(train_feats, labels[tr], len(classes))
-        oof_probs[va], oof_dist[va] = va_probs, ood.distance(stats, va_feats)
+        oof.probs[va], oof.dist[va] = va_probs, ood.distance(stats, va_feats)
         if cfg.colour:
             cm = colour.fit(cfeat[tr], labels[tr], len(classes), seed=cfg.seed)
-            oof_clp[va] = colour.log_probs(cm, cfeat[va])
+            oof.colour_log_probs[va] = colour.log_probs(cm, cfeat[va])
         pred = va_probs.argmax(1)
-        per_fold[str(k)] = {
+        oof.per_fold[str(k)] = {
             "n_images": int(len(va)),
             "source_fields": fields_per_class(groups[va], labels[va], classes),
             "accuracy": float(np.mean(pred == labels[va])),
             "accuracy_per_source_field": source_balanced_accuracy(pred, labels[va], groups[va]),
-            "complete": infos[k].get("complete"),
+            "complete": folds.infos[k].get("complete"),
         }
-        log(f"fold {k}: {per_fold[str(k)]}")
+        log(f"fold {k}: {oof.per_fold[str(k)]}")
+    return oof
 
+
+def _choose_decisions(oof: OutOfFold, cfeat, labels, cfg: TrainConfig, folds: Folds, log):
+    """From the out-of-fold predictions: the colour weight (and the colour model of every field), the
+    calibration and thresholds, and the validation figures. Returns ``(val_metrics, probs,
+    calibration, colour_card, colour_model)``, ``probs`` being the out-of-fold probabilities with the
+    colour opinion."""
+    classes = list(cfg.classes)
+    groups, fold = folds.groups, folds.fold
     key = f"tta{cfg.tta_views}"
-    val_metrics = {"out_of_fold": True, "folds": per_fold}
-    val_metrics[key] = metrics_dict(labels, oof_probs.argmax(1), classes, groups)
-    probs = oof_probs
+    val_metrics: dict = {"out_of_fold": True, "folds": oof.per_fold}
+    val_metrics[key] = metrics_dict(labels, oof.probs.argmax(1), classes, groups)
+    probs = oof.probs
     colour_card = colour_model = None
     if cfg.colour:
-        weight, by_weight = choose_colour_weight(oof_probs, oof_clp, labels, groups)
-        probs = colour.fuse(oof_probs, oof_clp, weight)
+        oof_clp = oof.colour_log_probs
+        weight, by_weight = choose_colour_weight(oof.probs, oof_clp, labels, groups)
+        probs = colour.fuse(oof.probs, oof_clp, weight)
         val_metrics["colour_alone"] = metrics_dict(labels, oof_clp.argmax(1), classes)
         val_metrics[f"{key}_with_colour"] = metrics_dict(labels, probs.argmax(1), classes, groups)
         log(f"colour weight {weight} (out-of-fold accuracy by weight {by_weight})")
         colour_card = colour_card_dict(weight, by_weight)
         colour_model = colour.fit(cfeat, labels, len(classes), seed=cfg.seed)  # every field, for serving
-    calibration = calibrate_flags(probs, labels, oof_dist, cfg, log)
+    calibration = calibrate_flags(probs, labels, oof.dist, cfg, log)
     # The served decision is the argmax after the class offsets. "calibrated" is in-sample (offsets
     # fitted on these very predictions); "calibrated_nested" fits them on the other folds for each fold.
     for name, pred in (
@@ -152,58 +242,40 @@ def crossval(
     ):
         val_metrics[name] = metrics_dict(labels, pred, classes, groups)
         val_metrics[name]["by_fold"] = {
-            str(k): float(np.mean(pred[fold == k] == labels[fold == k])) for k in paths
+            str(k): float(np.mean(pred[fold == k] == labels[fold == k])) for k in folds.paths
         }
     acc = {k: round(val_metrics[k]["accuracy"], 4) for k in ("calibrated", "calibrated_nested")}
     log(f"out-of-fold accuracy after the class offsets: {acc}")
     val_metrics["flagged_by_class"] = {
         c: float(calibration.flagged[labels == i].mean()) for i, c in enumerate(classes)
     }
+    return val_metrics, probs, calibration, colour_card, colour_model
 
-    # The shipped model: OOD statistics of its own training side, which is every field.
-    stats = ood.fit(pooled_features(model, crops, "refit train features"), labels, len(classes))
+
+def _data_record(files, labels, cfg: TrainConfig, folds: Folds) -> dict:
+    """The card's ``data`` entry: every field is both the training and the (out-of-fold) validation side."""
+    n = len(files)
     split_text = (
-        f"{n_folds}-fold cross-validation by source field (ml.data.group_folds, seed {cfg.seed}); "
+        f"{len(folds.paths)}-fold cross-validation by source field (ml.data.group_folds, seed {cfg.seed}); "
         "validation figures are out-of-fold, the shipped model was refitted on every field"
     )
-    data = data_record(
-        files, labels, groups, classes, n, n, split_text, {"train": all_fields, "val": all_fields}
-    )
-    extra = {
-        "nucleus_found_fraction": float(found.mean()),
+    sides = {"train": folds.all_fields, "val": folds.all_fields}
+    return data_record(files, labels, folds.groups, list(cfg.classes), n, n, split_text, sides)
+
+
+def _card_extra(info: dict, folds: Folds, nucleus_found: float) -> dict:
+    """The card's cross-validation entries: the refit's fine-tuning record and each fold model."""
+    return {
+        "nucleus_found_fraction": nucleus_found,
         "finetune": finetune_record(info),
         "crossval": {
-            "folds": n_folds,
+            "folds": len(folds.paths),
             "fold_models": {
-                str(k): {"file": p.name, "version": file_hash(p), "complete": infos[k].get("complete")}
-                for k, p in paths.items()
+                str(k): {"file": p.name, "version": file_hash(p), "complete": folds.infos[k].get("complete")}
+                for k, p in folds.paths.items()
             },
         },
     }
-    cfg.init_model = os.path.relpath(model_path)
-    contents = BundleContents(
-        stats=stats,
-        calibration=calibration,
-        val_metrics=val_metrics,
-        val_predictions={
-            "index": np.arange(n),
-            "labels": labels,
-            "probs": probs,  # out of fold, with the colour opinion (uncalibrated)
-            "cnn_probs": oof_probs,  # out of fold, the CNN alone
-            "ood_distance": oof_dist,  # out of fold: each fold model against its own training side
-            "groups": groups,
-            "fold": fold,
-        },
-        data=data,
-        history=info.get("history", {}),
-        card_extra=extra,
-        colour_model=colour_model,
-        colour_card=colour_card,
-        command="python -m ml.crossval " + " ".join(sys.argv[1:]),
-    )
-    write_bundle(model, cfg, out, contents, log=log)
-    # The distance threshold, checked against non-blood images (disjoint from the test fixtures).
-    return oodcal.apply(out, log=log)
 
 
 def nested_decisions(probs, labels, fold, cfg: TrainConfig) -> np.ndarray:
@@ -253,7 +325,8 @@ def main(argv=None) -> int:
     print(f"{len(files)} images, skipped folders: {skipped}")
     seed_everything(cfg.seed)
     try:
-        crossval(files, labels, cfg, Path(args.folds_dir), Path(args.model), Path(args.out))
+        models = Models(refit=Path(args.model), folds_dir=Path(args.folds_dir))
+        crossval(files, labels, cfg, models=models, out=Path(args.out))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,8 +29,10 @@ import sys
 from pathlib import Path
 
 from ml.config import TrainConfig
-from ml.finetune_fit import fit
+from ml.finetune_fit import FitConfig, fit
 from ml.finetune_pack import PACK_JPEG_QUALITY, pack
+
+JIT_COMPILE: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}  # --jit-compile
 
 
 def main(argv=None) -> int:
@@ -73,9 +75,7 @@ def main(argv=None) -> int:
         cfg.originals_dir = str(originals)
         pack(args.data, Path(args.out), cfg, folds=args.folds, jpeg_quality=args.jpeg_quality)
     else:
-        fit(
-            Path(args.pack),
-            Path(args.out),
+        fit_cfg = FitConfig(
             input_size=args.input_size,
             epochs=args.epochs,
             head_epochs=args.head_epochs,
@@ -84,10 +84,11 @@ def main(argv=None) -> int:
             seed=args.seed,
             name=args.name,
             stop_at=args.stop_at,
-            jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile],
+            jit_compile=JIT_COMPILE[args.jit_compile],
             fold=args.fold,
             save=args.save,
         )
+        fit(Path(args.pack), Path(args.out), fit_cfg)
     return 0
 
 

@@ -10,6 +10,7 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,38 +38,24 @@ def pack(
     fields, ``ml.data.group_folds``); a fold model never sees its own fold, and ``ml.crossval``
     validates it on that fold here.
     """
-    from PIL import Image  # PIL: imported when crops are encoded
-
     classes = list(cfg.classes)
     files, labels, skipped = list_class_folders(data_dir, classes)
-    groups, val, split_text, sources, _ = source_split(files, labels, cfg)
-    fold = None
-    if folds:
-        fold = group_folds(groups, labels, folds, cfg.seed)
-        tr = np.arange(len(files))
-        sources = {"train": fields_per_class(groups, labels, classes)}
-        split_text = f"{folds}-fold cross-validation by source field (ml.data.group_folds, seed {cfg.seed})"
-    else:
-        tr = np.flatnonzero(~val)
-    log(f"{len(files)} images; packed {len(tr)} ({sources['train']} source fields); skipped {skipped}")
+    side = _packed_side(files, labels, cfg, folds)
+    tr, fold, groups = side.rows, side.fold, side.groups
+    log(f"{len(files)} images; packed {len(tr)} ({side.train_fields} source fields); skipped {skipped}")
     native = dataclasses.replace(cfg, input_size=cfg.crop_side)  # crops at their native resolution
     crops, found = crop_all([files[i] for i in tr], native, 0)
     out.mkdir(parents=True, exist_ok=True)
-    offsets = [0]
-    with open(out / "crops.bin", "wb") as fh:
-        for c in crops:
-            b = io.BytesIO()
-            Image.fromarray(c).save(b, "JPEG", quality=jpeg_quality, subsampling=2)
-            fh.write(b.getvalue())
-            offsets.append(offsets[-1] + len(b.getvalue()))
-    np.savez(
-        out / "index.npz",
-        offsets=np.array(offsets, np.int64),
-        labels=labels[tr].astype(np.int64),
-        groups=groups[tr].astype(np.int64),
-        found=found,
-        **({"folds": fold.astype(np.int64)} if fold is not None else {}),
-    )
+    offsets = _write_jpegs(crops, out / "crops.bin", jpeg_quality)
+    index: dict[str, Any] = {
+        "offsets": np.array(offsets, np.int64),
+        "labels": labels[tr].astype(np.int64),
+        "groups": groups[tr].astype(np.int64),
+        "found": found,
+    }
+    if fold is not None:
+        index["folds"] = fold.astype(np.int64)
+    np.savez(out / "index.npz", **index)
     init = build_classifier(cfg.backbone, cfg.input_size, len(classes), cfg.dropout)
     np.savez(out / "init_weights.npz", **weights_by_name(init, np.float16, skip=("predictions",)))
     meta = {
@@ -77,28 +64,66 @@ def pack(
         "crop_side_ref_px": cfg.crop_side,
         "n_images": int(len(tr)),
         "per_class": {c: int((labels[tr] == i).sum()) for i, c in enumerate(classes)},
-        "source_fields": sources["train"],
-        "split": split_text,
+        "source_fields": side.train_fields,
+        "split": side.split_text,
         "split_seed": cfg.seed,
         "val_fraction": None if folds else cfg.val_fraction,
         "train_dir": Path(data_dir).name,
         "jpeg_quality": jpeg_quality,
         "folds": folds or None,
-        "per_fold": None
-        if fold is None
-        else {
-            str(f): {
-                "n_images": int((fold == f).sum()),
-                "source_fields": fields_per_class(groups[fold == f], labels[fold == f], classes),
-            }
-            for f in range(folds)
-        },
+        "per_fold": None if fold is None or not folds else _per_fold(fold, folds, groups, labels, classes),
         "nucleus_found_fraction": float(found.mean()),
         "command": "python -m ml.finetune " + " ".join(sys.argv[1:]),
     }
     (out / "pack.json").write_text(json.dumps(meta, indent=2))
     log(f"wrote {out}: {offsets[-1] / 1e6:.1f} MB of crops")
     return meta
+
+
+class _Side(NamedTuple):
+    rows: np.ndarray  # the packed images (indices into the class folders' files)
+    fold: np.ndarray | None  # K-fold: the fold of every image
+    groups: np.ndarray  # source field of every image
+    train_fields: dict  # source fields per class of the packed side
+    split_text: str  # how the side was chosen, for pack.json
+
+
+def _packed_side(files, labels, cfg: TrainConfig, folds: int | None) -> _Side:
+    """What travels: the training side of ``ml.train``'s split, or with ``folds`` every image, each
+    with its fold (whole source fields, ``ml.data.group_folds``)."""
+    groups, val, split_text, sources, _ = source_split(files, labels, cfg)
+    if folds:
+        fold = group_folds(groups, labels, folds, cfg.seed)
+        text = f"{folds}-fold cross-validation by source field (ml.data.group_folds, seed {cfg.seed})"
+        return _Side(
+            np.arange(len(files)), fold, groups, fields_per_class(groups, labels, list(cfg.classes)), text
+        )
+    return _Side(np.flatnonzero(~val), None, groups, sources["train"], split_text)
+
+
+def _write_jpegs(crops, path: Path, quality: int) -> list[int]:
+    """The crops as JPEG files one after another in ``path``; returns the byte offsets (n + 1 of them)."""
+    from PIL import Image  # PIL: imported when crops are encoded
+
+    offsets = [0]
+    with open(path, "wb") as fh:
+        for c in crops:
+            b = io.BytesIO()
+            Image.fromarray(c).save(b, "JPEG", quality=quality, subsampling=2)
+            fh.write(b.getvalue())
+            offsets.append(offsets[-1] + len(b.getvalue()))
+    return offsets
+
+
+def _per_fold(fold: np.ndarray, k: int, groups: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """``pack.json``'s ``per_fold``: the size and source fields of each fold."""
+    return {
+        str(f): {
+            "n_images": int((fold == f).sum()),
+            "source_fields": fields_per_class(groups[fold == f], labels[fold == f], classes),
+        }
+        for f in range(k)
+    }
 
 
 def load_pack(pack_dir: Path, workers: int = 8) -> tuple[np.ndarray, dict, dict]:
