@@ -37,6 +37,31 @@ from ml.train_lite0 import train_lite0
 
 
 def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = _config(args)
+    if cfg is None:
+        return 2
+    files, labels, skipped = list_class_folders(args.data, list(cfg.classes))
+    if "TEST" in Path(args.data).name.upper() and "TRAIN" not in Path(args.data).name.upper():
+        print("refusing to train on a TEST folder", file=sys.stderr)
+        return 2
+    print(f"{len(files)} images, skipped folders: {skipped}")
+    seed_everything(cfg.seed)
+    try:
+        if args.init_model:
+            cfg.init_model = args.init_model
+            adopt_model(files, labels, cfg, Path(args.out))
+        elif cfg.backbone == "mobilenet_v2":
+            train_full(files, labels, cfg, Path(args.out))
+        else:
+            train_lite0(files, labels, cfg, Path(args.out))
+    except (SplitError, BackboneWeightsError) as exc:
+        print(f"cannot train: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="TRAIN folder with one sub-folder per class")
     ap.add_argument("--out", required=True, help="output folder for the .keras model, card and curves")
@@ -68,7 +93,12 @@ def main(argv=None) -> int:
         "one side of the validation split; default: ORIGINAL beside --data when present, 'none' to "
         "group by feature similarity alone",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _config(args: argparse.Namespace) -> TrainConfig | None:
+    """The training configuration the options ask for; None (said on stderr) for an --originals
+    folder without labels.csv."""
     cfg = TrainConfig(backbone=args.backbone, backbone_weights=args.backbone_weights)
     cfg.colour = not args.no_colour
     # Relative to the working directory, so the card does not carry this machine's absolute paths.
@@ -77,7 +107,7 @@ def main(argv=None) -> int:
         cfg.originals_dir = originals
     elif args.originals and originals.lower() != "none":
         print(f"--originals {originals}: no labels.csv there", file=sys.stderr)
-        return 2
+        return None
     for k, v in (
         ("finetune_epochs", args.epochs),
         ("seed", args.seed),
@@ -90,24 +120,7 @@ def main(argv=None) -> int:
     ):
         if v is not None:
             setattr(cfg, k, v)
-    files, labels, skipped = list_class_folders(args.data, list(cfg.classes))
-    if "TEST" in Path(args.data).name.upper() and "TRAIN" not in Path(args.data).name.upper():
-        print("refusing to train on a TEST folder", file=sys.stderr)
-        return 2
-    print(f"{len(files)} images, skipped folders: {skipped}")
-    seed_everything(cfg.seed)
-    try:
-        if args.init_model:
-            cfg.init_model = args.init_model
-            adopt_model(files, labels, cfg, Path(args.out))
-        elif cfg.backbone == "mobilenet_v2":
-            train_full(files, labels, cfg, Path(args.out))
-        else:
-            train_lite0(files, labels, cfg, Path(args.out))
-    except (SplitError, BackboneWeightsError) as exc:
-        print(f"cannot train: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return cfg
 
 
 if __name__ == "__main__":

@@ -67,10 +67,6 @@ class _ActivationBatches:
 
 def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     """Cached EfficientNet-Lite0 training (steps 1-5 of ``ml.train``), then ``ml.finish.finish``."""
-    import keras  # Keras and TensorFlow: imported when training starts (import ml.train_lite0 stays cheap)
-    import tensorflow as tf
-
-    classes = list(cfg.classes)
     split = source_split(files, labels, cfg)  # first: fails fast
     groups, val, _, sources, _ = split
     d = build_cache(files, labels, cfg)
@@ -85,15 +81,44 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
         f"groups: {len(sizes)} (median size {np.median(sizes):.0f}, max {sizes.max()}); "
         f"train {len(tr_idx)} val {len(va_idx)}; sources {sources}; nucleus found in {found.mean():.1%}"
     )
-
-    # Phase 1: head only, on pooled features of the frozen ImageNet base (inference mode).
     train_seed = cfg.seed if cfg.train_seed is None else cfg.train_seed
     seed_everything(train_seed)
+    onehot = np.eye(len(cfg.classes), dtype=np.float32)[labels]
+    head, h1 = _fit_head(feat0, onehot, tr_idx, va_idx, cfg)
+    log(f"phase 1 (head on frozen base): val accuracy {h1.history['val_accuracy'][-1]:.4f}")
+    upper, phase2_history, best = _finetune_upper(head, views, onehot, (tr_idx, va_idx), cfg, train_seed)
+    if cfg.finetune_epochs > 0:
+        log(
+            f"phase 2 (fine-tune blocks {cfg.split_block}+): best val accuracy {best['acc']:.4f} "
+            f"at epoch {best['epoch']}"
+        )
+
+    # Whole serving model (resize + rescale inside), weights copied by layer name.
+    model = build_classifier(cfg.backbone, cfg.input_size, len(cfg.classes), cfg.dropout)
+    copy_weights_by_name(upper, model)
+    trained = Trained(
+        model=model,
+        train_feats=_train_features(upper, views[0], tr_idx, cfg),
+        history={"phase1_head": h1.history, "phase2_finetune": phase2_history},
+        card_extra={"best_finetune_epoch": best["epoch"], "nucleus_found_fraction": float(found.mean())},
+        val_extra={"activations_1view_best_epoch_accuracy": best["acc"]} if best["epoch"] else {},
+    )
+    crops = np.load(d / "crops_v0.npy", mmap_mode="r")
+    return finish(trained, TrainingSet(files, labels, split, crops), cfg, out, log=log)
+
+
+def _fit_head(
+    feat0: np.ndarray, onehot: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarray, cfg: TrainConfig
+):
+    """Phase 1: head only, on pooled features of the frozen ImageNet base (inference mode).
+    Returns the head and its history."""
+    import keras  # Keras and TensorFlow: imported when training starts (import ml.train_lite0 stays cheap)
+
     head = keras.Sequential(
         [
             keras.Input((feat0.shape[1],)),
             keras.layers.Dropout(cfg.dropout),
-            keras.layers.Dense(len(classes), activation="softmax", name="predictions"),
+            keras.layers.Dense(len(cfg.classes), activation="softmax", name="predictions"),
         ]
     )
     head.compile(
@@ -101,19 +126,27 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
         keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
-    onehot = np.eye(len(classes), dtype=np.float32)
     h1 = head.fit(
         feat0[tr_idx],
-        onehot[labels[tr_idx]],
-        validation_data=(feat0[va_idx], onehot[labels[va_idx]]),
+        onehot[tr_idx],
+        validation_data=(feat0[va_idx], onehot[va_idx]),
         epochs=cfg.head_epochs,
         batch_size=cfg.batch_size,
         verbose=2,
     )
-    log(f"phase 1 (head on frozen base): val accuracy {h1.history['val_accuracy'][-1]:.4f}")
+    return head, h1
 
-    # Phase 2: fine-tune the top blocks + head on cached activations, BatchNorm frozen.
-    upper = build_lite0_upper(views[0].shape[1:], cfg.split_block, len(classes), cfg.dropout)
+
+def _finetune_upper(
+    head, views: list[np.ndarray], onehot: np.ndarray, sides, cfg: TrainConfig, train_seed: int
+):
+    """Phase 2: fine-tune the top blocks + head on cached activations, BatchNorm frozen, keeping the
+    epoch with the best validation accuracy. ``sides``: (training, validation) indices. Returns the
+    upper model, its history (empty for a head-only model, ``finetune_epochs`` 0) and the best epoch."""
+    import keras
+
+    tr_idx, va_idx = sides
+    upper = build_lite0_upper(views[0].shape[1:], cfg.split_block, len(cfg.classes), cfg.dropout)
     upper.get_layer("predictions").set_weights(head.get_layer("predictions").get_weights())
     freeze_batchnorm(upper)
     steps = max(1, cfg.finetune_epochs) * int(np.ceil(len(tr_idx) / cfg.batch_size))
@@ -123,9 +156,8 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
         keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
-    labels_oh = onehot[labels]
-    train_ds = _ActivationBatches(views, tr_idx, labels_oh, cfg.batch_size, train_seed, True)
-    val_ds = _ActivationBatches(views[:1], va_idx, labels_oh, 64, cfg.seed, False)
+    train_ds = _ActivationBatches(views, tr_idx, onehot, cfg.batch_size, train_seed, True)
+    val_ds = _ActivationBatches(views[:1], va_idx, onehot, 64, cfg.seed, False)
     best = {"acc": -1.0, "epoch": 0, "weights": None}
 
     class KeepBest(keras.callbacks.Callback):
@@ -133,33 +165,24 @@ def train_lite0(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
             if logs["val_accuracy"] > best["acc"]:
                 best.update(acc=float(logs["val_accuracy"]), epoch=epoch + 1, weights=upper.get_weights())
 
-    phase2_history = {}  # head-only model (quick) without phase 2
+    history = {}  # head-only model (quick) without phase 2
     if cfg.finetune_epochs > 0:
         h2 = upper.fit(
             train_ds, validation_data=val_ds, epochs=cfg.finetune_epochs, verbose=2, callbacks=[KeepBest()]
         )
-        phase2_history = h2.history
+        history = h2.history
         upper.set_weights(best["weights"])
-        log(
-            f"phase 2 (fine-tune blocks {cfg.split_block}+): best val accuracy {best['acc']:.4f} "
-            f"at epoch {best['epoch']}"
-        )
+    return upper, history, best
 
-    # Whole serving model (resize + rescale inside), weights copied by layer name.
-    model = build_classifier(cfg.backbone, cfg.input_size, len(classes), cfg.dropout)
-    copy_weights_by_name(upper, model)
-    # Training-set features of the fine-tuned model for the out-of-distribution detector
-    # (the upper blocks on the cached activations: the same numbers as the whole model, faster).
-    fmodel = build_lite0_upper(views[0].shape[1:], cfg.split_block, len(classes), 0.0, features_only=True)
+
+def _train_features(upper, activations: np.ndarray, tr_idx: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """Training-set features of the fine-tuned model for the out-of-distribution detector (the upper
+    blocks on the cached activations: the same numbers as the whole model, faster)."""
+    import tensorflow as tf
+
+    fmodel = build_lite0_upper(
+        activations.shape[1:], cfg.split_block, len(cfg.classes), 0.0, features_only=True
+    )
     copy_weights_by_name(upper, fmodel)
     ffn = tf.function(lambda x: fmodel(x, training=False))
-    train_feats = run_batched(ffn, views[0][tr_idx], desc="train features", dtype=np.float32)
-    trained = Trained(
-        model=model,
-        train_feats=train_feats,
-        history={"phase1_head": h1.history, "phase2_finetune": phase2_history},
-        card_extra={"best_finetune_epoch": best["epoch"], "nucleus_found_fraction": float(found.mean())},
-        val_extra={"activations_1view_best_epoch_accuracy": best["acc"]} if best["epoch"] else {},
-    )
-    crops = np.load(d / "crops_v0.npy", mmap_mode="r")
-    return finish(trained, TrainingSet(files, labels, split, crops), cfg, out, log=log)
+    return run_batched(ffn, activations[tr_idx], desc="train features", dtype=np.float32)
