@@ -55,14 +55,22 @@ def lite0_weights_path() -> Path:
     return Path(pkg.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
 
 
-def _conv(layers, x, filters, kernel, stride, name, depthwise=False):
-    pad = "same"
+def _padded(layers, x, kernel, stride, name):
+    """``(x, padding)`` for a convolution: explicit zero padding before a strided one (as the
+    PyTorch weights were trained), Keras' "same" otherwise."""
     if stride > 1:
-        x = layers.ZeroPadding2D(kernel // 2, name=name + "_pad")(x)
-        pad = "valid"
-    if depthwise:
-        return layers.DepthwiseConv2D(kernel, stride, padding=pad, use_bias=False, name=name)(x)
+        return layers.ZeroPadding2D(kernel // 2, name=name + "_pad")(x), "valid"
+    return x, "same"
+
+
+def _conv(layers, x, filters, kernel, stride, name):
+    x, pad = _padded(layers, x, kernel, stride, name)
     return layers.Conv2D(filters, kernel, stride, padding=pad, use_bias=False, name=name)(x)
+
+
+def _dwconv(layers, x, kernel, stride, name):
+    x, pad = _padded(layers, x, kernel, stride, name)
+    return layers.DepthwiseConv2D(kernel, stride, padding=pad, use_bias=False, name=name)(x)
 
 
 def _bn(layers, x, name):
@@ -87,7 +95,7 @@ def lite0_apply(x, start: int = 0, end: int = LITE0_NUM_BLOCKS, stem: bool = Tru
         if b["expand"] != 1:
             x = layers.Conv2D(b["cin"] * b["expand"], 1, use_bias=False, name=p + "expand_conv")(x)
             x = layers.ReLU(6.0, name=p + "expand_relu")(_bn(layers, x, p + "expand_bn"))
-        x = _conv(layers, x, None, b["kernel"], b["stride"], p + "dwconv", depthwise=True)
+        x = _dwconv(layers, x, b["kernel"], b["stride"], p + "dwconv")
         x = layers.ReLU(6.0, name=p + "dw_relu")(_bn(layers, x, p + "dw_bn"))
         x = layers.Conv2D(b["cout"], 1, use_bias=False, name=p + "project_conv")(x)
         x = _bn(layers, x, p + "project_bn")

@@ -154,12 +154,28 @@ def main(argv=None) -> int:
     if args.method:
         print(json.dumps(run_method(args.method, args.model, args.n, args.batch)))
         return 0
-    base = [sys.executable, "-m", "ml.bench", "--n", str(args.n), "--batch", str(args.batch)]
-    if args.model:
-        base += ["--model", args.model]
+    export_info = _export(args.model)  # first: the methods load the cached export
+    res = {method: _child(method, args) for method in METHODS + ("interleaved",)}
+    out = {
+        "machine": {"cpus": os.cpu_count()},
+        "litert_export": export_info,
+        **res,
+    }
+    out["speedup_p50"] = _speedups(res)  # from the separate processes, run one after the other
+    out["speedup_p50_interleaved"] = _speedups(res.get("interleaved", {}))  # same process, alternating calls
+    out["note"] = (
+        "each method in its own fresh process, one after the other (cold load includes importing "
+        "TensorFlow); single_image = predict_one on fixture JPEGs incl. decoding, locating and cropping"
+    )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _export(model: str | None) -> dict:
+    """Run ``ml.export`` (the LiteRT export, or its cached file) and time it."""
     t = time.perf_counter()
     ex = subprocess.run(
-        [sys.executable, "-m", "ml.export"] + (["--model", args.model] if args.model else []),
+        [sys.executable, "-m", "ml.export"] + (["--model", model] if model else []),
         capture_output=True,
         text=True,
     )
@@ -171,38 +187,32 @@ def main(argv=None) -> int:
             exported_in_s=meta.get("export_s"),
             max_abs_diff_vs_keras=meta.get("max_abs_diff_vs_keras"),
         )
-    res = {}
-    for method in METHODS + ("interleaved",):
-        r = subprocess.run(base + ["--method", method], capture_output=True, text=True)
-        if r.returncode != 0:
-            res[method] = {"error": r.stderr.strip().splitlines()[-1:]}
-            continue
-        res[method] = json.loads(r.stdout.strip().splitlines()[-1])
-    out = {
-        "machine": {"cpus": os.cpu_count()},
-        "litert_export": export_info,
-        **res,
+    return export_info
+
+
+def _child(method: str, args: argparse.Namespace) -> dict:
+    """One method measured in a fresh process (``--method``): its figures, or its last error line."""
+    cmd = [sys.executable, "-m", "ml.bench", "--n", str(args.n), "--batch", str(args.batch)]
+    if args.model:
+        cmd += ["--model", args.model]
+    r = subprocess.run(cmd + ["--method", method], capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"error": r.stderr.strip().splitlines()[-1:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _p50(src: dict, k: str):
+    return src.get(k, {}).get("single_image", src.get(k, {})).get("p50_ms")
+
+
+def _speedups(src: dict) -> dict:
+    """Median single-image latency of each slower method over the served one's."""
+    fast = _p50(src, "served")
+    return {
+        f"vs_{k}": (_p50(src, k) / fast if fast and _p50(src, k) else None)
+        for k in ("naive_single_view", "naive_tta", "keras")
+        if k in src
     }
-
-    def p50(src, k):
-        return src.get(k, {}).get("single_image", src.get(k, {})).get("p50_ms")
-
-    def ratios(src):
-        fast = p50(src, "served")
-        return {
-            f"vs_{k}": (p50(src, k) / fast if fast and p50(src, k) else None)
-            for k in ("naive_single_view", "naive_tta", "keras")
-            if k in src
-        }
-
-    out["speedup_p50"] = ratios(res)  # from the separate processes, run one after the other
-    out["speedup_p50_interleaved"] = ratios(res.get("interleaved", {}))  # same process, alternating calls
-    out["note"] = (
-        "each method in its own fresh process, one after the other (cold load includes importing "
-        "TensorFlow); single_image = predict_one on fixture JPEGs incl. decoding, locating and cropping"
-    )
-    print(json.dumps(out, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

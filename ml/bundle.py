@@ -65,7 +65,20 @@ def check_serving_settings(card: dict) -> None:
     """
     if not isinstance(card, dict):
         raise ValueError(f"the card must be a JSON object, got {type(card).__name__}")
-    classes = card.get("classes")
+    _check_classes(card.get("classes"))
+    size = (card.get("input") or {}).get("input_size") if isinstance(card.get("input"), dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
+        raise ValueError(f"input.input_size must be an integer of at least 32, got {size!r}")
+    _check_crop(card.get("crop"))
+    if card.get("tta_views", 1) not in (1, 2, 4, 8) or isinstance(card.get("tta_views"), bool):
+        raise ValueError(f"tta_views must be 1, 2, 4 or 8, got {card.get('tta_views')!r}")
+    _number(card.get("temperature", 1.0), "temperature", above=0)
+    _check_thresholds(card.get("thresholds") or {})
+    _check_colour(card.get("colour"))
+    ood.card_class_bias(card)
+
+
+def _check_classes(classes) -> None:
     if (
         not isinstance(classes, list)
         or not classes
@@ -73,10 +86,9 @@ def check_serving_settings(card: dict) -> None:
         or len(set(classes)) != len(classes)
     ):
         raise ValueError(f"classes must be a list of distinct class names, got {classes!r}")
-    size = (card.get("input") or {}).get("input_size") if isinstance(card.get("input"), dict) else None
-    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
-        raise ValueError(f"input.input_size must be an integer of at least 32, got {size!r}")
-    crop = card.get("crop")
+
+
+def _check_crop(crop) -> None:
     if not isinstance(crop, dict):
         raise ValueError(f"crop must be an object with crop_side_ref_px, got {crop!r}")
     if crop.get("method", "ref_field") not in ("ref_field", "rbc_scale"):
@@ -86,22 +98,22 @@ def check_serving_settings(card: dict) -> None:
     _number(crop.get("crop_side_ref_px"), "crop.crop_side_ref_px", above=0)
     if crop.get("mask_radius_ref_px") is not None:
         _number(crop["mask_radius_ref_px"], "crop.mask_radius_ref_px", above=0)
-    if card.get("tta_views", 1) not in (1, 2, 4, 8) or isinstance(card.get("tta_views"), bool):
-        raise ValueError(f"tta_views must be 1, 2, 4 or 8, got {card.get('tta_views')!r}")
-    _number(card.get("temperature", 1.0), "temperature", above=0)
-    thresholds = card.get("thresholds") or {}
+
+
+def _check_thresholds(thresholds) -> None:
     if not isinstance(thresholds, dict):
         raise ValueError(f"thresholds must be an object, got {thresholds!r}")
     if "ood_distance" in thresholds:
         _number(thresholds["ood_distance"], "thresholds.ood_distance", above=0)
     if "min_confidence" in thresholds:
         _number(thresholds["min_confidence"], "thresholds.min_confidence", low=0.0, high=1.0)
-    colour = card.get("colour")
+
+
+def _check_colour(colour) -> None:
     if colour is not None:
         if not isinstance(colour, dict) or not isinstance(colour.get("file"), str):
             raise ValueError(f"colour must be null or an object with a file and a weight, got {colour!r}")
         _number(colour.get("weight"), "colour.weight", low=0.0, high=1.0)
-    ood.card_class_bias(card)
 
 
 def file_hash(path: Path, n: int = 16) -> str:

@@ -110,17 +110,27 @@ def save_curves(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def data_record(files, labels, groups, classes, n_train: int, n_val: int, split_text: str, sources) -> dict:
+@dataclass(frozen=True)
+class SplitRecord:
+    """How the images were split into the training and validation sides, as the card records it."""
+
+    n_train: int
+    n_val: int
+    text: str  # the rule, in words
+    source_fields: dict  # {"train": ..., "val": ...}: source fields per class of each side
+
+
+def data_record(files, labels, groups, classes, split: SplitRecord) -> dict:
     """The card's ``data`` entry."""
     return {
         "train_dir": str(Path(files[0]).parent.parent),
         "n_images": len(files),
         "per_class": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
-        "n_train": int(n_train),
-        "n_val": int(n_val),
+        "n_train": int(split.n_train),
+        "n_val": int(split.n_val),
         "n_groups": int(len(np.unique(groups))),
-        "split": split_text,
-        "source_fields": sources,
+        "split": split.text,
+        "source_fields": split.source_fields,
     }
 
 

@@ -35,7 +35,7 @@ from ml import colour, ood, oodcal
 from ml.bundle import file_hash
 from ml.cache import colour_features_cached, crops_cached, pooled_features
 from ml.calibration import calibrate_flags, choose_colour_weight, fit_calibration
-from ml.card import BundleContents, colour_card_dict, data_record, finetune_record, write_bundle
+from ml.card import BundleContents, SplitRecord, colour_card_dict, data_record, finetune_record, write_bundle
 from ml.config import TrainConfig, seed_everything
 from ml.data import fields_per_class, group_folds, list_class_folders
 from ml.metrics import metrics_dict, source_balanced_accuracy
@@ -260,7 +260,7 @@ def _data_record(files, labels, cfg: TrainConfig, folds: Folds) -> dict:
         "validation figures are out-of-fold, the shipped model was refitted on every field"
     )
     sides = {"train": folds.all_fields, "val": folds.all_fields}
-    return data_record(files, labels, folds.groups, list(cfg.classes), n, n, split_text, sides)
+    return data_record(files, labels, folds.groups, list(cfg.classes), SplitRecord(n, n, split_text, sides))
 
 
 def _card_extra(info: dict, folds: Folds, nucleus_found: float) -> dict:

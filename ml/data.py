@@ -201,35 +201,27 @@ def group_folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np
 
 
 def make_dataset(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    dihedral_aug: bool = False,
-    colour_jitter: bool = False,
+    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, augment: bool = False
 ):
-    """tf.data over in-memory arrays (images or cached activations), optional random dihedral flips
-    and, for 0..255 RGB images, a small stain jitter per batch (hue, saturation, brightness)."""
+    """tf.data over in-memory 0..255 RGB images; with ``augment``, a random dihedral flip and a small
+    stain jitter (hue, saturation, brightness) per batch."""
     import tensorflow as tf  # TensorFlow: imported when a dataset is made
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if dihedral_aug or colour_jitter:
+    if augment:
 
         def aug(a, b):
-            if dihedral_aug:
-                k = tf.random.uniform((), 0, 4, dtype=tf.int32, seed=seed)
-                a = tf.image.rot90(a, k)
-                a = tf.cond(
-                    tf.random.uniform((), seed=seed) < 0.5, lambda: tf.image.flip_left_right(a), lambda: a
-                )
-            if colour_jitter:
-                a = tf.image.random_hue(a / 255.0, 0.03, seed=seed)
-                a = tf.image.random_saturation(a, 0.85, 1.15, seed=seed)
-                a = tf.clip_by_value(tf.image.random_brightness(a, 0.05, seed=seed), 0.0, 1.0) * 255.0
+            k = tf.random.uniform((), 0, 4, dtype=tf.int32, seed=seed)
+            a = tf.image.rot90(a, k)
+            a = tf.cond(
+                tf.random.uniform((), seed=seed) < 0.5, lambda: tf.image.flip_left_right(a), lambda: a
+            )
+            a = tf.image.random_hue(a / 255.0, 0.03, seed=seed)
+            a = tf.image.random_saturation(a, 0.85, 1.15, seed=seed)
+            a = tf.clip_by_value(tf.image.random_brightness(a, 0.05, seed=seed), 0.0, 1.0) * 255.0
             return a, b
 
         ds = ds.map(aug, num_parallel_calls=os.cpu_count() or 1)
@@ -277,12 +269,14 @@ def group_by_original(
     features: np.ndarray,
     labels: np.ndarray,
     classes: list[str],
-    orig_features: np.ndarray,
-    orig_numbers: np.ndarray,
-    orig_categories: list[str],
+    originals: tuple[np.ndarray, np.ndarray, list[str]],
     threshold: float = 0.92,
 ) -> np.ndarray:
     """Source field (``ORIGINAL`` image number) of every training image.
+
+    ``originals``: ``(features, numbers, categories)`` of the cells located in the ORIGINAL fields
+    (every dihedral view): pooled ImageNet features (M, D), field number and the field's label text
+    of each, as ``ml.cache.original_features`` returns them.
 
     TRAIN holds rotated/flipped/shifted copies of a few hundred source fields.
     Each image is matched to the source field whose located cells (any of 8
@@ -297,6 +291,7 @@ def group_by_original(
         a = np.asarray(a, np.float32)
         return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-8)
 
+    orig_features, orig_numbers, orig_categories = originals
     sims = unit(features) @ unit(orig_features).T  # (N, M)
     fields = np.unique(orig_numbers)
     col = np.searchsorted(fields, orig_numbers)

@@ -13,7 +13,7 @@ import numpy as np
 from ml import colour, ood
 from ml.cache import colour_features_cached, crops_cached, pooled_features
 from ml.calibration import calibrate_flags, choose_colour_weight
-from ml.card import BundleContents, colour_card_dict, data_record, finetune_record, write_bundle
+from ml.card import BundleContents, SplitRecord, colour_card_dict, data_record, finetune_record, write_bundle
 from ml.config import TrainConfig
 from ml.metrics import metrics_dict
 from ml.predictor import tta_predict
@@ -76,7 +76,9 @@ def finish(trained: Trained, data: TrainingSet, cfg: TrainConfig, out: Path, *, 
     calibration = calibrate_flags(val_probs, labels[va_idx], val_dist, cfg, log)
     # The served decision (argmax after the offsets); in-sample: the offsets were fitted on these cells.
     val_metrics["calibrated"] = metrics_dict(labels[va_idx], calibration.probs.argmax(1), classes)
-    record = data_record(files, labels, groups, classes, len(tr_idx), len(va_idx), split_text, sources)
+    record = data_record(
+        files, labels, groups, classes, SplitRecord(len(tr_idx), len(va_idx), split_text, sources)
+    )
     val_predictions = {
         "index": va_idx,
         "labels": labels[va_idx],

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,10 +124,51 @@ def features_and_probs(
     return tta_predict(lambda x: both(x, training=False), crops, views, batch)
 
 
-def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
-    import keras  # Keras: imported when fitting starts (import ml.multifit stays cheap)
+@dataclass(frozen=True)
+class FitData:
+    """The crop cache in memory, split into the training and validation sides of the chosen sources."""
 
+    crops: np.ndarray  # uint8 canonical fields (ml.cropcache)
+    meta: dict  # per-row labels, source, split, groups
+    cinfo: dict  # the cache's record (spec, fingerprint, field_px)
+    train: np.ndarray  # row mask: training side
+    val: np.ndarray  # row mask: validation side
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted (uncompiled) model and how it was fitted."""
+
+    model: Any  # the served Keras model
+    classes: list[str]  # the classes present in the training side, ml.taxonomy order
+    history: dict  # loss and accuracy per epoch of each phase
+    train_seconds: float
+
+
+def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
+    """Fine-tune on the cache's training sides, then ``finish`` (calibration and the bundle)."""
     t0 = time.time()
+    data = load_sides(cache_dir, cfg, log)
+    meta, train = data.meta, data.train
+    present = sorted(set(meta["labels"][train].tolist()))
+    classes = [CLASSES[i] for i in present]
+    class_index = np.full(len(CLASSES), -1)
+    class_index[present] = np.arange(len(present))
+    counts = np.bincount(class_index[meta["labels"][train]], minlength=len(classes)).astype(float)
+    weights = (counts.mean() / counts) ** cfg.class_weight_power
+    log(
+        f"classes {classes}; train {int(train.sum())}, val {int(data.val.sum())}; "
+        f"class weights {np.round(weights, 2)}"
+    )
+    model, history = _train(data, class_index, weights, cfg, out)
+    train_seconds = time.time() - t0
+    served = build_classifier("efficientnet_lite0", cfg.input_size, len(classes), cfg.dropout, imagenet=False)
+    served.set_weights(model.get_weights())
+    return finish(Fitted(served, classes, history, train_seconds), data, cfg, out, log=log)
+
+
+def load_sides(cache_dir: Path, cfg: FitConfig, log=print) -> FitData:
+    """The cache in memory, its near-duplicate groups, the training and validation rows of ``cfg.sources``."""
     crops, meta, cinfo = load_cache(cache_dir)
     field_px = cinfo.get("field_px", 102)
     if cfg.input_size > field_px:
@@ -135,59 +177,40 @@ def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
     meta["groups"] = split_groups(crops, meta)
     mine = np.isin(meta["source"], list(cfg.sources)) & (meta["split"] == "train")
     val = validation_mask(meta, cfg) & mine
-    train = mine & ~val
-    present = sorted(set(meta["labels"][train].tolist()))
-    classes = [CLASSES[i] for i in present]
-    class_index = np.full(len(CLASSES), -1)
-    class_index[present] = np.arange(len(present))
-    counts = np.bincount(class_index[meta["labels"][train]], minlength=len(classes)).astype(float)
-    weights = (counts.mean() / counts) ** cfg.class_weight_power
-    log(
-        f"classes {classes}; train {int(train.sum())}, val {int(val.sum())}; "
-        f"class weights {np.round(weights, 2)}"
-    )
+    return FitData(crops, meta, cinfo, train=mine & ~val, val=val)
+
+
+def _train(data: FitData, class_index: np.ndarray, weights: np.ndarray, cfg: FitConfig, out: Path):
+    """One head-only epoch, then ``cfg.epochs`` of the whole network (BatchNorm frozen, cosine rate,
+    a checkpoint each epoch in ``out``). Returns the model and the history of both phases."""
+    import keras  # Keras: imported when fitting starts (import ml.multifit stays cheap)
+
     keras.utils.set_random_seed(cfg.seed)
-    model = build_classifier("efficientnet_lite0", cfg.input_size, len(classes), cfg.dropout)
-    data = _dataset(crops, meta, train, class_index, weights, cfg)
+    model = build_classifier("efficientnet_lite0", cfg.input_size, len(weights), cfg.dropout)
+    seq = _dataset(data.crops, data.meta, data.train, class_index, weights, cfg)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     for layer in model.layers:
         layer.trainable = layer.name == "predictions"
     model.compile(keras.optimizers.Adam(1e-3), loss, weighted_metrics=["accuracy"])
-    h1 = model.fit(data, epochs=1, verbose=2)
+    h1 = model.fit(seq, epochs=1, verbose=2)
     for layer in model.layers:
         layer.trainable = True
     freeze_batchnorm(model)
-    steps = cfg.epochs * len(data)
+    steps = cfg.epochs * len(seq)
     sched = keras.optimizers.schedules.CosineDecay(
-        cfg.lr / 10, max(1, steps - len(data)), warmup_target=cfg.lr, warmup_steps=len(data)
+        cfg.lr / 10, max(1, steps - len(seq)), warmup_target=cfg.lr, warmup_steps=len(seq)
     )
     model.compile(
         keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay), loss, weighted_metrics=["accuracy"]
     )
     out.mkdir(parents=True, exist_ok=True)
     ckpt = keras.callbacks.ModelCheckpoint(str(out / "checkpoint.weights.h5"), save_weights_only=True)
-    h2 = model.fit(data, epochs=cfg.epochs, verbose=2, callbacks=[ckpt])
-    train_seconds = time.time() - t0
-    served = build_classifier("efficientnet_lite0", cfg.input_size, len(classes), cfg.dropout, imagenet=False)
-    served.set_weights(model.get_weights())
+    h2 = model.fit(seq, epochs=cfg.epochs, verbose=2, callbacks=[ckpt])
     history = {
         "phase1_head": {k: [float(x) for x in v] for k, v in h1.history.items()},
         "phase2_finetune": {k: [float(x) for x in v] for k, v in h2.history.items()},
     }
-    return finish(
-        served,
-        classes,
-        crops=crops,
-        meta=meta,
-        cinfo=cinfo,
-        train=train,
-        val=val,
-        cfg=cfg,
-        out=out,
-        history=history,
-        train_seconds=train_seconds,
-        log=log,
-    )
+    return model, history
 
 
 @dataclass
@@ -203,9 +226,10 @@ class Calibration:
     val_outputs: dict  # raw validation outputs, for ml.oodcal
 
 
-def calibrate(model, classes: list[str], *, crops, meta: dict, train, val, cfg: FitConfig) -> Calibration:
+def calibrate(model, classes: list[str], data: FitData, cfg: FitConfig) -> Calibration:
     """Temperature, class offsets and flag thresholds on validation (every training source), and the
     out-of-distribution statistics of a sample of the training side."""
+    crops, meta, train, val = data.crops, data.meta, data.train, data.val
     idx = {c: i for i, c in enumerate(classes)}
     yv = np.array([idx[CLASSES[i]] for i in meta["labels"][val]])
     fv, pv = features_and_probs(model, centre_field(crops[val], cfg.input_size), cfg.tta_views)
@@ -244,24 +268,11 @@ def calibrate(model, classes: list[str], *, crops, meta: dict, train, val, cfg: 
     )
 
 
-def finish(
-    model,
-    classes: list[str],
-    *,
-    crops: np.ndarray,
-    meta: dict,
-    cinfo: dict,
-    train: np.ndarray,
-    val: np.ndarray,
-    cfg: FitConfig,
-    out: Path,
-    history: dict,
-    train_seconds: float,
-    log=print,
-) -> dict:
+def finish(fitted: Fitted, data: FitData, cfg: FitConfig, out: Path, *, log=print) -> dict:
     """Calibrate on validation, then write the bundle: model, OOD statistics, raw validation outputs
     and the card (its version a hash of the whole bundle)."""
-    c = calibrate(model, classes, crops=crops, meta=meta, train=train, val=val, cfg=cfg)
+    model, classes = fitted.model, fitted.classes
+    c = calibrate(model, classes, data, cfg)
     short = {
         s: {k: m[k] for k in ("accuracy", "flagged", "silent_error")}
         for s, m in c.metrics["per_source"].items()
@@ -273,10 +284,20 @@ def finish(
     ood.save(c.stats, out / "ood_stats.npz")
     # Raw validation outputs: ml.oodcal re-chooses the distance threshold from them.
     np.savez_compressed(out / "val_predictions.npz", **c.val_outputs)
-    card = {
+    card = _card(name, fitted, c, data, cfg)
+    card["version"] = bundle_version(card, model_path)
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    log(f"wrote {model_path} version {card['version']}")
+    return card
+
+
+def _card(name: str, fitted: Fitted, c: Calibration, data: FitData, cfg: FitConfig) -> dict:
+    """The model card (its ``version`` still None: a hash of the bundle, set once the files are written)."""
+    classes = fitted.classes
+    return {
         "name": name,
         "version": None,
-        "model_file": model_path.name,
+        "model_file": f"{name}.keras",
         "classes": classes,
         "backbone": "efficientnet_lite0",
         "input": {
@@ -297,23 +318,20 @@ def finish(
         "thresholds": c.thresholds,
         "ood_stats_file": "ood_stats.npz",
         "config": asdict(cfg) | {"sources": list(cfg.sources)},
-        "data": _data_record(classes, meta=meta, cinfo=cinfo, train=train, val=val, cfg=cfg),
+        "data": _data_record(classes, data, cfg),
         "validation_metrics": c.metrics,
         "validation_flagged_rate": c.flagged_rate,
-        "history": history,
-        "train_seconds": round(train_seconds),
+        "history": fitted.history,
+        "train_seconds": round(fitted.train_seconds),
         "test_metrics": None,
         "command": "python -m ml.multilab " + " ".join(sys.argv[1:]),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    card["version"] = bundle_version(card, model_path)
-    (out / "model_card.json").write_text(json.dumps(card, indent=2))
-    log(f"wrote {model_path} version {card['version']}")
-    return card
 
 
-def _data_record(classes: list[str], *, meta: dict, cinfo: dict, train, val, cfg: FitConfig) -> dict:
+def _data_record(classes: list[str], data: FitData, cfg: FitConfig) -> dict:
     """The card's ``data``: sources, cache fingerprint, counts per class and source, the split rule."""
+    meta, cinfo, train, val = data.meta, data.cinfo, data.train, data.val
     return {
         "sources": cinfo["spec"],
         "cache_fingerprint": cinfo["fingerprint"],

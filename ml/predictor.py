@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -112,6 +112,33 @@ class Prepared(NamedTuple):
     colour_features: np.ndarray | None  # ml.colour features (models with a colour opinion)
 
 
+def _input_box(box, f: float) -> tuple[int, int, int, int] | None:
+    """A box of the downscaled copy in input-image pixels (``f``: the downscale factor)."""
+    if not box:
+        return None
+    x0, y0, x1, y1 = box
+    return int(round(x0 * f)), int(round(y0 * f)), int(round(x1 * f)), int(round(y1 * f))
+
+
+class LiteRTExport(NamedTuple):
+    """A verified LiteRT export of a model (``ml.litert.ensure``) and its runner."""
+
+    runner: litert.LiteRTRunner
+    meta: dict  # what ml.litert recorded: sha256, max_abs_diff_vs_keras, ...
+
+
+def _colour_opinion(card: dict, model_path: Path):
+    """The card's colour model (``ml.colour``, read from beside the model) and its weight; (None, 0.0)
+    for a model without one."""
+    colour_card = card.get("colour")
+    if not colour_card:
+        return None, 0.0
+    try:
+        return colour.load(model_path.parent / colour_card["file"]), float(colour_card["weight"])
+    except Exception as exc:
+        raise ModelLoadError(f"could not read the colour model next to {model_path}: {exc}") from exc
+
+
 class Predictor:
     """A loaded model plus its card; ``predict`` is safe to call from many threads.
 
@@ -128,22 +155,32 @@ class Predictor:
         model_path: Path,
         backend: str = "keras",
         *,
-        litert_runner: litert.LiteRTRunner | None = None,
-        litert_meta: dict | None = None,
+        litert_export: LiteRTExport | None = None,
     ):
-        # Keras and TensorFlow: imported when a model is built (``import ml.predictor`` stays cheap).
-        import keras
-        import tensorflow as tf
-
         if backend not in ("keras", "litert", "naive"):
             raise ValueError(f"unknown backend {backend!r}; one of {BACKENDS}")
-        if (backend == "litert") != (litert_runner is not None):
+        if (backend == "litert") != (litert_export is not None):
             raise ValueError("the litert backend, and only it, runs a LiteRT export (see load_predictor)")
         self.model = model
         self.card = card
+        self.model_path = model_path
+        self.ood_stats = ood_stats
+        self._read_card(card)
+        # Colour second opinion (ml.colour), fused with the CNN's probabilities before calibration.
+        self.colour_model, self.colour_weight = _colour_opinion(card, model_path)
+        self._build_network(model)
+        self._gradcam = GradCam(model, self.input_size)
+        self._gradcam_lock = threading.Lock()
+        self._run_lock = threading.Lock()  # a LiteRT interpreter is not thread-safe
+        self.backend = backend
+        self._litert = litert_export.runner if litert_export else None
+        self.litert_path: Path | None = litert_export.runner.path if litert_export else None
+        self.litert_meta: dict | None = litert_export.meta if litert_export else None
+
+    def _read_card(self, card: dict) -> None:
+        """The card's classes, version, crop, test-time augmentation, calibration and thresholds."""
         self.classes: list[str] = list(card["classes"])
         self.version: str = card["version"]
-        self.model_path = model_path
         self.input_size = int(card["input"]["input_size"])
         self.crop_side = float(card["crop"]["crop_side_ref_px"])
         self.mask_radius = card["crop"].get("mask_radius_ref_px")  # None: unmasked crops (older models)
@@ -156,21 +193,6 @@ class Predictor:
         self.temperature = float(card.get("temperature", 1.0))
         self.class_bias = ood.card_class_bias(card)
         self.thresholds = dict(card.get("thresholds") or {})
-        self.ood_stats = ood_stats
-        # Colour second opinion (ml.colour), fused with the CNN's probabilities before calibration.
-        self.colour_model, self.colour_weight = None, 0.0
-        colour_card = card.get("colour")
-        if colour_card:
-            try:
-                self.colour_model = colour.load(model_path.parent / colour_card["file"])
-                self.colour_weight = float(colour_card["weight"])
-            except Exception as exc:
-                raise ModelLoadError(f"could not read the colour model next to {model_path}: {exc}") from exc
-        # image -> (pooled features, probabilities): what every backend computes
-        self.network = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
-        s = self.input_size
-        spec = tf.TensorSpec((None, s, s, 3), tf.float32)  # crops are always input_size: one trace
-        self.network_fn = tf.function(lambda x: self.network(x, training=False), input_signature=[spec])
         self.crop_settings = CropSettings(
             method=self.crop_method,
             input_size=self.input_size,
@@ -178,13 +200,18 @@ class Predictor:
             crop_side=self.crop_side,
             mask_radius=self.mask_radius,
         )
-        self._gradcam = GradCam(model, self.input_size)
-        self._gradcam_lock = threading.Lock()
-        self._run_lock = threading.Lock()  # a LiteRT interpreter is not thread-safe
-        self.backend = backend
-        self._litert = litert_runner
-        self.litert_path: Path | None = litert_runner.path if litert_runner else None
-        self.litert_meta: dict | None = litert_meta
+
+    def _build_network(self, model) -> None:
+        """image -> (pooled features, probabilities): what every backend computes, as a Keras model
+        and as one compiled ``tf.function`` (crops are always input_size: one trace)."""
+        # Keras and TensorFlow: imported when a model is built (``import ml.predictor`` stays cheap).
+        import keras
+        import tensorflow as tf
+
+        self.network = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, model.output])
+        s = self.input_size
+        spec = tf.TensorSpec((None, s, s, 3), tf.float32)
+        self.network_fn = tf.function(lambda x: self.network(x, training=False), input_signature=[spec])
 
     def _views(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (N,S,S,3) -> float32 (N*V,S,S,3), the V dihedral views of each crop in turn
@@ -200,7 +227,7 @@ class Predictor:
         """TTA-averaged (features, probabilities) of uint8 crops through the chosen backend."""
         n, v = len(crops), self.n_views
         feats, probs = [], []
-        if self.backend == "litert":
+        if self._litert is not None:  # the litert backend (and only it, see __init__)
             with self._run_lock:
                 for c in crops:
                     f, p = self._litert.run(self._views(c[None]))
@@ -229,14 +256,13 @@ class Predictor:
             frame = normalize.analyse(small)
             crop = normalize.canonical_crop(small, frame, out_size=self.input_size, field_rbc=self.field_rbc)
             b = frame.boxes[0].as_tuple() if frame.boxes else None
-            cell_box = tuple(int(round(v * f)) for v in b) if b else None
-            return Prepared(crop, cell_box, frame.smear_reason, None)
+            return Prepared(crop, _input_box(b, f), frame.smear_reason, None)
         boxes = locate_cells(small, max_cells=1)
         box = boxes[0] if boxes else None
         crop, b = crop_cell(
             small, box=box, out_size=self.input_size, side=self.crop_side, mask_radius=self.mask_radius
         )
-        cell_box = tuple(int(round(v * f)) for v in b) if b else None
+        cell_box = _input_box(b, f)
         colour_feats = None
         if self.colour_model is not None:
             same = colour.reads_crop(self.crop_side, self.input_size, self.mask_radius)
@@ -262,7 +288,9 @@ class Predictor:
         crops = np.stack([p.crop for p in prepared])
         feats, probs = self.infer(crops)
         if self.colour_model is not None:
-            colour_lp = colour.log_probs(self.colour_model, np.stack([p.colour_features for p in prepared]))
+            # prepare() computes colour features whenever the model has a colour opinion.
+            feats_c = cast("list[np.ndarray]", [p.colour_features for p in prepared])
+            colour_lp = colour.log_probs(self.colour_model, np.stack(feats_c))
             probs = colour.fuse(probs, colour_lp, self.colour_weight)
         cal = ood.calibrate(probs, self.temperature, self.class_bias)
         dist = ood.distance(self.ood_stats, feats) if self.ood_stats is not None else np.zeros(len(crops))
@@ -299,6 +327,8 @@ class Predictor:
 
     def ood_scores(self, images: Sequence) -> np.ndarray:
         """Raw out-of-distribution scores (diagnostics and threshold tuning)."""
+        if self.ood_stats is None:
+            raise ValueError(f"{self.model_path}: no OOD statistics in this bundle")
         crops = np.stack([self.prepare(im).crop for im in images])
         feats, _ = self.infer(crops)
         return ood.distance(self.ood_stats, feats)
@@ -378,4 +408,4 @@ def _litert_predictor(model, card: dict, stats: dict | None, path: Path) -> Pred
     runner = litert.LiteRTRunner(tfl, n_classes)
     if runner.input_shape != (graph.n_views, size, size, 3):
         raise ModelLoadError(f"LiteRT input {runner.input_shape} does not fit this model")
-    return Predictor(model, card, stats, path, backend="litert", litert_runner=runner, litert_meta=meta)
+    return Predictor(model, card, stats, path, backend="litert", litert_export=LiteRTExport(runner, meta))

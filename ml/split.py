@@ -45,9 +45,8 @@ def source_split(files, labels, cfg: TrainConfig) -> Split:
     gdir = build_cache(files, labels, gcfg)
     gfeat = np.load(gdir / "imagenet_feat_v0.npy")
     if cfg.originals_dir:
-        orig_feats, orig_nums, orig_cats = original_features(gcfg, gdir)
         groups = group_by_original(
-            gfeat, labels, classes, orig_feats, orig_nums, orig_cats, cfg.group_similarity
+            gfeat, labels, classes, original_features(gcfg, gdir), cfg.group_similarity
         )
         split_text = (
             "by source field: every image matched to its ORIGINAL field (ImageNet features of the "

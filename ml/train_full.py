@@ -48,13 +48,7 @@ def train_full(files, labels, cfg: TrainConfig, out: Path, finetune_layers: int 
     model = keras.Model(inp, keras.layers.Dense(len(classes), activation="softmax", name="predictions")(x))
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     tr_ds = make_dataset(
-        np.asarray(crops[tr], np.float32),
-        onehot[labels[tr]],
-        cfg.batch_size,
-        True,
-        cfg.seed,
-        dihedral_aug=True,
-        colour_jitter=True,
+        np.asarray(crops[tr], np.float32), onehot[labels[tr]], cfg.batch_size, True, cfg.seed, augment=True
     )
     va_ds = make_dataset(np.asarray(crops[va], np.float32), onehot[labels[va]], 64, False, cfg.seed)
     base.trainable = False

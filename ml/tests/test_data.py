@@ -27,7 +27,7 @@ def test_group_by_original_matches_copies_to_their_field_within_the_class():
     x = base[truth - 100, 0, views] + rng.normal(scale=0.3, size=(len(truth), base.shape[-1]))
     # A NEUTROPHIL copy that looks most like an EOSINOPHIL-only field must not be matched there.
     x[12] = base[0, 0, 0] * 0.6 + base[2, 0, 1] * 0.4
-    src = group_by_original(x, labels, CLASSES, feats, numbers, cats, threshold=0.99)
+    src = group_by_original(x, labels, CLASSES, (feats, numbers, cats), threshold=0.99)
     assert src.tolist() == truth.tolist()
 
 
