@@ -40,7 +40,7 @@ def augment(crop: np.ndarray, rng: np.random.Generator, size: int, scale_jitter:
     )
     if rng.random() < 0.3:
         im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    a = np.asarray(im, np.float32)
+    a: np.ndarray = np.asarray(im, np.float32)  # float64 from the hue matrix on, as trained
     k = int(rng.integers(8))
     a = np.rot90(a, k % 4)
     if k >= 4:

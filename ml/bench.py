@@ -102,7 +102,7 @@ def run_interleaved(model: str | None, n: int) -> dict:
             t = time.perf_counter()
             fns[k](im)
             lat[k].append(time.perf_counter() - t)
-    out = {k: _pcts(v) for k, v in lat.items()}
+    out: dict = {k: _pcts(v) for k, v in lat.items()}
     out["served_backend"] = served.backend
     return out
 
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         return 0
     export_info = _export(args.model)  # first: the methods load the cached export
     res = {method: _child(method, args) for method in METHODS + ("interleaved",)}
-    out = {
+    out: dict = {
         "machine": {"cpus": os.cpu_count()},
         "litert_export": export_info,
         **res,

@@ -119,6 +119,8 @@ def original_features(cfg: TrainConfig, folder: Path):
 
     f_feat, f_meta = folder / "original_feat.npy", folder / "original_meta.json"
     if not f_feat.exists():
+        if not cfg.originals_dir:
+            raise ValueError("original_features needs cfg.originals_dir (the ORIGINAL fields)")
         crops, nums, cats = original_cell_crops(cfg.originals_dir, cfg.crop_side, cfg.input_size)
         lower = build_lite0_lower(cfg.input_size, cfg.split_block)
         upper = build_lite0_upper(

@@ -47,6 +47,8 @@ def write_bundle(model, cfg: TrainConfig, out: Path, contents: BundleContents, *
     model.save(model_path)
     ood.save(c.stats, out / "ood_stats.npz")
     if c.colour_card:
+        if c.colour_model is None:
+            raise ValueError("the card names a colour model but none was given")
         colour.save(c.colour_model, out / c.colour_card["file"])
     np.savez_compressed(out / "val_predictions.npz", **c.val_predictions)
     save_curves(c.history, out / "training_curves.png")
@@ -158,8 +160,10 @@ _VALIDATION_KEYS = ("calibrated_nested", "calibrated", "tta{v}_with_colour", "tt
 
 
 def _figures(metrics: dict | None) -> dict | None:
-    if not metrics:
-        return None
+    return _summary(metrics) if metrics else None
+
+
+def _summary(metrics: dict) -> dict:
     return {
         "n_images": metrics.get("n_images"),
         "accuracy": metrics.get("accuracy"),
@@ -214,10 +218,10 @@ def _test_figures(test: dict) -> dict | None:
     if not test:
         return None
     if "per_source" not in test:
-        return _figures(test) | {"unidentified_rate": test.get("unidentified_rate")}
+        return _summary(test) | {"unidentified_rate": test.get("unidentified_rate")}
     return {
         "per_source": {
-            s: _figures(m) | {"flagged_rate": m.get("flagged"), "silent_error_rate": m.get("silent_error")}
+            s: _summary(m) | {"flagged_rate": m.get("flagged"), "silent_error_rate": m.get("silent_error")}
             for s, m in test["per_source"].items()
         }
     }

@@ -11,6 +11,7 @@ log-probabilities are added to the CNN's with a weight chosen on validation
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,7 +92,8 @@ def fuse(cnn_probs: np.ndarray, colour_log_probs: np.ndarray | None, weight: flo
 
 
 def save(model: dict, path: str | Path) -> None:
-    np.savez(path, **{k: np.asarray(v, np.float64) for k, v in model.items()})
+    arrays: dict[str, Any] = {k: np.asarray(v, np.float64) for k, v in model.items()}
+    np.savez(path, **arrays)
 
 
 def load(path: str | Path) -> dict:

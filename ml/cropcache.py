@@ -142,7 +142,7 @@ def centre_field(crops: np.ndarray, size: int) -> np.ndarray:
         [
             np.asarray(
                 Image.fromarray(np.asarray(c[o : o + side, o : o + side])).resize(
-                    (size, size), Image.BILINEAR
+                    (size, size), Image.Resampling.BILINEAR
                 )
             )
             for c in crops

@@ -58,7 +58,7 @@ def dihedral(a: np.ndarray, k: int) -> np.ndarray:
 
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """Small stain/colour jitter: per-channel gain and offset, brightness, contrast, saturation."""
-    a = rgb.astype(np.float32)
+    a: np.ndarray = rgb.astype(np.float32)  # float64 once the float64 gains apply, as trained
     gain = 1.0 + rng.normal(0, 0.05 * strength, 3)
     offset = rng.normal(0, 6.0 * strength, 3)
     a = a * gain + offset
@@ -83,7 +83,7 @@ def cell_crop(
     """
     boxes = locate_cells(rgb, max_cells=1)
     box = boxes[0] if boxes else None
-    side = crop_side
+    side: float = crop_side
     if rng is not None:
         side = crop_side * float(rng.uniform(0.9, 1.1))
         if box is not None:

@@ -30,7 +30,11 @@ def evaluate(data_dir, model_path=None, batch: int = 64, progress: bool = True) 
     files, labels, skipped = list_class_folders(data_dir, pred.classes)
     if not files:
         raise SystemExit(f"no images in class folders under {data_dir} (classes: {pred.classes})")
-    y_pred, y_true, flagged, reasons, unreadable = [], [], [], {}, []
+    y_pred: list[int] = []
+    y_true: list[int] = []
+    flagged: list[bool] = []
+    reasons: dict[str, int] = {}
+    unreadable: list[dict] = []
     for i in tqdm(range(0, len(files), batch), desc="evaluate", disable=not progress, mininterval=10):
         chunk = list(zip(files[i : i + batch], labels[i : i + batch], strict=True))
         for (_, label), p in _predict_readable(pred, chunk, unreadable):

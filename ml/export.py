@@ -28,6 +28,8 @@ def main(argv=None) -> int:
             )
         else:
             pred = load_predictor(args.model, backend="litert")
+            if pred.litert_path is None or pred.litert_meta is None:  # a litert predictor has both
+                raise litert.ExportError("the LiteRT predictor has no export")
             tfl, meta = pred.litert_path, pred.litert_meta
     except (ModelLoadError, litert.ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from ml.split import Split, source_split
 class Trained:
     """A trained whole model and what its trainer hands on to ``finish``."""
 
-    model: object  # the whole serving model (keras.Model: resize + rescale inside)
+    model: Any  # the whole serving model (keras.Model: resize + rescale inside)
     train_feats: np.ndarray  # its pooled features of the training side (for the OOD statistics)
     history: dict  # Keras histories by phase
     card_extra: dict = field(default_factory=dict)  # entries the trainer adds to the card
@@ -104,6 +105,8 @@ def adopt_model(files, labels, cfg: TrainConfig, out: Path, log=print) -> dict:
     ``ml.finetune fit`` on a GPU) exactly as ``train_lite0`` does its own: same split, same steps."""
     import keras  # Keras: imported when a model is loaded
 
+    if not cfg.init_model:
+        raise ValueError("adopt_model needs cfg.init_model (the model to adopt)")
     init = Path(cfg.init_model)
     model = keras.saving.load_model(init, compile=False)
     info_path = init.with_suffix(".json")

@@ -8,6 +8,7 @@ as a predictor with the given crop settings reads it; ``overlay_png`` draws the 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ class GradCam:
     def __init__(self, model, input_size: int):
         self.model = model
         self.input_size = input_size
-        self._fn = None
+        self._fn: Callable | None = None
 
     def _compile(self):
         # Keras and TensorFlow: imported when a first heat map is asked for (import ml.gradcam stays cheap).
@@ -69,9 +70,10 @@ class GradCam:
 
         if self._fn is None:
             self._fn = self._compile()
+        fn = self._fn
         x = tf.convert_to_tensor(crop[None].astype(np.float32))
         k = tf.constant(-1 if class_index is None else class_index, tf.int32)  # -1: the top class
-        conv, grads, k = self._fn(x, k)
+        conv, grads, k = fn(x, k)
         conv, grads, k = conv.numpy(), grads.numpy(), int(k)
         weights = grads.mean(axis=(0, 1))
         cam = np.maximum((conv * weights).sum(-1), 0)

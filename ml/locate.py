@@ -99,7 +99,7 @@ def locate_cells(
     areas = ndimage.sum(mask, labels, idx_l) / (f * f)
     excess = ndimage.sum(np.clip(idx - threshold, 0, None) + threshold, labels, idx_l) / (f * f)
     slices = ndimage.find_objects(labels)
-    boxes = []
+    boxes: list[Box] = []
     for k in np.argsort(-excess):
         if areas[k] < min_area or (boxes and excess[k] / 1000.0 < min_rel_score * boxes[0].score):
             continue

@@ -43,7 +43,7 @@ def evaluate(model_dir: Path, cache_dir: Path, which: list[str], log=print) -> d
     """Test figures per source through the served predictor (the images, not the cache's crops)."""
     _, meta, _ = load_cache(cache_dir)
     pred = load_predictor(model_dir / "hematovision_wbc.keras", backend="keras")
-    out = {"model_version": pred.version, "sources": {}}
+    out: dict = {"model_version": pred.version, "sources": {}}
     for s in which:
         rows = np.flatnonzero((meta["source"] == s) & (meta["split"] == "test"))
         rows = rows[np.isin(np.array(CLASSES)[meta["labels"][rows]], pred.classes)]
