@@ -38,22 +38,7 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
         with item.source.open("rb") as handle:
             data = handle.read()
         if job.kind == BatchJob.Kind.FIELDS:
-            with limits.image_work():  # the field's decode and locator; its cells re-enter the slot
-                cells = fields.field_classify(
-                    user=job.created_by,
-                    data=data,
-                    filename=item.filename,
-                    accession=accession,
-                    external_id=lambda n: batch_files.external_id_for(
-                        accession=accession, sha256=item.sha256, cell=n
-                    ),
-                )
-            BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.PENDING).update(
-                state=BatchItem.State.DONE,
-                cells=cells,
-                finished_at=timezone.now(),
-                classification_id=cells[0]["classification_id"] if cells else None,
-            )
+            _run_field(job, item, data, accession=accession)
             return
         classification, created = cell_services.classification_get_or_create(
             user=job.created_by,
@@ -63,14 +48,7 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
             external_id=batch_files.external_id_for(accession=accession, sha256=item.sha256),
         )
     except ImageRejected as exc:
-        _fail(item, exc.code, exc.message)
-        if exc.code != "no_cells_found":  # a file the image checks refuse: a rerun cannot help, drop it
-            if (
-                BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.FAILED)
-                .exclude(source="")
-                .update(source="")
-            ):
-                files.delete_files(item.source.name)
+        _refused(item, exc)
         return
     except ValidationError as exc:
         _fail(item, exc.code or "invalid", " ".join(exc.messages))
@@ -91,6 +69,44 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
             "and tell the administrator if it happens again.",
         )
         return
+    _done(item, classification, created=created)
+
+
+def _run_field(job: BatchJob, item: BatchItem, data: bytes, *, accession: str) -> None:
+    """A whole field: every located cell classified (``fields.field_classify``), the item done."""
+    with limits.image_work():  # the field's decode and locator; its cells re-enter the slot
+        cells = fields.field_classify(
+            user=job.created_by,
+            data=data,
+            filename=item.filename,
+            accession=accession,
+            external_id=lambda n: batch_files.external_id_for(
+                accession=accession, sha256=item.sha256, cell=n
+            ),
+        )
+    BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.PENDING).update(
+        state=BatchItem.State.DONE,
+        cells=cells,
+        finished_at=timezone.now(),
+        classification_id=cells[0]["classification_id"] if cells else None,
+    )
+
+
+def _refused(item: BatchItem, exc: ImageRejected) -> None:
+    """A file the image checks refuse: failed, and (but for no_cells_found) its staged copy dropped,
+    since a rerun cannot help."""
+    _fail(item, exc.code, exc.message)
+    if exc.code != "no_cells_found":
+        if (
+            BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.FAILED)
+            .exclude(source="")
+            .update(source="")
+        ):
+            files.delete_files(item.source.name)
+
+
+def _done(item: BatchItem, classification, *, created: bool) -> None:
+    """The item done with its cell; the staged copy deleted (the classification keeps its own)."""
     updated = BatchItem.objects.filter(pk=item.pk, state=BatchItem.State.PENDING).update(
         state=BatchItem.State.DONE,
         classification=classification,
@@ -98,7 +114,7 @@ def _run_item(job: BatchJob, item: BatchItem) -> None:
         # Another job (the same batch sent twice at once) or an earlier upload stored it: not a failure.
         error_code="" if created else ALREADY_IN_SPECIMEN,
     )
-    if updated:  # the classification keeps its own copy; the staged one is no longer needed
+    if updated:
         files.delete_files(item.source.name)
         BatchItem.objects.filter(pk=item.pk).update(source="")
 

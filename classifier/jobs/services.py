@@ -32,8 +32,7 @@ from classifier.specimens import services as specimen_services
 logger = logging.getLogger(__name__)
 
 
-
-def job_create(  # noqa: C901 - TODO(issue 17): the staging loop could move to batch_files; it is one transaction
+def job_create(
     *,
     user,
     accession: str,
@@ -56,6 +55,32 @@ def job_create(  # noqa: C901 - TODO(issue 17): the staging loop could move to b
     ``staging.StagingArea``, so a crash before the commit leaves nothing that
     ``resume_jobs`` or ``cleanup_orphans`` cannot find.
     """
+    files = _checked_request(user=user, kind=kind, files=files, archive=archive)
+    staged: list[str] = []
+    area = staging.StagingArea()
+    try:
+        with transaction.atomic():
+            if enqueue:
+                _check_queued_jobs(user)
+            specimen = specimen_services.specimen_get_or_create(user=user, accession=accession or "")
+            job = BatchJob.objects.create(specimen=specimen, created_by=user, kind=kind)
+            uploads = uploaded_files(files)
+            if archive is not None:
+                uploads = itertools.chain(uploads, archive_files(archive))
+            count = _stage_items(job, uploads, area=area, staged=staged)
+            _check_usable(job, count=count, staged=staged)
+            transaction.on_commit(area.release)
+            if enqueue:
+                transaction.on_commit(lambda: _enqueue(job.pk))
+    except BaseException:
+        area.discard(staged)
+        raise
+    return job
+
+
+def _checked_request(*, user, kind: str, files: Iterable, archive) -> list:
+    """The files as a list, once what needs no database is refused: a user who may not submit, an
+    unknown kind, nothing sent, too many files, a ZIP over the archive limit."""
     if not can_submit(user):
         raise PermissionDenied("Only technologists and reviewers may submit images.")
     if kind not in BatchJob.Kind.values:
@@ -69,66 +94,68 @@ def job_create(  # noqa: C901 - TODO(issue 17): the staging loop could move to b
         )
     if archive is not None:
         check_archive_size(archive)
-    staged: list[str] = []
-    area = staging.StagingArea()
-    try:
-        with transaction.atomic():
-            if enqueue:
-                _check_queued_jobs(user)
-            specimen = specimen_services.specimen_get_or_create(user=user, accession=accession or "")
-            job = BatchJob.objects.create(specimen=specimen, created_by=user, kind=kind)
-            uploads = uploaded_files(files)
-            if archive is not None:
-                uploads = itertools.chain(uploads, archive_files(archive))
-            seen: dict[str, BatchItem] = {}
-            position = 0
-            for upload in uploads:
-                position += 1
-                if position > max_files():
-                    raise ValidationError(
-                        f"More than {max_files()} files were sent; the limit is {max_files()} per job.",
-                        code="too_many_files",
-                    )
-                item = BatchItem(job=job, position=position, filename=upload.name)
-                if upload.data is not None:
-                    try:  # the header only: what is not an image, or too big to decode, is not kept
-                        probe_image(upload.data, filename=upload.name)
-                    except ImageRejected as exc:
-                        upload = Upload(upload.name, None, exc.code, exc.message)
-                if upload.data is None:
-                    item.state = BatchItem.State.FAILED
-                    item.error_code, item.error_message = upload.error_code, upload.error_message
-                    item.finished_at = timezone.now()
-                else:
-                    item.sha256 = hashlib.sha256(upload.data).hexdigest()
-                    first = seen.get(item.sha256)
-                    if first is not None:
-                        item.state = BatchItem.State.SKIPPED
-                        item.error_code = "duplicate"
-                        item.error_message = f"Same image as file {first.position} ({first.filename})."
-                        item.finished_at = timezone.now()
-                    else:
-                        suffix = PurePosixPath(upload.name.lower()).suffix
-                        item.source = area.save(suffix, upload.data)
-                        staged.append(item.source.name)
-                        seen[item.sha256] = item
-                item.save()
-            if position == 0:
-                raise ValidationError("The upload holds no files.", code="no_files")
-            if not staged:
-                first = job.items.order_by("position").first()
-                raise ValidationError(
-                    f"No file in the upload is an image that can be classified ({first.filename}: "
-                    f"{first.error_message}); nothing was stored.",
-                    code="no_usable_files",
-                )
-            transaction.on_commit(area.release)
-            if enqueue:
-                transaction.on_commit(lambda: _enqueue(job.pk))
-    except BaseException:
-        area.discard(staged)
-        raise
-    return job
+    return files
+
+
+def _stage_items(
+    job: BatchJob, uploads: Iterable[Upload], *, area: staging.StagingArea, staged: list[str]
+) -> int:
+    """One item per upload, in order: staged in ``area`` (its file name appended to ``staged``),
+    failed (refused up front), or skipped (the same image as an earlier file). Returns how many."""
+    seen: dict[str, BatchItem] = {}
+    position = 0
+    for upload in uploads:
+        position += 1
+        if position > max_files():
+            raise ValidationError(
+                f"More than {max_files()} files were sent; the limit is {max_files()} per job.",
+                code="too_many_files",
+            )
+        item = BatchItem(job=job, position=position, filename=upload.name)
+        data = _probed(upload)
+        if data.data is None:
+            item.state = BatchItem.State.FAILED
+            item.error_code, item.error_message = data.error_code, data.error_message
+            item.finished_at = timezone.now()
+        else:
+            item.sha256 = hashlib.sha256(data.data).hexdigest()
+            first = seen.get(item.sha256)
+            if first is not None:
+                item.state = BatchItem.State.SKIPPED
+                item.error_code = "duplicate"
+                item.error_message = f"Same image as file {first.position} ({first.filename})."
+                item.finished_at = timezone.now()
+            else:
+                suffix = PurePosixPath(data.name.lower()).suffix
+                item.source = area.save(suffix, data.data)
+                staged.append(item.source.name)
+                seen[item.sha256] = item
+        item.save()
+    return position
+
+
+def _probed(upload: Upload) -> Upload:
+    """The upload, or (not an image by its header, too big to decode) the same refused with the reason:
+    the header only is read, and what is refused is not kept."""
+    if upload.data is not None:
+        try:
+            probe_image(upload.data, filename=upload.name)
+        except ImageRejected as exc:
+            return Upload(upload.name, None, exc.code, exc.message)
+    return upload
+
+
+def _check_usable(job: BatchJob, *, count: int, staged: list[str]) -> None:
+    """Refuse an upload that held no file, or no file that can be classified (the first item says why)."""
+    if count == 0:
+        raise ValidationError("The upload holds no files.", code="no_files")
+    if not staged:
+        first = job.items.order_by("position").first()
+        raise ValidationError(
+            f"No file in the upload is an image that can be classified ({first.filename}: "
+            f"{first.error_message}); nothing was stored.",
+            code="no_usable_files",
+        )
 
 
 def _check_queued_jobs(user) -> None:
