@@ -40,8 +40,8 @@ from ml.config import TrainConfig, seed_everything
 from ml.data import fields_per_class, group_folds, list_class_folders
 from ml.metrics import metrics_dict, source_balanced_accuracy
 from ml.model import build_classifier, set_weights_by_name
-from ml.predictor import tta_predict
 from ml.split import source_split
+from ml.tta import tta_predict
 
 
 def fold_models(folds_dir: Path) -> dict[int, Path]:

@@ -17,8 +17,8 @@ from ml.calibration import calibrate_flags, choose_colour_weight
 from ml.card import BundleContents, SplitRecord, colour_card_dict, data_record, finetune_record, write_bundle
 from ml.config import TrainConfig
 from ml.metrics import metrics_dict
-from ml.predictor import tta_predict
 from ml.split import Split, source_split
+from ml.tta import tta_predict
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from ml.cropcache import centre_field, load_cache, split_groups
 from ml.data import group_split
 from ml.model import FEATURES_LAYER, build_classifier, freeze_batchnorm
 from ml.multieval import figures
-from ml.predictor import tta_predict
 from ml.taxonomy import CLASSES
+from ml.tta import tta_predict
 
 
 @dataclass

@@ -31,6 +31,7 @@ from ml.gradcam import CropSettings, GradCam, cell_window, overlay_png
 from ml.images import ImageDecodeError, downscale, to_rgb
 from ml.locate import crop_cell, locate_cells, smear_check
 from ml.model import FEATURES_LAYER
+from ml.tta import BATCH, dihedral_views, tta_predict  # tta_predict re-exported: its home before ml.tta
 
 __all__ = [
     "BACKENDS",
@@ -46,7 +47,6 @@ __all__ = [
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_MODEL_PATH = ARTIFACTS_DIR / "hematovision_wbc.keras"
-BATCH = 32
 BACKENDS = ("auto", "keras", "litert", "naive")  # see load_predictor
 
 FLAG_MESSAGES = {
@@ -71,33 +71,6 @@ class Prediction:
         d = asdict(self)
         d["cell_box"] = list(self.cell_box) if self.cell_box else None
         return d
-
-
-# --------------------------------------------------------------------------- inference helpers
-
-
-def dihedral_views(n: int) -> list[int]:
-    return {1: [0], 2: [0, 4], 4: [0, 1, 2, 3], 8: list(range(8))}[n]
-
-
-def tta_predict(fn, crops: np.ndarray, views: int, batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """Average ``fn(x) -> (features, probs)`` over dihedral views of uint8 crops (N,S,S,3)."""
-    import tensorflow as tf  # TensorFlow: imported when a model runs (``import ml.predictor`` stays cheap)
-
-    feats, probs = [], []
-    ks = dihedral_views(views)
-    for i in range(0, len(crops), batch):
-        x = tf.convert_to_tensor(np.asarray(crops[i : i + batch], dtype=np.float32))
-        fs, ps = 0.0, 0.0
-        for k in ks:
-            v = tf.image.rot90(x, k % 4)
-            if k >= 4:
-                v = tf.image.flip_left_right(v)
-            f, p = fn(v)
-            fs, ps = fs + f.numpy(), ps + p.numpy()
-        feats.append(fs / len(ks))
-        probs.append(ps / len(ks))
-    return np.concatenate(feats), np.concatenate(probs)
 
 
 # --------------------------------------------------------------------------- the predictor
