@@ -73,6 +73,16 @@ class Specimen(models.Model):
     review_comment = models.TextField(
         blank=True, max_length=2000, help_text="The reviewer's comment, printed on the report."
     )
+    # An amendment opened to add images (specimens/amend.amendment_open): the specimen is reopened
+    # (signed_at cleared, the released versions kept) until the re-sign releases the corrected version.
+    amendment_reason = models.TextField(
+        blank=True, max_length=2000, help_text="Why the open amendment was opened (sent with its version)."
+    )
+    amendment_opened_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+        related_name="opened_amendments",
+    )
+    amendment_opened_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -87,6 +97,10 @@ class Specimen(models.Model):
     @property
     def is_signed(self) -> bool:
         return self.signed_at is not None
+
+    @property
+    def amendment_is_open(self) -> bool:
+        return self.amendment_opened_at is not None
 
 
 class Classification(models.Model):

@@ -250,6 +250,15 @@ class SpecimenListSerializer(serializers.ModelSerializer):
         return request.build_absolute_uri(path) if request is not None else path
 
 
+class AmendmentSerializer(serializers.Serializer):
+    """An amendment opened to add images: the specimen is reopened until it is signed again."""
+
+    accession = serializers.CharField()
+    reason = serializers.CharField(source="amendment_reason")
+    opened_by = serializers.CharField(source="amendment_opened_by.get_username", help_text="Username.")
+    opened_at = serializers.DateTimeField(source="amendment_opened_at")
+
+
 class SpecimenSerializer(SpecimenListSerializer):
     """A specimen with its cells, differential, review state and sign-off.
 
@@ -262,10 +271,15 @@ class SpecimenSerializer(SpecimenListSerializer):
     ready_to_sign = serializers.SerializerMethodField()
     differential = serializers.SerializerMethodField()
     cells = serializers.SerializerMethodField()
+    amendment = serializers.SerializerMethodField(
+        help_text="The amendment opened to add images (null when none is open): upload to the accession, "
+        "review the new cells and sign to release the corrected version."
+    )
 
     class Meta(SpecimenListSerializer.Meta):
         fields = [
-            *SpecimenListSerializer.Meta.fields, "review_state", "ready_to_sign", "differential", "cells"
+            *SpecimenListSerializer.Meta.fields, "review_state", "ready_to_sign", "amendment", "differential",
+            "cells",
         ]
         read_only_fields = fields
 
@@ -281,6 +295,10 @@ class SpecimenSerializer(SpecimenListSerializer):
 
     def get_ready_to_sign(self, obj) -> bool:
         return self._differential().ready_to_sign
+
+    @extend_schema_field(AmendmentSerializer(allow_null=True))
+    def get_amendment(self, obj):
+        return AmendmentSerializer(obj).data if obj.amendment_is_open else None
 
     @extend_schema_field(DifferentialSerializer)
     def get_differential(self, obj):

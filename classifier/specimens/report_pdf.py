@@ -191,6 +191,13 @@ def _status(specimen: Specimen, differential: Differential, styles: StyleSheet1)
             f"<b>AMENDED</b> — report version {amended.number}, {_when(amended.released_at)}, by "
             f"{escape(amended.released_by_name)}. Reason: {escape(amended.reason)}", styles["BodyText"],
         ))
+    if specimen.amendment_is_open:
+        story.append(Paragraph(
+            f"<b>AMENDMENT IN PROGRESS</b> — opened {_when(specimen.amendment_opened_at)} to add images. "
+            f"Reason: {escape(specimen.amendment_reason)}. The last released version stays valid until "
+            "the specimen is signed again.",
+            styles["BodyText"],
+        ))
     if differential.flag_comment:
         story.append(Paragraph(escape(differential.flag_comment), styles["BodyText"]))
     return story

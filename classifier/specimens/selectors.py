@@ -219,7 +219,8 @@ def specimen_result(*, specimen: Specimen, version: int | None = None) -> dict:
     """What the HL7 and FHIR answers are drawn from.
 
     A signed specimen answers its released version (the latest, or ``version``), byte for byte as
-    it was sent; an unsigned one a preliminary result built now, stable while nothing changes.
+    it was sent, and so does one reopened by an amendment to add images until its next version is
+    released; a specimen never released a preliminary result built now, stable while nothing changes.
     Keys: ``version`` (a ReportVersion or None), ``differential``, ``order``, ``model_versions``,
     ``last_modified``, ``comment``.
     """
@@ -230,7 +231,7 @@ def specimen_result(*, specimen: Specimen, version: int | None = None) -> dict:
     chosen = None
     if version is not None:
         chosen = versions.get(number=version)  # ReportVersion.DoesNotExist: 404
-    elif specimen.is_signed:
+    else:  # None before the first sign-off
         chosen = versions.order_by("-number").first()
     cells = list(specimen.cells.select_related("owner"))
     return {

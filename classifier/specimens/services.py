@@ -61,10 +61,17 @@ def _check_may_add(specimen: Specimen, user, *, typed: str | None = None) -> Non
             "ask a reviewer to add them, or to assign the specimen to you.",
             code="accession_taken",
         )
-    if specimen.is_signed:
-        raise ValidationError(
-            f"Specimen {specimen.accession} is signed; no images can be added.", code="specimen_signed"
-        )
+    if specimen.is_signed:  # an amendment opened to add images lifts the sign-off (amend.amendment_open)
+        raise ValidationError(signed_refusal(specimen.accession), code="specimen_signed")
+
+
+def signed_refusal(accession: str) -> str:
+    """Why an image cannot join a signed specimen, and how to add it anyway."""
+    return (
+        f"Specimen {accession} is signed; to add images a reviewer opens an amendment "
+        f'(POST /api/v1/specimens/{accession}/amend/ with "add_images": true, or "Amend" on the '
+        "specimen page), then the new cells are reviewed and the specimen signed again."
+    )
 
 
 def specimen_reassign(*, specimen: Specimen, reviewer, owner) -> Specimen:

@@ -426,8 +426,12 @@ def test_signed_specimen_takes_no_more_images(tech_api, user, reviewer, settings
     files = stored_files(settings)
     response = post_image(tech_api, accession="ACC-3")
     assert response.status_code == 400
-    assert response.json() == {"detail": "Specimen ACC-3 is signed; no images can be added.",
-                               "code": "specimen_signed"}
+    assert response.json() == {
+        "detail": "Specimen ACC-3 is signed; to add images a reviewer opens an amendment (POST "
+        '/api/v1/specimens/ACC-3/amend/ with "add_images": true, or "Amend" on the specimen page), then '
+        "the new cells are reviewed and the specimen signed again.",
+        "code": "specimen_signed",
+    }
     assert Classification.objects.count() == 1
     assert stored_files(settings) == files
 
@@ -617,6 +621,7 @@ def test_specimen_detail_has_cells_differential_and_state(tech_api, user, review
         "url": "http://testserver/api/v1/specimens/ACC-100/",
         "review_state": "in_review",
         "ready_to_sign": False,
+        "amendment": None,
         "differential": {
             "total_cells": 6, "counted_cells": 5, "unidentified": 1, "pending": 0, "unreviewed": 6,
             "classes": [  # the four-class model's classes, in the cell-class table's order

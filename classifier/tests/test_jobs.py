@@ -193,7 +193,8 @@ def test_signed_specimen_and_other_users_accession_refused(user, other_user, rev
     from django.utils import timezone
 
     Specimen.objects.filter(pk=specimen.pk).update(signed_by=reviewer, signed_at=timezone.now())
-    with pytest.raises(ValidationError, match="Specimen SIGNED is signed; no images can be added."):
+    refusal = r"Specimen SIGNED is signed; to add images a reviewer opens an amendment \(POST /api/v1/"
+    with pytest.raises(ValidationError, match=refusal):
         job_services.job_create(user=user, accession="SIGNED", files=[("a.png", cell_png())])
     with pytest.raises(ValidationError, match="cannot be added to accession THEIRS from your account"):
         job_services.job_create(user=user, accession="THEIRS", files=[("a.png", cell_png())])

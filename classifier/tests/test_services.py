@@ -232,7 +232,7 @@ def test_specimen_sign_needs_every_cell_reviewed(user, reviewer):
     assert signed.is_signed
     assert signed.signed_by == reviewer
     assert set(specimen.cells.values_list("review_state", flat=True)) == {"signed"}
-    with pytest.raises(ValidationError, match="is signed; no images can be added"):
+    with pytest.raises(ValidationError, match="is signed; to add images a reviewer opens an amendment"):
         cell_services.classification_create(user=user, data=png(), accession="S-1")
 
 
@@ -322,7 +322,7 @@ def test_a_cell_cannot_join_a_specimen_signed_while_it_was_uploaded(user, review
 
     monkeypatch.setattr(specimen_services, "specimen_get_or_create", read_then_signed)
     before = stored_files(settings)
-    with pytest.raises(ValidationError, match="Specimen RACE-1 is signed; no images can be added."):
+    with pytest.raises(ValidationError, match="Specimen RACE-1 is signed; to add images a reviewer opens an"):
         cell_services.classification_create(user=user, data=png((30, 200, 30)), accession="RACE-1")
     # (one connection here: the sign-off rolled back with the refused upload; on two it stays)
     assert list(Classification.objects.values_list("pk", flat=True)) == [first.pk]

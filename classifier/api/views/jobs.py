@@ -90,7 +90,7 @@ class SpecimenBatchView(JSONErrorsMixin, APIView):
                         ),
                         ("no_files", "Send one or more `images` or one `archive` ZIP."),
                         ("bad_archive", "The archive is not a readable ZIP file."),
-                        ("specimen_signed", "Specimen ACC-7 is signed; no images can be added."),
+                        ("specimen_signed", specimen_services.signed_refusal("ACC-7")),
                     ),
                     403: error_response(
                         "Your account has no role that may submit images (or, signed in with a "

@@ -1,7 +1,8 @@
 """LIS endpoints (issue 19): orders in, amendments, released report versions, FHIR metadata.
 
 POST /api/v1/orders/                              an LIS order: binds an accession to a patient
-POST /api/v1/specimens/{accession}/amend/         reviewers: correct a signed specimen with a reason
+POST /api/v1/specimens/{accession}/amend/         reviewers: correct a signed specimen with a reason,
+                                                  or open an amendment to add images
 GET  /api/v1/specimens/{accession}/versions/      the released report versions (kept as sent)
 GET  /api/v1/fhir/metadata                        the FHIR CapabilityStatement
 
@@ -24,6 +25,7 @@ from classifier.api.schema import (
     error_response,
     json_errors,
 )
+from classifier.api.serializers import AmendmentSerializer
 from classifier.api.views.base import JSONErrorsMixin
 from classifier.interop import fhir, fhir_server, order_services
 from classifier.lookups import specimen_or_404
@@ -205,6 +207,13 @@ class AmendSerializer(serializers.Serializer):
         default=dict,
         help_text="Cell id -> its corrected class. May be empty (a correction of the comment only).",
     )
+    add_images = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Open the amendment to add images instead of releasing now: uploads to the accession are "
+        "accepted, the new cells are reviewed, and signing the specimen again releases the corrected "
+        "version with this reason (201, the open amendment).",
+    )
 
     def validate_labels(self, value):
         try:
@@ -244,17 +253,23 @@ class SpecimenAmendView(JSONErrorsMixin, APIView):
         summary="Amend a signed specimen (reviewers only)",
         description="Reclassify cells of a signed specimen and release a corrected report version with "
         "the reason: HL7 OBR-25/OBX-11 `C`, FHIR `corrected`, the PDF says Amended. Earlier versions "
-        "stay readable (`versions/`). Pushed to the LIS like any result.",
+        "stay readable (`versions/`). Pushed to the LIS like any result. With `add_images: true` the "
+        "amendment is opened instead (201): the specimen is reopened, images may be added to its "
+        "accession, the new cells are reviewed, and signing it again (`sign/`) releases the corrected "
+        "version with the reason; until then the LIS reads the latest released version.",
         request=AmendSerializer,
         responses={
             200: ReportVersionSerializer,
+            201: AmendmentSerializer,
             400: error_response("Bad input.", "reason_required", "Say why the report is amended (reason)."),
             403: error_response(
                 "Not a reviewer.", "permission_denied", "Only reviewers may amend a signed specimen."
             ),
             404: SPECIMEN_NOT_FOUND,
             409: error_response(
-                "Not signed yet.", "not_signed", "Specimen ACC-7 is not signed; review and sign it instead."
+                "Not signed yet, or an amendment to add images is open (`amendment_open`).",
+                "not_signed",
+                "Specimen ACC-7 is not signed; review and sign it instead.",
             ),
             **COMMON_ERRORS,
         },
@@ -263,20 +278,23 @@ class SpecimenAmendView(JSONErrorsMixin, APIView):
         specimen = specimen_or_404(request, accession)
         body = AmendSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        service = amend.amendment_open if body.validated_data["add_images"] else amend.specimen_amend
         try:
-            version = amend.specimen_amend(
+            done = service(
                 specimen=specimen,
                 reviewer=request.user,
                 reason=body.validated_data["reason"],
                 labels=body.validated_data["labels"],
             )
         except ValidationError as exc:
-            if exc.code == "not_signed":
+            if exc.code in ("not_signed", "amendment_open"):
                 return Response(
                     {"detail": " ".join(exc.messages), "code": exc.code}, status=status.HTTP_409_CONFLICT
                 )
             raise
-        return Response(ReportVersionSerializer(version, context={"request": request}).data)
+        if body.validated_data["add_images"]:
+            return Response(AmendmentSerializer(done).data, status=status.HTTP_201_CREATED)
+        return Response(ReportVersionSerializer(done, context={"request": request}).data)
 
 
 class SpecimenVersionsView(JSONErrorsMixin, APIView):

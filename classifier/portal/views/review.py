@@ -220,7 +220,7 @@ def specimen_sign_view(request, accession):
     _require_reviewer(request)
     if request.method == "POST":
         try:
-            signoff.specimen_sign(
+            signed = signoff.specimen_sign(
                 specimen=specimen,
                 reviewer=request.user,
                 comment=request.POST.get("comment", ""),
@@ -231,7 +231,15 @@ def specimen_sign_view(request, accession):
             if exc.code == "changed":
                 return redirect("specimen-sign", accession=specimen.accession)
             return redirect("specimen-detail", accession=specimen.accession)
-        messages.success(request, f"Specimen {specimen.accession} is signed; the report is final.")
+        latest = signed.report_versions.order_by("-number").first()
+        if latest is not None and latest.number > 1:  # the re-sign of an amendment opened to add images
+            messages.success(
+                request,
+                f"Specimen {specimen.accession} is signed; corrected report version {latest.number} "
+                "released.",
+            )
+        else:
+            messages.success(request, f"Specimen {specimen.accession} is signed; the report is final.")
         return redirect("specimen-detail", accession=specimen.accession)
     if specimen.is_signed:
         messages.info(request, f"Specimen {specimen.accession} is already signed.")
