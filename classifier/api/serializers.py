@@ -196,6 +196,19 @@ class Per100RowSerializer(NotCountedRowSerializer):
     flag = serializers.ChoiceField(choices=[("H", "High"), ("L", "Low")], allow_null=True)
 
 
+class AbsoluteRowSerializer(serializers.Serializer):
+    label = serializers.ChoiceField(choices=CellClass.choices)
+    name = serializers.CharField()
+    count = serializers.IntegerField(min_value=0)
+    value = serializers.FloatField(help_text="Absolute count, 10^9/L (UCUM 10*9/L), two decimals.")
+    reference_low = serializers.FloatField(
+        allow_null=True,
+        help_text="Adult absolute range, 10^9/L; null for a child's age or where none is given.",
+    )
+    reference_high = serializers.FloatField(allow_null=True)
+    flag = serializers.ChoiceField(choices=[("H", "High"), ("L", "Low")], allow_null=True)
+
+
 class DifferentialSerializer(serializers.Serializer):
     """The white-cell differential: reviewed labels count; unreviewed unidentified cells are apart.
 
@@ -219,6 +232,13 @@ class DifferentialSerializer(serializers.Serializer):
     reference_note = serializers.CharField(
         help_text="Which reference ranges the rows carry: those for the ordered patient's age (and sex), "
         "or the adult ones when the age is not known."
+    )
+    wbc_count = serializers.FloatField(
+        allow_null=True, help_text="The white-cell count the LIS order gave, 10^9/L; null: none."
+    )
+    absolute = AbsoluteRowSerializer(
+        many=True,
+        help_text="Each white-cell class's absolute count (its share of wbc_count); empty without one.",
     )
 
 

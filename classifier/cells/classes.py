@@ -29,6 +29,12 @@ below). Reviewer-only classes are identified by a person, so they carry the meth
 releases print "/100 leukocytes" as "/Leukocytes"; the codes are the same. Where no code fits, the
 field is None.
 
+Absolute counts (``loinc_absolute``, "[#/volume]"): reported when the LIS order gives the white-cell
+count (``Order.wbc_count``, 10^9/L), as each white-cell class's share of it. The "by Automated count"
+codes of the five classes (751-8, 711-2, 704-7, 731-0, 742-7) were verified in the FHIR
+implementation guides' examples cited below (CTC Adverse Events IG, eCR IG) with the search tool.
+They are sent in both states: LOINC's manual-count absolute codes could not be verified (issue 19).
+
 Reference ranges: the adult range of each class is here (``reference``); ``classifier.cells.ranges``
 picks the range for the ordered patient's age and sex (children's bands, cited there) and falls back
 to this one when the age is unknown.
@@ -70,6 +76,9 @@ class CellType:
     # The code of a reviewed count (a reviewer signed: the panel is 24318-8 "Manual Differential
     # panel - Blood"); None: the same code as ``loinc`` (``code_for``).
     loinc_reviewed: Loinc | None = None
+    # Adult reference range of the absolute count (10^9/L), reported when the order gives a white-cell
+    # count; None where none is given here (no flag).
+    reference_absolute: tuple[float, float] | None = None
 
     def code_for(self, *, reviewed: bool) -> Loinc | None:
         """The LOINC code of this class's /100 leukocytes result, by method: the model's unreviewed
@@ -126,6 +135,8 @@ TABLE: tuple[CellType, ...] = (
         # Reviewed: 769-0 "Neutrophils.segmented/100 leukocytes in Blood by Manual count" (bands are
         # their own class, BAND, in a reviewed differential).
         loinc_reviewed=Loinc("769-0", "Neutrophils.segmented/100 leukocytes in Blood by Manual count"),
+        # Absolute: 2-7.5 x10^9/L, the range of the CTC IG's 751-8 example (Observation r201-9).
+        reference_absolute=(2.0, 7.5),
     ),
     CellType(
         "EOSINOPHIL", "Eosinophil", "#c0392b", "2",
@@ -136,6 +147,8 @@ TABLE: tuple[CellType, ...] = (
         (1.0, 6.0), Counting.WHITE, model=True, first_model=True,
         # Reviewed: 714-6 "Eosinophils/100 leukocytes in Blood by Manual count".
         loinc_reviewed=Loinc("714-6", "Eosinophils/100 leukocytes in Blood by Manual count"),
+        # Absolute: 0.04-0.4 x10^9/L, the range of the CTC IG's 711-2 example (r201-15).
+        reference_absolute=(0.04, 0.4),
     ),
     CellType(
         "BASOPHIL", "Basophil", "#5b2c6f", "3",
@@ -146,6 +159,8 @@ TABLE: tuple[CellType, ...] = (
         (0.0, 2.0), Counting.WHITE, model=True,
         # Reviewed: 707-0 "Basophils/100 leukocytes in Blood by Manual count".
         loinc_reviewed=Loinc("707-0", "Basophils/100 leukocytes in Blood by Manual count"),
+        # Absolute: up to 0.21 x10^9/L, the upper limit of the CTC IG's 704-7 example (r201-17).
+        reference_absolute=(0.0, 0.21),
     ),
     CellType(
         "LYMPHOCYTE", "Lymphocyte", "#2f62d0", "4",
@@ -156,6 +171,8 @@ TABLE: tuple[CellType, ...] = (
         (20.0, 45.0), Counting.WHITE, model=True, first_model=True,
         # Reviewed: 737-7 "Lymphocytes/100 leukocytes in Blood by Manual count".
         loinc_reviewed=Loinc("737-7", "Lymphocytes/100 leukocytes in Blood by Manual count"),
+        # Absolute: 1.0-4.8 x10^9/L (10*3/uL), the range of the eCR IG's 731-0 example.
+        reference_absolute=(1.0, 4.8),
     ),
     CellType(
         "MONOCYTE", "Monocyte", "#6f4bb5", "5",
@@ -166,14 +183,18 @@ TABLE: tuple[CellType, ...] = (
         (2.0, 10.0), Counting.WHITE, model=True, first_model=True,
         # Reviewed: 744-3 "Monocytes/100 leukocytes in Blood by Manual count" (also loinc.org).
         loinc_reviewed=Loinc("744-3", "Monocytes/100 leukocytes in Blood by Manual count"),
+        # Absolute: 0.2-1.0 x10^9/L, the range of the CTC IG's 742-7 example (r202-13).
+        reference_absolute=(0.2, 1.0),
     ),
     CellType(
         "IG", "Immature granulocyte", "#0e7c7b", "6",
-        # LOINC 71695-1 "Immature granulocytes/100 leukocytes in Blood by Automated count" and
-        # 53115-2 "Immature granulocytes [#/volume] in Blood by Automated count" (LOINC long-name
-        # tables). 38518-7 is the method-less "/100 leukocytes in Blood", not used.
+        # LOINC 71695-1 "Immature granulocytes/100 leukocytes in Blood by Automated count" (LOINC
+        # long-name tables). Absolute: 51584-1 "Immature granulocytes [#/volume] in Blood"
+        # (method-less; LOINC code pages, e.g. healthassure.in/codes/loinc-51584-1): the count is the
+        # differential's share of the order's white-cell count, right for either method. 53115-2
+        # (the analysers' "by Automated count" code) could not be verified and is not used.
         Loinc("71695-1", "Immature granulocytes/100 leukocytes in Blood by Automated count"),
-        Loinc("53115-2", "Immature granulocytes [#/volume] in Blood by Automated count"),
+        Loinc("51584-1", "Immature granulocytes [#/volume] in Blood"),
         (0.0, 0.5), Counting.WHITE, model=True,
         # Reviewed: the method-less 38518-7 (a manual count reports promyelocytes, myelocytes and
         # metamyelocytes apart; LOINC has no manual-count code for them together).

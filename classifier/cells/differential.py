@@ -63,6 +63,36 @@ class Row:
         return self.value
 
 
+WBC_UCUM = "10*9/L"  # the unit of the order's white-cell count and of every absolute count
+ABSOLUTE_DECIMALS = 2  # 10^9/L to two decimals, as analysers print absolute counts (0.04)
+
+
+@dataclass(frozen=True)
+class AbsoluteRow:
+    """One white-cell class's absolute count: its share of the order's white-cell count (10^9/L)."""
+
+    label: str
+    name: str
+    count: int
+    value: float  # 10^9/L
+    percent: float  # the row's percentage it was computed beside
+    reference: ranges.Range | None  # the adult absolute range (None for a child, or where none is given)
+    flag: str | None
+
+    @property
+    def reference_low(self) -> float | None:
+        return self.reference.low if self.reference else None
+
+    @property
+    def reference_high(self) -> float | None:
+        return self.reference.high if self.reference else None
+
+    @property
+    def loinc(self) -> classes.Loinc | None:
+        cell = classes.get(self.label)
+        return cell.loinc_absolute if cell else None
+
+
 @dataclass(frozen=True)
 class Differential:
     accession: str
@@ -83,6 +113,8 @@ class Differential:
     # one cell of four is 25 %, which says nothing about the patient (issue 19).
     min_count_for_flags: int = 0
     patient: ranges.Patient | None = None  # age and sex the reference ranges were chosen for
+    wbc_count: float | None = None  # the order's white-cell count, 10^9/L (None: no absolute counts)
+    absolute: tuple[AbsoluteRow, ...] = ()  # per white-cell class, when wbc_count is known
 
     @property
     def reference_note(self) -> str:
@@ -158,19 +190,48 @@ def _row(
     )
 
 
+def _absolute_reference(row: Row) -> ranges.Range | None:
+    """The adult absolute range, where the row's percentage is judged by the adult range too (never
+    for a child's age band: no children's absolute ranges are given here)."""
+    cell = row.cell_type
+    if cell is None or cell.reference_absolute is None or (row.reference and row.reference.age_based):
+        return None
+    known = row.reference.age_known if row.reference else False
+    return ranges.Range(*cell.reference_absolute, age_known=known)
+
+
+def _absolute_rows(
+    white_rows: tuple[Row, ...], white_total: int, wbc_count: float | None, *, flags: bool
+) -> tuple[AbsoluteRow, ...]:
+    """Each white-cell row's share of the white-cell count (count / counted x WBC), in 10^9/L."""
+    if wbc_count is None or not white_total:
+        return ()
+    rows = []
+    for row in white_rows:
+        value = round(row.count * wbc_count / white_total, ABSOLUTE_DECIMALS)
+        reference = _absolute_reference(row)
+        rows.append(AbsoluteRow(
+            label=row.label, name=row.name, count=row.count, value=value, percent=row.value or 0.0,
+            reference=reference, flag=_flag(value, reference) if flags else None,
+        ))
+    return tuple(rows)
+
+
 def build(
     *,
     labels: Iterable[str],
     model_classes: Iterable[str],
     min_count_for_flags: int = 0,
     patient: ranges.Patient | None = None,
+    wbc_count: float | None = None,
     **facts,
 ) -> Differential:
     """The differential from the counted cells' labels and the classes their models knew.
 
     ``facts`` are the record's other fields (accession, total_cells, unidentified, ...). With fewer
     than ``min_count_for_flags`` white cells counted no row is flagged (``flags_withheld``). Each
-    row's reference range is the one for ``patient`` (age, sex), the adult one when unknown.
+    row's reference range is the one for ``patient`` (age, sex), the adult one when unknown. With the
+    order's ``wbc_count`` (10^9/L) each white-cell class also gets its absolute count (``absolute``).
     """
     counts = Counter(labels)
     known = set(model_classes) or set(classes.MODEL_CODES)
@@ -217,5 +278,7 @@ def build(
         + tuple(sorted(known - set(classes.CODES))),
         min_count_for_flags=min_count_for_flags,
         patient=patient,
+        wbc_count=wbc_count,
+        absolute=_absolute_rows(white_rows, white_total, wbc_count, flags=flags),
         **facts,
     )

@@ -83,8 +83,11 @@ def _refs(report: ResultReport, urls: dict) -> dict:
 
 
 def _observations(report: ResultReport, refs: dict) -> list[tuple[str, dict]]:
-    """(full URL, Observation): one per reported class, then the cells counted."""
+    """(full URL, Observation): one per reported class, the absolute counts (with the order's
+    white-cell count), then the cells counted."""
     observations = [resources.observation(report, row, refs) for row in report.differential.reported]
+    absolute = report.differential.absolute
+    observations += [resources.absolute_observation(report, row, refs) for row in absolute]
     observations.append(resources.counts_observation(report, refs))
     return [
         (resources.urn(report.accession, "observation", obs["identifier"][0]["value"]), obs)

@@ -9,7 +9,7 @@ import uuid
 
 from django.utils import timezone
 
-from classifier.cells.differential import Differential, Row
+from classifier.cells.differential import WBC_UCUM, AbsoluteRow, Differential, Row
 from classifier.cells.ranges import Range
 from classifier.interop import Release, codes, lab_name
 from classifier.interop.codes import (
@@ -91,6 +91,15 @@ def _per_100_white(value: float) -> dict:
     return {"value": value, "unit": PER_100_WHITE_UNIT[0], "system": UCUM, "code": PER_100_WHITE_UNIT[0]}
 
 
+def _per_litre(value: float) -> dict:
+    return {"value": value, "unit": "10^9/L", "system": UCUM, "code": WBC_UCUM}
+
+
+def _interpretation(flag: str | None) -> list[dict]:
+    flag = flag or "N"
+    return [{"coding": [{"system": INTERPRETATION, "code": flag, "display": FLAG_DISPLAY[flag]}]}]
+
+
 def _plural(count: int, name: str) -> str:
     return f"{count} {name.lower()}{'' if count == 1 else 's'}"
 
@@ -152,11 +161,24 @@ def observation(report: ResultReport, row: Row, refs: dict) -> dict:
         return resource
     resource["valueQuantity"] = quantity(row.value)
     if row.reference is not None and not report.differential.flags_withheld:
-        flag = row.flag or "N"
-        resource["interpretation"] = [
-            {"coding": [{"system": INTERPRETATION, "code": flag, "display": FLAG_DISPLAY[flag]}]}
-        ]
+        resource["interpretation"] = _interpretation(row.flag)
     resource["note"] = [{"text": report.row_note(row) + "."}]
+    return resource
+
+
+def absolute_observation(report: ResultReport, row: AbsoluteRow, refs: dict) -> dict:
+    """One white-cell class's absolute count (UCUM 10*9/L): its share of the order's white-cell count,
+    with the adult absolute range and its flag (none below the minimum count, like the percentages)."""
+    resource = _observation_base(report, refs, f"{row.label}-ABS")
+    resource["code"] = {"text": f"{row.name} # (absolute count)"}
+    if row.loinc:
+        resource["code"]["coding"] = [{"system": LOINC, "code": row.loinc.code, "display": row.loinc.name}]
+    resource["valueQuantity"] = _per_litre(row.value)
+    if row.reference is not None:
+        resource["referenceRange"] = [reference_range(row.reference, _per_litre)]
+        if not report.differential.flags_withheld:
+            resource["interpretation"] = _interpretation(row.flag)
+    resource["note"] = [{"text": report.absolute_note(row) + "."}]
     return resource
 
 

@@ -30,7 +30,9 @@ white-cell classes and ``/100{WBCs}`` for nucleated red cells, reference range
 a reviewer signs the specimen, ``F`` (final) after. A class with no counted
 cell yet is sent without a value and status ``X`` (results cannot be obtained
 for this observation... yet). Platelets, smudge cells and artefacts are not
-results and are not sent.
+results and are not sent. When the order gave the white-cell count, one more OBX
+per white-cell class carries its absolute count (LOINC "[#/volume]" code, UCUM
+``10*9/L``, the adult absolute range and its flag).
 
 MSH-4 is an HD: namespace id (``HEMATOVISION_HL7_FACILITY``, else the lab's name,
 ``HEMATOVISION_LAB_NAME``, escaped and cut to HD.1's 20 characters), and with
@@ -50,7 +52,7 @@ from django.utils import timezone
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
-from classifier.cells.differential import Differential
+from classifier.cells.differential import WBC_UCUM, Differential
 from classifier.interop import APPLICATION, codes, lab_name
 from classifier.interop.codes import COUNTED, NOT_COUNTED_SUFFIX, PER_100_WHITE_UNIT, UNIDENTIFIED
 from classifier.interop.result import ResultReport
@@ -281,6 +283,7 @@ def _results(observations: _Observations, report: ResultReport) -> None:
             if row.value is not None and not differential.flags_withheld:
                 segment.obx_8 = row.flag or "N"
             segment.obx_10 = _nature(row.reference)
+    _absolute_results(observations, report)
     cells_unit = "{cells}^cells^UCUM"
     observations.add(f"{COUNTED[0]}^{COUNTED[1]}^{LOCAL_CODES}", cells_unit, str(differential.counted_cells))
     observations.add(
@@ -289,6 +292,21 @@ def _results(observations: _Observations, report: ResultReport) -> None:
     for row in differential.not_counted:
         name = _escape(f"{row.name}{NOT_COUNTED_SUFFIX}")
         observations.add(f"{row.label}^{name}^{LOCAL_CODES}", cells_unit, str(row.count))
+
+
+def _absolute_results(observations: _Observations, report: ResultReport) -> None:
+    """One OBX per white-cell class's absolute count (10*9/L), when the order gave a white-cell count."""
+    differential = report.differential
+    for row in differential.absolute:
+        loinc = row.loinc
+        code = f"{loinc.code}^{loinc.name}^LN" if loinc else f"^{_escape(row.name)} #"
+        segment = observations.add(code, f"{WBC_UCUM}^10*9 per litre^UCUM", _number(row.value),
+                                   report.absolute_note(row))
+        if row.reference is not None:
+            segment.obx_7 = f"{_number(row.reference.low)}-{_number(row.reference.high)}"
+            if not differential.flags_withheld:
+                segment.obx_8 = row.flag or "N"
+            segment.obx_10 = _nature(row.reference)
 
 
 def _specimen(group, report: ResultReport) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from django.utils import timezone
 
 from classifier.cells.classes import Loinc
-from classifier.cells.differential import Differential, Row
+from classifier.cells.differential import AbsoluteRow, Differential, Row
 from classifier.interop import Release, codes
 
 
@@ -93,6 +93,13 @@ class ResultReport:
     def per_100(self, row: Row) -> bool:
         """Whether the row is counted per 100 white cells (nucleated red cells) rather than in %."""
         return any(row.label == other.label for other in self.differential.per_100_white_cells)
+
+    def absolute_note(self, row: AbsoluteRow) -> str:
+        """What an absolute count rests on (without a final full stop)."""
+        return (
+            f"{row.percent:g} % of the white-cell count {self.differential.wbc_count:g} x10^9/L "
+            "given with the order"
+        )
 
     def row_note(self, row: Row) -> str:
         """What a reported row's value rests on (without a final full stop)."""

@@ -252,6 +252,43 @@ def _differential_table(differential: Differential, styles: StyleSheet1) -> list
     ]
 
 
+def _absolute_table(differential: Differential, styles: StyleSheet1) -> list[Flowable]:
+    """Absolute counts (10^9/L), with the order's white-cell count; nothing without one."""
+    if not differential.absolute:
+        return []
+    rows = [
+        [
+            row.name,
+            f"{row.value:.2f}",
+            f"{_number(row.reference_low)} – {_number(row.reference_high)}" if row.reference else "",
+            {"H": "HIGH", "L": "LOW"}.get(row.flag or "", ""),
+        ]
+        for row in differential.absolute
+    ]
+    table_style = [
+        ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e9ecef")),
+        ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
+        ("ALIGN", (1, 1), (1, -1), "RIGHT"),
+    ]
+    table_style += [
+        ("TEXTCOLOR", (3, i), (3, i), colors.red)
+        for i, row in enumerate(differential.absolute, start=1) if row.flag
+    ]
+    return [
+        Paragraph(
+            f"Absolute counts (white-cell count {differential.wbc_count:g} x10^9/L given with the order)",
+            styles["Heading3"],
+        ),
+        Table(
+            [["Cell class", "x10^9/L", "Reference (adult)", "Flag"], *rows],
+            colWidths=[60 * mm, 25 * mm, 45 * mm, 25 * mm],
+            style=TableStyle(table_style),
+        ),
+        Spacer(1, 3 * mm),
+    ]
+
+
 def _signoff_notes(
     specimen: Specimen, cells: list[Classification], differential: Differential, small: ParagraphStyle
 ) -> list[Flowable]:
@@ -327,6 +364,7 @@ def specimen_report_pdf(*, specimen: Specimen) -> bytes:
         *_header(specimen, differential, lab, styles),
         *_status(specimen, differential, styles),
         *_differential_table(differential, styles),
+        *_absolute_table(differential, styles),
         *_signoff_notes(specimen, cells, differential, small),
         *_gallery(specimen, styles, small),
     ]

@@ -106,7 +106,8 @@ def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
 
     A cell counts under its final label when reviewed; unreviewed unidentified cells are counted
     apart. The classes its models knew are the keys of each cell's probabilities (the card's). The
-    reference ranges are those for the ordered patient's age and sex (``specimen_patient``).
+    reference ranges are those for the ordered patient's age and sex (``specimen_patient``); the
+    order's white-cell count, when it gives one, adds the absolute counts.
     """
     cells = list(specimen.cells.all())
     counted = [
@@ -115,11 +116,14 @@ def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
     ]
     unreviewed = sum(1 for c in cells if c.review_state == ReviewState.UNREVIEWED)
     pending = sum(1 for c in cells if c.status == Status.PENDING)
+    from classifier.models import Order
+
     return differentials.build(
         labels=[c.label for c in counted],
         model_classes={name for c in cells for name in (c.probabilities or {})},
         min_count_for_flags=settings.HEMATOVISION_MIN_CELLS_FOR_FLAGS,
         patient=specimen_patient(specimen=specimen),
+        wbc_count=Order.objects.filter(specimen=specimen).values_list("wbc_count", flat=True).first(),
         accession=specimen.accession,
         total_cells=len(cells),
         unidentified=sum(

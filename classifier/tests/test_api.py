@@ -638,6 +638,8 @@ def test_specimen_detail_has_cells_differential_and_state(tech_api, user, review
             "not_counted": [],
             "flag_comment": "",
             "reference_note": "Adult reference ranges (the patient's age is not known).",
+            "wbc_count": None,  # no order with a white-cell count: no absolute counts
+            "absolute": [],
         },
     }
 
