@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml.fastmorph import binary_closing_disk
+from ml.fastmorph import binary_closing_disk, dilate_cross, erode_cross, fill_holes
 from ml.locate import Box
 
 WORK_SIDE = 400  # images are analysed on a copy at most this many pixels on the longer side
@@ -119,14 +119,14 @@ def analyse(rgb: np.ndarray, max_cells: int = 1) -> Frame:
     valid = np.maximum(np.maximum(red, green), blue) > 30
     if np.count_nonzero(valid) < 0.2 * h * w or min(h, w) < 16:
         return no_cell
-    valid = _erode(valid, 2)
+    valid = erode_cross(valid, 2)
     grey, background = _grey_and_background(planes, valid, eight_bit=rgb.dtype == np.uint8)
     foreground = _foreground(planes, background, valid)
     index = (blue - green) + 0.5 * (background.mean() - grey)
     if np.count_nonzero(foreground) < 0.002 * h * w:
         return no_cell
     thr = _nucleus_threshold(index, valid, foreground)
-    nucleus = _dilate(_erode(index > thr, 1), 1)
+    nucleus = dilate_cross(erode_cross(index > thr, 1), 1)
     nucleus &= valid
     extent = _Extent.of(nucleus)
     d, source = _red_cell_scale(foreground, nucleus, extent)
@@ -219,9 +219,9 @@ def _red_cell_scale(foreground: np.ndarray, nucleus: np.ndarray, extent: _Extent
     near_nucleus = np.zeros((h, w), bool)
     if extent:
         k = max(2, int(0.02 * min(h, w)))
-        near_nucleus[extent.around(k)] = _dilate(nucleus[extent.around(k)], k)
+        near_nucleus[extent.around(k)] = dilate_cross(nucleus[extent.around(k)], k)
     rbc = foreground & ~near_nucleus
-    rbc = _fill_holes(_dilate(_erode(rbc, 2), 2))
+    rbc = fill_holes(dilate_cross(erode_cross(rbc, 2), 2))
     d = _red_cell_diameter(rbc)
     if min(h, w) / MAX_FIELD_RBC <= d <= min(h, w) / MIN_FIELD_RBC:
         return d, "red_cells"
@@ -330,47 +330,6 @@ def _red_cell_diameter(rbc: np.ndarray) -> float:
         np.maximum.at(best, labels[far], sq[far])
         radii = np.sqrt(best[1:][best[1:] >= 16].astype(np.float64))
     return float(2 * np.percentile(radii, 90)) if len(radii) else 0.0
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_fill_holes(mask)``, bit for bit: off-mask components (cross connectivity)
-    that do not touch the image border are filled."""
-    from scipy import ndimage as ndi
-
-    lab, n = ndi.label(~mask)
-    outer = np.zeros(n + 1, bool)
-    for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
-        outer[edge] = True
-    outer[0] = False
-    return ~outer[lab]
-
-
-def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
-    """``ndimage.binary_dilation(mask, iterations=k)`` (cross element), bit for bit: k shifted ORs."""
-    m = np.asarray(mask, bool)
-    for _ in range(k):
-        out = m.copy()
-        out[1:] |= m[:-1]
-        out[:-1] |= m[1:]
-        out[:, 1:] |= m[:, :-1]
-        out[:, :-1] |= m[:, 1:]
-        m = out
-    return m
-
-
-def _erode(mask: np.ndarray, k: int) -> np.ndarray:
-    """``ndimage.binary_erosion(mask, iterations=k)`` (cross element, border 0), bit for bit."""
-    m = np.asarray(mask, bool)
-    for _ in range(k):
-        out = m.copy()
-        out[1:] &= m[:-1]
-        out[:-1] &= m[1:]
-        out[:, 1:] &= m[:, :-1]
-        out[:, :-1] &= m[:, 1:]
-        out[0] = out[-1] = False
-        out[:, 0] = out[:, -1] = False
-        m = out
-    return m
 
 
 def crop_window(
