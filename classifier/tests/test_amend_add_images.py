@@ -187,7 +187,7 @@ def test_api_amendment_adds_images_and_the_re_sign_releases_a_corrected_version(
     values = {o.obx.obx_3.obx_3_1.to_er7(): o.obx.obx_5.to_er7() for o in group.oru_r01_observation}
     counted = (values["769-0"], values["737-7"], values["744-3"], values["WBC-COUNTED"])
     assert counted == ("50", "25", "25", "4")
-    bundle = Bundle.parse_obj(second.fhir)
+    bundle = Bundle.model_validate(second.fhir)
     assert bundle.entry[0].resource.status == "corrected"
     assert REASON in bundle.entry[0].resource.conclusion
     # Both versions readable; the history lists them; the accession is closed again.
