@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import date, datetime
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -73,8 +74,8 @@ def _wbc_count(message: Er7) -> float | None:
     return None
 
 
-def parse_order(text: str) -> dict:
-    """The order's facts as ``order_services.order_create`` takes them; raises Refused."""
+def _message(text: str) -> Er7:
+    """The parsed message, once it is an order this endpoint files (type, version, PID, ORC NW)."""
     try:
         message = Er7(text)
     except ValueError as exc:
@@ -92,7 +93,11 @@ def parse_order(text: str) -> dict:
     control = message.get("ORC", 1)
     if control != "NW":
         raise Refused("AR", f"Order control {control!r} is not supported; only NW (new order).", "201")
+    return message
 
+
+def _patient_identifier(message: Er7) -> tuple[str, str]:
+    """PID-3's MR repetition (else the first): the MRN and its assigning authority, both required."""
     identifiers = message.repetitions("PID", 3)
     chosen = next(
         (r for r in identifiers if message.part(r, 5) == "MR"), identifiers[0] if identifiers else ""
@@ -103,7 +108,11 @@ def parse_order(text: str) -> dict:
         raise Refused(
             "AE", "PID-3 needs the patient's identifier and its assigning authority (CX.1, CX.4).", "101"
         )
+    return mrn, authority
 
+
+def _order_numbers(message: Er7) -> tuple[str, str, str]:
+    """The placer order number and namespace (ORC-2, else OBR-2) and the accession, both required."""
     placer = message.get("ORC", 2, 1) or message.get("OBR", 2, 1)
     placer_ns = message.get("ORC", 2, 2) or message.get("OBR", 2, 2)
     if not placer:
@@ -118,14 +127,35 @@ def parse_order(text: str) -> dict:
         raise Refused(
             "AE", "No accession: send the specimen id in SPM-2 or the filler order number in ORC-3.", "101"
         )
+    return placer, placer_ns, accession
 
-    provider = "ORC" if message.get("ORC", 12) else "OBR"
-    provider_field = 12 if provider == "ORC" else 16
+
+def _dates(message: Er7) -> tuple[date | None, datetime | None]:
+    """The patient's date of birth (PID-7) and the collection time (SPM-17, else OBR-7)."""
     try:
         birth_date = parse_date(message.get("PID", 7, 1))
         collected = parse_ts(message.get("SPM", 17, 1) or message.get("OBR", 7, 1))
     except ValueError as exc:
         raise Refused("AE", str(exc), "102") from exc
+    return birth_date, collected
+
+
+def _ordering_provider(message: Er7) -> dict:
+    """The ordering provider's id and name: ORC-12 when it is there, else OBR-16."""
+    segment, field = ("ORC", 12) if message.get("ORC", 12) else ("OBR", 16)
+    return {
+        "ordering_provider_id": message.get(segment, field, 1),
+        "ordering_provider_family_name": message.get(segment, field, 2, 1),
+        "ordering_provider_given_name": message.get(segment, field, 3),
+    }
+
+
+def parse_order(text: str) -> dict:
+    """The order's facts as ``order_services.order_create`` takes them; raises Refused."""
+    message = _message(text)
+    mrn, authority = _patient_identifier(message)
+    placer, placer_ns, accession = _order_numbers(message)
+    birth_date, collected = _dates(message)
     sex = message.get("PID", 8)
     return {
         "accession": accession,
@@ -137,9 +167,7 @@ def parse_order(text: str) -> dict:
         "patient_given_name": message.get("PID", 5, 2),
         "patient_birth_date": birth_date,
         "patient_sex": sex if sex in ("F", "M", "O", "U") else "U",
-        "ordering_provider_id": message.get(provider, provider_field, 1),
-        "ordering_provider_family_name": message.get(provider, provider_field, 2, 1),
-        "ordering_provider_given_name": message.get(provider, provider_field, 3),
+        **_ordering_provider(message),
         "collected_at": collected,
         "wbc_count": _wbc_count(message),
         "source": "hl7",
