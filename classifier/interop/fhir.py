@@ -95,38 +95,21 @@ def _observations(report: ResultReport, refs: dict) -> list[tuple[str, dict]]:
     ]
 
 
-def specimen_bundle(report: ResultReport) -> dict:
-    """A validated FHIR R4 ``transaction`` Bundle: DiagnosticReport, Specimen, one Observation per
-    reported class and one for the cells counted; with an order also Patient and ServiceRequest;
-    with a model version a Device; a Media per image the LIS sent with its own id."""
-    accession, order = report.accession, report.order
-    urls = {
-        name: resources.urn(accession, name)
-        for name in ("specimen", "report", "patient", "request", "device")
-    }
-    refs = _refs(report, urls)
-    observations = _observations(report, refs)
-    media = [
+def _media(report: ResultReport, refs: dict) -> list[tuple[str, dict, int]]:
+    """(full URL, Media, cell id): one per image the LIS sent with its own id."""
+    return [
         (
-            resources.urn(accession, "media", str(pk)),
+            resources.urn(report.accession, "media", str(pk)),
             resources.media(report, refs, pk, owner, external_id),
             pk,
         )
         for pk, owner, external_id in report.images
     ]
-    diagnostic_report = resources.diagnostic_report(
-        report, refs, results=observations, media_urls=[url for url, _, _ in media]
-    )
 
-    entries = _Entries()
-    # The report first (readers find it at entry[0]); a server orders a transaction's work by method.
-    entries.add(urls["report"], diagnostic_report, "PUT", resources.search(ACCESSION_SYSTEM, accession))
-    entries.add(
-        urls["specimen"],
-        resources.specimen(report, refs),
-        "POST",
-        f"accession={ACCESSION_SYSTEM}|{accession}",
-    )
+
+def _add_context(entries: _Entries, report: ResultReport, urls: dict, refs: dict) -> None:
+    """The order's Patient and ServiceRequest (with an order) and the model's Device (with a version)."""
+    order = report.order
     if order is not None:
         patient = resources.patient(order)
         entries.add(
@@ -148,17 +131,49 @@ def specimen_bundle(report: ResultReport) -> dict:
             "POST",
             resources.search(DEVICE_SYSTEM, report.model_versions[0]),
         )
-    for url, resource, pk in media:
-        entries.add(url, resource, "POST", resources.search(CELL_SYSTEM, str(pk)))
-    for url, obs in observations:
-        entries.add(url, obs, "PUT", resources.search(OBSERVATION_SYSTEM, obs["identifier"][0]["value"]))
 
+
+def _validated(report: ResultReport, entries: _Entries) -> dict:
+    """The transaction Bundle of ``entries``, validated against the R4B models and dumped as JSON:
+    a bug here must fail loudly, never reach the LIS."""
     bundle = {
         "resourceType": "Bundle",
-        "identifier": {"system": ACCESSION_SYSTEM, "value": accession},
+        "identifier": {"system": ACCESSION_SYSTEM, "value": report.accession},
         "type": "transaction",
         "timestamp": resources.instant(report.now),
         "entry": list(entries),
     }
-    # Validate against the R4B models: a bug here must fail loudly, never reach the LIS.
     return Bundle.model_validate(bundle).model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def specimen_bundle(report: ResultReport) -> dict:
+    """A validated FHIR R4 ``transaction`` Bundle: DiagnosticReport, Specimen, one Observation per
+    reported class and one for the cells counted; with an order also Patient and ServiceRequest;
+    with a model version a Device; a Media per image the LIS sent with its own id."""
+    accession = report.accession
+    urls = {
+        name: resources.urn(accession, name)
+        for name in ("specimen", "report", "patient", "request", "device")
+    }
+    refs = _refs(report, urls)
+    observations = _observations(report, refs)
+    media = _media(report, refs)
+    diagnostic_report = resources.diagnostic_report(
+        report, refs, results=observations, media_urls=[url for url, _, _ in media]
+    )
+
+    entries = _Entries()
+    # The report first (readers find it at entry[0]); a server orders a transaction's work by method.
+    entries.add(urls["report"], diagnostic_report, "PUT", resources.search(ACCESSION_SYSTEM, accession))
+    entries.add(
+        urls["specimen"],
+        resources.specimen(report, refs),
+        "POST",
+        f"accession={ACCESSION_SYSTEM}|{accession}",
+    )
+    _add_context(entries, report, urls, refs)
+    for url, resource, pk in media:
+        entries.add(url, resource, "POST", resources.search(CELL_SYSTEM, str(pk)))
+    for url, obs in observations:
+        entries.add(url, obs, "PUT", resources.search(OBSERVATION_SYSTEM, obs["identifier"][0]["value"]))
+    return _validated(report, entries)
