@@ -217,6 +217,70 @@ def _absolute_rows(
     return tuple(rows)
 
 
+# One white-cell column of the differential: (cell type, or None outside the table; label; count).
+_Column = tuple[classes.CellType | None, str, int]
+
+
+def _white_columns(counts: Counter, shown: list[classes.CellType]) -> list[_Column]:
+    """(cell type, label, count) of each white-cell class shown, then of each label outside the table
+    (a future model's class: counted as a white cell, shown by its code, no cell type)."""
+    white = [(c, c.code, counts.get(c.code, 0)) for c in shown if c.counting is Counting.WHITE]
+    unknown = sorted(code for code in counts if code not in classes.BY_CODE)
+    return [*white, *((None, code, counts[code]) for code in unknown)]
+
+
+def _white_rows(
+    white: list[_Column],
+    white_total: int,
+    *,
+    flags: bool,
+    patient: ranges.Patient | None,
+) -> tuple[Row, ...]:
+    """The white-cell rows: percentages of ``white_total`` that add up to 100.0 (None while it is 0)."""
+    white_counts = [count for _, _, count in white]
+    percents = (
+        largest_remainder(white_counts, total=white_total) if white_total else [None] * len(white_counts)
+    )
+    return tuple(
+        _row(cell, label, count, value, flags=flags, patient=patient)
+        for (cell, label, count), value in zip(white, percents, strict=True)
+    )
+
+
+def _per_100_rows(
+    counts: Counter,
+    shown: list[classes.CellType],
+    white_total: int,
+    *,
+    flags: bool,
+    patient: ranges.Patient | None,
+) -> tuple[Row, ...]:
+    """The classes reported per 100 white cells (nucleated red cells), None while none is counted."""
+    return tuple(
+        _row(
+            c,
+            c.code,
+            counts.get(c.code, 0),
+            round(100.0 * counts.get(c.code, 0) / white_total, 1) if white_total else None,
+            flags=flags,
+            patient=patient,
+        )
+        for c in shown
+        if c.counting is Counting.PER_100_WHITE
+    )
+
+
+def _not_counted_rows(
+    counts: Counter, shown: list[classes.CellType], *, patient: ranges.Patient | None
+) -> tuple[Row, ...]:
+    """Platelets, smudge cells and artefacts that some cell was given: their count, no value."""
+    return tuple(
+        _row(c, c.code, counts[c.code], None, patient=patient)
+        for c in shown
+        if c.counting is Counting.NOT_COUNTED and counts.get(c.code)
+    )
+
+
 def build(
     *,
     labels: Iterable[str],
@@ -236,44 +300,15 @@ def build(
     counts = Counter(labels)
     known = set(model_classes) or set(classes.MODEL_CODES)
     shown = [c for c in classes.TABLE if c.code in known or counts.get(c.code)]
-    white = [c for c in shown if c.counting is Counting.WHITE]
-    white_total = sum(counts.get(c.code, 0) for c in white)
-    # A label outside the table (a future model's class): counted as a white cell, shown by its code.
-    unknown = sorted(code for code in counts if code not in classes.BY_CODE)
-    white_total += sum(counts[code] for code in unknown)
-    white_counts = [counts.get(c.code, 0) for c in white] + [counts[code] for code in unknown]
-    percents = (
-        largest_remainder(white_counts, total=white_total) if white_total else [None] * len(white_counts)
-    )
+    white = _white_columns(counts, shown)
+    white_total = sum(count for _, _, count in white)
     flags = not (0 < white_total < min_count_for_flags)
-    types = [*white, *[None] * len(unknown)]
-    labels_ = [*(c.code for c in white), *unknown]
-    white_rows = tuple(
-        _row(cell, label, count, value, flags=flags, patient=patient)
-        for cell, label, count, value in zip(types, labels_, white_counts, percents, strict=True)
-    )
-    per_100 = tuple(
-        _row(
-            c,
-            c.code,
-            counts.get(c.code, 0),
-            round(100.0 * counts.get(c.code, 0) / white_total, 1) if white_total else None,
-            flags=flags,
-            patient=patient,
-        )
-        for c in shown
-        if c.counting is Counting.PER_100_WHITE
-    )
-    apart = tuple(
-        _row(c, c.code, counts[c.code], None, patient=patient)
-        for c in shown
-        if c.counting is Counting.NOT_COUNTED and counts.get(c.code)
-    )
+    white_rows = _white_rows(white, white_total, flags=flags, patient=patient)
     return Differential(
         counted_cells=white_total,
         classes=white_rows,
-        per_100_white_cells=per_100,
-        not_counted=apart,
+        per_100_white_cells=_per_100_rows(counts, shown, white_total, flags=flags, patient=patient),
+        not_counted=_not_counted_rows(counts, shown, patient=patient),
         model_classes=tuple(c for c in classes.CODES if c in known)
         + tuple(sorted(known - set(classes.CODES))),
         min_count_for_flags=min_count_for_flags,
