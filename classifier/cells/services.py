@@ -8,6 +8,7 @@ import hashlib
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -112,6 +113,75 @@ def _retry(existing: Classification, data: bytes, accession: str | None) -> Clas
     return existing
 
 
+@dataclass(frozen=True)
+class _CheckedUpload:
+    """What the image work leaves for the transaction: the re-encoded file, its size, the model's
+    answer (None while the model is unavailable), the upload's hash and display name; the decoded
+    pixels are gone."""
+
+    content: bytes
+    extension: str
+    width: int
+    height: int
+    prediction: object | None
+    sha256: str
+    original_filename: str
+
+
+def _check_and_predict(data: bytes, filename: str) -> _CheckedUpload:
+    """Check the image and run the model in an image-work slot; the pixels are dropped inside it."""
+    with limits.image_work():  # a few decoded images per process at a time, however many arrive
+        checked = check_image(data, filename=filename)
+        prediction = _predict(checked)
+        upload = _CheckedUpload(
+            content=checked.content,
+            extension=checked.extension,
+            width=checked.width,
+            height=checked.height,
+            prediction=prediction,
+            sha256=sha256_of(data),
+            original_filename=files.clean_filename(filename),
+        )
+        del checked  # the decoded pixels go now, before the slot is released
+    return upload
+
+
+def _lock_specimen(*, user, accession, external_id, sha256: str):
+    """In the transaction: the specimen locked for a new cell (None without an accession). Raises
+    _ConcurrentRetry when a concurrent retry with the same external_id committed first."""
+    retry = None
+    specimen = None
+    if accession:
+        specimen, retry = specimen_services.lock_specimen_for_new_cell(
+            user=user, accession=accession, sha256=sha256, external_id=external_id
+        )
+    elif external_id:
+        retry = Classification.objects.filter(owner=user, external_id=external_id).first()
+    if retry is not None:  # a concurrent retry committed first: its result is the answer
+        raise _ConcurrentRetry(retry)
+    return specimen
+
+
+def _insert(*, user, specimen, external_id, upload: _CheckedUpload, stored: list[str]) -> Classification:
+    """In the transaction: the image file and the row. The file's name goes into ``stored`` as soon as
+    it is written, so that the caller deletes it whatever fails after."""
+    classification = Classification(
+        owner=user,
+        specimen=specimen,
+        external_id=external_id,
+        original_filename=upload.original_filename,
+        image_sha256=upload.sha256,
+        width=upload.width,
+        height=upload.height,
+    )
+    classification.image.save(f"x{upload.extension}", ContentFile(upload.content), save=False)
+    stored.append(classification.image.name)
+    if upload.prediction is not None:
+        _apply_prediction(classification, upload.prediction)
+    classification.save()
+    return classification
+
+
 def _create(
     *, user, data: bytes, filename: str, accession, external_id, keep_on_db_error: bool = True
 ) -> tuple[Classification, bool]:
@@ -123,39 +193,17 @@ def _create(
     if accession:
         # Validate before the slow model call; the row is created in the transaction below.
         accession_validator(accession.strip())
-    with limits.image_work():  # a few decoded images per process at a time, however many arrive
-        checked = check_image(data, filename=filename)
-        prediction = _predict(checked)
-        content, extension, width, height = checked.content, checked.extension, checked.width, checked.height
-        del checked  # the decoded pixels go now, before the slot is released
+    upload = _check_and_predict(data, filename)
 
     stored: list[str] = []
     try:
         with transaction.atomic():
-            retry = None
-            specimen = None
-            if accession:
-                specimen, retry = specimen_services.lock_specimen_for_new_cell(
-                    user=user, accession=accession, sha256=sha256_of(data), external_id=external_id
-                )
-            elif external_id:
-                retry = Classification.objects.filter(owner=user, external_id=external_id).first()
-            if retry is not None:  # a concurrent retry committed first: its result is the answer
-                raise _ConcurrentRetry(retry)
-            classification = Classification(
-                owner=user,
-                specimen=specimen,
-                external_id=external_id,
-                original_filename=files.clean_filename(filename),
-                image_sha256=sha256_of(data),
-                width=width,
-                height=height,
+            specimen = _lock_specimen(
+                user=user, accession=accession, external_id=external_id, sha256=upload.sha256
             )
-            classification.image.save(f"x{extension}", ContentFile(content), save=False)
-            stored.append(classification.image.name)
-            if prediction is not None:
-                _apply_prediction(classification, prediction)
-            classification.save()
+            classification = _insert(
+                user=user, specimen=specimen, external_id=external_id, upload=upload, stored=stored
+            )
     except _ConcurrentRetry as race:
         return _retry(race.existing, data, accession), False
     except IntegrityError:
