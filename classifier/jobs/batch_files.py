@@ -113,6 +113,65 @@ def _unsafe_entry(name: str) -> bool:
     return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
 
 
+def _open_archive(archive) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ValidationError("The archive is not a readable ZIP file.", code="bad_archive") from exc
+
+
+def _file_entries(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The archive's entries other than directories; refused when more than one job may hold."""
+    entries = [info for info in zf.infolist() if not info.is_dir()]
+    if len(entries) > max_files():
+        raise ValidationError(
+            f"The archive holds {len(entries)} files; the limit is {max_files()} per job.",
+            code="too_many_files",
+        )
+    return entries
+
+
+def _is_resource_fork(name: str) -> bool:
+    """macOS's ``__MACOSX/`` folder and ``._`` files: skipped, not reported."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return "__MACOSX" in parts or bool(parts and parts[-1].startswith("._"))
+
+
+def _refused_by_header(info: zipfile.ZipInfo, limit: int) -> Upload | None:
+    """The per-file error an entry gets from its header alone (path, encryption, name, declared
+    size), or None when it may be read."""
+    name = info.filename
+    if _unsafe_entry(name):
+        return Upload(
+            _display_name(name),
+            None,
+            "unsafe_path",
+            "The archive entry has an absolute or '..' path; it was not read.",
+        )
+    if info.flag_bits & 0x1:
+        return Upload(_display_name(name), None, "encrypted", "The archive entry is encrypted.")
+    if not _is_image_name(name):
+        return _not_an_image(name)
+    if info.file_size > limit:
+        return _too_large(name, info.file_size)
+    return None
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> Upload:
+    """The entry's bytes, read up to one byte over ``limit`` (its header may understate its size)."""
+    name = info.filename
+    try:
+        with zf.open(info) as handle:
+            data = handle.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError, EOFError) as exc:
+        return Upload(
+            _display_name(name), None, "corrupt_entry", f"The archive entry could not be read: {exc}"
+        )
+    if len(data) > limit:
+        return _too_large(name, len(data))
+    return Upload(_display_name(name), data)
+
+
 def archive_files(archive) -> Iterator[Upload]:
     """Uploads from a ZIP archive, read safely.
 
@@ -121,41 +180,17 @@ def archive_files(archive) -> Iterator[Upload]:
     non-images and oversized entries become per-file errors. Reads are bounded
     per entry (the upload limit) and in total (HEMATOVISION_BATCH_MAX_ARCHIVE_MB).
     """
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ValidationError("The archive is not a readable ZIP file.", code="bad_archive") from exc
+    zf = _open_archive(archive)
     limit = settings.HEMATOVISION_MAX_UPLOAD_BYTES
     total_limit = max_archive_bytes()
     with zf:
-        entries = [info for info in zf.infolist() if not info.is_dir()]
-        if len(entries) > max_files():
-            raise ValidationError(
-                f"The archive holds {len(entries)} files; the limit is {max_files()} per job.",
-                code="too_many_files",
-            )
         total = 0
-        for info in entries:
-            name = info.filename
-            parts = PurePosixPath(name.replace("\\", "/")).parts
-            if "__MACOSX" in parts or (parts and parts[-1].startswith("._")):
+        for info in _file_entries(zf):
+            if _is_resource_fork(info.filename):
                 continue
-            if _unsafe_entry(name):
-                yield Upload(
-                    _display_name(name),
-                    None,
-                    "unsafe_path",
-                    "The archive entry has an absolute or '..' path; it was not read.",
-                )
-                continue
-            if info.flag_bits & 0x1:
-                yield Upload(_display_name(name), None, "encrypted", "The archive entry is encrypted.")
-                continue
-            if not _is_image_name(name):
-                yield _not_an_image(name)
-                continue
-            if info.file_size > limit:
-                yield _too_large(name, info.file_size)
+            refused = _refused_by_header(info, limit)
+            if refused is not None:
+                yield refused
                 continue
             total += info.file_size
             if total > total_limit:
@@ -164,18 +199,8 @@ def archive_files(archive) -> Iterator[Upload]:
                     "split it into smaller jobs.",
                     code="archive_too_large",
                 )
-            try:
-                with zf.open(info) as handle:
-                    data = handle.read(limit + 1)
-            except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError, EOFError) as exc:
-                yield Upload(
-                    _display_name(name), None, "corrupt_entry", f"The archive entry could not be read: {exc}"
-                )
-                continue
-            if len(data) > limit:
-                yield _too_large(name, len(data))
-                continue
-            yield Upload(_display_name(name), data)
+            yield _read_entry(zf, info, limit)
+
 
 def external_id_for(*, accession: str, sha256: str, cell: int | None = None) -> str:
     """The classification's idempotency key: one image (or one located cell) per specimen."""
