@@ -11,6 +11,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 from django.conf import settings
@@ -92,32 +93,31 @@ class Probe:
     decoded_bytes: int
 
 
-def probe_image(data: bytes, *, filename: str = "") -> Probe:
-    """Read only the header: refuse what is not an accepted single image, or what would cost too
-    much memory to decode (pixels, or width x height x bands x bytes per sample), before decoding."""
-    max_pixels = settings.HEMATOVISION_MAX_PIXELS
-    if not data:
-        raise ImageRejected("empty_file", "The file is empty.")
-    check_size(len(data))
+def _open_header(data: bytes, filename: str) -> Image.Image:
+    """The image with only its header read (no pixel decoded); refused when Pillow cannot read it or
+    it declares far more pixels than ours allows."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            probe = Image.open(io.BytesIO(data))
-            fmt = probe.format
-            width, height = probe.size
-            mode = probe.mode
+            return Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses to even open images declaring far more pixels than ours allows.
         raise ImageRejected(
             "too_many_pixels",
             f"The image declares too many pixels (a decompression bomb?); "
-            f"the limit is {max_pixels / 1e6:.0f} megapixels.",
+            f"the limit is {settings.HEMATOVISION_MAX_PIXELS / 1e6:.0f} megapixels.",
             413,
         ) from exc
     except UnidentifiedImageError:
-        return _reject_unreadable(data, filename)
+        _reject_unreadable(data, filename)
     except Exception:  # noqa: BLE001 - any parser failure means "not an image we accept"
-        return _reject_unreadable(data, filename)
+        _reject_unreadable(data, filename)
+
+
+def _check_header(fmt: str | None, mode: str, width: int, height: int) -> int:
+    """Refuse a format not accepted, too many pixels, too short a side or too costly a decode; what
+    decoding will cost (bytes) otherwise."""
+    max_pixels = settings.HEMATOVISION_MAX_PIXELS
     if fmt not in ALLOWED_FORMATS:
         raise ImageRejected(
             "unsupported_format",
@@ -143,7 +143,13 @@ def probe_image(data: bytes, *, filename: str = "") -> Probe:
             f"memory to decode; the limit is {human_size(budget)}. Send a smaller or 8-bit image.",
             413,
         )
-    try:  # after the format check: only formats we accept are walked frame by frame
+    return cost
+
+
+def _refuse_several_frames(probe: Image.Image) -> None:
+    """Refuse an animation or stack; called after the format check, so that only formats we accept
+    are walked frame by frame."""
+    try:
         frames = getattr(probe, "n_frames", 1)
     except Exception:  # noqa: BLE001 - a broken frame chain is a damaged file
         frames = 1  # the full decode reports it
@@ -152,6 +158,19 @@ def probe_image(data: bytes, *, filename: str = "") -> Probe:
             "multi_frame_image",
             "The file holds several frames (an animation or stack); upload one image per file.",
         )
+
+
+def probe_image(data: bytes, *, filename: str = "") -> Probe:
+    """Read only the header: refuse what is not an accepted single image, or what would cost too
+    much memory to decode (pixels, or width x height x bands x bytes per sample), before decoding."""
+    if not data:
+        raise ImageRejected("empty_file", "The file is empty.")
+    check_size(len(data))
+    probe = _open_header(data, filename)
+    fmt, mode = probe.format, probe.mode
+    width, height = probe.size
+    cost = _check_header(fmt, mode, width, height)
+    _refuse_several_frames(probe)
     return Probe(fmt, mode, width, height, cost)
 
 
@@ -189,7 +208,7 @@ def check_image(data: bytes, *, filename: str = "") -> CheckedImage:
     )
 
 
-def _reject_unreadable(data: bytes, filename: str):
+def _reject_unreadable(data: bytes, filename: str) -> NoReturn:
     head = data[:512].lstrip().lower()
     if head.startswith((b"<svg", b"<?xml", b"<!doctype", b"<html")):
         raise ImageRejected(
