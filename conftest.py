@@ -7,12 +7,17 @@ from accounts.roles import REVIEWER, TECHNOLOGIST
 from accounts.tests.factories import UserFactory
 
 PASSWORD = "correct-horse-battery-9"
+# Tests hash with MD5: PBKDF2's production rounds cost ~0.1-0.5 s per user created or signed in.
+# accounts/tests/test_password_hashing.py checks the production hashers with their real rounds.
+FAST_PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(settings, tmp_path):
-    """Each test gets its own media folder and, unless it asks otherwise, the fake predictor."""
+    """Each test gets its own media folder, a fast password hasher and, unless it asks otherwise, the
+    fake predictor."""
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.PASSWORD_HASHERS = FAST_PASSWORD_HASHERS
     settings.HEMATOVISION_PREDICTOR = "fake"
     settings.AXES_ENABLED = False
     settings.HEMATOVISION_SPOOL_RETRY_SECONDS = 0  # no background retry thread unless a test asks for one
