@@ -50,9 +50,13 @@ test: setup-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop while editing: no Chromium, no Redis/Celery/PostgreSQL, no real model (the fake predictor);
-# nothing installed beyond requirements-dev.txt. `make test` stays what CI runs (everything).
+# nothing installed beyond requirements-dev.txt. `make test` stays what CI runs (everything, one process).
+# TEST_FAST_WORKERS pytest-xdist processes (0: one process). xdist's default --dist load keeps each
+# worker's tests in collection order, where pytest-django puts the transactional tests (which flush the
+# database) last; --dist loadscope would run them before others in the same worker and break those.
+TEST_FAST_WORKERS ?= 2
 test-fast: setup-dev
-	$(BIN)/python -m pytest -q -m "not browser and not services and not realmodel" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_FAST_WORKERS) -m "not browser and not services and not realmodel" $(PYTEST_ARGS)
 
 # The web suite again on a real PostgreSQL server that the script starts and removes.
 test-postgres: setup-dev
