@@ -161,6 +161,8 @@ def load_bundle(path: Path):
     try:
         import keras  # Keras: imported when a model is loaded (``import ml.bundle`` stays cheap)
 
+        import ml.stain  # noqa: F401  registers the stain layer a bundle may hold
+
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # keras raises many types for corrupt archives
         raise ModelLoadError(f"could not load model {path}: {exc}") from exc

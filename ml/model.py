@@ -72,16 +72,22 @@ def build_classifier(
     dropout: float = 0.3,
     backbone_weights: str | None = None,
     imagenet: bool = True,
+    stain: dict | None = None,
 ):
     """Whole serving model: any-size RGB crop (0..255 floats) -> class probabilities.
 
     ``imagenet=False`` builds Lite0 without reading its weights package (the caller sets weights).
+    ``stain``: reference statistics (``ml.stain.reference``) of a stain-normalising first layer.
     """
     import keras
     from keras import layers
 
     inp = keras.Input((None, None, 3), name="image")
     x = layers.Resizing(input_size, input_size, interpolation="bilinear", name="resize")(inp)
+    if stain is not None:
+        from ml.stain import ReinhardStain  # imports Keras: only models that normalise stain need it
+
+        x = ReinhardStain(stain["mean"], stain["std"], name="stain")(x)
     if backbone == "efficientnet_lite0":
         x = lite0_apply(lite0_input_scaling(x))
         model = keras.Model(inp, _head(x, n_classes, dropout), name=f"wbc_{backbone}")

@@ -39,13 +39,18 @@ def macro_f1_present(m: dict) -> float | None:
     return float(np.mean(f1)) if f1 else None
 
 
-def evaluate(model_dir: Path, cache_dir: Path, which: list[str], log=print) -> dict:
-    """Test figures per source through the served predictor (the images, not the cache's crops)."""
+def evaluate(
+    model_dir: Path, cache_dir: Path, which: list[str], log=print, *, select: np.ndarray | None = None
+) -> dict:
+    """Test figures per source through the served predictor (the images, not the cache's crops).
+    ``select``: a row mask of the cache to read instead of the test splits (e.g. the two-lab recipe's
+    validation sides, to judge a leave-one-lab-out change without reading a test split)."""
     _, meta, _ = load_cache(cache_dir)
     pred = load_predictor(model_dir / "hematovision_wbc.keras", backend="keras")
-    out: dict = {"model_version": pred.version, "sources": {}}
+    out: dict = {"model_version": pred.version, "split": "test" if select is None else "selected", "sources": {}}
+    chosen = (meta["split"] == "test") if select is None else select
     for s in which:
-        rows = np.flatnonzero((meta["source"] == s) & (meta["split"] == "test"))
+        rows = np.flatnonzero((meta["source"] == s) & chosen)
         rows = rows[np.isin(np.array(CLASSES)[meta["labels"][rows]], pred.classes)]
         t0 = time.time()
         results = []
@@ -81,6 +86,8 @@ def record_test(model_dir: Path, res: dict) -> None:
     card = json.loads(path.read_text())
     if res["model_version"] != card["version"]:
         raise ValueError(f"figures of {res['model_version']}, bundle is {card['version']}")
+    if res.get("split", "test") != "test":
+        raise ValueError("only test-split figures go into the card's test_metrics")
     keep = (
         "n_images",
         "accuracy",

@@ -51,6 +51,7 @@ class FitConfig:
     tta_views: int = 4
     max_unidentified_val: float = 0.03  # flag budget on validation
     seed: int = 1
+    stain: str = "none"  # "reinhard": a stain-normalising first layer (ml.stain), reference from training
 
 
 def validation_mask(meta: dict, cfg: FitConfig) -> np.ndarray:
@@ -143,6 +144,7 @@ class Fitted:
     classes: list[str]  # the classes present in the training side, ml.taxonomy order
     history: dict  # loss and accuracy per epoch of each phase
     train_seconds: float
+    stain: dict | None = None  # reference statistics of the stain layer (ml.stain), if any
 
 
 def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
@@ -160,11 +162,28 @@ def fit(cache_dir: Path, out: Path, cfg: FitConfig, log=print) -> dict:
         f"classes {classes}; train {int(train.sum())}, val {int(data.val.sum())}; "
         f"class weights {np.round(weights, 2)}"
     )
-    model, history = _train(data, class_index, weights, cfg, out)
+    stain = stain_reference(data, cfg)
+    model, history = _train(data, class_index, weights, cfg, out, stain=stain)
     train_seconds = time.time() - t0
-    served = build_classifier("efficientnet_lite0", cfg.input_size, len(classes), cfg.dropout, imagenet=False)
+    served = build_classifier(
+        "efficientnet_lite0", cfg.input_size, len(classes), cfg.dropout, imagenet=False, stain=stain
+    )
     served.set_weights(model.get_weights())
-    return finish(Fitted(served, classes, history, train_seconds), data, cfg, out, log=log)
+    return finish(Fitted(served, classes, history, train_seconds, stain), data, cfg, out, log=log)
+
+
+def stain_reference(data: FitData, cfg: FitConfig) -> dict | None:
+    """``cfg.stain == "reinhard"``: the reference colour statistics of (a sample of 2,000 of) the
+    training side's canonical fields, as the network reads them; otherwise None."""
+    if cfg.stain == "none":
+        return None
+    if cfg.stain != "reinhard":
+        raise ValueError(f"unknown stain normalisation {cfg.stain!r} (none or reinhard)")
+    from ml.stain import reference  # imports Keras (the layer it defines)
+
+    rows = np.flatnonzero(data.train)
+    rows = np.random.default_rng(cfg.seed).choice(rows, min(2000, len(rows)), replace=False)
+    return reference(centre_field(data.crops[np.sort(rows)], cfg.input_size))
 
 
 def load_sides(cache_dir: Path, cfg: FitConfig, log=print) -> FitData:
@@ -180,13 +199,15 @@ def load_sides(cache_dir: Path, cfg: FitConfig, log=print) -> FitData:
     return FitData(crops, meta, cinfo, train=mine & ~val, val=val)
 
 
-def _train(data: FitData, class_index: np.ndarray, weights: np.ndarray, cfg: FitConfig, out: Path):
+def _train(
+    data: FitData, class_index: np.ndarray, weights: np.ndarray, cfg: FitConfig, out: Path, *, stain=None
+):
     """One head-only epoch, then ``cfg.epochs`` of the whole network (BatchNorm frozen, cosine rate,
     a checkpoint each epoch in ``out``). Returns the model and the history of both phases."""
     import keras  # Keras: imported when fitting starts (import ml.multifit stays cheap)
 
     keras.utils.set_random_seed(cfg.seed)
-    model = build_classifier("efficientnet_lite0", cfg.input_size, len(weights), cfg.dropout)
+    model = build_classifier("efficientnet_lite0", cfg.input_size, len(weights), cfg.dropout, stain=stain)
     seq = _dataset(data.crops, data.meta, data.train, class_index, weights, cfg)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     for layer in model.layers:
@@ -312,6 +333,7 @@ def _card(name: str, fitted: Fitted, c: Calibration, data: FitData, cfg: FitConf
             "mask_radius_ref_px": None,
         },
         "tta_views": cfg.tta_views,
+        "stain": fitted.stain,
         "colour": None,
         "temperature": c.temperature,
         "class_bias": ood.class_bias_record(classes, c.bias),

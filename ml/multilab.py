@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ml.cropcache import CACHE_SIZE, cache
 from ml.multieval import evaluate, record_test
-from ml.multifit import FitConfig, fit
+from ml.multifit import FitConfig, fit, load_sides
 
 
 def main(argv=None) -> int:
@@ -48,11 +48,19 @@ def main(argv=None) -> int:
     f.add_argument("--input-size", type=int, default=FitConfig.input_size)
     f.add_argument("--seed", type=int, default=FitConfig.seed)
     f.add_argument("--bccd-per-epoch", type=int, default=FitConfig.bccd_per_epoch)
+    f.add_argument("--stain", choices=("none", "reinhard"), default=FitConfig.stain,
+                   help="stain normalisation layer (ml.stain); shipped: none")
     e = sub.add_parser("evaluate", help="test figures per source through the served predictor")
     e.add_argument("--model", required=True, help="bundle folder")
     e.add_argument("--cache", required=True)
     e.add_argument("--sources", default="bccd,pbc")
     e.add_argument("--json", default=None)
+    e.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="val: the two-lab recipe's validation sides (to judge a change without a test look)",
+    )
     e.add_argument(
         "--update-card",
         action="store_true",
@@ -70,10 +78,14 @@ def main(argv=None) -> int:
             input_size=a.input_size,
             seed=a.seed,
             bccd_per_epoch=a.bccd_per_epoch,
+            stain=a.stain,
         )
         fit(Path(a.cache), Path(a.out), cfg)
     else:
-        res = evaluate(Path(a.model), Path(a.cache), a.sources.split(","))
+        if a.split == "val" and a.update_card:
+            ap.error("--update-card records test figures only")
+        select = load_sides(Path(a.cache), FitConfig()).val if a.split == "val" else None
+        res = evaluate(Path(a.model), Path(a.cache), a.sources.split(","), select=select)
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=2))
         if a.update_card:
