@@ -70,7 +70,7 @@ def build_classifier(
     input_size: int,
     n_classes: int,
     dropout: float = 0.3,
-    backbone_weights: str | None = None,
+    *,
     imagenet: bool = True,
     stain: dict | None = None,
 ):
@@ -95,7 +95,7 @@ def build_classifier(
             load_lite0_imagenet_weights(model)
         return model
     if backbone == "mobilenet_v2":
-        feats, _ = build_mobilenet_v2(input_size, backbone_weights)
+        feats, _ = build_mobilenet_v2(input_size, None)  # Keras' cache (ml.train_full passes a weights file)
         x = feats(x)
         return keras.Model(inp, _head(x, n_classes, dropout), name=f"wbc_{backbone}")
     raise ValueError(f"unknown backbone {backbone!r} (choose efficientnet_lite0 or mobilenet_v2)")

@@ -47,7 +47,8 @@ def evaluate(
     validation sides, to judge a leave-one-lab-out change without reading a test split)."""
     _, meta, _ = load_cache(cache_dir)
     pred = load_predictor(model_dir / "hematovision_wbc.keras", backend="keras")
-    out: dict = {"model_version": pred.version, "split": "test" if select is None else "selected", "sources": {}}
+    split = "test" if select is None else "selected"
+    out: dict = {"model_version": pred.version, "split": split, "sources": {}}
     chosen = (meta["split"] == "test") if select is None else select
     for s in which:
         rows = np.flatnonzero((meta["source"] == s) & chosen)

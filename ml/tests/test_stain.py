@@ -43,7 +43,9 @@ def test_a_tinted_copy_is_read_as_the_original():
     from ml import stain
 
     cell = _cell("LYMPHOCYTE_1")
-    tinted = np.clip(cell * np.array([0.8, 1.0, 1.15], np.float32) + np.array([0, -10, 5], np.float32), 0, 255)
+    tinted = np.clip(
+        cell * np.array([0.8, 1.0, 1.15], np.float32) + np.array([0, -10, 5], np.float32), 0, 255
+    )
     layer = _layer(stain.reference(cell[None]))
     a, b = (np.asarray(layer(x[None]))[0] for x in (cell, tinted))
     assert np.abs(cell - tinted).mean() > 15  # a visible tint
@@ -83,18 +85,22 @@ def test_fit_with_stain_normalisation_serves_and_judges_on_validation(tmp_path):
     from ml.predictor import load_predictor
 
     cropcache.cache({"bccd": str(BCCD)}, tmp_path / "cache", limit=6, size=64)
-    cfg = multifit.FitConfig(sources=("bccd",), input_size=48, epochs=1, batch=16, tta_views=1, stain="reinhard")
+    cfg = multifit.FitConfig(
+        sources=("bccd",), input_size=48, epochs=1, batch=16, tta_views=1, stain="reinhard"
+    )
     card = multifit.fit(tmp_path / "cache", tmp_path / "model", cfg, log=lambda *_: None)
     assert card["config"]["stain"] == "reinhard"
     assert set(card["stain"]) == {"mean", "std"}
     pred = load_predictor(tmp_path / "model" / "hematovision_wbc.keras", backend="keras")
     layer = pred.model.get_layer("stain").get_config()
     assert (layer["mean"], layer["std"]) == (card["stain"]["mean"], card["stain"]["std"])
-    assert sum(pred.predict_one(_cell("EOSINOPHIL_1").astype(np.uint8)).probabilities.values()) == pytest.approx(
-        1.0, abs=1e-5
-    )
+    assert sum(
+        pred.predict_one(_cell("EOSINOPHIL_1").astype(np.uint8)).probabilities.values()
+    ) == pytest.approx(1.0, abs=1e-5)
     val = multifit.load_sides(tmp_path / "cache", cfg).val
-    res = multieval.evaluate(tmp_path / "model", tmp_path / "cache", ["bccd"], log=lambda *_: None, select=val)
+    res = multieval.evaluate(
+        tmp_path / "model", tmp_path / "cache", ["bccd"], log=lambda *_: None, select=val
+    )
     assert res["split"] == "selected"
     assert res["sources"]["bccd"]["n_images"] == int(val.sum())
     with pytest.raises(ValueError, match="only test-split figures"):
