@@ -11,12 +11,12 @@ from hematovision_site.wsgi import application  # noqa: F401 - what gunicorn ser
 
 _delay = float(os.environ.get("HV_TEST_PREDICT_DELAY", "0") or 0)
 if _delay:
-    from classifier.cells import services as cell_services
+    from classifier.cells import pending
 
-    _predict = cell_services._predict
+    _predict = pending.predict
 
     def _slow_predict(checked):
         time.sleep(_delay)
         return _predict(checked)
 
-    cell_services._predict = _slow_predict
+    pending.predict = _slow_predict

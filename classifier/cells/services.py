@@ -16,36 +16,13 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 
 from classifier import files, inference, limits, staging
-from classifier.cells import spool
-from classifier.cells.validation import CheckedImage, ImageRejected, check_image
+from classifier.cells import pending, spool
+from classifier.cells.validation import ImageRejected, check_image
 from classifier.models import Classification, ReviewState, Status, accession_validator
 from classifier.permissions import can_submit
 from classifier.specimens import services as specimen_services
 
 logger = logging.getLogger(__name__)
-
-
-def _apply_prediction(classification: Classification, prediction) -> None:
-    classification.status = prediction.status
-    classification.predicted_label = prediction.label
-    classification.confidence = float(prediction.confidence)
-    classification.probabilities = {k: float(v) for k, v in prediction.probabilities.items()}
-    classification.flag_reason = prediction.flag_reason or ""
-    classification.flag_message = prediction.flag_message or ""
-    classification.model_version = prediction.model_version
-    classification.cell_box = list(prediction.cell_box) if prediction.cell_box else None
-
-
-def _predict(checked: CheckedImage):
-    """The prediction, or None when the model is unavailable. The heat map is drawn when someone
-    first opens it (``classifier.cells.heatmaps``), not here."""
-    try:
-        return inference.get_predictor().predict_one(checked.image)
-    except inference.PredictorUnavailable as exc:
-        logger.error("model unavailable, keeping upload as pending: %s", exc)
-        return None
-    except inference.image_decode_errors() as exc:
-        raise ImageRejected("not_an_image", f"The image could not be analysed: {exc}", 415) from exc
 
 
 def classification_create(
@@ -98,16 +75,14 @@ def classification_get_or_create(
         filed = spool.filed_kept_upload(user=user, sha256=sha256, accession=accession)
         if filed is not None:
             return filed, False
-    return _create(
-        user=user, data=data, filename=filename, accession=accession, external_id=external_id
-    )
+    return _create(user=user, data=data, filename=filename, accession=accession, external_id=external_id)
 
 
 def _retry(existing: Classification, data: bytes, accession: str | None) -> Classification:
     _refuse_reused_external_id(existing, data, accession)
     if existing.status == Status.PENDING:  # a retry: classify it now if the model is back
         try:
-            return classification_classify_pending(classification=existing)
+            return pending.classification_classify_pending(classification=existing)
         except inference.PredictorUnavailable:
             pass
     return existing
@@ -132,7 +107,7 @@ def _check_and_predict(data: bytes, filename: str) -> _CheckedUpload:
     """Check the image and run the model in an image-work slot; the pixels are dropped inside it."""
     with limits.image_work():  # a few decoded images per process at a time, however many arrive
         checked = check_image(data, filename=filename)
-        prediction = _predict(checked)
+        prediction = pending.predict(checked)
         upload = _CheckedUpload(
             content=checked.content,
             extension=checked.extension,
@@ -177,7 +152,7 @@ def _insert(*, user, specimen, external_id, upload: _CheckedUpload, stored: list
     classification.image.save(f"x{upload.extension}", ContentFile(upload.content), save=False)
     stored.append(classification.image.name)
     if upload.prediction is not None:
-        _apply_prediction(classification, upload.prediction)
+        pending.apply_prediction(classification, upload.prediction)
     classification.save()
     return classification
 
@@ -250,12 +225,14 @@ def _refuse_reused_external_id(existing: Classification, data: bytes, accession:
         )
 
 
-
-
 def _spool_upload(*, user, data: bytes, filename: str, accession, external_id) -> str:
     """Keep an upload the database could not take, and make sure something retries it soon."""
     reference = spool.keep(
-        user=user, data=data, filename=filename, accession=accession, external_id=external_id,
+        user=user,
+        data=data,
+        filename=filename,
+        accession=accession,
+        external_id=external_id,
         sha256=sha256_of(data),
     )
     spool_retry_start()
@@ -284,8 +261,12 @@ def _file_kept_upload(reference: str, meta: dict) -> Classification:
                 classification = existing
             else:
                 classification, _ = _create(
-                    user=user, data=data, filename=meta["filename"], accession=meta["accession"],
-                    external_id=meta["external_id"], keep_on_db_error=False,
+                    user=user,
+                    data=data,
+                    filename=meta["filename"],
+                    accession=meta["accession"],
+                    external_id=meta["external_id"],
+                    keep_on_db_error=False,
                 )
         except (OperationalError, InterfaceError) as exc:
             raise spool.UploadSpooled(reference) from exc
@@ -355,40 +336,6 @@ def _spool_retry_loop(interval: float) -> None:
             connection.close()
 
 
-def classification_classify_pending(*, classification: Classification) -> Classification:
-    """Run the model on an image stored while the model was unavailable."""
-    if classification.status != Status.PENDING:
-        return classification
-    with classification.image.open("rb") as handle:
-        data = handle.read()
-    with limits.image_work():
-        checked = check_image(data, filename=classification.original_filename)
-        prediction = _predict(checked)
-        del checked
-    if prediction is None:
-        raise inference.PredictorUnavailable("The model is still unavailable.")
-    with transaction.atomic():
-        locked = Classification.objects.select_for_update().get(pk=classification.pk)
-        if locked.status != Status.PENDING:
-            return locked
-        _apply_prediction(locked, prediction)
-        locked.save()
-    return locked
-
-
-def classification_classify_all_pending() -> int:
-    """Classify every image stored while the model was unavailable; stops if it still is."""
-    count = 0
-    for classification in Classification.objects.filter(status=Status.PENDING).order_by("id"):
-        try:
-            classification_classify_pending(classification=classification)
-        except inference.PredictorUnavailable as exc:
-            logger.error("model still unavailable; pending images wait: %s", exc)
-            break
-        count += 1
-    return count
-
-
 def classification_finish_stored() -> dict:
     """Classify what was kept while the database (spooled uploads) or the model (pending images)
     was unavailable: ``{"spooled": n, "pending": n}``. Run at start-up (``manage.py resume_jobs``)
@@ -398,7 +345,7 @@ def classification_finish_stored() -> dict:
     except spool.UploadSpooled:  # the database takes no writes yet: the retry loop files them later
         spool_retry_start()
         spooled = 0
-    return {"spooled": spooled, "pending": classification_classify_all_pending()}
+    return {"spooled": spooled, "pending": pending.classification_classify_all_pending()}
 
 
 def classification_delete(*, classification: Classification, user) -> None:

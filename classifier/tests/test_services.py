@@ -7,7 +7,7 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from PIL import Image
 
-from classifier.cells import heatmaps
+from classifier.cells import heatmaps, pending
 from classifier.cells import review as cell_review
 from classifier.cells import services as cell_services
 from classifier.cells.validation import ImageRejected
@@ -158,14 +158,14 @@ def test_model_unavailable_keeps_upload_pending_then_classifies_later(user, sett
     assert c.predicted_label == ""
     assert not c.heatmap
     assert Path(c.image.path).exists()
-    assert cell_services.classification_classify_all_pending() == 0  # model still missing: stays pending
+    assert pending.classification_classify_all_pending() == 0  # model still missing: stays pending
     settings.HEMATOVISION_PREDICTOR = "fake"
-    assert cell_services.classification_classify_all_pending() == 1
+    assert pending.classification_classify_all_pending() == 1
     done = Classification.objects.get(pk=c.pk)
     assert done.status == Status.CLASSIFIED
     assert done.predicted_label == "EOSINOPHIL"
     assert not done.heatmap  # drawn when first opened
-    assert cell_services.classification_classify_all_pending() == 0
+    assert pending.classification_classify_all_pending() == 0
 
 
 @pytest.mark.django_db
@@ -237,9 +237,7 @@ def test_specimen_sign_needs_every_cell_reviewed(user, reviewer):
 
 
 @pytest.mark.django_db
-def test_delete_own_unreviewed_removes_files(
-    user, other_user, settings, django_capture_on_commit_callbacks
-):
+def test_delete_own_unreviewed_removes_files(user, other_user, settings, django_capture_on_commit_callbacks):
     c = cell_services.classification_create(user=user, data=png())
     with pytest.raises(PermissionDenied):
         cell_services.classification_delete(classification=c, user=other_user)
