@@ -143,8 +143,21 @@ class SpecimenAdmin(admin.ModelAdmin):
         )
 
 
+class _ReadOnly(admin.ModelAdmin):
+    """Records of what was reviewed, received, released or sent: readable, never edited by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(ReviewEvent)
-class ReviewEventAdmin(admin.ModelAdmin):
+class ReviewEventAdmin(_ReadOnly):
     """The audit trail: readable, never editable."""
 
     list_display = ("created_at", "classification", "actor", "action", "from_label", "to_label")
@@ -152,31 +165,9 @@ class ReviewEventAdmin(admin.ModelAdmin):
     search_fields = ("actor__username", "classification__id", "classification__specimen__accession")
     list_select_related = ("actor", "classification")
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 # ---- LIS interface (issue 19): orders, released report versions, the HL7 message log ----
 
-
-
-class _ReadOnly(admin.ModelAdmin):
-    """Records of what was received, released or sent: readable, never edited by hand."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Order)
