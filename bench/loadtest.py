@@ -81,11 +81,33 @@ def main() -> int:
 def run_once(args, backend: str) -> dict:
     """One installation, one gunicorn, USERS clients for SECONDS; the report as a dict."""
     var = Path(tempfile.mkdtemp(prefix="hv-load-"))
+    env = _install_env(var, args.predictor, backend)
+    token = _install(env)
     port = _free_port()
+    server = subprocess.Popen(
+        [PY, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", str(args.workers), "--threads",
+         str(args.threads), "-k", "gthread", "--timeout", "120", "hematovision_site.wsgi"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    load = _Load(f"http://127.0.0.1:{port}", {"Authorization": f"Token {token}"}, args.hostile)
+    try:
+        load.wait_ready()
+        warm_ids = load.warm(args.workers * 3)
+        elapsed = load.run(args.users, args.seconds)
+        peak_rss = _workers_peak_rss(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    stored = _stored(env)
+    shutil.rmtree(var, ignore_errors=True)
+    return _report(args, backend, load, stored, warm_ids, elapsed, peak_rss)
+
+
+def _install_env(var: Path, predictor: str, backend: str) -> dict:
     env = {
         **os.environ,
         "HEMATOVISION_VAR_DIR": str(var),
-        "HEMATOVISION_PREDICTOR": args.predictor,
+        "HEMATOVISION_PREDICTOR": predictor,
         "HEMATOVISION_INFERENCE_BACKEND": backend,
         "HEMATOVISION_API_USER_RATE": "100000/min",  # capacity, not throttling, is measured
         "HEMATOVISION_API_UPLOAD_RATE": "100000/min",
@@ -94,6 +116,11 @@ def run_once(args, backend: str) -> dict:
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     env.pop("DATABASE_URL", None)
+    return env
+
+
+def _install(env: dict) -> str:
+    """Migrate the throw-away database and make the one API user; its token."""
     _manage(env, "migrate", "--noinput", stdout=subprocess.DEVNULL)
     make_user = (
         "from accounts.models import User; from django.contrib.auth.models import Group; "
@@ -101,102 +128,101 @@ def run_once(args, backend: str) -> dict:
         "u = User.objects.create_user('load'); u.groups.add(Group.objects.get(name='Technologist')); "
         "print(Token.objects.create(user=u).key)"
     )
-    token = _manage(env, "shell", "-c", make_user, capture_output=True, text=True).stdout.split()[-1]
-    server = subprocess.Popen(
-        [PY, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", str(args.workers), "--threads",
-         str(args.threads), "-k", "gthread", "--timeout", "120", "hematovision_site.wsgi"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Token {token}"}
-    try:
+    return _manage(env, "shell", "-c", make_user, capture_output=True, text=True).stdout.split()[-1]
+
+
+class _Load:
+    """The clients: what they sent, what was accepted, how long each operation took."""
+
+    def __init__(self, base: str, headers: dict, hostile: bool):
+        self.base, self.headers = base, headers
+        self.images = [p.read_bytes() for p in FIXTURES]
+        self.hostile = _hostile_files() if hostile else {}
+        self.lock = threading.Lock()
+        self.lat: dict[str, list[float]] = {"upload": [], "read": []}
+        self.errors: list[str] = []
+        self.accepted: list[str] = []
+        self.hostile_answers: dict[str, dict[int, int]] = {}
+        self.deadline = 0.0
+
+    def wait_ready(self) -> None:
         for _ in range(120):
             try:
-                if requests.get(f"{base}/healthz", timeout=2).ok:
-                    break
+                if requests.get(f"{self.base}/healthz", timeout=2).ok:
+                    return
             except requests.ConnectionError:
                 time.sleep(0.5)
-        # Warm every worker's model before the clock starts (first prediction loads it).
-        images = [p.read_bytes() for p in FIXTURES]
+
+    def warm(self, n: int) -> set[str]:
+        """Warm every worker's model before the clock starts (first prediction loads it)."""
         warm_ids = set()
-        for i in range(args.workers * 3):
-            r = requests.post(f"{base}/api/v1/classifications/", headers=headers, timeout=300,
-                              files={"image": ("w.jpeg", images[i % len(images)], "image/jpeg")},
+        for i in range(n):
+            r = requests.post(f"{self.base}/api/v1/classifications/", headers=self.headers, timeout=300,
+                              files={"image": ("w.jpeg", self.images[i % len(self.images)], "image/jpeg")},
                               data={"external_id": f"warm-{i}"})
             r.raise_for_status()
             warm_ids.add(f"warm-{i}")
+        return warm_ids
 
-        lock = threading.Lock()
-        lat = {"upload": [], "read": []}
-        errors: list[str] = []
-        accepted: list[str] = []
-        hostile_answers: dict[str, dict[int, int]] = {}
-        hostile = _hostile_files() if args.hostile else {}
-        deadline = time.monotonic() + args.seconds
-
-        def send_hostile(session, rng):
-            kind = rng.choice(sorted(hostile))
-            name, data = hostile[kind]
-            ext = uuid.uuid4().hex
-            if kind == "batch_of_big":
-                r = session.post(f"{base}/api/v1/specimens/H-{ext[:20]}/batch/", timeout=600,
-                                 files={"images": (name, data, "image/png")})
-            else:
-                r = session.post(f"{base}/api/v1/classifications/", timeout=600,
-                                 files={"image": (name, data, "application/octet-stream")},
-                                 data={"external_id": ext})
-            with lock:
-                counts = hostile_answers.setdefault(kind, {})
-                counts[r.status_code] = counts.get(r.status_code, 0) + 1
-                if r.status_code >= 500:
-                    errors.append(f"hostile {kind} {r.status_code}: {r.text[:200]}")
-                elif r.status_code == 201:
-                    accepted.append(ext)
-
-        def client(n: int):
-            session = requests.Session()
-            session.headers.update(headers)
-            rng = random.Random(n)
-            while time.monotonic() < deadline:
-                if hostile and rng.random() < 0.33:
-                    try:
-                        send_hostile(session, rng)
-                    except Exception as exc:  # noqa: BLE001 - counted and reported
-                        with lock:
-                            errors.append(f"hostile: {exc}")
-                    continue
-                ext = uuid.uuid4().hex
-                t0 = time.perf_counter()
-                try:
-                    r = session.post(f"{base}/api/v1/classifications/", timeout=120,
-                                     files={"image": ("c.jpeg", rng.choice(images), "image/jpeg")},
-                                     data={"external_id": ext})
-                    t1 = time.perf_counter()
-                    if r.status_code != 201:
-                        raise RuntimeError(f"upload {r.status_code}: {r.text[:200]}")
-                    pk = r.json()["id"]
-                    r2 = session.get(f"{base}/api/v1/classifications/{pk}/", timeout=60)
-                    t2 = time.perf_counter()
-                    if r2.status_code != 200 or r2.json()["external_id"] != ext:
-                        raise RuntimeError(f"read {r2.status_code}: {r2.text[:200]}")
-                except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
-                    with lock:
-                        errors.append(str(exc))
-                    continue
-                with lock:
-                    accepted.append(ext)
-                    lat["upload"].append(t1 - t0)
-                    lat["read"].append(t2 - t1)
-
+    def run(self, users: int, seconds: float) -> float:
+        self.deadline = time.monotonic() + seconds
         started = time.monotonic()
-        with ThreadPoolExecutor(args.users) as pool:
-            list(pool.map(client, range(args.users)))
-        elapsed = time.monotonic() - started
-        peak_rss = _workers_peak_rss(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        with ThreadPoolExecutor(users) as pool:
+            list(pool.map(self.client, range(users)))
+        return time.monotonic() - started
 
+    def send_hostile(self, session, rng) -> None:
+        kind = rng.choice(sorted(self.hostile))
+        name, data = self.hostile[kind]
+        ext = uuid.uuid4().hex
+        if kind == "batch_of_big":
+            r = session.post(f"{self.base}/api/v1/specimens/H-{ext[:20]}/batch/", timeout=600,
+                             files={"images": (name, data, "image/png")})
+        else:
+            r = session.post(f"{self.base}/api/v1/classifications/", timeout=600,
+                             files={"image": (name, data, "application/octet-stream")},
+                             data={"external_id": ext})
+        with self.lock:
+            counts = self.hostile_answers.setdefault(kind, {})
+            counts[r.status_code] = counts.get(r.status_code, 0) + 1
+            if r.status_code >= 500:
+                self.errors.append(f"hostile {kind} {r.status_code}: {r.text[:200]}")
+            elif r.status_code == 201:
+                self.accepted.append(ext)
+
+    def upload_and_read(self, session, rng) -> None:
+        ext = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        r = session.post(f"{self.base}/api/v1/classifications/", timeout=120,
+                         files={"image": ("c.jpeg", rng.choice(self.images), "image/jpeg")},
+                         data={"external_id": ext})
+        t1 = time.perf_counter()
+        if r.status_code != 201:
+            raise RuntimeError(f"upload {r.status_code}: {r.text[:200]}")
+        r2 = session.get(f"{self.base}/api/v1/classifications/{r.json()['id']}/", timeout=60)
+        t2 = time.perf_counter()
+        if r2.status_code != 200 or r2.json()["external_id"] != ext:
+            raise RuntimeError(f"read {r2.status_code}: {r2.text[:200]}")
+        with self.lock:
+            self.accepted.append(ext)
+            self.lat["upload"].append(t1 - t0)
+            self.lat["read"].append(t2 - t1)
+
+    def client(self, n: int) -> None:
+        session = requests.Session()
+        session.headers.update(self.headers)
+        rng = random.Random(n)
+        while time.monotonic() < self.deadline:
+            step = self.send_hostile if self.hostile and rng.random() < 0.33 else self.upload_and_read
+            try:
+                step(session, rng)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+                with self.lock:
+                    self.errors.append(f"hostile: {exc}" if step == self.send_hostile else str(exc))
+
+
+def _stored(env: dict) -> dict:
+    """Every classification's external_id in the database, and how many ids appear twice."""
     check = (
         "import json; from classifier.models import Classification as C; "
         "from django.db.models import Count; "
@@ -205,11 +231,15 @@ def run_once(args, backend: str) -> dict:
         "print(json.dumps({'rows': rows, 'dups': dups}))"
     )
     out = _manage(env, "shell", "-c", check, capture_output=True, text=True).stdout
-    stored = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _report(args, backend, load: _Load, stored: dict, warm_ids: set, elapsed: float, peak_rss) -> dict:
     # Batch jobs' cells (hostile batch posts) carry their own ids; every single upload is counted.
     rows = [r for r in stored["rows"] if r not in warm_ids and not (r or "").startswith(("bat-", "fld-"))]
+    accepted, errors = load.accepted, load.errors
     missing = sorted(set(accepted) - set(rows))
-    report = {
+    return {
         "users": args.users,
         "seconds": round(elapsed, 1),
         "predictor": args.predictor,
@@ -222,19 +252,19 @@ def run_once(args, backend: str) -> dict:
         "latency_ms": {
             op: {"p50": _pct(v, 0.5), "p95": _pct(v, 0.95), "p99": _pct(v, 0.99),
                  "mean": round(1000 * statistics.fmean(v), 1) if v else None}
-            for op, v in lat.items()
+            for op, v in load.lat.items()
         },
         "peak_rss_mb": peak_rss,
-        "hostile_answers": {k: {str(c): n for c, n in sorted(v.items())} for k, v in hostile_answers.items()},
+        "hostile_answers": {
+            k: {str(c): n for c, n in sorted(v.items())} for k, v in load.hostile_answers.items()
+        },
         "errors": len(errors),
         "error_examples": errors[:5],
         "result_rows": len(rows),
         "missing_results": len(missing),
         "duplicate_results": stored["dups"],
+        "ok": not errors and not missing and stored["dups"] == 0 and len(rows) == len(accepted),
     }
-    shutil.rmtree(var, ignore_errors=True)
-    report["ok"] = not errors and not missing and stored["dups"] == 0 and len(rows) == len(accepted)
-    return report
 
 
 def _png(mode, size, value) -> bytes:
