@@ -16,8 +16,8 @@ from classifier.cells import differential as differentials
 from classifier.cells import ranges
 from classifier.models import Order, ReportVersion, Specimen
 from classifier.tests.factories import ClassificationFactory
+from classifier.tests.pdf_helpers import pdf_text
 from classifier.tests.test_lis import ORDER, client_for, fhir_schema, sign_all, strict
-from classifier.tests.test_reports import pdf_text
 
 ACC = ORDER["accession"]
 # 6 neutrophils, 2 lymphocytes, 1 monocyte, 1 eosinophil of 10; WBC 7.2 x10^9/L.
@@ -207,7 +207,7 @@ def test_json_pdf_and_portal_show_absolute_counts(specimen, signer, client, tmp_
     ]
     from classifier.specimens import report_pdf
 
-    text = " ".join(pdf_text(report_pdf.specimen_report_pdf(specimen=specimen), tmp_path).split())
+    text = " ".join(pdf_text(report_pdf.specimen_report_pdf(specimen=specimen)).split())
     assert "Absolute counts (white-cell count 7.2 x10^9/L given with the order)" in text
     assert "Neutrophil 4.32 2 – 7.5" in text
     assert "Eosinophil 0.72 0.04 – 0.4 HIGH" in text
@@ -233,7 +233,7 @@ def test_without_a_white_cell_count_nothing_is_added(specimen, signer, client, t
     assert (body["wbc_count"], body["absolute"]) == (None, [])
     from classifier.specimens import report_pdf
 
-    assert "Absolute counts" not in pdf_text(report_pdf.specimen_report_pdf(specimen=specimen), tmp_path)
+    assert "Absolute counts" not in pdf_text(report_pdf.specimen_report_pdf(specimen=specimen))
     client.force_login(signer)
     assert 'id="absolute-counts"' not in client.get(f"/specimens/{ACC}/").content.decode()
 

@@ -17,9 +17,9 @@ from classifier.cells import review as cell_review
 from classifier.jobs import runner
 from classifier.models import BatchJob, Classification, OutboundMessage, ReportVersion, Specimen
 from classifier.tests.factories import ClassificationFactory, SpecimenFactory
+from classifier.tests.pdf_helpers import pdf_text
 from classifier.tests.specimen_helpers import cell_png
 from classifier.tests.test_lis import client_for, sign_all, strict
-from classifier.tests.test_reports import pdf_text
 
 ACC = "ACC-AMD-1"
 REFUSAL = (
@@ -132,7 +132,7 @@ def test_api_amendment_adds_images_and_the_re_sign_releases_a_corrected_version(
     assert (signed.signed_at, signed.amendment_opened_by) == (None, reviewer)
     assert (ReportVersion.objects.count(), OutboundMessage.objects.count()) == (1, 1)  # nothing released yet
     # The PDF says it is not released and why it was reopened.
-    pdf = " ".join(pdf_text(api.get(f"/api/v1/specimens/{ACC}/report.pdf").content, tmp_path).split())
+    pdf = " ".join(pdf_text(api.get(f"/api/v1/specimens/{ACC}/report.pdf").content).split())
     assert "PRELIMINARY — not signed" in pdf
     assert "AMENDMENT IN PROGRESS — opened" in pdf
     assert f"to add images. Reason: {REASON}" in pdf

@@ -21,6 +21,7 @@ from classifier.cells import review as cell_review
 from classifier.cells import services as cell_services
 from classifier.models import Classification, ReviewEvent, Specimen
 from classifier.testing.fake_predictor import FakePredictor
+from classifier.tests.pdf_helpers import pdf_text
 from classifier.tests.test_browser import (
     SCREENSHOTS,
     Session,
@@ -251,11 +252,9 @@ def test_review_a_100_cell_specimen_to_sign_off_within_the_action_budget(  # noq
     assert response.headers["content-type"] == "application/pdf"
     pdf = SCREENSHOTS / "review-report.pdf"
     pdf.write_bytes(response.body())
-    if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
+    if shutil.which("pdftoppm") is None:
         pytest.fail("poppler-utils is missing: scripts/test_prereqs.py installs it")
-    text = subprocess.run(
-        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
-    ).stdout
+    text = pdf_text(pdf.read_bytes())
     for code, (count, percent) in expected.items():
         name = {"BAND": "Band neutrophil"}.get(code, code.title())
         assert re.search(rf"{name}\s+{count}\s+{re.escape(percent)}\b", text), (name, text[:2000])

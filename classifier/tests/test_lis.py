@@ -411,10 +411,10 @@ def test_amendment_is_a_corrected_version_and_the_first_is_kept(ordered, signer,
     assert api.get("/api/v1/specimens/ACC-LIS-1/fhir/?version=9").status_code == 404
     # The PDF says Amended, with the reason.
     from classifier.specimens import report_pdf
-    from classifier.tests.test_reports import pdf_text
+    from classifier.tests.pdf_helpers import pdf_text
 
     pdf = report_pdf.specimen_report_pdf(specimen=Specimen.objects.get(pk=ordered.pk))
-    text = " ".join(pdf_text(pdf, tmp_path).split())
+    text = " ".join(pdf_text(pdf).split())
     assert "AMENDED — report version 2" in text
     assert "Reason: Cell was a monocyte." in text
 

@@ -145,9 +145,9 @@ def test_a_childs_result_carries_the_childrens_range_in_every_format(child, tmp_
     assert "<td class=\"text-end\">14–50</td>" in page
     assert "Reference ranges for the patient&#x27;s age (6 years, female)." in page
     from classifier.specimens import report_pdf
-    from classifier.tests.test_reports import pdf_text
+    from classifier.tests.pdf_helpers import pdf_text
 
-    text = " ".join(pdf_text(report_pdf.specimen_report_pdf(specimen=child), tmp_path).split())
+    text = " ".join(pdf_text(report_pdf.specimen_report_pdf(specimen=child)).split())
     assert "Lymphocyte 4 40.0 14 – 50 %" in text
     assert "Reference ranges for the patient's age (6 years, female)." in text
 

@@ -20,6 +20,7 @@ from classifier.jobs import services as job_services
 from classifier.models import Classification, ReviewState, Status
 from classifier.specimens import report_csv, report_pdf, signoff
 from classifier.specimens import selectors as specimen_selectors
+from classifier.tests.pdf_helpers import pdf_text
 from classifier.tests.specimen_helpers import (
     FIXTURE_CELLS,
     sync_jobs,  # noqa: F401
@@ -67,14 +68,6 @@ def pdf_pages(pdf: bytes, tmp_path: Path) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in sorted(tmp_path.glob("page-*.png"))]
 
 
-def pdf_text(pdf: bytes, tmp_path: Path) -> str:
-    source = tmp_path / "text.pdf"
-    source.write_bytes(pdf)
-    return subprocess.run(
-        ["pdftotext", "-layout", str(source), "-"], check=True, capture_output=True, timeout=60
-    ).stdout.decode()
-
-
 def assert_pages_look_right(pages: list[Image.Image]) -> None:
     for page in pages:
         # A4 at 40 dpi: 331 x 468 pixels.
@@ -118,7 +111,7 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     pages = pdf_pages(pdf, tmp_path)
     assert len(pages) >= 1
     assert_pages_look_right(pages)
-    text = pdf_text(pdf, tmp_path)
+    text = pdf_text(pdf)
     assert settings.HEMATOVISION_LAB_NAME in text
     assert "TEST-12" in text
     assert "PRELIMINARY" in text
@@ -149,7 +142,7 @@ def test_differential_matches_predictions_and_signing_needs_review(user, reviewe
     signed_dir.mkdir()
     pages = pdf_pages(signed_pdf, signed_dir)
     assert_pages_look_right(pages)
-    text = pdf_text(signed_pdf, signed_dir)
+    text = pdf_text(signed_pdf)
     assert "PRELIMINARY" not in text
     assert "FINAL" in text
     assert "signed by reviewer" in text

@@ -4,7 +4,6 @@ the model's readiness and the smaller defects the issue lists (one test each).""
 
 import io
 import json
-import subprocess
 import threading
 from datetime import timedelta
 
@@ -21,6 +20,7 @@ from classifier.models import Classification, ReviewEvent, Specimen
 from classifier.specimens import report_pdf, signoff
 from classifier.specimens import selectors as specimen_selectors
 from classifier.tests.factories import ClassificationFactory, ReviewerFactory, SpecimenFactory, image_bytes
+from classifier.tests.pdf_helpers import pdf_text
 
 pytestmark = pytest.mark.django_db
 
@@ -352,17 +352,6 @@ def test_technologists_cannot_sign(tech_client, user):
 # ---------------------------------------------------------------- the report
 
 
-def _pdf_text(pdf: bytes, tmp_path) -> str:
-    path = tmp_path / "report.pdf"
-    path.write_bytes(pdf)
-    return subprocess.run(
-        ["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True
-    ).stdout
-
-
-@pytest.mark.skipif(
-    not __import__("shutil").which("pdftotext"), reason="poppler-utils (make test installs it)"
-)
 def test_pdf_has_comment_signer_name_and_role_page_numbers_address_and_the_portals_order(
     reviewer, user, settings, tmp_path
 ):
@@ -371,7 +360,7 @@ def test_pdf_has_comment_signer_name_and_role_page_numbers_address_and_the_porta
     reviewer.first_name, reviewer.last_name = "Grace", "Hopper"
     reviewer.save()
     specimen, cells = _specimen(user, NEUTROPHIL=20, EOSINOPHIL=2, unidentified=1)
-    text = _pdf_text(report_pdf.specimen_report_pdf(specimen=specimen), tmp_path)
+    text = pdf_text(report_pdf.specimen_report_pdf(specimen=specimen))
     assert text.index("Unidentified — 1 cell(s)") < text.index("Neutrophil — 20 cell(s)")  # as the portal
     assert "2 Lab Road" in text
     assert "Sample City 1234" in text
@@ -380,7 +369,7 @@ def test_pdf_has_comment_signer_name_and_role_page_numbers_address_and_the_porta
     cell_review.classification_review(classification=cells[22], reviewer=reviewer, label="ARTEFACT")
     signoff.specimen_sign(specimen=specimen, reviewer=reviewer, comment="Platelets clumped <b>x</b>.")
     specimen.refresh_from_db()
-    text = _pdf_text(report_pdf.specimen_report_pdf(specimen=specimen), tmp_path)
+    text = pdf_text(report_pdf.specimen_report_pdf(specimen=specimen))
     assert "FINAL — signed by Grace Hopper (Reviewer)" in text
     assert "Reviewer's comment: Platelets clumped <b>x</b>." in text  # text, not markup
     assert "Reviewed by: Grace Hopper" in text
