@@ -169,7 +169,6 @@ class ReviewEventAdmin(_ReadOnly):
 # ---- LIS interface (issue 19): orders, released report versions, the HL7 message log ----
 
 
-
 @admin.register(Order)
 class OrderAdmin(_ReadOnly):
     list_display = (

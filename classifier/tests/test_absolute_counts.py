@@ -190,7 +190,7 @@ def test_fhir_observations_in_ucum_and_schema_valid(specimen):
 
 
 @pytest.mark.django_db
-def test_json_pdf_and_portal_show_absolute_counts(specimen, signer, client, tmp_path):
+def test_json_pdf_and_portal_show_absolute_counts(specimen, signer, client):
     body = client_for(signer).get(f"/api/v1/specimens/{ACC}/").json()["differential"]
     assert body["wbc_count"] == 7.2
     assert body["absolute"] == [
@@ -219,7 +219,7 @@ def test_json_pdf_and_portal_show_absolute_counts(specimen, signer, client, tmp_
 
 
 @pytest.mark.django_db
-def test_without_a_white_cell_count_nothing_is_added(specimen, signer, client, tmp_path, settings):
+def test_without_a_white_cell_count_nothing_is_added(specimen, signer, client, settings):
     Order.objects.filter(specimen=specimen).update(wbc_count=None)
     ReportVersion.objects.all().delete()  # release again, from an order without a count
     specimen.refresh_from_db()

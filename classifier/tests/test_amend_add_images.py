@@ -116,7 +116,7 @@ def test_bad_amendment_requests_change_nothing(signed, reviewer, user, settings)
 
 @pytest.mark.django_db
 def test_api_amendment_adds_images_and_the_re_sign_releases_a_corrected_version(
-    signed, reviewer, tech_api, settings, tmp_path
+    signed, reviewer, tech_api, settings
 ):
     api = client_for(reviewer)
     first = ReportVersion.objects.get()

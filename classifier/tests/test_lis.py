@@ -367,7 +367,7 @@ def _refs(text: str) -> list[str]:
 
 
 @pytest.mark.django_db
-def test_amendment_is_a_corrected_version_and_the_first_is_kept(ordered, signer, user, tmp_path):
+def test_amendment_is_a_corrected_version_and_the_first_is_kept(ordered, signer, user):
     sign_all(ordered, signer)
     first = ReportVersion.objects.get()
     api = client_for(signer)

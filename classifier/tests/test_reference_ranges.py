@@ -85,7 +85,7 @@ def _sign(specimen):
 
 
 @pytest.mark.django_db
-def test_a_childs_result_carries_the_childrens_range_in_every_format(child, tmp_path):
+def test_a_childs_result_carries_the_childrens_range_in_every_format(child):
     reviewer = _sign(child)
     version = ReportVersion.objects.get()
     group = strict(version.hl7).oru_r01_patient_result.oru_r01_order_observation

@@ -353,7 +353,7 @@ def test_technologists_cannot_sign(tech_client, user):
 
 
 def test_pdf_has_comment_signer_name_and_role_page_numbers_address_and_the_portals_order(
-    reviewer, user, settings, tmp_path
+    reviewer, user, settings
 ):
     settings.HEMATOVISION_LAB_NAME = "City Hospital Haematology"
     settings.HEMATOVISION_LAB_ADDRESS = "2 Lab Road|Sample City 1234"
