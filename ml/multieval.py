@@ -14,6 +14,7 @@ from PIL import Image
 from ml.cropcache import load_cache
 from ml.metrics import metrics_dict
 from ml.predictor import load_predictor
+from ml.shift import simulate
 from ml.taxonomy import CLASSES
 
 
@@ -61,6 +62,7 @@ def evaluate(
         probs = np.array([[r.probabilities[c] for c in pred.classes] for r in results])
         flagged = np.array([r.status == "unidentified" for r in results])
         out["sources"][s] = figures(y, probs, flagged, pred.classes) | {
+            "specimen_check": simulate(flagged, probs.argmax(1) != y, pred.specimen_rule),
             "seconds": round(time.time() - t0, 1),
             "flag_reasons": {
                 k: int(sum(r.flag_reason == k for r in results))
@@ -72,6 +74,12 @@ def evaluate(
         log(
             f"{s}: n={len(rows)} accuracy {f['accuracy']:.4f} macro F1 {f['macro_f1']:.4f} "
             f"flagged {f['flagged']:.2%} silent errors {f['silent_error']:.2%}"
+        )
+        c = f["specimen_check"]
+        log(
+            f"  specimen check (specimens of {c['specimen_size']}, base rate {c['base_rate']:.1%}): "
+            f"{c['specimens_alarmed']} of {c['specimens']} alarmed, flagged {c['flagged_with_check']:.2%}, "
+            f"silent errors {c['silent_error_with_check']:.2%}"
         )
         log(
             "  recall "
@@ -99,6 +107,7 @@ def record_test(model_dir: Path, res: dict) -> None:
         "silent_error",
         "accuracy_unflagged",
         "flag_reasons",
+        "specimen_check",
     )
     card["test_metrics"] = {
         "model_version": card["version"],

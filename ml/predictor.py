@@ -24,7 +24,7 @@ from typing import NamedTuple, cast
 
 import numpy as np
 
-from ml import colour, litert, normalize, ood
+from ml import colour, litert, normalize, ood, shift
 from ml.bundle import ModelLoadError, load_bundle
 from ml.card import model_summary  # noqa: F401  re-exported: classifier.inference reads it from here
 from ml.gradcam import CropSettings, GradCam, cell_window, overlay_png
@@ -166,6 +166,7 @@ class Predictor:
         self.temperature = float(card.get("temperature", 1.0))
         self.class_bias = ood.card_class_bias(card)
         self.thresholds = dict(card.get("thresholds") or {})
+        self.specimen_rule = shift.rule_from_card(card)  # the specimen check (ml.shift)
         self.crop_settings = CropSettings(
             method=self.crop_method,
             input_size=self.input_size,

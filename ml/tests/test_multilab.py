@@ -149,3 +149,8 @@ def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
     f = res["sources"]["bccd"]
     assert f["n_images"] == 24
     assert 0.0 <= f["silent_error"] <= 1 - f["accuracy"] + 1e-9
+    check = f["specimen_check"]  # 24 cells: one specimen, judged with the bundle's own rule
+    assert (check["specimens"], check["specimens_judged"]) == (1, 1)
+    assert check["base_rate"] == pytest.approx(pred.specimen_rule.base_rate)
+    assert check["flagged_with_check"] in (f["flagged"], 1.0)
+    assert check["silent_error_with_check"] in (f["silent_error"], 0.0)
