@@ -50,6 +50,31 @@ class Predictor(Protocol):
 
     def field_cells(self, image, max_cells: int = 10) -> Sequence[tuple[tuple[int, ...], object]]: ...
 
+    # Optional: ``specimen_rule`` (an ``ml.shift.SpecimenRule``, the served predictor's); a predictor
+    # without one (the tests' fake) is judged by the default rule (``specimen_rule()``).
+
+
+class SpecimenVerdict(Protocol):
+    """The specimen check's answer (``ml.shift.SpecimenVerdict``): the cells the model read, how many
+    it flagged, the smallest alarming count (None: too few cells to judge) and the alarm."""
+
+    @property
+    def cells(self) -> int: ...
+
+    @property
+    def flagged(self) -> int: ...
+
+    @property
+    def critical(self) -> int | None: ...
+
+    @property
+    def alarm(self) -> bool: ...
+
+    @property
+    def share(self) -> float: ...
+
+    def to_dict(self) -> dict: ...
+
 
 _lock = threading.Lock()
 
@@ -146,6 +171,47 @@ def model_summary() -> dict:
     return summary(get_predictor().card)
 
 
+def specimen_rule():
+    """The serving model's specimen check (``ml.shift.SpecimenRule``), without loading the model.
+
+    The loaded predictor's rule once it is ready (or at once for a stand-in, which loads nothing);
+    while the real model is not loaded, the same rule read from its card beside the model file; the
+    default rule (``ml.shift.DEFAULT_BASE_RATE``) for a predictor without one or a card that cannot be
+    read (the model unavailable).
+    """
+    from ml import shift
+
+    if settings.HEMATOVISION_PREDICTOR != "ml" or _readiness["state"] == "ready":
+        try:
+            rule = getattr(get_predictor(), "specimen_rule", None)
+        except PredictorUnavailable:
+            rule = None
+        return rule or shift.SpecimenRule(shift.DEFAULT_BASE_RATE)
+    return _card_rule(settings.HEMATOVISION_MODEL_PATH)
+
+
+@functools.lru_cache(maxsize=4)
+def _card_rule(model_path: str | None):
+    """``ml.shift.rule_from_card`` of the card beside ``model_path`` (None: the shipped model)."""
+    import json
+    from pathlib import Path
+
+    from ml import predictor as ml_predictor
+    from ml import shift
+
+    path = Path(model_path) if model_path else ml_predictor.DEFAULT_MODEL_PATH
+    try:
+        card = json.loads((path.parent / "model_card.json").read_text())
+        return shift.rule_from_card(card)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return shift.SpecimenRule(shift.DEFAULT_BASE_RATE)
+
+
+def specimen_check(*, cells: int, flagged: int) -> SpecimenVerdict:
+    """The specimen check of ``cells`` read by the model, ``flagged`` of them unidentified."""
+    return specimen_rule().check(cells, flagged)
+
+
 def image_decode_errors() -> tuple[type[Exception], ...]:
     """Exception types a predictor raises for pixels it cannot use."""
     if settings.HEMATOVISION_PREDICTOR == "ml":
@@ -159,4 +225,5 @@ def image_decode_errors() -> tuple[type[Exception], ...]:
 def _reset_predictor(*, setting, **kwargs):
     if setting in {"HEMATOVISION_PREDICTOR", "HEMATOVISION_MODEL_PATH", "HEMATOVISION_INFERENCE_BACKEND"}:
         _build.cache_clear()
+        _card_rule.cache_clear()
         _readiness.update(state="idle", detail="")

@@ -20,9 +20,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from classifier.cells import classes, ranges
 from classifier.cells.classes import Counting
+
+if TYPE_CHECKING:
+    from classifier.inference import SpecimenVerdict
 
 ONE_DECIMAL = 10  # percentages are shown to one decimal: 1000 tenths make 100 %
 
@@ -115,6 +119,36 @@ class Differential:
     patient: ranges.Patient | None = None  # age and sex the reference ranges were chosen for
     wbc_count: float | None = None  # the order's white-cell count, 10^9/L (None: no absolute counts)
     absolute: tuple[AbsoluteRow, ...] = ()  # per white-cell class, when wbc_count is known
+    # The specimen check (``ml.shift``): far more cells flagged than a validated lab gives raises the
+    # alarm, and the specimen is reviewed cell by cell. None: not computed.
+    specimen_check: SpecimenVerdict | None = None
+
+    @property
+    def specimen_check_alarm(self) -> bool:
+        return self.specimen_check is not None and self.specimen_check.alarm
+
+    @property
+    def specimen_check_warning(self) -> str:
+        """What the reviewer's pages say when the alarm is raised ("" otherwise)."""
+        check = self.specimen_check
+        if check is None or not check.alarm:
+            return ""
+        return (
+            f"Specimen check: {_flagged_text(check)} (the alarm is at {check.critical}). The stain, the "
+            "camera or the cells themselves differ from what the model knows: review every cell one by "
+            "one; accepting cells in bulk is off for this specimen."
+        )
+
+    @property
+    def specimen_check_comment(self) -> str:
+        """The reports' line when the alarm was raised (PDF, CSV, FHIR, HL7; "" otherwise)."""
+        check = self.specimen_check
+        if check is None or not check.alarm:
+            return ""
+        return (
+            f"Specimen check: {_flagged_text(check)} (alarm at {check.critical}); the specimen is "
+            "reviewed cell by cell."
+        )
 
     @property
     def reference_note(self) -> str:
@@ -143,6 +177,13 @@ class Differential:
     def reported(self) -> tuple[Row, ...]:
         """The rows sent to an LIS as results: white-cell classes, then nucleated red cells."""
         return self.classes + self.per_100_white_cells
+
+
+def _flagged_text(check: SpecimenVerdict) -> str:
+    return (
+        f"{check.flagged} of {check.cells} cells ({round(100 * check.share)} %) were flagged by the model, "
+        "far more than in the labs it was validated on"
+    )
 
 
 def largest_remainder(counts: list[int], *, total: int, scale: int = 100, decimals: int = 1) -> list[float]:

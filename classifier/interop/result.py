@@ -80,7 +80,8 @@ class ResultReport:
 
     @property
     def notes(self) -> list[str]:
-        """The report's comments: the amendment and its reason, the reviewer's comment, why no flags."""
+        """The report's comments: the amendment and its reason, the reviewer's comment, why no flags,
+        the specimen check's alarm."""
         notes = []
         if self.release and self.release.corrected:
             notes.append(f"Corrected report (version {self.release.number}): {self.release.reason}")
@@ -88,6 +89,8 @@ class ResultReport:
             notes.append(f"Reviewer's comment: {self.comment}")
         if self.differential.flag_comment:
             notes.append(self.differential.flag_comment)
+        if self.differential.specimen_check_comment:
+            notes.append(self.differential.specimen_check_comment)
         return notes
 
     def per_100(self, row: Row) -> bool:

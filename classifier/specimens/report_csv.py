@@ -12,12 +12,17 @@ from classifier.specimens import selectors as specimen_selectors
 
 
 def specimen_report_csv(*, specimen: Specimen) -> str:
-    """One row per cell of the specimen, the columns of the portal's history export."""
+    """One row per cell of the specimen, the columns of the portal's history export; when the specimen
+    check raised the alarm, one line after them that says so."""
     out = io.StringIO()
     writer = csvsafe.writer(out)  # every field quoted
     writer.writerow(export.HEADER)
-    for cell in specimen_selectors.specimen_cells(specimen=specimen):
+    cells = list(specimen_selectors.specimen_cells(specimen=specimen))
+    for cell in cells:
         writer.writerow(export.cell_row(cell))
+    comment = specimen_selectors.specimen_differential(specimen=specimen).specimen_check_comment
+    if comment:  # the specimen check's alarm: one closing line after the cells
+        writer.writerow(csvsafe.row([comment]))
     return out.getvalue()
 
 

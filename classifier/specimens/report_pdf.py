@@ -200,6 +200,8 @@ def _status(specimen: Specimen, differential: Differential, styles: StyleSheet1)
         ))
     if differential.flag_comment:
         story.append(Paragraph(escape(differential.flag_comment), styles["BodyText"]))
+    if differential.specimen_check_comment:
+        story.append(Paragraph(escape(differential.specimen_check_comment), styles["BodyText"]))
     return story
 
 

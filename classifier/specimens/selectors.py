@@ -6,6 +6,7 @@ from datetime import date
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 
+from classifier import inference
 from classifier.cells import differential as differentials
 from classifier.cells import ranges
 from classifier.cells import selectors as cell_selectors
@@ -100,6 +101,15 @@ def specimen_patient(*, specimen: Specimen) -> ranges.Patient | None:
     )
 
 
+def specimen_check(*, cells) -> inference.SpecimenVerdict:
+    """The specimen check (``inference.specimen_check``) of a specimen's ``cells``: those the model has
+    read (classified or unidentified; pending ones are not), and of them those the model flagged
+    (status unidentified, whatever a reviewer did since)."""
+    read = [c for c in cells if c.status in (Status.CLASSIFIED, Status.UNIDENTIFIED)]
+    flagged = sum(1 for c in read if c.status == Status.UNIDENTIFIED)
+    return inference.specimen_check(cells=len(read), flagged=flagged)
+
+
 def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
     """The specimen's differential (``cells.differential``): white cells to 100 %, nucleated red
     cells per 100 white cells, platelets, smudge cells and artefacts apart.
@@ -107,7 +117,8 @@ def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
     A cell counts under its final label when reviewed; unreviewed unidentified cells are counted
     apart. The classes its models knew are the keys of each cell's probabilities (the card's). The
     reference ranges are those for the ordered patient's age and sex (``specimen_patient``); the
-    order's white-cell count, when it gives one, adds the absolute counts.
+    order's white-cell count, when it gives one, adds the absolute counts; ``specimen_check`` is the
+    specimen check's verdict (``specimen_check``).
     """
     cells = list(specimen.cells.all())
     counted = [
@@ -135,6 +146,7 @@ def specimen_differential(*, specimen: Specimen) -> differentials.Differential:
         signed_by=specimen.signed_by.get_username() if specimen.signed_by else None,
         signed_at=specimen.signed_at,
         ready_to_sign=bool(cells) and unreviewed == 0 and pending == 0 and not specimen.is_signed,
+        specimen_check=specimen_check(cells=cells),
     )
 
 

@@ -21,6 +21,8 @@ def specimen_review(
 
     ``seen``: cell id -> the ``review_version`` the reviewer's page showed; a cell changed since then
     (another reviewer) refuses the whole change (``changed``), as does a cell of another specimen.
+    A specimen whose specimen check raised the alarm is reviewed cell by cell: accepting more than one
+    cell at once is refused there (``specimen_check``); reclassifying stays allowed.
     """
     if not can_review(reviewer):
         raise PermissionDenied("Only reviewers may review results.")
@@ -39,6 +41,8 @@ def specimen_review(
                 f"Cell(s) {', '.join(f'#{pk}' for pk in missing)} are not in specimen {locked.accession}.",
                 code="not_in_specimen",
             )
+        if label is None and len(cells) > 1:
+            _refuse_bulk_accept(locked)
         done = []
         for pk in sorted(seen):
             cell = cells[pk]
@@ -54,6 +58,20 @@ def specimen_review(
             except ValidationError as exc:
                 raise ValidationError(f"#{pk}: {' '.join(exc.messages)}", code=exc.code) from exc
     return done
+
+
+def _refuse_bulk_accept(specimen: Specimen) -> None:
+    """Refuse accepting many cells at once in a specimen whose specimen check raised the alarm."""
+    from classifier.specimens.selectors import specimen_check
+
+    check = specimen_check(cells=specimen.cells.all())
+    if check.alarm:
+        raise ValidationError(
+            f"Specimen check: {check.flagged} of {check.cells} cells of specimen {specimen.accession} were "
+            "flagged by the model, far more than in the labs it was validated on; review every cell one "
+            "by one (accepting cells in bulk is off for this specimen).",
+            code="specimen_check",
+        )
 
 
 def specimen_sign(

@@ -640,6 +640,10 @@ def test_specimen_detail_has_cells_differential_and_state(tech_api, user, review
             "reference_note": "Adult reference ranges (the patient's age is not known).",
             "wbc_count": None,  # no order with a white-cell count: no absolute counts
             "absolute": [],
+            # 6 cells read, 1 flagged: too few for the specimen check to judge (test_specimen_check.py)
+            "specimen_check": {
+                "cells": 6, "flagged": 1, "flagged_share": 0.1667, "alarm_at": None, "alarm": False,
+            },
         },
     }
 

@@ -25,6 +25,10 @@
   let focused = null;
   let anchor = null;
   let busy = false;
+  // The specimen check raised the alarm (data-bulk-accept="off"): the model's class is accepted one
+  // cell at a time; the server refuses more (code specimen_check).
+  const bulkAcceptOff = app.dataset.bulkAccept === "off";
+  const ONE_AT_A_TIME = "Specimen check: review every cell one by one; accepting cells in bulk is off for this specimen.";
 
   const tiles = () => Array.from(gallery.querySelectorAll(".cell-tile"));
   const tileById = (id) => gallery.querySelector('.cell-tile[data-id="' + id + '"]');
@@ -256,10 +260,18 @@
     if (focused && focused.isConnected) showJudge(focused);
   }
 
+  function accept(cells) {
+    if (bulkAcceptOff && cells.length > 1) {
+      say(ONE_AT_A_TIME, true);
+      return;
+    }
+    send(cells, null);
+  }
+
   function acceptRest(group) {
     const section = sectionOf(group);
     if (!section) return;
-    send(Array.from(section.querySelectorAll('.cell-tile[data-state="unreviewed"]')), null);
+    accept(Array.from(section.querySelectorAll('.cell-tile[data-state="unreviewed"]')));
   }
 
   // ---- mouse ----
@@ -365,7 +377,7 @@
       if (event.shiftKey) {
         if (focused) acceptRest(focused.closest(".gallery-section").dataset.group);
       } else {
-        send(targets(), null);
+        accept(targets());
       }
     } else if (key === "Escape") {
       zoom(false);

@@ -16,6 +16,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from classifier.api.differential_serializers import SignedDifferentialSerializer
 from classifier.api.renderers import CsvRenderer, PdfRenderer
 from classifier.api.schema import (
     COMMON_ERRORS,
@@ -27,7 +28,6 @@ from classifier.api.schema import (
 from classifier.api.serializers import (
     BatchUploadSerializer,
     JobSerializer,
-    SignedDifferentialSerializer,
     SpecimenOwnerSerializer,
 )
 from classifier.api.throttling import UploadRateThrottle
