@@ -1,5 +1,6 @@
 """The specimen check in the review gallery, in Debian's Chromium: an alarmed specimen shows the warning,
-has no "Accept the rest" button, refuses Enter on a selection of many cells and accepts one cell."""
+has no "Accept the rest" button, refuses Enter on a selection of many cells and accepts one cell.
+Screenshot: test-artifacts/screenshots/review-specimen-check.png."""
 
 import pytest
 
@@ -46,6 +47,7 @@ def test_an_alarmed_specimen_is_accepted_one_cell_at_a_time(
     expect(page.locator("#review-error")).to_contain_text("accepting cells in bulk is off")
     page.keyboard.press("Shift+Enter")  # the rest of the class: refused the same way
     expect(page.locator("#review-error")).to_be_visible()
+    rev.shot("review-specimen-check")
     assert not ReviewEvent.objects.exists()
 
     page.click(f'.cell-tile[data-id="{first.pk}"]')
