@@ -1,4 +1,4 @@
-"""The specimen check: a specimen with far more flagged cells than a validated lab gives is reviewed cell by cell.
+"""The specimen check: a specimen flagged far beyond a validated lab's rate is reviewed cell by cell.
 
 One cell's flags (feature distance, low confidence, no cell found) miss some cells of a lab the model
 has never seen: on the leave-one-lab-out runs the per-cell flags caught 65-95 % of a foreign lab's

@@ -33,7 +33,7 @@ def test_the_alarm_is_raised_at_the_critical_count_and_not_below():
     assert v.to_dict() == {"cells": 100, "flagged": 19, "flagged_share": 0.19, "alarm_at": 19, "alarm": True}
 
 
-@pytest.mark.parametrize("cells, flagged", [(10, 11), (10, -1)])
+@pytest.mark.parametrize(("cells", "flagged"), [(10, 11), (10, -1)])
 def test_impossible_counts_are_refused(cells, flagged):
     with pytest.raises(ValueError, match="must lie between 0 and the cells"):
         shift.SpecimenRule(0.1).check(cells, flagged)
@@ -84,7 +84,8 @@ def test_simulation_flags_every_cell_of_an_alarmed_specimen_and_none_of_a_quiet_
 def test_simulation_of_a_partly_alarming_set_counts_cells_of_alarmed_specimens_only():
     rule = shift.SpecimenRule(0.082)
     flagged = np.r_[np.ones(40, bool), np.zeros(60, bool), np.zeros(100, bool)]
-    wrong = np.r_[np.zeros(40, bool), np.ones(10, bool), np.zeros(50, bool), np.ones(10, bool), np.zeros(90, bool)]
+    wrong = np.zeros(200, bool)
+    wrong[40:50] = wrong[100:110] = True  # 10 missed in the alarmed specimen, 10 in the quiet one
     order = np.random.default_rng(7).permutation(200)
     # Specimens are cut from a fixed shuffle; undo it so that the first 100 rows are one specimen.
     inv = np.empty_like(order)
