@@ -142,13 +142,7 @@ class Differential:
     @property
     def specimen_check_comment(self) -> str:
         """The reports' line when the alarm was raised (PDF, CSV, FHIR, HL7; "" otherwise)."""
-        check = self.specimen_check
-        if check is None or not check.alarm:
-            return ""
-        return (
-            f"Specimen check: {_flagged_text(check)} (alarm at {check.critical}); the specimen is "
-            "reviewed cell by cell."
-        )
+        return specimen_check_comment(self.specimen_check)
 
     @property
     def reference_note(self) -> str:
@@ -177,6 +171,16 @@ class Differential:
     def reported(self) -> tuple[Row, ...]:
         """The rows sent to an LIS as results: white-cell classes, then nucleated red cells."""
         return self.classes + self.per_100_white_cells
+
+
+def specimen_check_comment(check: SpecimenVerdict | None) -> str:
+    """The reports' line for a specimen check that raised the alarm; "" for none or a quiet one."""
+    if check is None or not check.alarm:
+        return ""
+    return (
+        f"Specimen check: {_flagged_text(check)} (alarm at {check.critical}); the specimen is reviewed "
+        "cell by cell."
+    )
 
 
 def _flagged_text(check: SpecimenVerdict) -> str:

@@ -6,7 +6,7 @@ import io
 from django.db.models import QuerySet
 
 from classifier import csvsafe
-from classifier.cells import classes, export
+from classifier.cells import classes, differential, export
 from classifier.models import Specimen
 from classifier.specimens import selectors as specimen_selectors
 
@@ -20,7 +20,7 @@ def specimen_report_csv(*, specimen: Specimen) -> str:
     cells = list(specimen_selectors.specimen_cells(specimen=specimen))
     for cell in cells:
         writer.writerow(export.cell_row(cell))
-    comment = specimen_selectors.specimen_differential(specimen=specimen).specimen_check_comment
+    comment = differential.specimen_check_comment(specimen_selectors.specimen_check(cells=cells))
     if comment:  # the specimen check's alarm: one closing line after the cells
         writer.writerow(csvsafe.row([comment]))
     return out.getvalue()
