@@ -31,7 +31,13 @@ def augment(crop: np.ndarray, rng: np.random.Generator, size: int, scale_jitter:
     """A view that spans labs: zoom, offset, dihedral, hue/saturation/gamma/gain (stain), grey-level,
     blur, noise and JPEG quality."""
     n = crop.shape[0]
-    side = min(n, int(round(n / CACHE_MARGIN * np.exp(rng.uniform(-scale_jitter, scale_jitter)))))
+    side = int(round(n / CACHE_MARGIN * np.exp(rng.uniform(-scale_jitter, scale_jitter))))
+    if side > n:
+        # Zoomed out past the cached margin (scale_jitter > log(CACHE_MARGIN), 0.223): the smear
+        # beyond it is mirrored in. Never reached at the shipped +-18 %, whose views are unchanged.
+        pad = (side - n + 1) // 2
+        crop = np.pad(np.asarray(crop), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        n = crop.shape[0]
     jit = int(0.06 * side)
     cx = int(np.clip((n - side) // 2 + rng.integers(-jit, jit + 1), 0, n - side))
     cy = int(np.clip((n - side) // 2 + rng.integers(-jit, jit + 1), 0, n - side))

@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     f.add_argument("--input-size", type=int, default=FitConfig.input_size)
     f.add_argument("--seed", type=int, default=FitConfig.seed)
     f.add_argument("--bccd-per-epoch", type=int, default=FitConfig.bccd_per_epoch)
+    f.add_argument("--scale-jitter", type=float, default=FitConfig.scale_jitter,
+                   help="log-uniform zoom range of the training views; shipped: 0.18")
     f.add_argument("--stain", choices=("none", "reinhard"), default=FitConfig.stain,
                    help="stain normalisation layer (ml.stain); shipped: none")
     e = sub.add_parser("evaluate", help="test figures per source through the served predictor")
@@ -79,6 +81,7 @@ def main(argv=None) -> int:
             seed=a.seed,
             bccd_per_epoch=a.bccd_per_epoch,
             stain=a.stain,
+            scale_jitter=a.scale_jitter,
         )
         fit(Path(a.cache), Path(a.out), cfg)
     else:

@@ -154,3 +154,25 @@ def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
     assert check["base_rate"] == pytest.approx(pred.specimen_rule.base_rate)
     assert check["flagged_with_check"] in (f["flagged"], 1.0)
     assert check["silent_error_with_check"] in (f["silent_error"], 0.0)
+
+
+def test_training_views_zoom_out_past_the_cached_margin_by_mirroring():
+    """A scale jitter wider than the cache margin (log 1.25) shows the cell smaller than the
+    cached crop allows, the smear mirrored in; views keep their size."""
+    from ml.augment import augment
+
+    yy, xx = np.mgrid[:200, :200]
+    crop = np.full((200, 200, 3), 235, np.uint8)
+    crop[(yy - 100) ** 2 + (xx - 100) ** 2 < 40**2] = (60, 20, 90)  # a dark nucleus, 80 px across
+
+    def dark_shares(jitter):
+        rng = np.random.default_rng(0)
+        views = [augment(crop, rng, 96, jitter) for _ in range(60)]
+        assert all(v.shape == (96, 96, 3) and v.dtype == np.uint8 for v in views)
+        return np.array([(v.mean(2) < 150).mean() for v in views])
+
+    shipped, wide = dark_shares(0.18), dark_shares(0.40)
+    # the nucleus fills pi * (40 / 160)^2 = 0.196 of an unzoomed view (160 px = 200 / 1.25)
+    assert 0.12 < shipped.min() and shipped.max() < 0.30
+    assert wide.min() < 0.11  # zoomed out by up to e^0.4 = 1.49: as small as 0.196 / 1.49^2 = 0.088
+    assert wide.max() > 0.30
