@@ -28,7 +28,8 @@ def specimen_report_csv(*, specimen: Specimen) -> str:
 
 def specimens_header() -> list[str]:
     """A fixed column set for every class of the table: count, value and flag of a white cell (% or
-    per 100 white cells), the count alone of a class not counted."""
+    per 100 white cells), the count alone of a class not counted; the specimen check last
+    (``check_word``)."""
     header = ["accession", "received_at", "total_cells", "counted_cells"]
     for cell in classes.TABLE:
         code = cell.code.lower()
@@ -38,7 +39,7 @@ def specimens_header() -> list[str]:
             header += [f"{code}_count", f"{code}_per_100_white_cells", f"{code}_flag"]
         else:
             header += [f"{code}_count"]
-    return [*header, "unidentified", "pending", "unreviewed", "signed_by", "signed_at"]
+    return [*header, "unidentified", "pending", "unreviewed", "signed_by", "signed_at", "specimen_check"]
 
 
 def specimen_row(specimen: Specimen) -> list[str]:
@@ -55,7 +56,14 @@ def specimen_row(specimen: Specimen) -> list[str]:
         else:
             line += [row.count, "" if row.value is None else row.value, row.flag or ""]
     line += [d.unidentified, d.pending, d.unreviewed, d.signed_by or "", csvsafe.local_iso(d.signed_at)]
-    return csvsafe.row(line)
+    return csvsafe.row([*line, check_word(d.specimen_check)])
+
+
+def check_word(check) -> str:
+    """The specimen check in one word: ``alarm``, ``clear``, or ``not_judged`` (too few cells read)."""
+    if check is None or check.critical is None:
+        return "not_judged"
+    return "alarm" if check.alarm else "clear"
 
 
 def specimens_csv(*, specimens: QuerySet[Specimen]) -> str:

@@ -15,16 +15,34 @@ from classifier.models import Classification, ReviewState, Specimen, Status
 from classifier.permissions import can_read_all, can_review, can_submit
 
 
+def with_check_counts(specimens: QuerySet[Specimen]) -> QuerySet[Specimen]:
+    """``specimens`` annotated with the specimen check's counts (as ``specimen_check`` counts them):
+    ``n_read`` cells the model has read, ``n_model_flagged`` of them it left unidentified."""
+    return specimens.annotate(
+        n_read=Count("cells", filter=Q(cells__status__in=(Status.CLASSIFIED, Status.UNIDENTIFIED))),
+        n_model_flagged=Count("cells", filter=Q(cells__status=Status.UNIDENTIFIED)),
+    )
+
+
+def check_listed(specimens) -> list[Specimen]:
+    """The specimens of a page (annotated by ``with_check_counts``), each given ``check``: its
+    specimen check's verdict, judged by one rule for the whole page."""
+    specimens = list(specimens)
+    rule = inference.specimen_rule()
+    for specimen in specimens:
+        specimen.check = rule.check(specimen.n_read, specimen.n_model_flagged)
+    return specimens
+
+
 def specimen_worklist(*, user) -> QuerySet[Specimen]:
     """Specimens awaiting a reviewer's sign-off (unsigned, holding at least one cell), oldest first,
     with their cell counts: total, reviewed, unreviewed, unidentified (unreviewed), flagged by the
-    model, pending."""
+    model, pending, and the specimen check's (``with_check_counts``)."""
     if not can_review(user):
         return Specimen.objects.none()
     unreviewed = Q(cells__review_state=ReviewState.UNREVIEWED)
     return (
-        specimen_list(user=user)
-        .filter(signed_at__isnull=True)
+        with_check_counts(specimen_list(user=user).filter(signed_at__isnull=True))
         .annotate(
             n_cells=Count("cells"),
             n_unreviewed=Count("cells", filter=unreviewed),

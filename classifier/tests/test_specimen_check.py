@@ -8,6 +8,7 @@ The tests run on the fake predictor, which has no rule of its own: the default r
 import csv
 import io
 import json
+import re
 
 import pytest
 from django.urls import reverse
@@ -145,6 +146,25 @@ def test_pages_of_a_quiet_specimen_show_the_counts_only(reviewer_client, quiet):
     assert 'class="btn btn-sm btn-outline-success ms-auto accept-rest" data-accept="NEUTROPHIL"' in gallery
 
 
+def test_worklist_and_specimen_list_badge_the_alarmed_specimen_only(reviewer_client, alarmed, quiet, user):
+    few, _ = _specimen(user, "CHK-FEW", classified=0, unidentified=9)  # too few cells to judge
+    badge = re.compile(r'<tr data-accession="([^"]+)">.*?</tr>', re.S)
+    worklist = reviewer_client.get(reverse("review-worklist")).content.decode()
+    rows = {m.group(1): m.group(0) for m in badge.finditer(worklist)}
+    assert set(rows) == {"CHK-ALARM", "CHK-QUIET", "CHK-FEW"}
+    assert {a for a, row in rows.items() if "specimen-check-badge" in row} == {"CHK-ALARM"}
+    assert (
+        f'title="Specimen check: {ALARM_AT} of 10 cells flagged by the model (alarm at {ALARM_AT}); review '
+        'every cell one by one"' in rows["CHK-ALARM"]
+    )
+    listed = reviewer_client.get(reverse("specimen-list")).content.decode()
+    rows = re.findall(r'<tr>\s*<td class="accession-cell"><a href="[^"]+">([^<]+)</a>.*?</tr>', listed, re.S)
+    assert sorted(rows) == ["CHK-ALARM", "CHK-FEW", "CHK-QUIET"]
+    assert listed.count("specimen-check-badge") == 1
+    alarmed_row = listed[listed.index(">CHK-ALARM<"):]
+    assert "specimen-check-badge" in alarmed_row[: alarmed_row.index("</tr>")]
+
+
 # ---------------------------------------------------------------- review
 
 
@@ -221,6 +241,17 @@ def test_pdf_and_csv_carry_one_line_when_alarmed(client, user, alarmed, quiet):
     assert rows[-1] == [COMMENT]
     quiet_csv = client.get(reverse("specimen-report-csv", args=["CHK-QUIET"])).content.decode()
     assert len(list(csv.reader(io.StringIO(quiet_csv)))) == 1 + 10
+
+
+def test_the_specimens_csv_ends_each_row_with_the_check(client, user, alarmed, quiet):
+    _specimen(user, "CHK-FEW", classified=0, unidentified=9)
+    client.force_login(user)
+    export = client.get(reverse("specimen-export"), {"start": "2000-01-01", "end": "2999-12-31"})
+    rows = list(csv.reader(io.StringIO(export.content.decode())))
+    assert rows[0][-3:] == ["signed_by", "signed_at", "specimen_check"]
+    assert {row[0]: row[-1] for row in rows[1:]} == {
+        "CHK-ALARM": "alarm", "CHK-QUIET": "clear", "CHK-FEW": "not_judged"
+    }
 
 
 def test_fhir_conclusion_and_hl7_note_carry_it(tech_api, alarmed):

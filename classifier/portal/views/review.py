@@ -41,7 +41,7 @@ def _require_reviewer(request) -> None:
 def worklist_view(request):
     """Specimens awaiting review, oldest first, with counts, flags and progress."""
     _require_reviewer(request)
-    specimens = list(specimen_selectors.specimen_worklist(user=request.user)[:200])
+    specimens = specimen_selectors.check_listed(specimen_selectors.specimen_worklist(user=request.user)[:200])
     for specimen in specimens:
         specimen.n_reviewed = specimen.n_cells - specimen.n_unreviewed
         specimen.progress = round(100 * specimen.n_reviewed / specimen.n_cells)

@@ -36,7 +36,7 @@ class SpecimenListView(ListView):
 
     def get_queryset(self):
         return (
-            specimen_selectors.specimen_list(user=self.request.user)
+            specimen_selectors.with_check_counts(specimen_selectors.specimen_list(user=self.request.user))
             .annotate(
                 n_cells=Count("cells"),
                 n_unreviewed=Count("cells", filter=Q(cells__review_state=ReviewState.UNREVIEWED)),
@@ -52,6 +52,7 @@ class SpecimenListView(ListView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
+        context["specimens"] = specimen_selectors.check_listed(context["specimens"])
         context["range_form"] = self.kwargs.get("range_form") or DateRangeForm()
         context["can_submit"] = can_submit(self.request.user)
         return context
