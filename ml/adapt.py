@@ -72,7 +72,8 @@ def adapt_batchnorm(model, train_crops: np.ndarray, lab_crops: np.ndarray, batch
         bn.moving_mean.assign(new_mean.astype(np.float32))
         bn.moving_variance.assign(new_var.astype(np.float32))
         if k % 10 == 0 or k == len(bns) - 1:
-            log(f"  {bn.name}: mean shift {np.abs(mu_t - mu_s).mean():.3f}, spread ratio {np.median(ratio):.3f}")
+            shift = np.abs(mu_t - mu_s).mean()
+            log(f"  {bn.name}: mean shift {shift:.3f}, spread ratio {np.median(ratio):.3f}")
     return len(bns)
 
 

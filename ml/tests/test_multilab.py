@@ -124,7 +124,8 @@ def test_radial_profile_groups_rotated_copies():
 
 
 def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
-    """Tiny BCCD run: cache, fit (1 epoch at 48 px), calibrate, bundle, serve through the predictor."""
+    """Tiny BCCD run: cache, fit (1 epoch at 48 px), calibrate, bundle, serve through the predictor,
+    adapt (``ml.adapt``)."""
     from ml import cropcache, multieval, multifit
     from ml.predictor import load_predictor
 
@@ -154,6 +155,27 @@ def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
     assert check["base_rate"] == pytest.approx(pred.specimen_rule.base_rate)
     assert check["flagged_with_check"] in (f["flagged"], 1.0)
     assert check["silent_error_with_check"] in (f["silent_error"], 0.0)
+
+    # ml.adapt on the bundle (to BCCD's own cells): a new bundle, the adaptation recorded, the
+    # source bundle unchanged, an existing --out refused.
+    from ml import adapt
+
+    model_bytes = (tmp_path / "model" / "hematovision_wbc.keras").read_bytes()
+    args = ["--bundle", str(tmp_path / "model"), "--cache", str(tmp_path / "cache"), "--train-sources",
+            "bccd", "--lab", "bccd", "--out", str(tmp_path / "adapted"), "--n", "8"]
+    assert adapt.main(args) == 0
+    new = json.loads((tmp_path / "adapted" / "model_card.json").read_text())
+    assert new["version"] != card["version"]
+    assert new["adaptation"] == {
+        "method": "ml.adapt (BatchNorm statistics, relative to the training labs')",
+        "from_version": card["version"], "lab": "bccd", "train_sources": ["bccd"],
+        "n_train_crops": 8, "n_lab_crops": 8, "seed": 0, "layers": 49, "labels_read": False,
+    }
+    assert (tmp_path / "model" / "hematovision_wbc.keras").read_bytes() == model_bytes
+    adapted = load_predictor(tmp_path / "adapted" / "hematovision_wbc.keras", backend="keras")
+    assert adapted.version == new["version"]
+    assert sum(adapted.predict_one(rgb).probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert adapt.main(args) == 2  # refuses to overwrite
 
 
 def test_training_views_zoom_out_past_the_cached_margin_by_mirroring():
