@@ -77,16 +77,8 @@ def adapt_batchnorm(model, train_crops: np.ndarray, lab_crops: np.ndarray, batch
     return len(bns)
 
 
-def canonical_fields(crops: np.ndarray, margin: float) -> np.ndarray:
-    """The canonical field (the centre 1/margin) of each cached crop: what the network reads."""
-    n = crops.shape[1]
-    side = int(round(n / margin))
-    o = (n - side) // 2
-    return np.ascontiguousarray(crops[:, o : o + side, o : o + side])
-
-
 def main(argv: list[str] | None = None) -> int:
-    from ml.cropcache import CACHE_MARGIN
+    from ml.cropcache import centre_field
     from ml.multifit import FitConfig, load_sides
 
     ap = argparse.ArgumentParser(prog="python -m ml.adapt", description=__doc__.split("\n\n")[0])
@@ -102,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     src, out = Path(a.bundle), Path(a.out)
+    if out.exists():
+        print(f"{out} exists; refusing to overwrite", file=sys.stderr)
+        return 2
     data = load_sides(Path(a.cache), FitConfig())  # the two-lab recipe's sides: val never read here
     meta, rng = data.meta, np.random.default_rng(a.seed)
 
@@ -110,17 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         return np.sort(rng.choice(rows, min(a.n, len(rows)), replace=False))
 
     train_rows, lab_rows = pick(a.train_sources.split(",")), pick([a.lab])
-    if out.exists():
-        print(f"{out} exists; refusing to overwrite", file=sys.stderr)
-        return 2
     shutil.copytree(src, out)
     card_path = out / "model_card.json"
     card = json.loads(card_path.read_text())
     model = keras.saving.load_model(out / card["model_file"], compile=False)
     n = adapt_batchnorm(
         model,
-        canonical_fields(data.crops[train_rows], CACHE_MARGIN),
-        canonical_fields(data.crops[lab_rows], CACHE_MARGIN),
+        centre_field(data.crops[train_rows], card["input"]["input_size"]),  # as the network reads them
+        centre_field(data.crops[lab_rows], card["input"]["input_size"]),
     )
     model.save(out / card["model_file"])
     card["adaptation"] = {

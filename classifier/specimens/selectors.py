@@ -14,12 +14,15 @@ from classifier.cells.classes import CODES
 from classifier.models import Classification, ReviewState, Specimen, Status
 from classifier.permissions import can_read_all, can_review, can_submit
 
+# The cells the specimen check judges: those the model has read (pending ones not yet).
+READ_BY_MODEL = (Status.CLASSIFIED, Status.UNIDENTIFIED)
+
 
 def with_check_counts(specimens: QuerySet[Specimen]) -> QuerySet[Specimen]:
     """``specimens`` annotated with the specimen check's counts (as ``specimen_check`` counts them):
     ``n_read`` cells the model has read, ``n_model_flagged`` of them it left unidentified."""
     return specimens.annotate(
-        n_read=Count("cells", filter=Q(cells__status__in=(Status.CLASSIFIED, Status.UNIDENTIFIED))),
+        n_read=Count("cells", filter=Q(cells__status__in=READ_BY_MODEL)),
         n_model_flagged=Count("cells", filter=Q(cells__status=Status.UNIDENTIFIED)),
     )
 
@@ -123,7 +126,7 @@ def specimen_check(*, cells) -> inference.SpecimenVerdict:
     """The specimen check (``inference.specimen_check``) of a specimen's ``cells``: those the model has
     read (classified or unidentified; pending ones are not), and of them those the model flagged
     (status unidentified, whatever a reviewer did since)."""
-    read = [c for c in cells if c.status in (Status.CLASSIFIED, Status.UNIDENTIFIED)]
+    read = [c for c in cells if c.status in READ_BY_MODEL]
     flagged = sum(1 for c in read if c.status == Status.UNIDENTIFIED)
     return inference.specimen_check(cells=len(read), flagged=flagged)
 

@@ -3,7 +3,7 @@ line, on a tiny trained bundle: ``test_multilab.test_multilab_cache_fit_and_serv
 
 import numpy as np
 
-from ml.adapt import adapt_batchnorm, canonical_fields
+from ml.adapt import adapt_batchnorm
 
 
 def _model():
@@ -43,12 +43,4 @@ def test_adapting_to_the_training_lab_itself_changes_nothing():
     before = np.asarray(model(train))
     adapt_batchnorm(model, train, train, batch=16, log=lambda *_: None)
     np.testing.assert_allclose(np.asarray(model(train)), before, atol=1e-4)
-
-
-def test_canonical_fields_cut_the_centre_of_cached_crops():
-    crops = np.zeros((2, 10, 10, 3), np.uint8)
-    crops[:, 1:9, 1:9] = 7
-    fields = canonical_fields(crops, 1.25)
-    assert fields.shape == (2, 8, 8, 3)
-    assert (fields == 7).all()
 
