@@ -52,6 +52,7 @@ class FitConfig:
     max_unidentified_val: float = 0.03  # flag budget on validation
     seed: int = 1
     stain: str = "none"  # "reinhard": a stain-normalising first layer (ml.stain), reference from training
+    ood_score: str = "knn"  # out-of-distribution score (ml.ood): "knn" (shipped) or "mahalanobis"
 
 
 def validation_mask(meta: dict, cfg: FitConfig) -> np.ndarray:
@@ -257,8 +258,12 @@ def calibrate(model, classes: list[str], data: FitData, cfg: FitConfig) -> Calib
     rng = np.random.default_rng(cfg.seed)
     sub = rng.choice(np.flatnonzero(train), min(4000, int(train.sum())), replace=False)
     ft, _ = features_and_probs(model, centre_field(crops[sub], cfg.input_size), 1)
-    yt = np.array([idx[CLASSES[i]] for i in meta["labels"][sub]])
-    stats = ood.fit(ft, yt, len(classes))
+    if cfg.ood_score == "knn":
+        stats = ood.fit_knn(ft)
+    elif cfg.ood_score == "mahalanobis":
+        stats = ood.fit(ft, np.array([idx[CLASSES[i]] for i in meta["labels"][sub]]), len(classes))
+    else:
+        raise ValueError(f"unknown out-of-distribution score {cfg.ood_score!r} (knn or mahalanobis)")
     dv = ood.distance(stats, fv)
     # Each source weighs the same in the calibration (BCCD's validation side is larger and has four
     # of the eight classes): the larger side is subsampled to the smaller's size.
@@ -269,7 +274,7 @@ def calibrate(model, classes: list[str], data: FitData, cfg: FitConfig) -> Calib
     )
     temperature, bias = fit_calibration(pv[keep], yv[keep], True)
     cal = ood.calibrate(pv, temperature, bias)
-    thresholds = ood.choose_thresholds(dv, cal.max(1), cfg.max_unidentified_val)
+    thresholds = ood.choose_thresholds(dv, cal.max(1), cfg.max_unidentified_val, score=cfg.ood_score)
     flagged = ood.flagged(dv, cal.max(1), thresholds)
     metrics = {
         "calibrated": figures(yv, cal, flagged, classes),
@@ -339,6 +344,7 @@ def _card(name: str, fitted: Fitted, c: Calibration, data: FitData, cfg: FitConf
         "class_bias": ood.class_bias_record(classes, c.bias),
         "thresholds": c.thresholds,
         "ood_stats_file": "ood_stats.npz",
+        "ood_score": ood.describe(c.stats),
         "config": asdict(cfg) | {"sources": list(cfg.sources)},
         "data": _data_record(classes, data, cfg),
         "validation_metrics": c.metrics,
@@ -373,3 +379,29 @@ def _data_record(classes: list[str], data: FitData, cfg: FitConfig) -> dict:
             "ml.cropcache.bccd_groups); test splits never read in training or calibration"
         ),
     }
+
+
+def refinish(model_dir: Path, cache_dir: Path, out: Path, ood_score: str, log=print) -> dict:
+    """A fitted multi-lab bundle calibrated again (``finish``) with another out-of-distribution score,
+    the network unchanged: its own recipe (the card's ``config``) on the cache it was trained from."""
+    from ml.bundle import load_bundle  # loads Keras
+
+    if out.exists():
+        raise ValueError(f"{out} exists: refinish writes a new bundle")
+    card = json.loads((model_dir / "model_card.json").read_text())
+    known = set(FitConfig.__dataclass_fields__)
+    recipe = {k: v for k, v in card["config"].items() if k in known}
+    cfg = FitConfig(**(recipe | {"sources": tuple(recipe["sources"]), "ood_score": ood_score}))
+    data = load_sides(cache_dir, cfg, log)
+    if data.cinfo["fingerprint"] != card["data"]["cache_fingerprint"]:
+        raise ValueError(
+            f"cache {cache_dir} is {data.cinfo['fingerprint']}, the bundle was fitted on "
+            f"{card['data']['cache_fingerprint']}"
+        )
+    model, _, _ = load_bundle(model_dir / card["model_file"])
+    fitted = Fitted(model, list(card["classes"]), card["history"], card["train_seconds"], card.get("stain"))
+    new = finish(fitted, data, cfg, out, log=log)
+    new |= {"trained_at": card.get("trained_at"), "refinished_from": card["version"]}
+    new["refinished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    (out / "model_card.json").write_text(json.dumps(new, indent=2))  # not serving keys: same version
+    return new

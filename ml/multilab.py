@@ -9,6 +9,9 @@
     # 3. held-out test figures per source, through the served predictor (one look per candidate)
     python -m ml.multilab evaluate --model var/models/multilab --cache var/mlcache --sources bccd,pbc
 
+A fitted bundle calibrated again with another out-of-distribution score (``ml.ood``), the network
+unchanged: ``refinish --model D --cache C --out D2 --ood-score knn`` (then ``python -m ml.oodcal``).
+
 Leave one lab out (the figure that predicts a new lab): ``fit --sources pbc`` then
 ``evaluate --sources bccd``, and ``fit --sources bccd`` then ``evaluate --sources pbc``.
 
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from ml.cropcache import CACHE_SIZE, cache
 from ml.multieval import evaluate, record_test
-from ml.multifit import FitConfig, fit, load_sides
+from ml.multifit import FitConfig, fit, load_sides, refinish
 
 
 def main(argv=None) -> int:
@@ -52,6 +55,13 @@ def main(argv=None) -> int:
                    help="log-uniform zoom range of the training views; shipped: 0.18")
     f.add_argument("--stain", choices=("none", "reinhard"), default=FitConfig.stain,
                    help="stain normalisation layer (ml.stain); shipped: none")
+    f.add_argument("--ood-score", choices=("knn", "mahalanobis"), default=FitConfig.ood_score,
+                   help="out-of-distribution score (ml.ood); shipped: knn")
+    r = sub.add_parser("refinish", help="calibrate a fitted bundle again with another OOD score")
+    r.add_argument("--model", required=True, help="bundle folder written by fit")
+    r.add_argument("--cache", required=True, help="the crop cache it was fitted on")
+    r.add_argument("--out", required=True, help="new bundle folder (must not exist)")
+    r.add_argument("--ood-score", choices=("knn", "mahalanobis"), default=FitConfig.ood_score)
     e = sub.add_parser("evaluate", help="test figures per source through the served predictor")
     e.add_argument("--model", required=True, help="bundle folder")
     e.add_argument("--cache", required=True)
@@ -82,8 +92,15 @@ def main(argv=None) -> int:
             bccd_per_epoch=a.bccd_per_epoch,
             stain=a.stain,
             scale_jitter=a.scale_jitter,
+            ood_score=a.ood_score,
         )
         fit(Path(a.cache), Path(a.out), cfg)
+    elif a.cmd == "refinish":
+        try:
+            refinish(Path(a.model), Path(a.cache), Path(a.out), a.ood_score)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     else:
         if a.split == "val" and a.update_card:
             ap.error("--update-card records test figures only")

@@ -32,6 +32,10 @@ from ml.predictor import Predictor
 MARGIN = 0.95  # threshold at most 95 % of the smallest calibration distance
 MAX_IN_DIST = 0.02  # ...but never flag more than 2 % of in-distribution images by distance alone
 SIZE = (320, 240)  # the reference field
+_BASE_RULE = {
+    "mahalanobis": "99th percentile x 1.1 of out-of-fold distances",
+    "knn": f"the {ood.KNN_QUANTILE:.0%} quantile of out-of-fold distances",
+}
 
 
 def calibration_images(seed: int = 0) -> dict[str, np.ndarray]:
@@ -126,14 +130,15 @@ def apply(bundle: Path, log=print) -> dict:
         raise ValueError(f"{bundle}/val_predictions.npz has no ood_distance (a bundle from ml.crossval)")
     in_dist, probs, labels = val["ood_distance"], val["probs"], val["labels"]
     model, card0, stats = load_bundle(bundle / card["model_file"])
+    score = ood.method(stats) if stats is not None else "mahalanobis"
     predictor = Predictor(model, card0, stats, bundle / card["model_file"], backend="keras")
     images = calibration_images()
     dist, gated = outlier_distances(predictor, images)
-    base = ood.in_distribution_threshold(in_dist)
+    base = ood.in_distribution_threshold(in_dist, score)
     t = choose_ood_threshold(in_dist, base, np.array(list(dist.values())))
     budget = card["config"].get("max_unidentified_val", TrainConfig.max_unidentified_val)
     conf = ood.calibrate(probs, card["temperature"], ood.card_class_bias(card)).max(1)
-    thresholds = ood.choose_thresholds(in_dist, conf, budget, ood_threshold=t)
+    thresholds = ood.choose_thresholds(in_dist, conf, budget, ood_threshold=t, score=score)
     flagged = ood.flagged(in_dist, conf, thresholds)
     missed = sorted(n for n, v in dist.items() if v <= thresholds["ood_distance"])
     card["ood_calibration"] = {
@@ -143,8 +148,9 @@ def apply(bundle: Path, log=print) -> dict:
         "smallest_distance": min(dist.values()) if dist else None,
         "distances": {n: round(v, 4) for n, v in sorted(dist.items(), key=lambda kv: kv[1])},
         "missed_at_threshold": missed,
-        "rule": f"min(99th percentile x 1.1 of out-of-fold distances = {base:.3f}, {MARGIN} x smallest "
-        f"calibration distance), floored at the {1 - MAX_IN_DIST:.0%} quantile of out-of-fold distances",
+        "rule": f"min(in-distribution threshold ({score}: {_BASE_RULE[score]}) = {base:.3f}, {MARGIN} x "
+        f"smallest calibration distance), floored at the {1 - MAX_IN_DIST:.0%} quantile of out-of-fold "
+        "distances",
         "thresholds_before": card["thresholds"],
         "command": "python -m ml.oodcal " + " ".join(sys.argv[1:]),
     }
