@@ -259,7 +259,7 @@ def calibrate(model, classes: list[str], data: FitData, cfg: FitConfig) -> Calib
     sub = rng.choice(np.flatnonzero(train), min(4000, int(train.sum())), replace=False)
     ft, _ = features_and_probs(model, centre_field(crops[sub], cfg.input_size), 1)
     if cfg.ood_score == "knn":
-        stats = ood.fit_knn(ft)
+        stats = ood.fit_knn(ft, min(ood.KNN_K, len(ft)))  # a tiny training side: its size
     elif cfg.ood_score == "mahalanobis":
         stats = ood.fit(ft, np.array([idx[CLASSES[i]] for i in meta["labels"][sub]]), len(classes))
     else:
@@ -400,6 +400,7 @@ def refinish(model_dir: Path, cache_dir: Path, out: Path, ood_score: str, log=pr
         )
     model, _, _ = load_bundle(model_dir / card["model_file"])
     fitted = Fitted(model, list(card["classes"]), card["history"], card["train_seconds"], card.get("stain"))
+    out.mkdir(parents=True)
     new = finish(fitted, data, cfg, out, log=log)
     new |= {"trained_at": card.get("trained_at"), "refinished_from": card["version"]}
     new["refinished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

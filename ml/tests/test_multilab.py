@@ -140,6 +140,12 @@ def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
     on_disk = json.loads((tmp_path / "model" / "model_card.json").read_text())
     assert on_disk["version"] == card["version"]
     assert on_disk["data"]["per_source"]["bccd"]["train"] + on_disk["data"]["per_source"]["bccd"]["val"] == 24
+    n_train = on_disk["data"]["per_source"]["bccd"]["train"]
+    # The shipped out-of-distribution score: k-NN over the training side (all of it here, < 4,000).
+    assert on_disk["ood_score"] == {"method": "knn", "k": 10, "training_sample": n_train}
+    with np.load(tmp_path / "model" / "ood_stats.npz") as z:
+        assert sorted(z.files) == ["knn_bank", "knn_k"]
+        assert z["knn_bank"].shape == (n_train, 1280)
     pred = load_predictor(tmp_path / "model" / "hematovision_wbc.keras", backend="keras")
     rgb = _rgb(FIXTURES / "EOSINOPHIL_1.jpeg")
     p = pred.predict_one(rgb)
@@ -176,6 +182,25 @@ def test_multilab_cache_fit_and_serve_end_to_end(tmp_path):
     assert adapted.version == new["version"]
     assert sum(adapted.predict_one(rgb).probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert adapt.main(args) == 2  # refuses to overwrite
+
+    # multilab refinish: the same network calibrated again with the other score (what older bundles
+    # hold); a new version, the source bundle unchanged, an existing --out refused.
+    from ml import multilab
+
+    args = ["refinish", "--model", str(tmp_path / "model"), "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "maha"), "--ood-score", "mahalanobis"]
+    assert multilab.main(args) == 0
+    maha = json.loads((tmp_path / "maha" / "model_card.json").read_text())
+    assert maha["ood_score"] == {"method": "mahalanobis", "components": 64}
+    assert maha["config"]["ood_score"] == "mahalanobis"
+    assert maha["refinished_from"] == card["version"] and maha["version"] != card["version"]
+    assert maha["history"] == card["history"] and maha["trained_at"] == card["trained_at"]
+    assert (tmp_path / "model" / "hematovision_wbc.keras").read_bytes() == model_bytes
+    served = load_predictor(tmp_path / "maha" / "hematovision_wbc.keras", backend="keras")
+    assert served.version == maha["version"]  # the rewritten card keeps a version its files hash to
+    again = served.predict_one(rgb)
+    assert again.probabilities == pytest.approx(p.probabilities, abs=1e-4)  # same network
+    assert multilab.main(args) == 2  # refuses to overwrite
 
 
 def test_training_views_zoom_out_past_the_cached_margin_by_mirroring():
