@@ -208,6 +208,9 @@ def model_summary(card: dict) -> dict:
             "training_class_fractions": {c: n / total for c, n in per_class.items()} if total else None,
         },
         "thresholds": card.get("thresholds"),
+        # What ``ood_distance`` measures: "knn" (cosine distance to the k-th nearest training cell) or
+        # "mahalanobis" (older bundles, whose cards do not say); None without a feature check.
+        "ood_score": card.get("ood_score") or ({"method": "mahalanobis"} if card.get("ood_stats_file") else None),
         "validation": validation,
         "test": _test_figures(test),
     }

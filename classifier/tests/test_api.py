@@ -703,6 +703,7 @@ def test_model_endpoint_describes_the_serving_model(tech_api):
             "training_class_fractions": None,
         },
         "thresholds": None,
+        "ood_score": None,
         "validation": None,
         "test": None,
     }

@@ -62,6 +62,7 @@ def test_model_endpoint_with_the_shipped_model(api_client, user, settings):
     assert list(body["calibration"]["class_bias"]) == list(card["classes"])
     assert sum(body["calibration"]["training_class_fractions"].values()) == pytest.approx(1.0)
     assert body["thresholds"] == card["thresholds"]
+    assert body["ood_score"] == card["ood_score"]
     assert body["validation"]["estimate"] == "calibrated"
     assert body["validation"]["accuracy"] == card["validation_metrics"]["calibrated"]["accuracy"]
     test = card["test_metrics"]

@@ -50,6 +50,11 @@ def test_model_summary_of_the_shipped_card():
     )
     assert s["calibration"]["class_bias"] == card["class_bias"]
     assert s["thresholds"] == card["thresholds"]
+    assert s["ood_score"] == card["ood_score"]
+    assert s["ood_score"]["method"] == "knn"
+    older = {k: v for k, v in card.items() if k != "ood_score"}  # a card from before the k-NN score
+    assert model_summary(older)["ood_score"] == {"method": "mahalanobis"}
+    assert model_summary(older | {"ood_stats_file": None})["ood_score"] is None
     cal = card["validation_metrics"]["calibrated"]
     assert s["validation"] == {
         "n_images": cal["n_images"],
