@@ -154,9 +154,10 @@ MODEL_EXAMPLE = {
         }
     },
     "thresholds": {
-        "ood_distance": 3.058,
-        "min_confidence": 0.509
+        "ood_distance": 0.231,
+        "min_confidence": 0.531
     },
+    "ood_score": {"method": "knn", "k": 10, "training_sample": 4000},
     "validation": {
         "n_images": 2914,
         "accuracy": 0.939,
