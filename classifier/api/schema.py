@@ -110,7 +110,7 @@ FHIR_BUNDLE = inline_serializer(
 # The shipped eight-class, two-lab bundle's summary (ml/artifacts/model_card.json), rounded.
 MODEL_EXAMPLE = {
     "name": "hematovision_wbc",
-    "version": "b9ece2d3226d2dda",
+    "version": "15fb4462d633763d",
     "classes": [
         "NEUTROPHIL",
         "EOSINOPHIL",
@@ -122,32 +122,32 @@ MODEL_EXAMPLE = {
         "PLATELET"
     ],
     "backbone": "efficientnet_lite0",
-    "input_size": 112,
+    "input_size": 160,
     "tta_views": 4,
-    "trained_at": "2026-12-04T16:24:40+0000",
+    "trained_at": "2026-12-04T19:39:58+0000",
     "training_sources": [
         "bccd",
         "pbc"
     ],
     "calibration": {
         "method": "softmax(log p / temperature + class_bias)",
-        "temperature": 0.641,
+        "temperature": 0.586,
         "class_bias": {
-            "NEUTROPHIL": 0.1,
-            "EOSINOPHIL": 0.761,
-            "BASOPHIL": -0.731,
-            "LYMPHOCYTE": -0.704,
-            "MONOCYTE": 0.787,
-            "IG": -0.066,
-            "ERYTHROBLAST": 0.108,
-            "PLATELET": -0.255
+            "NEUTROPHIL": 0.156,
+            "EOSINOPHIL": 1.129,
+            "BASOPHIL": -0.709,
+            "LYMPHOCYTE": -1.307,
+            "MONOCYTE": 0.777,
+            "IG": -0.39,
+            "ERYTHROBLAST": 0.354,
+            "PLATELET": -0.01
         },
         "training_class_fractions": {
-            "NEUTROPHIL": 0.217,
-            "EOSINOPHIL": 0.21,
+            "NEUTROPHIL": 0.218,
+            "EOSINOPHIL": 0.211,
             "BASOPHIL": 0.042,
-            "LYMPHOCYTE": 0.144,
-            "MONOCYTE": 0.152,
+            "LYMPHOCYTE": 0.145,
+            "MONOCYTE": 0.149,
             "IG": 0.101,
             "ERYTHROBLAST": 0.054,
             "PLATELET": 0.081
@@ -157,55 +157,59 @@ MODEL_EXAMPLE = {
         "ood_distance": 0.231,
         "min_confidence": 0.531
     },
-    "ood_score": {"method": "knn", "k": 10, "training_sample": 4000},
+    "ood_score": {
+        "method": "knn",
+        "k": 10,
+        "training_sample": 4000
+    },
     "validation": {
-        "n_images": 2914,
-        "accuracy": 0.939,
-        "macro_f1": 0.955,
+        "n_images": 2957,
+        "accuracy": 0.952,
+        "macro_f1": 0.963,
         "recall": {
-            "NEUTROPHIL": 0.899,
-            "EOSINOPHIL": 0.894,
-            "BASOPHIL": 0.99,
-            "LYMPHOCYTE": 0.975,
-            "MONOCYTE": 0.972,
-            "IG": 0.935,
-            "ERYTHROBLAST": 0.976,
-            "PLATELET": 1.0
+            "NEUTROPHIL": 0.919,
+            "EOSINOPHIL": 0.907,
+            "BASOPHIL": 0.979,
+            "LYMPHOCYTE": 0.99,
+            "MONOCYTE": 0.983,
+            "IG": 0.957,
+            "ERYTHROBLAST": 0.968,
+            "PLATELET": 0.995
         },
         "estimate": "calibrated",
-        "flagged_rate": 0.03
+        "flagged_rate": 0.028
     },
     "test": {
         "per_source": {
             "bccd": {
                 "n_images": 2487,
-                "accuracy": 0.857,
-                "macro_f1": 0.859,
+                "accuracy": 0.865,
+                "macro_f1": 0.867,
                 "recall": {
-                    "NEUTROPHIL": 0.859,
-                    "EOSINOPHIL": 0.872,
-                    "LYMPHOCYTE": 0.995,
-                    "MONOCYTE": 0.702
+                    "NEUTROPHIL": 0.88,
+                    "EOSINOPHIL": 0.883,
+                    "LYMPHOCYTE": 1.0,
+                    "MONOCYTE": 0.698
                 },
-                "flagged_rate": 0.084,
-                "silent_error_rate": 0.112
+                "flagged_rate": 0.137,
+                "silent_error_rate": 0.071
             },
             "pbc": {
                 "n_images": 3405,
-                "accuracy": 0.974,
-                "macro_f1": 0.97,
+                "accuracy": 0.978,
+                "macro_f1": 0.976,
                 "recall": {
-                    "NEUTROPHIL": 0.963,
-                    "EOSINOPHIL": 0.99,
+                    "NEUTROPHIL": 0.973,
+                    "EOSINOPHIL": 0.992,
                     "BASOPHIL": 0.988,
-                    "LYMPHOCYTE": 0.965,
-                    "MONOCYTE": 0.992,
-                    "IG": 0.967,
-                    "ERYTHROBLAST": 0.929,
-                    "PLATELET": 0.992
+                    "LYMPHOCYTE": 0.983,
+                    "MONOCYTE": 0.988,
+                    "IG": 0.957,
+                    "ERYTHROBLAST": 0.958,
+                    "PLATELET": 0.99
                 },
-                "flagged_rate": 0.027,
-                "silent_error_rate": 0.019
+                "flagged_rate": 0.018,
+                "silent_error_rate": 0.016
             }
         }
     }
