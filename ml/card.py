@@ -210,7 +210,8 @@ def model_summary(card: dict) -> dict:
         "thresholds": card.get("thresholds"),
         # What ``ood_distance`` measures: "knn" (cosine distance to the k-th nearest training cell) or
         # "mahalanobis" (older bundles, whose cards do not say); None without a feature check.
-        "ood_score": card.get("ood_score") or ({"method": "mahalanobis"} if card.get("ood_stats_file") else None),
+        "ood_score": card.get("ood_score")
+        or ({"method": "mahalanobis"} if card.get("ood_stats_file") else None),
         "validation": validation,
         "test": _test_figures(test),
     }

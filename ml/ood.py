@@ -73,7 +73,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def knn_distance(stats: dict, feats: np.ndarray, chunk: int = 256) -> np.ndarray:
     """1 - cosine similarity to the k-th nearest row of the training sample, per row of ``feats``."""
-    bank = np.asarray(stats["knn_bank"], np.float32)
+    bank = np.asarray(stats["knn_bank"], np.float32)  # no copy when loaded (``load``)
     k = int(stats["knn_k"])
     x = _unit(feats)
     out = np.empty(len(x), np.float32)
@@ -101,8 +101,13 @@ def save(stats: dict, path: Path) -> None:
 
 
 def load(path: Path) -> dict:
+    """Statistics saved by ``save``; a k-NN sample (stored as float16) comes back as float32 once, so
+    that serving does not convert it on every call."""
     with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+        stats = {k: z[k] for k in z.files}
+    if "knn_bank" in stats:
+        stats["knn_bank"] = stats["knn_bank"].astype(np.float32)
+    return stats
 
 
 def calibrate(probs: np.ndarray, temperature: float, class_bias=None) -> np.ndarray:

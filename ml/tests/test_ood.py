@@ -19,7 +19,8 @@ def test_knn_distance_is_the_cosine_distance_to_the_kth_nearest_training_cell():
     train = rng.normal(size=(300, 32)).astype(np.float32) * rng.uniform(0.5, 3, (300, 1))  # any norm
     x = rng.normal(size=(70, 32)).astype(np.float32)
     stats = ood.fit_knn(train, k=7)
-    assert stats["knn_bank"].dtype == np.float16 and stats["knn_bank"].shape == (300, 32)
+    assert stats["knn_bank"].dtype == np.float16
+    assert stats["knn_bank"].shape == (300, 32)
     assert np.linalg.norm(stats["knn_bank"].astype(np.float32), axis=1) == pytest.approx(1.0, abs=1e-3)
     assert ood.method(stats) == "knn"
     assert ood.describe(stats) == {"method": "knn", "k": 7, "training_sample": 300}
@@ -30,6 +31,18 @@ def test_knn_distance_is_the_cosine_distance_to_the_kth_nearest_training_cell():
     near = ood.distance(ood.fit_knn(train, k=1), train[:5])
     assert near == pytest.approx(np.zeros(5), abs=2e-3)
     assert ood.distance(stats, -train[:5]).min() > 0.5
+
+
+def test_knn_statistics_round_trip_through_the_bundle_file(tmp_path):
+    rng = np.random.default_rng(3)
+    stats = ood.fit_knn(rng.normal(size=(50, 8)), k=3)
+    ood.save(stats, tmp_path / "ood_stats.npz")
+    back = ood.load(tmp_path / "ood_stats.npz")
+    assert back["knn_bank"].dtype == np.float32  # upcast once, at load
+    assert np.array_equal(back["knn_bank"], stats["knn_bank"].astype(np.float32))
+    assert ood.describe(back) == {"method": "knn", "k": 3, "training_sample": 50}
+    x = rng.normal(size=(5, 8))
+    assert ood.distance(back, x) == pytest.approx(ood.distance(stats, x), abs=1e-6)
 
 
 def test_knn_threshold_is_the_validation_quantile_and_mahalanobis_keeps_its_rule():
