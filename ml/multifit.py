@@ -54,6 +54,12 @@ class FitConfig:
     stain: str = "none"  # "reinhard": a stain-normalising first layer (ml.stain), reference from training
     ood_score: str = "knn"  # out-of-distribution score (ml.ood): "knn" (shipped) or "mahalanobis"
 
+    def __post_init__(self) -> None:
+        # Checked here, not after an hour of training when calibration reads it.
+        if self.ood_score not in ood.SCORES:
+            known = " or ".join(ood.SCORES)
+            raise ValueError(f"unknown out-of-distribution score {self.ood_score!r} ({known})")
+
 
 def validation_mask(meta: dict, cfg: FitConfig) -> np.ndarray:
     """Validation rows of the training sides: PBC by file, BCCD by source-field group; per class.
@@ -258,12 +264,10 @@ def calibrate(model, classes: list[str], data: FitData, cfg: FitConfig) -> Calib
     rng = np.random.default_rng(cfg.seed)
     sub = rng.choice(np.flatnonzero(train), min(4000, int(train.sum())), replace=False)
     ft, _ = features_and_probs(model, centre_field(crops[sub], cfg.input_size), 1)
-    if cfg.ood_score == "knn":
+    if cfg.ood_score == "knn":  # FitConfig admits only ood.SCORES
         stats = ood.fit_knn(ft, min(ood.KNN_K, len(ft)))  # a tiny training side: its size
-    elif cfg.ood_score == "mahalanobis":
-        stats = ood.fit(ft, np.array([idx[CLASSES[i]] for i in meta["labels"][sub]]), len(classes))
     else:
-        raise ValueError(f"unknown out-of-distribution score {cfg.ood_score!r} (knn or mahalanobis)")
+        stats = ood.fit(ft, np.array([idx[CLASSES[i]] for i in meta["labels"][sub]]), len(classes))
     dv = ood.distance(stats, fv)
     # Each source weighs the same in the calibration (BCCD's validation side is larger and has four
     # of the eight classes): the larger side is subsampled to the smaller's size.

@@ -29,6 +29,7 @@ import json
 import sys
 from pathlib import Path
 
+from ml import ood
 from ml.cropcache import CACHE_SIZE, cache
 from ml.multieval import evaluate, record_test
 from ml.multifit import FitConfig, fit, load_sides, refinish
@@ -55,13 +56,13 @@ def main(argv=None) -> int:
                    help="log-uniform zoom range of the training views; shipped: 0.18")
     f.add_argument("--stain", choices=("none", "reinhard"), default=FitConfig.stain,
                    help="stain normalisation layer (ml.stain); shipped: none")
-    f.add_argument("--ood-score", choices=("knn", "mahalanobis"), default=FitConfig.ood_score,
+    f.add_argument("--ood-score", choices=ood.SCORES, default=FitConfig.ood_score,
                    help="out-of-distribution score (ml.ood); shipped: knn")
     r = sub.add_parser("refinish", help="calibrate a fitted bundle again with another OOD score")
     r.add_argument("--model", required=True, help="bundle folder written by fit")
     r.add_argument("--cache", required=True, help="the crop cache it was fitted on")
     r.add_argument("--out", required=True, help="new bundle folder (must not exist)")
-    r.add_argument("--ood-score", choices=("knn", "mahalanobis"), default=FitConfig.ood_score)
+    r.add_argument("--ood-score", choices=ood.SCORES, default=FitConfig.ood_score)
     e = sub.add_parser("evaluate", help="test figures per source through the served predictor")
     e.add_argument("--model", required=True, help="bundle folder")
     e.add_argument("--cache", required=True)

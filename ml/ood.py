@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 N_COMPONENTS = 64
+SCORES = ("knn", "mahalanobis")  # the scores ``distance`` computes (``method`` names a bundle's)
 KNN_K = 10  # the k-th nearest training cell (EXPERIMENTS, K1)
 KNN_QUANTILE = 0.98  # knn: the threshold flags 2 % of validation cells by distance (ml.oodcal's floor)
 

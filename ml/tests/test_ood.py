@@ -69,6 +69,14 @@ def test_mahalanobis_statistics_still_score_as_before():
     assert outside.min() > inside.max()
 
 
+def test_a_recipe_with_an_unknown_score_is_refused_before_any_training():
+    from ml.multifit import FitConfig
+
+    assert FitConfig().ood_score == "knn"
+    with pytest.raises(ValueError, match="unknown out-of-distribution score 'knnn' \\(knn or mahalanobis\\)"):
+        FitConfig(ood_score="knnn")
+
+
 def test_knn_refuses_a_k_the_training_sample_cannot_give():
     with pytest.raises(ValueError, match="k = 11 needs 1..10"):
         ood.fit_knn(np.ones((10, 4)), k=11)
