@@ -17,6 +17,11 @@ Then ``interleaved``: single-image latency of ``served``, ``naive_single_view``
 and ``naive_tta`` in one process, calls alternating round-robin, so that load from
 other jobs on a shared machine hits every way alike (``speedup_p50_interleaved``).
 
+``python -m ml.bench --against OLD/hematovision_wbc.keras [--model NEW]``: instead, the served
+latency of two bundles in one process, calls alternating the same way, so that a change of bundle
+is timed against the one it replaces at the same moment (a previous shipped bundle's three files:
+``git show REV:ml/artifacts/FILE``).
+
 The LiteRT export is made (or found in the cache) before the timed runs;
 ``litert_export`` says which. Speedups are ratios of single-image p50 latency.
 """
@@ -81,10 +86,24 @@ def _naive_single_view(model: str | None):
     return one
 
 
-def run_interleaved(model: str | None, n: int) -> dict:
-    """Single-image latency of the served way and both naive ways in ONE process, calls interleaved
+def _interleave(fns: dict, images: list[bytes], n: int) -> dict:
+    """Single-image latency of each of ``fns`` in this process, ``n`` calls each, interleaved
     round-robin (rotating order) on the same images, so that load from other jobs hits all alike."""
-    images = _images()
+    for f in fns.values():
+        f(images[0])
+    lat: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for i in range(n):
+        im = images[i % len(images)]
+        for k in names[i % len(names) :] + names[: i % len(names)]:
+            t = time.perf_counter()
+            fns[k](im)
+            lat[k].append(time.perf_counter() - t)
+    return {k: _pcts(v) for k, v in lat.items()}
+
+
+def run_interleaved(model: str | None, n: int) -> dict:
+    """The served way and both naive ways in ONE process (``_interleave``)."""
     served = load_predictor(model, backend="auto")
     naive_tta = load_predictor(model, backend="naive")
     fns = {
@@ -92,19 +111,16 @@ def run_interleaved(model: str | None, n: int) -> dict:
         "naive_single_view": _naive_single_view(model),
         "naive_tta": naive_tta.predict_one,
     }
-    for f in fns.values():
-        f(images[0])
-    lat: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for i in range(n):
-        im = images[i % len(images)]
-        for k in names[i % 3 :] + names[: i % 3]:
-            t = time.perf_counter()
-            fns[k](im)
-            lat[k].append(time.perf_counter() - t)
-    out: dict = {k: _pcts(v) for k, v in lat.items()}
-    out["served_backend"] = served.backend
-    return out
+    return _interleave(fns, _images(), n) | {"served_backend": served.backend}
+
+
+def run_against(model: str | None, against: str, n: int) -> dict:
+    """The served way of two bundles in ONE process (``_interleave``), keyed by version."""
+    preds = [load_predictor(against, backend="auto"), load_predictor(model, backend="auto")]
+    if preds[0].version == preds[1].version:
+        raise ValueError(f"both are bundle {preds[0].version}: nothing to compare")
+    times = _interleave({p.version: p.predict_one for p in preds}, _images(), n)
+    return {p.version: times[p.version] | {"backend": p.backend} for p in preds}
 
 
 def run_method(method: str, model: str | None, n: int, batch: int) -> dict:
@@ -147,7 +163,15 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=40, help="single-image calls per method")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--method", choices=METHODS + ("interleaved",), help=argparse.SUPPRESS)  # child
+    ap.add_argument("--against", default=None, help="another bundle's model file: both served, alternating")
     args = ap.parse_args(argv)
+    if args.against:
+        try:
+            print(json.dumps(run_against(args.model, args.against, args.n), indent=2))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.method == "interleaved":
         print(json.dumps(run_interleaved(args.model, args.n)))
         return 0
