@@ -298,9 +298,12 @@ def calibrate(model, classes: list[str], data: FitData, cfg: FitConfig) -> Calib
     )
 
 
-def finish(fitted: Fitted, data: FitData, cfg: FitConfig, out: Path, *, log=print) -> dict:
+def finish(
+    fitted: Fitted, data: FitData, cfg: FitConfig, out: Path, *, log=print, card_extra: dict | None = None
+) -> dict:
     """Calibrate on validation, then write the bundle: model, OOD statistics, raw validation outputs
-    and the card (its version a hash of the whole bundle)."""
+    and the card (its version a hash of the whole bundle; ``card_extra`` entries added to it, none of
+    them a serving setting)."""
     model, classes = fitted.model, fitted.classes
     c = calibrate(model, classes, data, cfg)
     short = {
@@ -314,7 +317,7 @@ def finish(fitted: Fitted, data: FitData, cfg: FitConfig, out: Path, *, log=prin
     ood.save(c.stats, out / "ood_stats.npz")
     # Raw validation outputs: ml.oodcal re-chooses the distance threshold from them.
     np.savez_compressed(out / "val_predictions.npz", **c.val_outputs)
-    card = _card(name, fitted, c, data, cfg)
+    card = _card(name, fitted, c, data, cfg) | (card_extra or {})
     card["version"] = bundle_version(card, model_path)
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     log(f"wrote {model_path} version {card['version']}")
@@ -405,8 +408,9 @@ def refinish(model_dir: Path, cache_dir: Path, out: Path, ood_score: str, log=pr
     model, _, _ = load_bundle(model_dir / card["model_file"])
     fitted = Fitted(model, list(card["classes"]), card["history"], card["train_seconds"], card.get("stain"))
     out.mkdir(parents=True)
-    new = finish(fitted, data, cfg, out, log=log)
-    new |= {"trained_at": card.get("trained_at"), "refinished_from": card["version"]}
-    new["refinished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    (out / "model_card.json").write_text(json.dumps(new, indent=2))  # not serving keys: same version
-    return new
+    extra = {
+        "trained_at": card.get("trained_at"),
+        "refinished_from": card["version"],
+        "refinished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return finish(fitted, data, cfg, out, log=log, card_extra=extra)
